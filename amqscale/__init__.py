@@ -1,0 +1,1 @@
+"""amqscale: AMQP 1.0 messaging that uses every core."""

@@ -1,0 +1,32 @@
+"""The exceptions amqscale raises, each at the call that caused it."""
+
+from __future__ import annotations
+
+
+class AMQPError(Exception):
+    """An error the peer or the engine reported, with its AMQP condition when there is one."""
+
+    def __init__(self, message: str, condition: str | None = None, description: str = ""):
+        super().__init__(message)
+        self.condition = condition
+        self.description = description
+
+
+class ConnectionFailed(AMQPError, ConnectionError):
+    """A connection could not be opened, or it closed with an error."""
+
+
+class LinkDetached(AMQPError):
+    """A sender or receiver was refused by the peer, or detached with an error."""
+
+
+class WorkerDied(AMQPError):
+    """The worker process that carried a connection died; its unsettled messages are kept."""
+
+
+class MessageTooLarge(ValueError):
+    """A message is larger than what can cross to a worker in one piece."""
+
+
+class URLError(ValueError):
+    """A connection or listen URL is malformed."""

@@ -1,0 +1,261 @@
+"""Commands (user process -> worker) and events (worker -> user process).
+
+Each ring record is one msgspec-encoded *list* of these structs, so that one record, one
+cursor publish and at most one wake-up cover a whole batch. Structs are array-like and tagged
+with small integers: compact and fast to encode. The hot-path structs (``Send``,
+``Deliveries``, ``Settle``, ``Outcomes``, ``Flow``) carry many messages each.
+
+Identifiers: the user process numbers connections, listeners and the links it opens
+(positive ints). A worker numbers the links that remote peers open on its listeners from
+``INBOUND_LINK_BASE`` upwards, with the worker's index in the high bits, so the two spaces
+never meet. Senders number their messages (``seq``) per link; receivers' deliveries are
+numbered per link by the worker.
+
+New AMQP features extend these structs with optional fields (defaults keep old encodings
+readable) or add new tagged structs; nothing here needs reshaping for them.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+# Link ids at or above this are assigned by workers to inbound links (listeners).
+INBOUND_LINK_BASE = 1 << 62
+INBOUND_WORKER_SHIFT = 40
+
+# Delivery states, as AMQP numbers them (the descriptor codes of the outcomes).
+RECEIVED = 0x23
+ACCEPTED = 0x24
+REJECTED = 0x25
+RELEASED = 0x26
+MODIFIED = 0x27
+OUTCOME_NAMES = {
+    ACCEPTED: "accepted",
+    REJECTED: "rejected",
+    RELEASED: "released",
+    MODIFIED: "modified",
+}
+
+# Settle modes (AMQP 1.0, 2.8.2 and 2.8.3).
+SND_UNSETTLED = 0
+SND_SETTLED = 1
+SND_MIXED = 2
+RCV_FIRST = 0
+RCV_SECOND = 1
+
+
+class Condition(msgspec.Struct, array_like=True, frozen=True):
+    """An AMQP error condition: a symbolic name, a description and optional info."""
+
+    name: str
+    description: str = ""
+
+
+class Terminus(msgspec.Struct, array_like=True, omit_defaults=True):
+    """A link's source or target. Extended by later features (filters, durability...)."""
+
+    address: str | None = None
+    dynamic: bool = False
+    durable: int = 0
+    expiry_policy: str | None = None
+    timeout: int = 0
+    capabilities: list[str] | None = None
+    # AMQP-encoded filter map (amqscale.codec), opaque to the worker.
+    filter: bytes | None = None
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+class OpenConnection(msgspec.Struct, tag=1, array_like=True):
+    conn: int
+    host: str
+    port: int
+    container_id: str
+    virtual_host: str | None = None
+    user: str | None = None
+    # Travels only through the ring (shared memory), never argv or the environment.
+    password: str | None = None
+    sasl_mechanisms: str | None = None
+    allow_insecure_mechanisms: bool = True
+    idle_timeout: float = 0.0
+    max_frame_size: int = 0
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_verify: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+class Listen(msgspec.Struct, tag=2, array_like=True):
+    listener: int
+    host: str
+    port: int
+    container_id: str
+    # Credit each inbound link (a remote sender) is granted, and its settle modes.
+    credit: int = 1000
+
+
+class OpenLink(msgspec.Struct, tag=3, array_like=True):
+    link: int
+    conn: int
+    name: str
+    is_sender: bool
+    source: Terminus
+    target: Terminus
+    snd_settle_mode: int = SND_UNSETTLED
+    rcv_settle_mode: int = RCV_FIRST
+    credit: int = 0
+
+
+class Send(msgspec.Struct, tag=4, array_like=True):
+    """Messages for one link, numbered first_seq, first_seq+1, ... (AMQP-encoded)."""
+
+    link: int
+    first_seq: int
+    payloads: list[bytes]
+    settled: bool = False
+
+
+class Settle(msgspec.Struct, tag=5, array_like=True):
+    """The user's disposition of received deliveries; they are settled with it."""
+
+    link: int
+    ids: list[int]
+    state: int = ACCEPTED
+    condition: Condition | None = None
+    delivery_failed: bool = False
+    undeliverable_here: bool = False
+    # AMQP-encoded annotations map for MODIFIED.
+    annotations: bytes | None = None
+
+
+class Flow(msgspec.Struct, tag=6, array_like=True):
+    """Grant `credit` more to a receiving link; drain asks the sender to use it or lose it."""
+
+    link: int
+    credit: int
+    drain: bool = False
+
+
+class CloseLink(msgspec.Struct, tag=7, array_like=True):
+    link: int
+    condition: Condition | None = None
+
+
+class CloseConnection(msgspec.Struct, tag=8, array_like=True):
+    conn: int
+    condition: Condition | None = None
+
+
+class CloseListener(msgspec.Struct, tag=9, array_like=True):
+    listener: int
+
+
+class Shutdown(msgspec.Struct, tag=10, array_like=True):
+    """Close everything gracefully and exit."""
+
+
+Command = Union[
+    OpenConnection, Listen, OpenLink, Send, Settle, Flow, CloseLink, CloseConnection,
+    CloseListener, Shutdown,
+]
+
+# ---- events -----------------------------------------------------------------------------
+
+
+class Ready(msgspec.Struct, tag=101, array_like=True):
+    pid: int
+
+
+class ConnectionOpened(msgspec.Struct, tag=102, array_like=True):
+    conn: int
+    remote_container: str | None = None
+
+
+class ConnectionClosed(msgspec.Struct, tag=103, array_like=True):
+    """The connection ended: closed by either side, or its transport failed."""
+
+    conn: int
+    condition: Condition | None = None
+
+
+class Listening(msgspec.Struct, tag=104, array_like=True):
+    listener: int
+    port: int
+
+
+class ListenFailed(msgspec.Struct, tag=105, array_like=True):
+    listener: int
+    condition: Condition
+
+
+class LinkOpened(msgspec.Struct, tag=106, array_like=True):
+    """The remote end attached. For an inbound link (a listener's), `conn` is the listener."""
+
+    link: int
+    conn: int
+    name: str
+    is_sender: bool
+    remote_source: Terminus | None = None
+    remote_target: Terminus | None = None
+    inbound: bool = False
+
+
+class LinkClosed(msgspec.Struct, tag=107, array_like=True):
+    link: int
+    condition: Condition | None = None
+
+
+class Deliveries(msgspec.Struct, tag=108, array_like=True):
+    """Messages received on a link, numbered first_id, first_id+1, ...
+
+    `settled` lists the positions (0-based, within this batch) of deliveries the sender
+    had already settled (pre-settled / at-most-once): they take no disposition.
+    """
+
+    link: int
+    first_id: int
+    payloads: list[bytes]
+    settled: list[int] | None = None
+
+
+class Outcomes(msgspec.Struct, tag=109, array_like=True):
+    """The remote's settled outcome for sent messages (by seq), all with one state."""
+
+    link: int
+    seqs: list[int]
+    state: int
+    condition: Condition | None = None
+    delivery_failed: bool = False
+    undeliverable_here: bool = False
+
+
+class Credit(msgspec.Struct, tag=110, array_like=True):
+    """A sending link's credit changed (drain completion included)."""
+
+    link: int
+    credit: int
+    drained: bool = False
+
+
+Event = Union[
+    Ready, ConnectionOpened, ConnectionClosed, Listening, ListenFailed, LinkOpened,
+    LinkClosed, Deliveries, Outcomes, Credit,
+]
+
+_command_encoder = msgspec.msgpack.Encoder()
+_command_decoder = msgspec.msgpack.Decoder(list[Command])  # type: ignore[valid-type]
+_event_decoder = msgspec.msgpack.Decoder(list[Event])  # type: ignore[valid-type]
+
+encode = _command_encoder.encode  # same encoder for both directions
+
+
+def decode_commands(record: bytes) -> list[Command]:
+    return _command_decoder.decode(record)  # type: ignore[no-any-return]
+
+
+def decode_events(record: bytes) -> list[Event]:
+    return _event_decoder.decode(record)  # type: ignore[no-any-return]
