@@ -17,8 +17,6 @@ readable) or add new tagged structs; nothing here needs reshaping for them.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 # Link ids at or above this are assigned by workers to inbound links (listeners).
@@ -158,10 +156,10 @@ class Shutdown(msgspec.Struct, tag=10, array_like=True):
     """Close everything gracefully and exit."""
 
 
-Command = Union[
-    OpenConnection, Listen, OpenLink, Send, Settle, Flow, CloseLink, CloseConnection,
-    CloseListener, Shutdown,
-]
+Command = (
+    OpenConnection | Listen | OpenLink | Send | Settle | Flow | CloseLink | CloseConnection
+    | CloseListener | Shutdown
+)
 
 # ---- events -----------------------------------------------------------------------------
 
@@ -241,10 +239,10 @@ class Credit(msgspec.Struct, tag=110, array_like=True):
     drained: bool = False
 
 
-Event = Union[
-    Ready, ConnectionOpened, ConnectionClosed, Listening, ListenFailed, LinkOpened,
-    LinkClosed, Deliveries, Outcomes, Credit,
-]
+Event = (
+    Ready | ConnectionOpened | ConnectionClosed | Listening | ListenFailed | LinkOpened
+    | LinkClosed | Deliveries | Outcomes | Credit
+)
 
 _command_encoder = msgspec.msgpack.Encoder()
 _command_decoder = msgspec.msgpack.Decoder(list[Command])  # type: ignore[valid-type]

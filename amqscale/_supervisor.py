@@ -1,0 +1,203 @@
+"""Spawning, watching and stopping the worker processes; moving records to and from them.
+
+Each worker gets a ring pair (commands in, events out) whose shared memory it inherits as
+file descriptors: the segments' names are unlinked once the worker has started, so nothing
+is left in /dev/shm whichever process dies and however. Workers die with their parent
+(PR_SET_PDEATHSIG, and they watch the parent's pidfd); the supervisor watches each worker's
+pidfd, so a dead worker is noticed as soon as the user's process next waits or pumps.
+
+Nothing here runs in a thread: events are drained inside the user's API calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from .errors import WorkerDied
+from .ipc.ring import RingPair
+from .workers import protocol as p
+from .workers.worker import WorkerSpec
+
+DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class WorkerHandle:
+    """The user process's side of one worker."""
+
+    index: int
+    process: subprocess.Popen[bytes]
+    rings: RingPair
+    pidfd: int | None
+    ready: bool = False
+    dead: bool = False
+    queued: list[p.Command] = field(default_factory=list)
+
+    def queue(self, command: p.Command) -> None:
+        self.queued.append(command)
+
+    def flush(self, timeout: float | None) -> None:
+        """Write the queued commands as one record (blocking while the ring is full)."""
+        if not self.queued or self.dead:
+            self.queued.clear()
+            return
+        record = p.encode(self.queued)
+        self.queued = []
+        self.rings.outbound.write(record, timeout=timeout)
+
+    def worker_idle(self) -> bool:
+        """True when the worker is parked: it is waiting for work, give it now."""
+        return self.rings.outbound.reader_parked()
+
+
+class Supervisor:
+    def __init__(self, workers: int, ring_capacity: int = DEFAULT_RING_CAPACITY) -> None:
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive int, not {workers!r}")
+        self.ring_capacity = ring_capacity
+        self.workers: list[WorkerHandle] = []
+        self.closed = False
+        try:
+            for index in range(workers):
+                self.workers.append(self._spawn(index))
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def max_record_size(self) -> int:
+        return self.workers[0].rings.outbound.max_record_size
+
+    def _spawn(self, index: int) -> WorkerHandle:
+        rings = RingPair.create(self.ring_capacity)
+        handles = rings.peer_handles()
+        spec = WorkerSpec(index=index, parent_pid=os.getpid(), rings=handles.encode())
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "amqscale.workers.worker",
+                 msgspec.json.encode(spec).decode()],
+                pass_fds=handles.fds(),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except BaseException:
+            rings.close()
+            raise
+        pidfd = os.pidfd_open(process.pid) if hasattr(os, "pidfd_open") else None
+        return WorkerHandle(index, process, rings, pidfd)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not all(w.ready for w in self.workers):
+            for worker, event in self.poll(max(0.0, deadline - time.monotonic())):
+                if type(event) is p.Ready:
+                    worker.ready = True
+            dead = [w for w in self.workers if w.dead]
+            if dead:
+                raise WorkerDied(f"worker {dead[0].index} exited during start-up "
+                                 f"(exit code {dead[0].process.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers did not start within {START_TIMEOUT} s")
+
+    # ---- moving records ------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        for worker in self.workers:
+            if worker.queued:
+                worker.flush(timeout)
+
+    def poll(self, timeout: float | None) -> Iterator[tuple[WorkerHandle, p.Event]]:
+        """Yield the events every worker has published; wait up to `timeout` for the first."""
+        got = False
+        for worker, event in self._drain():
+            got = True
+            yield worker, event
+        if got or timeout == 0:
+            return
+        self._park(timeout)
+        yield from self._drain()
+
+    def _drain(self) -> Iterator[tuple[WorkerHandle, p.Event]]:
+        for worker in self.workers:
+            if worker.dead:
+                continue
+            for record in worker.rings.inbound.read_batch():
+                for event in p.decode_events(record):
+                    yield worker, event
+            self._check_alive(worker)
+
+    def _park(self, timeout: float | None) -> None:
+        """Sleep until a worker publishes, dies, or the timeout passes (no lost wake-up)."""
+        fds: list[int] = []
+        live = [w for w in self.workers if not w.dead]
+        for worker in live:
+            if worker.rings.inbound.park():
+                for other in live:
+                    other.rings.inbound.unpark()
+                return
+            fds.append(worker.rings.inbound.fileno())
+            if worker.pidfd is not None:
+                fds.append(worker.pidfd)
+        try:
+            if fds:
+                select.select(fds, [], [], timeout)
+            elif timeout:
+                time.sleep(min(timeout, 0.05))
+        finally:
+            for worker in live:
+                worker.rings.inbound.unpark()
+
+    def _check_alive(self, worker: WorkerHandle) -> None:
+        if worker.dead or worker.process.poll() is None:
+            return
+        # Take whatever it published before it died, then mark it.
+        worker.dead = True
+
+    def dead_workers(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.dead]
+
+    # ---- stopping ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask every worker to close its connections and exit; kill the ones that don't."""
+        if self.closed:
+            return
+        self.closed = True
+        for worker in self.workers:
+            if not worker.dead and worker.process.poll() is None:
+                try:
+                    worker.queued = [p.Shutdown()]
+                    worker.flush(timeout=1.0)
+                except (TimeoutError, OSError):
+                    worker.process.kill()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for worker in self.workers:
+            self._reap(worker, deadline)
+            worker.rings.close()
+            if worker.pidfd is not None:
+                os.close(worker.pidfd)
+                worker.pidfd = None
+
+    @staticmethod
+    def _reap(worker: WorkerHandle, deadline: float) -> None:
+        # Keep draining its events so a worker blocked on a full ring can finish.
+        while worker.process.poll() is None and time.monotonic() < deadline:
+            worker.rings.inbound.read_batch()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.process.wait(timeout=0.02)
+        if worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait()
+        worker.dead = True

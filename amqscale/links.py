@@ -1,0 +1,487 @@
+"""Senders and receivers of the blocking API, and what they hand out: Trackers, Deliveries.
+
+A Sender or Receiver opened on a connection with `shards=K` is K AMQP links, one per
+shard. Messages are spread over the shards' links; deliveries from every link arrive in
+one stream. Sends, settlements and credit are batched per worker and handed over when a
+batch fills, when the worker is idle (so a lone message does not wait), or when the user
+waits for anything.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .errors import LinkDetached, MessageTooLarge, WorkerDied
+from .message import Message
+from .workers import protocol as p
+
+if TYPE_CHECKING:
+    from ._supervisor import WorkerHandle
+    from .container import Container, _Shard
+
+SEND_BATCH = 128  # messages per Send command when the worker is busy
+SETTLE_BATCH = 128
+
+# A bare message whose only section is one data section (amqp 1.0, 3.2.6).
+_DATA8 = b"\x00\x53\x75\xa0"
+_DATA32 = b"\x00\x53\x75\xb0"
+_U32 = struct.Struct(">I")
+
+
+def encode_body(body: bytes | bytearray | memoryview) -> bytes:
+    """The AMQP encoding of a message that is just `body` as one data section."""
+    size = len(body)
+    if size < 256:
+        return _DATA8 + bytes((size,)) + bytes(body)
+    return _DATA32 + _U32.pack(size) + bytes(body)
+
+
+def decode_body(payload: bytes) -> bytes | None:
+    """The body of a message that is exactly one data section, else None (fast path)."""
+    if payload[:4] == _DATA8 and len(payload) == 5 + payload[4]:
+        return payload[5:]
+    if payload[:4] == _DATA32 and len(payload) == 8 + _U32.unpack_from(payload, 4)[0]:
+        return payload[8:]
+    return None
+
+
+class Tracker:
+    """The state of one sent message: settled or not, and the outcome the peer gave it."""
+
+    __slots__ = ("_link", "seq", "state", "settled", "condition", "delivery_failed",
+                 "undeliverable_here", "payload")
+
+    def __init__(self, link: _SenderLink, seq: int, payload: bytes) -> None:
+        self._link = link
+        self.seq = seq
+        self.state: int | None = None
+        self.settled = False
+        self.condition: p.Condition | None = None
+        self.delivery_failed = False
+        self.undeliverable_here = False
+        # Kept until settled, so that an unsettled message can be sent again.
+        self.payload: bytes | None = payload
+
+    @property
+    def outcome(self) -> str | None:
+        """'accepted', 'rejected', 'released', 'modified', or None (none yet / pre-settled)."""
+        return p.OUTCOME_NAMES.get(self.state) if self.state is not None else None
+
+    @property
+    def accepted(self) -> bool:
+        return self.state == p.ACCEPTED
+
+    def wait(self, timeout: float | None = None) -> Tracker:
+        """Block until the peer settles this message; raises if its link fails first."""
+        sender = self._link.sender
+        sender._container._wait(
+            lambda: self.settled or self._link.failure is not None, timeout,
+            f"message {self.seq} to be settled",
+        )
+        if not self.settled:
+            sender._raise_failure(self._link)
+        return self
+
+    def _settle(self, state: int | None) -> None:
+        self.state = state
+        self.settled = True
+        self.payload = None
+
+    def __repr__(self) -> str:
+        return f"<Tracker seq={self.seq} settled={self.settled} outcome={self.outcome}>"
+
+
+class _SenderLink:
+    """One shard's link of a Sender."""
+
+    __slots__ = ("id", "shard", "sender", "next_seq", "batch", "batch_seq", "in_flight",
+                 "opened", "failure", "remote_target")
+
+    def __init__(self, link_id: int, shard: _Shard, sender: Sender) -> None:
+        self.id = link_id
+        self.shard = shard
+        self.sender = sender
+        self.next_seq = 0
+        self.batch: list[bytes] = []
+        self.batch_seq = 0
+        self.in_flight: dict[int, Tracker] = {}
+        self.opened = False
+        self.failure: Exception | None = None
+        self.remote_target: p.Terminus | None = None
+
+    @property
+    def worker(self) -> WorkerHandle:
+        return self.shard.worker
+
+    def hand_over(self) -> None:
+        """Queue the batched messages as one Send command for the shard's worker."""
+        if self.batch:
+            self.shard.worker.queue(p.Send(self.id, self.batch_seq, self.batch,
+                                           self.sender.presettled))
+            self.batch = []
+
+    def on_event(self, event: p.Event) -> None:
+        kind = type(event)
+        if kind is p.Outcomes:
+            self._on_outcomes(event)  # type: ignore[arg-type]
+        elif kind is p.LinkOpened:
+            self.opened = True
+            self.remote_target = event.remote_target  # type: ignore[union-attr]
+        elif kind is p.LinkClosed:
+            cond = event.condition  # type: ignore[union-attr]
+            self.failure = LinkDetached(
+                f"sender to {self.sender.address!r} detached"
+                + (f": {cond.name}: {cond.description}" if cond else ""),
+                cond.name if cond else None, cond.description if cond else "",
+            )
+
+    def _on_outcomes(self, event: p.Outcomes) -> None:
+        in_flight = self.in_flight
+        sender = self.sender
+        state = event.state
+        for seq in event.seqs:
+            tracker = in_flight.pop(seq, None)
+            if tracker is None:
+                continue
+            tracker._settle(state)
+            if event.condition is not None:
+                tracker.condition = event.condition
+                tracker.delivery_failed = event.delivery_failed
+                tracker.undeliverable_here = event.undeliverable_here
+        sender.counts[state] = sender.counts.get(state, 0) + len(event.seqs)
+
+
+class Sender:
+    """Sends messages to one address over every shard of a connection."""
+
+    def __init__(self, container: Container, address: str | None, window: int,
+                 presettled: bool) -> None:
+        self._container = container
+        self.address = address
+        self.window = window
+        self.presettled = presettled
+        self._links: list[_SenderLink] = []
+        self._next = 0
+        self.counts: dict[int, int] = {}
+        self.closed = False
+        self._max_payload = container._max_payload
+
+    def send(self, message: Message | bytes | bytearray | memoryview,
+             timeout: float | None = None) -> Tracker:
+        """Hand a message over for sending; returns its Tracker.
+
+        `message` is a Message, or bytes to send as the body (one data section). Blocks
+        while every link has `window` messages in flight (backpressure); raises
+        TimeoutError after `timeout` seconds, and the message is then not sent.
+        """
+        payload = self._encode(message)
+        link = self._pick_link(timeout)
+        container = self._container
+        container._activity += 1
+        with container._lock:
+            seq = link.next_seq
+            link.next_seq = seq + 1
+            tracker = Tracker(link, seq, payload)
+            if self.presettled:
+                tracker._settle(None)
+            else:
+                link.in_flight[seq] = tracker
+            if not link.batch:
+                link.batch_seq = seq
+            link.batch.append(payload)
+            worker = link.shard.worker
+            if len(link.batch) >= SEND_BATCH or worker.worker_idle():
+                link.hand_over()
+                worker.flush(timeout=None)
+                return tracker
+        container._mark_dirty(link)
+        return tracker
+
+    def _encode(self, message: Message | bytes | bytearray | memoryview) -> bytes:
+        if self.closed:
+            raise LinkDetached(f"sender to {self.address!r} is closed")
+        if isinstance(message, Message):
+            payload = message.encode()
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            payload = encode_body(message)
+        else:
+            raise TypeError(
+                f"send() takes a Message or bytes, not {type(message).__name__}"
+            )
+        if len(payload) > self._max_payload:
+            raise MessageTooLarge(
+                f"message of {len(payload)} bytes encoded is larger than the "
+                f"{self._max_payload} bytes that fit in a worker's ring (ring_capacity)"
+            )
+        return payload
+
+    def _pick_link(self, timeout: float | None) -> _SenderLink:
+        """The next shard's link with room in its window, waiting for room if none has."""
+        links = self._links
+        for _ in range(2):
+            for _ in range(len(links)):
+                link = links[self._next]
+                self._next = (self._next + 1) % len(links)
+                if link.failure is not None:
+                    self._raise_failure(link)
+                if len(link.in_flight) < self.window or self.presettled:
+                    return link
+            self._container._wait(
+                lambda: any(len(x.in_flight) < self.window or x.failure for x in links),
+                timeout, f"room in the window of the sender to {self.address!r}",
+            )
+        raise AssertionError("unreachable: a link had room after waiting")
+
+    def _raise_failure(self, link: _SenderLink) -> None:
+        assert link.failure is not None
+        raise link.failure
+
+    @property
+    def unsettled(self) -> list[Tracker]:
+        """Trackers of messages not yet settled, across every shard."""
+        return [t for link in self._links for t in link.in_flight.values()]
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Hand over every batched message and wait until each is settled."""
+        self._container._flush_all()
+        self._container._wait(
+            lambda: all(not x.in_flight or x.failure for x in self._links), timeout,
+            f"every message to {self.address!r} to be settled",
+        )
+        for link in self._links:
+            if link.in_flight and link.failure is not None:
+                raise type(link.failure)(
+                    f"{len(link.in_flight)} message(s) unsettled: {link.failure}",
+                    getattr(link.failure, "condition", None),
+                )
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush, then detach every link."""
+        if self.closed:
+            return
+        try:
+            if not any(link.failure for link in self._links):
+                self.flush(timeout)
+        finally:
+            self.closed = True
+            self._container._close_links(self._links)
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Delivery:
+    """A received message, and the means to settle it."""
+
+    __slots__ = ("_link", "id", "payload", "settled", "_message")
+
+    def __init__(self, link: _ReceiverLink, delivery_id: int, payload: bytes,
+                 settled: bool) -> None:
+        self._link = link
+        self.id = delivery_id
+        self.payload = payload
+        self.settled = settled
+        self._message: Message | None = None
+
+    @property
+    def message(self) -> Message:
+        """The decoded message (decoded on first use)."""
+        if self._message is None:
+            self._message = Message.decode(self.payload)
+        return self._message
+
+    @property
+    def body(self) -> Any:
+        """The message body; a single data section comes back as bytes without a decode."""
+        body = decode_body(self.payload)
+        return self.message.body if body is None else body
+
+    def accept(self) -> None:
+        self._dispose(p.ACCEPTED, None)
+
+    def reject(self, condition: str = "amqp:internal-error", description: str = "") -> None:
+        self._dispose(p.REJECTED, p.Condition(condition, description))
+
+    def release(self) -> None:
+        self._dispose(p.RELEASED, None)
+
+    def modify(self, delivery_failed: bool = True, undeliverable_here: bool = False,
+               annotations: dict[Any, Any] | None = None) -> None:
+        if annotations:
+            raise NotImplementedError("modified with annotations is not supported yet")
+        self._link.dispose(self, p.Settle(
+            self._link.id, [self.id], p.MODIFIED,
+            delivery_failed=delivery_failed, undeliverable_here=undeliverable_here,
+        ))
+
+    def _dispose(self, state: int, condition: p.Condition | None) -> None:
+        if self.settled:
+            return
+        if condition is None:
+            self._link.dispose_plain(self, state)
+        else:
+            self._link.dispose(self, p.Settle(self._link.id, [self.id], state, condition))
+
+    def __repr__(self) -> str:
+        return f"<Delivery id={self.id} settled={self.settled} {len(self.payload)} bytes>"
+
+
+class _ReceiverLink:
+    __slots__ = ("id", "shard", "receiver", "credit", "consumed", "settling", "opened",
+                 "failure", "remote_source")
+
+    def __init__(self, link_id: int, shard: _Shard | None, receiver: Receiver,
+                 credit: int) -> None:
+        self.id = link_id
+        self.shard = shard
+        self.receiver = receiver
+        self.credit = credit
+        self.consumed = 0
+        self.settling: dict[int, list[int]] = {}
+        self.opened = False
+        self.failure: Exception | None = None
+        self.remote_source: p.Terminus | None = None
+
+    @property
+    def worker(self) -> Any:
+        return self.shard.worker if self.shard is not None else self.receiver._worker_of[self.id]
+
+    def on_event(self, event: p.Event) -> None:
+        kind = type(event)
+        if kind is p.Deliveries:
+            self.receiver._buffer.append(event)  # type: ignore[arg-type]
+        elif kind is p.LinkOpened:
+            self.opened = True
+            self.remote_source = event.remote_source  # type: ignore[union-attr]
+        elif kind is p.LinkClosed:
+            cond = event.condition  # type: ignore[union-attr]
+            self.failure = LinkDetached(
+                f"receiver from {self.receiver.address!r} detached"
+                + (f": {cond.name}: {cond.description}" if cond else ""),
+                cond.name if cond else None, cond.description if cond else "",
+            )
+
+    def taken(self) -> None:
+        """The user took one delivery: there is room for one more; grant in batches."""
+        self.consumed += 1
+        if self.consumed * 2 >= self.credit and self.failure is None:
+            container = self.receiver._container
+            with container._lock:
+                self.hand_over()  # settle first: a broker may count unsettled against us
+                self.worker.queue(p.Flow(self.id, self.consumed))
+                self.worker.flush(timeout=None)
+            self.consumed = 0
+
+    def dispose_plain(self, delivery: Delivery, state: int) -> None:
+        delivery.settled = True
+        container = self.receiver._container
+        container._activity += 1
+        with container._lock:
+            ids = self.settling.get(state)
+            if ids is None:
+                ids = self.settling[state] = []
+            ids.append(delivery.id)
+            if len(ids) >= SETTLE_BATCH or self.worker.worker_idle():
+                self.hand_over()
+                self.worker.flush(timeout=None)
+                return
+        container._mark_dirty(self)
+
+    def dispose(self, delivery: Delivery, command: p.Settle) -> None:
+        delivery.settled = True
+        with self.receiver._container._lock:
+            self.hand_over()
+            self.worker.queue(command)
+            self.worker.flush(timeout=None)
+
+    def hand_over(self) -> None:
+        if self.settling and self.failure is None:
+            for state, ids in self.settling.items():
+                self.worker.queue(p.Settle(self.id, ids, state))
+        self.settling = {}
+
+
+class Receiver:
+    """Receives from one address over every shard; iterate it for Deliveries."""
+
+    def __init__(self, container: Container, address: str | None, credit: int,
+                 auto_accept: bool = False) -> None:
+        self._container = container
+        self.address = address
+        self.credit = credit
+        self.auto_accept = auto_accept
+        self._links: dict[int, _ReceiverLink] = {}
+        self._worker_of: dict[int, Any] = {}
+        self._buffer: deque[p.Deliveries] = deque()
+        self._position = 0
+        self.closed = False
+
+    def receive(self, timeout: float | None = None) -> Delivery:
+        """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""
+        if not self._buffer:
+            self._settle_batches()
+            self._container._wait(
+                lambda: bool(self._buffer) or self._all_failed(), timeout,
+                f"a message from {self.address!r}",
+            )
+            if not self._buffer:
+                raise next(x.failure for x in self._links.values() if x.failure)
+        return self._take()
+
+    def _all_failed(self) -> bool:
+        return bool(self._links) and all(x.failure for x in self._links.values())
+
+    def _take(self) -> Delivery:
+        batch = self._buffer[0]
+        position = self._position
+        link = self._links[batch.link]
+        settled = batch.settled is not None and position in batch.settled
+        delivery = Delivery(link, batch.first_id + position, batch.payloads[position], settled)
+        if position + 1 == len(batch.payloads):
+            self._buffer.popleft()
+            self._position = 0
+        else:
+            self._position = position + 1
+        link.taken()
+        if self.auto_accept:
+            delivery.accept()
+        return delivery
+
+    def __iter__(self) -> Iterator[Delivery]:
+        """Deliveries as they come; ends when every link closed cleanly, raises on error."""
+        while True:
+            try:
+                yield self.receive()
+            except LinkDetached as exc:
+                if exc.condition is None:
+                    return
+                raise
+
+    def _settle_batches(self) -> None:
+        self._container._flush_all()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._settle_batches()
+        self._container._close_links(list(self._links.values()))
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def worker_failure(index: int, code: int | None) -> WorkerDied:
+    return WorkerDied(
+        f"worker {index} died (exit code {code}); its unsettled messages are kept",
+        "amqscale:worker-died",
+    )

@@ -1,0 +1,745 @@
+"""The adapter over proton's C engine: every connection of one worker, driven directly.
+
+proton-python's MessagingHandler spends ~350 Python calls per message on event dispatch and
+wrapper objects; this module calls the C functions that python-qpid-proton ships
+(`cproton_ffi.lib`) with pre-allocated buffers instead: about ten C calls per message. It is
+sans-IO towards the rings: commands come in through `handle()`, events go out through the
+`emit` callback; sockets are its own, and `worker.py` tells it which are ready.
+
+One collector serves every connection of the worker. cffi pointers hash by address, so the
+dicts below map C objects (connections, links, deliveries) to their Python state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from cproton_ffi import ffi, lib
+
+from . import protocol as p
+
+IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
+RECV_BUFFER = 1024 * 1024
+
+# Event types we act on, bound once.
+E_CONNECTION_REMOTE_OPEN = lib.PN_CONNECTION_REMOTE_OPEN
+E_CONNECTION_REMOTE_CLOSE = lib.PN_CONNECTION_REMOTE_CLOSE
+E_SESSION_REMOTE_OPEN = lib.PN_SESSION_REMOTE_OPEN
+E_SESSION_REMOTE_CLOSE = lib.PN_SESSION_REMOTE_CLOSE
+E_LINK_REMOTE_OPEN = lib.PN_LINK_REMOTE_OPEN
+E_LINK_REMOTE_CLOSE = lib.PN_LINK_REMOTE_CLOSE
+E_LINK_REMOTE_DETACH = lib.PN_LINK_REMOTE_DETACH
+E_LINK_FLOW = lib.PN_LINK_FLOW
+E_DELIVERY = lib.PN_DELIVERY
+E_TRANSPORT_ERROR = lib.PN_TRANSPORT_ERROR
+E_TRANSPORT_CLOSED = lib.PN_TRANSPORT_CLOSED
+
+LOCAL_UNINIT = lib.PN_LOCAL_UNINIT
+LOCAL_CLOSED = lib.PN_LOCAL_CLOSED
+REMOTE_CLOSED = lib.PN_REMOTE_CLOSED
+
+_DURABILITY = {0: lib.PN_NONDURABLE, 1: lib.PN_CONFIGURATION, 2: lib.PN_DELIVERIES}
+_EXPIRY = {
+    "link-detach": lib.PN_EXPIRE_WITH_LINK,
+    "session-end": lib.PN_EXPIRE_WITH_SESSION,
+    "connection-close": lib.PN_EXPIRE_WITH_CONNECTION,
+    "never": lib.PN_EXPIRE_NEVER,
+}
+
+
+def _text(c_string: Any) -> str | None:
+    return None if c_string == ffi.NULL else ffi.string(c_string).decode("utf-8", "replace")
+
+
+def _condition(cond: Any) -> p.Condition | None:
+    name = _text(lib.pn_condition_get_name(cond))
+    if not name:
+        return None
+    return p.Condition(name, _text(lib.pn_condition_get_description(cond)) or "")
+
+
+def _set_condition(cond: Any, condition: p.Condition | None) -> None:
+    if condition is not None:
+        lib.pn_condition_set_name(cond, condition.name.encode())
+        lib.pn_condition_set_description(cond, condition.description.encode())
+
+
+def _read_terminus(term: Any) -> p.Terminus | None:
+    if lib.pn_terminus_get_type(term) == lib.PN_UNSPECIFIED:
+        return None
+    return p.Terminus(
+        address=_text(lib.pn_terminus_get_address(term)),
+        dynamic=bool(lib.pn_terminus_is_dynamic(term)),
+    )
+
+
+def _write_terminus(term: Any, spec: p.Terminus) -> None:
+    if spec.address is not None:
+        lib.pn_terminus_set_address(term, spec.address.encode())
+    if spec.dynamic:
+        lib.pn_terminus_set_dynamic(term, True)
+    if spec.durable:
+        lib.pn_terminus_set_durability(term, _DURABILITY[spec.durable])
+    if spec.expiry_policy:
+        lib.pn_terminus_set_expiry_policy(term, _EXPIRY[spec.expiry_policy])
+    if spec.timeout:
+        lib.pn_terminus_set_timeout(term, spec.timeout)
+    if spec.filter:
+        data = lib.pn_terminus_filter(term)
+        lib.pn_data_decode(data, spec.filter, len(spec.filter))
+    if spec.capabilities:
+        caps = lib.pn_terminus_capabilities(term)
+        lib.pn_data_put_array(caps, False, lib.PN_SYMBOL)
+        lib.pn_data_enter(caps)
+        for cap in spec.capabilities:
+            raw = cap.encode()
+            lib.pn_data_put_symbol(caps, (len(raw), ffi.from_buffer(raw)))
+        lib.pn_data_exit(caps)
+
+
+class Link:
+    """A link's state on the worker side."""
+
+    __slots__ = (
+        "id", "ptr", "conn", "is_sender", "pending", "unsettled", "deliveries",
+        "next_delivery_id", "opened", "closed", "settle_on_send", "inbound_credit",
+    )
+
+    def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
+        self.id = link_id
+        self.ptr = ptr
+        self.conn = conn
+        self.is_sender = is_sender
+        # Sender: (seq, payload) waiting for credit; unsettled delivery -> seq.
+        self.pending: deque[tuple[int, bytes]] = deque()
+        self.unsettled: dict[Any, int] = {}
+        self.settle_on_send = False
+        # Receiver: delivery id -> delivery awaiting the user's disposition.
+        self.deliveries: dict[int, Any] = {}
+        self.next_delivery_id = 0
+        self.opened = False
+        self.closed = False
+        self.inbound_credit = 0
+
+
+class Connection:
+    """One AMQP connection: its socket, transport, session and links."""
+
+    __slots__ = (
+        "id", "sock", "ptr", "transport", "session", "links", "connecting", "closed_sent",
+        "listener", "want_write", "opened",
+    )
+
+    def __init__(self, conn_id: int, sock: socket.socket, listener: int | None) -> None:
+        self.id = conn_id
+        self.sock = sock
+        self.ptr: Any = ffi.NULL
+        self.transport: Any = ffi.NULL
+        self.session: Any = ffi.NULL
+        self.links: dict[Any, Link] = {}
+        self.connecting = False
+        self.closed_sent = False
+        self.listener = listener
+        self.want_write = False
+        self.opened = False
+
+
+class Listener:
+    __slots__ = ("id", "sock", "container_id", "credit")
+
+    def __init__(self, listener_id: int, sock: socket.socket, container_id: str, credit: int):
+        self.id = listener_id
+        self.sock = sock
+        self.container_id = container_id
+        self.credit = credit
+
+
+class Engine:
+    """All connections, links and listeners of one worker."""
+
+    def __init__(self, worker_index: int, emit: Callable[[p.Event], None]) -> None:
+        self.worker_index = worker_index
+        self.emit = emit
+        self.collector = lib.pn_collector()
+        self.connections: dict[int, Connection] = {}
+        self.by_ptr: dict[Any, Connection] = {}
+        self.links: dict[int, Link] = {}
+        self.listeners: dict[int, Listener] = {}
+        self.next_inbound_link = (
+            p.INBOUND_LINK_BASE + (worker_index << p.INBOUND_WORKER_SHIFT)
+        )
+        self.next_inbound_conn = -1  # inbound connections get negative ids
+        self._in = bytearray(IO_CHUNK)
+        self._in_c = ffi.from_buffer(self._in)
+        self._out = bytearray(IO_CHUNK)
+        self._out_c = ffi.from_buffer(self._out)
+        self._out_view = memoryview(self._out)
+        self._recv = bytearray(RECV_BUFFER)
+        self._recv_c = ffi.from_buffer(self._recv)
+        self._recv_view = memoryview(self._recv)
+        self._tag_buf = ffi.new("char[8]")
+        self._tag = ffi.new("pn_bytes_t *", (8, self._tag_buf))[0]
+        # Per pump: batched events, flushed by `flush_events()`.
+        self._deliveries: dict[int, p.Deliveries] = {}
+        self._outcomes: dict[tuple[int, int], p.Outcomes] = {}
+        self.socket_changes: list[Connection] = []  # sockets to (re)register with the loop
+
+    # ---- commands ------------------------------------------------------------------------
+
+    def handle(self, cmd: p.Command) -> None:
+        kind = type(cmd)
+        if kind is p.Send:
+            self._send(cmd)  # type: ignore[arg-type]
+        elif kind is p.Settle:
+            self._settle(cmd)  # type: ignore[arg-type]
+        elif kind is p.Flow:
+            self._flow(cmd)  # type: ignore[arg-type]
+        elif kind is p.OpenLink:
+            self._open_link(cmd)  # type: ignore[arg-type]
+        elif kind is p.OpenConnection:
+            self._open_connection(cmd)  # type: ignore[arg-type]
+        elif kind is p.Listen:
+            self._listen(cmd)  # type: ignore[arg-type]
+        elif kind is p.CloseLink:
+            self._close_link(cmd)  # type: ignore[arg-type]
+        elif kind is p.CloseConnection:
+            self._close_connection(cmd)  # type: ignore[arg-type]
+        elif kind is p.CloseListener:
+            self._close_listener(cmd.listener)  # type: ignore[union-attr]
+        else:
+            raise ValueError(f"unexpected command {cmd!r}")
+
+    def _open_connection(self, cmd: p.OpenConnection) -> None:
+        try:
+            family, _, _, _, addr = socket.getaddrinfo(
+                cmd.host, cmd.port, type=socket.SOCK_STREAM
+            )[0]
+        except OSError as exc:
+            self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
+                "amqp:connection:failed", f"cannot resolve {cmd.host!r}: {exc}")))
+            return
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(cmd.conn, sock, None)
+        rc = sock.connect_ex(addr)
+        if rc not in (0, errno.EINPROGRESS):
+            sock.close()
+            self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
+                "amqp:connection:failed",
+                f"cannot connect to {cmd.host}:{cmd.port}: {errno.errorcode.get(rc, rc)}")))
+            return
+        conn.connecting = rc == errno.EINPROGRESS
+        self._start_transport(conn, cmd.container_id, server=False)
+        lib.pn_connection_set_hostname(conn.ptr, (cmd.virtual_host or cmd.host).encode())
+        sasl = lib.pn_sasl(conn.transport)
+        if cmd.user:
+            lib.pn_connection_set_user(conn.ptr, cmd.user.encode())
+            if cmd.password is not None:
+                lib.pn_connection_set_password(conn.ptr, cmd.password.encode())
+        mechs = cmd.sasl_mechanisms or (None if cmd.user else "ANONYMOUS")
+        if mechs:
+            lib.pn_sasl_allowed_mechs(sasl, mechs.encode())
+        lib.pn_sasl_set_allow_insecure_mechs(sasl, cmd.allow_insecure_mechanisms)
+        if cmd.idle_timeout:
+            lib.pn_transport_set_idle_timeout(conn.transport, int(cmd.idle_timeout * 1000))
+        if cmd.max_frame_size:
+            lib.pn_transport_set_max_frame(conn.transport, cmd.max_frame_size)
+        lib.pn_connection_open(conn.ptr)
+        conn.session = lib.pn_session(conn.ptr)
+        lib.pn_session_open(conn.session)
+
+    def _start_transport(self, conn: Connection, container_id: str, server: bool) -> None:
+        conn.ptr = lib.pn_connection()
+        lib.pn_connection_set_container(conn.ptr, container_id.encode())
+        lib.pn_connection_collect(conn.ptr, self.collector)
+        conn.transport = lib.pn_transport()
+        if server:
+            lib.pn_transport_set_server(conn.transport)
+            sasl = lib.pn_sasl(conn.transport)
+            lib.pn_sasl_allowed_mechs(sasl, b"ANONYMOUS")
+        lib.pn_transport_bind(conn.transport, conn.ptr)
+        self.connections[conn.id] = conn
+        self.by_ptr[conn.ptr] = conn
+        self.socket_changes.append(conn)
+
+    def _listen(self, cmd: p.Listen) -> None:
+        try:
+            family, _, _, _, addr = socket.getaddrinfo(
+                cmd.host, cmd.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Every worker binds the same port; the kernel spreads connections over them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(addr)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:
+            self.emit(p.ListenFailed(cmd.listener, p.Condition(
+                "amqscale:listen-failed", f"cannot listen on {cmd.host}:{cmd.port}: {exc}")))
+            return
+        self.listeners[cmd.listener] = Listener(
+            cmd.listener, sock, cmd.container_id, cmd.credit
+        )
+        self.emit(p.Listening(cmd.listener, sock.getsockname()[1]))
+
+    def accept(self, listener: Listener) -> None:
+        """Take every pending inbound connection of a listener."""
+        while True:
+            try:
+                sock, _ = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = Connection(self.next_inbound_conn, sock, listener.id)
+            self.next_inbound_conn -= 1
+            self._start_transport(conn, listener.container_id, server=True)
+
+    def _open_link(self, cmd: p.OpenLink) -> None:
+        conn = self.connections.get(cmd.conn)
+        if conn is None or conn.closed_sent:
+            self.emit(p.LinkClosed(cmd.link, p.Condition(
+                "amqp:connection:forced", "the connection is closed")))
+            return
+        make = lib.pn_sender if cmd.is_sender else lib.pn_receiver
+        ptr = make(conn.session, cmd.name.encode())
+        _write_terminus(lib.pn_link_source(ptr), cmd.source)
+        _write_terminus(lib.pn_link_target(ptr), cmd.target)
+        lib.pn_link_set_snd_settle_mode(ptr, cmd.snd_settle_mode)
+        lib.pn_link_set_rcv_settle_mode(ptr, cmd.rcv_settle_mode)
+        link = Link(cmd.link, ptr, conn, cmd.is_sender)
+        link.settle_on_send = cmd.snd_settle_mode == p.SND_SETTLED
+        conn.links[ptr] = link
+        self.links[cmd.link] = link
+        lib.pn_link_open(ptr)
+        if not cmd.is_sender and cmd.credit:
+            lib.pn_link_flow(ptr, cmd.credit)
+
+    def _send(self, cmd: p.Send) -> None:
+        link = self.links.get(cmd.link)
+        if link is None or link.closed:
+            return  # the user side already knows the link ended (LinkClosed was sent)
+        seq = cmd.first_seq
+        pending = link.pending
+        for payload in cmd.payloads:
+            pending.append((seq, payload))
+            seq += 1
+        link.settle_on_send = cmd.settled or link.settle_on_send
+        self._pump_sender(link)
+
+    def _pump_sender(self, link: Link) -> None:
+        ptr = link.ptr
+        credit = lib.pn_link_credit(ptr)
+        pending = link.pending
+        if credit <= 0 or not pending:
+            return
+        tag_buf = self._tag_buf
+        tag = self._tag
+        unsettled = link.unsettled
+        settle = link.settle_on_send
+        new_delivery = lib.pn_delivery
+        link_send = lib.pn_link_send
+        advance = lib.pn_link_advance
+        settle_delivery = lib.pn_delivery_settle
+        memmove = ffi.memmove
+        for _ in range(min(credit, len(pending))):
+            seq, payload = pending.popleft()
+            memmove(tag_buf, seq.to_bytes(8, "little"), 8)
+            delivery = new_delivery(ptr, tag)
+            link_send(ptr, payload, len(payload))
+            advance(ptr)
+            if settle:
+                settle_delivery(delivery)
+            else:
+                unsettled[delivery] = seq
+
+    def _settle(self, cmd: p.Settle) -> None:
+        link = self.links.get(cmd.link)
+        if link is None:
+            return
+        deliveries = link.deliveries
+        update = lib.pn_delivery_update
+        settle = lib.pn_delivery_settle
+        state = cmd.state
+        plain = state in (p.ACCEPTED, p.RELEASED)
+        for delivery_id in cmd.ids:
+            delivery = deliveries.pop(delivery_id, None)
+            if delivery is None:
+                continue  # pre-settled, or its link ended: nothing to tell the peer
+            if not plain:
+                self._describe_outcome(delivery, cmd)
+            update(delivery, state)
+            settle(delivery)
+
+    def _describe_outcome(self, delivery: Any, cmd: p.Settle) -> None:
+        local = lib.pn_delivery_local(delivery)
+        if cmd.state == p.REJECTED:
+            _set_condition(lib.pn_disposition_condition(local), cmd.condition)
+        elif cmd.state == p.MODIFIED:
+            lib.pn_disposition_set_failed(local, cmd.delivery_failed)
+            lib.pn_disposition_set_undeliverable(local, cmd.undeliverable_here)
+            if cmd.annotations:
+                data = lib.pn_disposition_annotations(local)
+                lib.pn_data_decode(data, cmd.annotations, len(cmd.annotations))
+
+    def _flow(self, cmd: p.Flow) -> None:
+        link = self.links.get(cmd.link)
+        if link is None or link.closed:
+            return
+        if cmd.drain:
+            lib.pn_link_drain(link.ptr, cmd.credit)
+        else:
+            lib.pn_link_flow(link.ptr, cmd.credit)
+
+    def _close_link(self, cmd: p.CloseLink) -> None:
+        link = self.links.get(cmd.link)
+        if link is None:
+            return
+        if lib.pn_link_state(link.ptr) & LOCAL_CLOSED == 0:
+            _set_condition(lib.pn_link_condition(link.ptr), cmd.condition)
+            lib.pn_link_close(link.ptr)
+
+    def _close_connection(self, cmd: p.CloseConnection) -> None:
+        conn = self.connections.get(cmd.conn)
+        if conn is None:
+            return
+        if lib.pn_connection_state(conn.ptr) & LOCAL_CLOSED == 0:
+            _set_condition(lib.pn_connection_condition(conn.ptr), cmd.condition)
+            lib.pn_connection_close(conn.ptr)
+
+    def _close_listener(self, listener_id: int) -> None:
+        listener = self.listeners.pop(listener_id, None)
+        if listener is not None:
+            listener.sock.close()
+
+    def close_all(self) -> None:
+        for listener_id in list(self.listeners):
+            self._close_listener(listener_id)
+        for conn in list(self.connections.values()):
+            self._close_connection(p.CloseConnection(conn.id))
+
+    # ---- socket I/O ----------------------------------------------------------------------
+
+    def on_connected(self, conn: Connection) -> None:
+        """A non-blocking connect finished: succeeded, or failed with SO_ERROR."""
+        conn.connecting = False
+        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fail(conn, f"cannot connect: {errno.errorcode.get(err, err)} "
+                             f"({socket.errno.errorcode.get(err, '')})")
+
+    def read(self, conn: Connection) -> None:
+        """Move what the socket has into the transport, a slice at a time."""
+        transport = conn.transport
+        buf_c = self._in_c
+        for _ in range(16):
+            capacity = lib.pn_transport_capacity(transport)
+            if capacity < 0:
+                return  # the tail is closed; the transport will report why
+            if capacity == 0:
+                break  # the engine is full: don't mistake this for EOF
+            try:
+                n = conn.sock.recv_into(self._in, min(capacity, IO_CHUNK))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._fail(conn, f"connection lost: {exc}")
+                return
+            if n == 0:
+                lib.pn_transport_close_tail(transport)
+                break
+            lib.pn_transport_push(transport, buf_c, n)
+            self.process()
+            if n < IO_CHUNK:
+                break
+
+    def write(self, conn: Connection) -> None:
+        """Send what the transport has, popping only what the socket took."""
+        transport = conn.transport
+        if transport == ffi.NULL or conn.connecting:
+            return
+        while True:
+            pending = lib.pn_transport_pending(transport)
+            if pending < 0:
+                self._head_closed(conn)
+                return
+            if pending == 0:
+                conn.want_write = False
+                return
+            n = lib.pn_transport_peek(transport, self._out_c, min(pending, IO_CHUNK))
+            try:
+                sent = conn.sock.send(self._out_view[:n])
+            except (BlockingIOError, InterruptedError):
+                conn.want_write = True
+                return
+            except OSError as exc:
+                self._fail(conn, f"connection lost: {exc}")
+                return
+            lib.pn_transport_pop(transport, sent)
+            if sent < n:
+                conn.want_write = True
+                return
+
+    def write_all(self) -> None:
+        for conn in list(self.connections.values()):
+            self.write(conn)
+
+    def tick(self, now: float) -> float | None:
+        """Idle-timeout processing; returns seconds until the next tick is due."""
+        soonest: float | None = None
+        now_ms = int(now * 1000)
+        for conn in self.connections.values():
+            deadline = lib.pn_transport_tick(conn.transport, now_ms)
+            if deadline:
+                wait = max(0.0, (deadline - now_ms) / 1000)
+                soonest = wait if soonest is None else min(soonest, wait)
+        return soonest
+
+    def _head_closed(self, conn: Connection) -> None:
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+        if lib.pn_transport_capacity(conn.transport) < 0:
+            self._drop(conn)
+
+    def _fail(self, conn: Connection, description: str) -> None:
+        cond = lib.pn_transport_condition(conn.transport)
+        if not lib.pn_condition_get_name(cond):
+            lib.pn_condition_set_name(cond, b"amqp:connection:failed")
+            lib.pn_condition_set_description(cond, description.encode())
+        lib.pn_transport_close_tail(conn.transport)
+        lib.pn_transport_close_head(conn.transport)
+        self.process()
+        self._drop(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        """Forget a connection whose transport is closed at both ends."""
+        if conn.id not in self.connections:
+            return
+        if not conn.closed_sent:
+            condition = _condition(lib.pn_transport_condition(conn.transport)) or _condition(
+                lib.pn_connection_remote_condition(conn.ptr))
+            self._connection_ended(conn, condition)
+        del self.connections[conn.id]
+        del self.by_ptr[conn.ptr]
+        conn.sock.close()
+        self.socket_changes.append(conn)
+        lib.pn_transport_unbind(conn.transport)
+        lib.pn_decref(conn.transport)
+        lib.pn_connection_release(conn.ptr)
+        conn.transport = ffi.NULL
+
+    def _connection_ended(self, conn: Connection, condition: p.Condition | None) -> None:
+        conn.closed_sent = True
+        for link in conn.links.values():
+            self._link_ended(link, condition or p.Condition(
+                "amqp:connection:forced", "the connection closed"))
+        if conn.listener is None:
+            self.emit(p.ConnectionClosed(conn.id, condition))
+
+    def _link_ended(self, link: Link, condition: p.Condition | None) -> None:
+        if link.closed:
+            return
+        link.closed = True
+        link.pending.clear()
+        link.deliveries.clear()
+        self.links.pop(link.id, None)
+        self.emit(p.LinkClosed(link.id, condition))
+
+    # ---- the collector -------------------------------------------------------------------
+
+    def process(self) -> None:
+        """Drain the collector, acting on each event."""
+        collector = self.collector
+        peek = lib.pn_collector_peek
+        pop = lib.pn_collector_pop
+        event_type = lib.pn_event_type
+        while True:
+            event = peek(collector)
+            if event == ffi.NULL:
+                return
+            kind = event_type(event)
+            if kind == E_DELIVERY:
+                self._on_delivery(lib.pn_event_delivery(event))
+            elif kind == E_LINK_FLOW:
+                self._on_flow(lib.pn_event_link(event))
+            elif kind == E_LINK_REMOTE_OPEN:
+                self._on_link_open(lib.pn_event_link(event))
+            elif kind in (E_LINK_REMOTE_CLOSE, E_LINK_REMOTE_DETACH):
+                self._on_link_close(lib.pn_event_link(event))
+            elif kind == E_CONNECTION_REMOTE_OPEN:
+                self._on_connection_open(lib.pn_event_connection(event))
+            elif kind == E_CONNECTION_REMOTE_CLOSE:
+                self._on_connection_close(lib.pn_event_connection(event))
+            elif kind == E_SESSION_REMOTE_OPEN:
+                session = lib.pn_event_session(event)
+                if lib.pn_session_state(session) & LOCAL_UNINIT:
+                    lib.pn_session_open(session)
+            elif kind == E_SESSION_REMOTE_CLOSE:
+                session = lib.pn_event_session(event)
+                if lib.pn_session_state(session) & LOCAL_CLOSED == 0:
+                    lib.pn_session_close(session)
+            elif kind == E_TRANSPORT_CLOSED:
+                conn = self.by_ptr.get(lib.pn_transport_connection(lib.pn_event_transport(event)))
+                if conn is not None:
+                    pop(collector)
+                    self._drop(conn)
+                    continue
+            pop(collector)
+
+    def _on_connection_open(self, ptr: Any) -> None:
+        conn = self.by_ptr.get(ptr)
+        if conn is None:
+            return
+        if lib.pn_connection_state(ptr) & LOCAL_UNINIT:
+            lib.pn_connection_open(ptr)  # an inbound connection: answer its open
+        conn.opened = True
+        if conn.listener is None:
+            self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr))))
+
+    def _on_connection_close(self, ptr: Any) -> None:
+        conn = self.by_ptr.get(ptr)
+        if conn is None:
+            return
+        condition = _condition(lib.pn_connection_remote_condition(ptr))
+        if lib.pn_connection_state(ptr) & LOCAL_CLOSED == 0:
+            lib.pn_connection_close(ptr)
+        if not conn.closed_sent:
+            self._connection_ended(conn, condition)
+
+    def _on_link_open(self, ptr: Any) -> None:
+        conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))
+        if conn is None:
+            return
+        link = conn.links.get(ptr)
+        if link is None:
+            link = self._accept_link(conn, ptr)
+        source = _read_terminus(lib.pn_link_remote_source(ptr))
+        target = _read_terminus(lib.pn_link_remote_target(ptr))
+        # A null remote terminus is a refusal: the detach with its reason follows.
+        refused = (target if link.is_sender else source) is None and conn.listener is None
+        if refused or lib.pn_link_state(ptr) & REMOTE_CLOSED:
+            return
+        link.opened = True
+        self.emit(p.LinkOpened(
+            link.id, conn.listener if conn.listener is not None else conn.id,
+            _text(lib.pn_link_name(ptr)) or "", link.is_sender, source, target,
+            inbound=conn.listener is not None,
+        ))
+        if link.is_sender:
+            self._pump_sender(link)
+
+    def _accept_link(self, conn: Connection, ptr: Any) -> Link:
+        """A remote peer attached to us (we listen): mirror its termini and open."""
+        is_sender = bool(lib.pn_link_is_sender(ptr))
+        lib.pn_terminus_copy(lib.pn_link_source(ptr), lib.pn_link_remote_source(ptr))
+        lib.pn_terminus_copy(lib.pn_link_target(ptr), lib.pn_link_remote_target(ptr))
+        lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
+        lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
+        link = Link(self.next_inbound_link, ptr, conn, is_sender)
+        self.next_inbound_link += 1
+        conn.links[ptr] = link
+        self.links[link.id] = link
+        lib.pn_link_open(ptr)
+        if not is_sender:
+            assert conn.listener is not None
+            credit = self.listeners[conn.listener].credit if conn.listener in \
+                self.listeners else 1000
+            lib.pn_link_flow(ptr, credit)
+        return link
+
+    def _on_link_close(self, ptr: Any) -> None:
+        conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))
+        link = conn.links.get(ptr) if conn is not None else None
+        condition = _condition(lib.pn_link_remote_condition(ptr))
+        if lib.pn_link_state(ptr) & LOCAL_CLOSED == 0:
+            lib.pn_link_close(ptr)
+        if link is not None:
+            self._link_ended(link, condition)
+
+    def _on_flow(self, ptr: Any) -> None:
+        conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))
+        link = conn.links.get(ptr) if conn is not None else None
+        if link is not None and link.is_sender:
+            self._pump_sender(link)
+
+    def _on_delivery(self, delivery: Any) -> None:
+        ptr = lib.pn_delivery_link(delivery)
+        conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))
+        link = conn.links.get(ptr) if conn is not None else None
+        if link is None:
+            return
+        if link.is_sender:
+            self._on_outcome(link, delivery)
+        elif lib.pn_delivery_readable(delivery) and not lib.pn_delivery_partial(delivery):
+            self._on_message(link, delivery)
+
+    def _on_outcome(self, link: Link, delivery: Any) -> None:
+        state = lib.pn_delivery_remote_state(delivery)
+        if not (lib.pn_delivery_settled(delivery) or p.ACCEPTED <= state <= p.MODIFIED):
+            return  # a non-terminal state (received): wait for the outcome
+        seq = link.unsettled.pop(delivery, None)
+        lib.pn_delivery_settle(delivery)
+        if seq is None:
+            return
+        if state == p.ACCEPTED:
+            key = (link.id, state)
+            batch = self._outcomes.get(key)
+            if batch is None:
+                self._outcomes[key] = p.Outcomes(link.id, [seq], state)
+            else:
+                batch.seqs.append(seq)
+            return
+        remote = lib.pn_delivery_remote(delivery)
+        self.emit(p.Outcomes(
+            link.id, [seq], state,
+            condition=_condition(lib.pn_disposition_condition(remote)),
+            delivery_failed=bool(lib.pn_disposition_is_failed(remote)),
+            undeliverable_here=bool(lib.pn_disposition_is_undeliverable(remote)),
+        ))
+
+    def _on_message(self, link: Link, delivery: Any) -> None:
+        size = lib.pn_delivery_pending(delivery)
+        ptr = link.ptr
+        if size <= RECV_BUFFER:
+            n = lib.pn_link_recv(ptr, self._recv_c, RECV_BUFFER)
+            payload = bytes(self._recv_view[:max(n, 0)])
+        else:
+            chunk = bytearray(size)
+            n = lib.pn_link_recv(ptr, ffi.from_buffer(chunk), size)
+            payload = bytes(chunk[:max(n, 0)])
+        lib.pn_link_advance(ptr)
+        delivery_id = link.next_delivery_id
+        link.next_delivery_id = delivery_id + 1
+        batch = self._deliveries.get(link.id)
+        if batch is None:
+            batch = self._deliveries[link.id] = p.Deliveries(link.id, delivery_id, [])
+        if lib.pn_delivery_settled(delivery):
+            lib.pn_delivery_settle(delivery)  # pre-settled: nothing more to say
+            if batch.settled is None:
+                batch.settled = []
+            batch.settled.append(len(batch.payloads))
+        else:
+            link.deliveries[delivery_id] = delivery
+        batch.payloads.append(payload)
+
+    def flush_events(self) -> None:
+        """Emit the batched deliveries and outcomes of this pump."""
+        if self._deliveries:
+            for batch in self._deliveries.values():
+                self.emit(batch)
+            self._deliveries = {}
+        if self._outcomes:
+            for outcome in self._outcomes.values():
+                self.emit(outcome)
+            self._outcomes = {}
+
+    def clock(self) -> float:
+        return time.monotonic()

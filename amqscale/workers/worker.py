@@ -1,0 +1,213 @@
+"""A worker process: one Proton engine, its share of the connections, two rings.
+
+The loop, once per wake-up: take every command from the command ring, let the engine act
+on them and on every ready socket, then publish the events of the whole pass as one ring
+record. It parks on a selector that watches the sockets, the command ring's eventfd and the
+parent's pidfd, so a dead parent ends the worker at once (PR_SET_PDEATHSIG backs that up).
+
+While the event ring is full the worker stops reading sockets: the peers then stop being
+granted credit's worth of traffic, which is how backpressure reaches the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import selectors
+import signal
+import sys
+import time
+from typing import Any
+
+import msgspec
+
+from ..ipc.ring import RingPair, RingPairHandles, RingReader, RingWriter
+from . import protocol as p
+from .engine import Connection, Engine, Listener
+
+RECORD_BUDGET = 256 * 1024  # seal an event record once its payloads pass this size
+SHUTDOWN_GRACE = 2.0  # seconds to close connections cleanly on Shutdown
+PR_SET_PDEATHSIG = 1
+
+
+class Worker:
+    def __init__(self, index: int, commands: RingReader, events: RingWriter) -> None:
+        self.index = index
+        self.commands = commands
+        self.events = events
+        self.engine = Engine(index, self._emit)
+        self.selector = selectors.DefaultSelector()
+        self.masks: dict[int, int] = {}
+        self.pending: list[p.Event] = []
+        self.pending_bytes = 0
+        self.outbox: list[bytes] = []
+        self.stopping_since: float | None = None
+        self.reading = True
+
+    # ---- events out ----------------------------------------------------------------------
+
+    def _emit(self, event: p.Event) -> None:
+        self.pending.append(event)
+        if type(event) is p.Deliveries:
+            self.pending_bytes += sum(map(len, event.payloads))
+        if self.pending_bytes >= RECORD_BUDGET:
+            self._seal()
+
+    def _seal(self) -> None:
+        if self.pending:
+            self.outbox.append(p.encode(self.pending))
+            self.pending = []
+            self.pending_bytes = 0
+
+    def _publish(self) -> None:
+        self.engine.flush_events()
+        self._seal()
+        if self.outbox:
+            written = self.events.write_batch(self.outbox)
+            del self.outbox[:written]
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.selector.register(self.commands.fileno(), selectors.EVENT_READ, "commands")
+        peer = self.commands.peer_fileno()
+        if peer is not None:
+            self.selector.register(peer, selectors.EVENT_READ, "parent")
+        self._emit(p.Ready(os.getpid()))
+        self._publish()
+        while not self._finished():
+            self._take_commands()
+            self.engine.process()
+            self.engine.write_all()
+            self._publish()
+            self._update_registrations()
+            if self._wait_and_dispatch():
+                return  # the parent is gone
+
+    def _finished(self) -> bool:
+        if self.stopping_since is None:
+            return False
+        drained = not self.engine.connections and not self.outbox
+        return drained or time.monotonic() - self.stopping_since > SHUTDOWN_GRACE
+
+    def _take_commands(self) -> None:
+        handle = self.engine.handle
+        for record in self.commands.read_batch():
+            for command in p.decode_commands(record):
+                if type(command) is p.Shutdown:
+                    self.engine.close_all()
+                    self.stopping_since = time.monotonic()
+                else:
+                    handle(command)
+
+    def _wait_and_dispatch(self) -> bool:
+        timeout = self.engine.tick(time.monotonic())
+        timeout = 1.0 if timeout is None else min(timeout, 1.0)
+        if self.stopping_since is not None:
+            timeout = min(timeout, 0.05)
+        if self.commands.park():
+            timeout = 0.0
+        ready = self.selector.select(timeout)
+        self.commands.unpark()
+        for key, mask in ready:
+            target: Any = key.data
+            if target == "parent":
+                return True
+            if isinstance(target, Connection):
+                self._on_socket(target, mask)
+            elif isinstance(target, Listener):
+                self.engine.accept(target)
+        return False
+
+    def _on_socket(self, conn: Connection, mask: int) -> None:
+        if conn.transport is None or conn.id not in self.engine.connections:
+            return
+        if conn.connecting and mask & selectors.EVENT_WRITE:
+            self.engine.on_connected(conn)
+        if mask & selectors.EVENT_READ and conn.id in self.engine.connections:
+            self.engine.read(conn)
+        if mask & selectors.EVENT_WRITE and conn.id in self.engine.connections:
+            self.engine.write(conn)
+
+    def _update_registrations(self) -> None:
+        """Keep the selector in step with sockets, listeners and the event ring's room."""
+        engine = self.engine
+        reading = not self.outbox  # a full event ring: stop taking input from the network
+        for conn in engine.socket_changes:
+            if conn.id not in engine.connections:
+                fd = self.masks.pop(id(conn), None)
+                if fd is not None:
+                    self._unregister(conn.sock)
+        engine.socket_changes.clear()
+        for conn in engine.connections.values():
+            want = selectors.EVENT_READ if reading else 0
+            if conn.want_write or conn.connecting:
+                want |= selectors.EVENT_WRITE
+            self._register(conn.sock, want, conn)
+        for listener in engine.listeners.values():
+            self._register(listener.sock, selectors.EVENT_READ if reading else 0, listener)
+        space = self.events.fileno()
+        if reading != self.reading:
+            self.reading = reading
+            if reading:
+                self.events.unpark()
+                self.selector.unregister(space)
+            else:
+                self.events.park()
+                self.selector.register(space, selectors.EVENT_READ, "space")
+
+    def _register(self, sock: Any, want: int, data: Any) -> None:
+        key = id(data)
+        have = self.masks.get(key, 0)
+        if want == have:
+            return
+        if have and want:
+            self.selector.modify(sock, want, data)
+        elif want:
+            self.selector.register(sock, want, data)
+        else:
+            self.selector.unregister(sock)
+        if want:
+            self.masks[key] = want
+        else:
+            self.masks.pop(key, None)
+
+    def _unregister(self, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(sock)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to kill us when the parent dies, closing the race at start-up."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+class WorkerSpec(msgspec.Struct):
+    """What a worker needs to start; passed on its command line (no secrets in it)."""
+
+    index: int
+    parent_pid: int
+    rings: str  # RingPairHandles.encode()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = msgspec.json.decode(argv[0].encode(), type=WorkerSpec)
+    _die_with_parent(spec.parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the parent's to handle
+    rings = RingPair.attach(RingPairHandles.decode(spec.rings))
+    try:
+        Worker(spec.index, rings.inbound, rings.outbound).run()
+    finally:
+        rings.close()
+
+
+if __name__ == "__main__":
+    main()
