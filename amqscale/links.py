@@ -193,7 +193,7 @@ class Sender:
                 link.batch_seq = seq
             link.batch.append(payload)
             worker = link.shard.worker
-            if len(link.batch) >= SEND_BATCH or worker.worker_idle():
+            if len(link.batch) >= SEND_BATCH or worker.wants_work():
                 link.hand_over()
                 worker.flush(timeout=None)
                 return tracker
@@ -387,7 +387,9 @@ class _ReceiverLink:
             if ids is None:
                 ids = self.settling[state] = []
             ids.append(delivery.id)
-            if len(ids) >= SETTLE_BATCH or self.worker.worker_idle():
+            # No eager hand-over when the worker idles: the buffer's deliveries are being
+            # worked through, and the wait for the next batch hands these over.
+            if len(ids) >= SETTLE_BATCH:
                 self.hand_over()
                 self.worker.flush(timeout=None)
                 return

@@ -28,6 +28,7 @@ from .engine import Connection, Engine, Listener
 
 RECORD_BUDGET = 256 * 1024  # seal an event record once its payloads pass this size
 SHUTDOWN_GRACE = 2.0  # seconds to close connections cleanly on Shutdown
+TICK_INTERVAL = 0.1  # idle timeouts are checked this often (AMQP heartbeats are seconds)
 PR_SET_PDEATHSIG = 1
 
 
@@ -44,6 +45,7 @@ class Worker:
         self.outbox: list[bytes] = []
         self.stopping_since: float | None = None
         self.reading = True
+        self.next_tick = 0.0
 
     # ---- events out ----------------------------------------------------------------------
 
@@ -102,16 +104,17 @@ class Worker:
                     handle(command)
 
     def _wait_and_dispatch(self) -> bool:
-        timeout = self.engine.tick(time.monotonic())
-        timeout = 1.0 if timeout is None else min(timeout, 1.0)
+        timeout = self._tick()
         if self.stopping_since is not None:
             timeout = min(timeout, 0.05)
-        if self.commands.park():
-            timeout = 0.0
-        ready = self.selector.select(timeout)
-        self.commands.unpark()
+        parked = not self.commands.park()
+        ready = self.selector.select(timeout if parked else 0.0)
+        if parked:
+            self.commands.unpark()
         for key, mask in ready:
             target: Any = key.data
+            if target == "commands":
+                continue  # unpark() drained it; the next pass reads the ring
             if target == "parent":
                 return True
             if isinstance(target, Connection):
@@ -119,6 +122,14 @@ class Worker:
             elif isinstance(target, Listener):
                 self.engine.accept(target)
         return False
+
+    def _tick(self) -> float:
+        """Idle-timeout work, at most every TICK_INTERVAL; seconds the loop may sleep."""
+        now = time.monotonic()
+        if now >= self.next_tick:
+            due = self.engine.tick(now)
+            self.next_tick = now + (TICK_INTERVAL if due is None else min(due, TICK_INTERVAL))
+        return max(0.0, self.next_tick - now)
 
     def _on_socket(self, conn: Connection, mask: int) -> None:
         if conn.transport is None or conn.id not in self.engine.connections:
