@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian/Ubuntu machine, as root: installs what it needs
+# (scripts/setup.sh), then ruff, mypy and pytest over tests/ (the brokers are started by the
+# pytest fixtures in amqscale.testing.fixtures). Every step runs even if an earlier one failed,
+# so one run reports all of them; the exit code is non-zero if any failed, and a pytest run
+# that collected no tests (exit code 5) counts as a failure. Arguments go to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+START=$SECONDS
+trap 'echo "test.sh: elapsed $((SECONDS - START)) s" >&2' EXIT
+
+bash scripts/setup.sh || exit 1
+
+failed=()
+echo "test.sh: ruff check ." >&2
+.venv/bin/ruff check . || failed+=(ruff)
+echo "test.sh: mypy" >&2
+.venv/bin/mypy || failed+=(mypy)
+echo "test.sh: pytest" >&2
+.venv/bin/python -m pytest -p no:cacheprovider tests "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "test.sh: pytest ran no tests" >&2
+  failed+=("pytest (no tests)")
+elif [ "$rc" -ne 0 ]; then
+  failed+=("pytest (exit $rc)")
+fi
+
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "test.sh: FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+echo "test.sh: all passed" >&2
