@@ -1,1 +1,58 @@
-"""amqscale: AMQP 1.0 messaging that uses every core."""
+"""amqscale: AMQP 1.0 messaging that uses every core.
+
+A Container runs worker processes, each with its own Proton engine, and places each
+connection's shards over them; messages and settlements cross between your process and the
+workers through shared-memory rings. The vocabulary is Qpid Proton's:
+
+    import amqscale
+
+    with amqscale.Container(workers=2) as container:
+        conn = container.connect("amqp://127.0.0.1:5672", shards=4)
+        sender = conn.open_sender("orders")
+        tracker = sender.send(amqscale.Message(body=b"...", properties={"k": 1}))
+        sender.flush()                      # every outcome is in
+        receiver = conn.open_receiver("orders", credit=500)
+        for delivery in receiver:
+            print(delivery.message)
+            delivery.accept()
+"""
+
+from .container import Connection, Container, Listener
+from .errors import (
+    AMQPError,
+    ConnectionFailed,
+    LinkDetached,
+    MessageTooLarge,
+    URLError,
+    WorkerDied,
+)
+from .ipc.ring import RecordTooLarge
+from .links import Delivery, Receiver, Sender, Tracker
+from .message import Message
+from .types import (
+    Array,
+    Described,
+    byte,
+    char,
+    decimal32,
+    decimal64,
+    decimal128,
+    float32,
+    int32,
+    short,
+    symbol,
+    timestamp,
+    ubyte,
+    uint,
+    ulong,
+    ushort,
+)
+
+__all__ = [
+    "AMQPError", "Array", "Connection", "ConnectionFailed", "Container", "Delivery",
+    "Described", "LinkDetached", "Listener", "Message", "MessageTooLarge", "Receiver",
+    "RecordTooLarge", "Sender", "Tracker", "URLError", "WorkerDied", "byte", "char",
+    "decimal32", "decimal64", "decimal128", "float32", "int32", "short", "symbol",
+    "timestamp", "ubyte", "uint", "ulong", "ushort",
+]
+__version__ = "0.1.0"

@@ -25,7 +25,6 @@ import msgspec
 from .errors import WorkerDied
 from .ipc.ring import RingPair
 from .workers import protocol as p
-from .workers.worker import WorkerSpec
 
 DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
 START_TIMEOUT = 30.0
@@ -93,10 +92,10 @@ class Supervisor:
     def _spawn(self, index: int) -> WorkerHandle:
         rings = RingPair.create(self.ring_capacity)
         handles = rings.peer_handles()
-        spec = WorkerSpec(index=index, parent_pid=os.getpid(), rings=handles.encode())
+        spec = p.WorkerSpec(index=index, parent_pid=os.getpid(), rings=handles.encode())
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "amqscale.workers.worker",
+                [sys.executable, "-m", "amqscale.workers",
                  msgspec.json.encode(spec).decode()],
                 pass_fds=handles.fds(),
                 stdin=subprocess.DEVNULL,

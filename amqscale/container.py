@@ -70,7 +70,8 @@ class Container:
         self._routes: dict[int, Any] = {}
         self._listeners: dict[int, Listener] = {}
         self._placement = itertools.count()
-        self._sup = Supervisor(workers or default_worker_count(), ring_capacity)
+        self._sup = Supervisor(
+            default_worker_count() if workers is None else workers, ring_capacity)
         # Room for the Send command's own framing around one payload.
         self._max_payload = self._sup.max_record_size - 64
         self._closed = False

@@ -547,6 +547,7 @@ class Engine:
     def _link_ended(self, link: Link, condition: p.Condition | None) -> None:
         if link.closed:
             return
+        self.flush_events()  # what the link received comes before the news it ended
         link.closed = True
         link.pending.clear()
         link.deliveries.clear()
@@ -583,9 +584,7 @@ class Engine:
                 if lib.pn_session_state(session) & LOCAL_UNINIT:
                     lib.pn_session_open(session)
             elif kind == E_SESSION_REMOTE_CLOSE:
-                session = lib.pn_event_session(event)
-                if lib.pn_session_state(session) & LOCAL_CLOSED == 0:
-                    lib.pn_session_close(session)
+                self._on_session_close(lib.pn_event_session(event))
             elif kind == E_TRANSPORT_CLOSED:
                 conn = self.by_ptr.get(lib.pn_transport_connection(lib.pn_event_transport(event)))
                 if conn is not None:
@@ -613,6 +612,24 @@ class Engine:
             lib.pn_connection_close(ptr)
         if not conn.closed_sent:
             self._connection_ended(conn, condition)
+
+    def _on_session_close(self, session: Any) -> None:
+        """The peer ended a session (RabbitMQ does so to refuse an address): its links end
+        with the session's condition, and the connection gets a fresh session."""
+        condition = _condition(lib.pn_session_remote_condition(session)) or p.Condition(
+            "amqp:session:ended", "the peer ended the session")
+        if lib.pn_session_state(session) & LOCAL_CLOSED == 0:
+            lib.pn_session_close(session)
+        conn = self.by_ptr.get(lib.pn_session_connection(session))
+        if conn is None:
+            return
+        for link in list(conn.links.values()):
+            if lib.pn_link_session(link.ptr) == session:
+                self._link_ended(link, condition)
+                del conn.links[link.ptr]
+        if conn.session == session and conn.listener is None and not conn.closed_sent:
+            conn.session = lib.pn_session(conn.ptr)
+            lib.pn_session_open(conn.session)
 
     def _on_link_open(self, ptr: Any) -> None:
         conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))

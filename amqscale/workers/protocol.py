@@ -64,6 +64,14 @@ class Terminus(msgspec.Struct, array_like=True, omit_defaults=True):
     filter: bytes | None = None
 
 
+class WorkerSpec(msgspec.Struct):
+    """What a worker needs to start; passed on its command line (no secrets in it)."""
+
+    index: int
+    parent_pid: int
+    rings: str  # RingPairHandles.encode()
+
+
 # ---- commands ---------------------------------------------------------------------------
 
 

@@ -200,17 +200,9 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-class WorkerSpec(msgspec.Struct):
-    """What a worker needs to start; passed on its command line (no secrets in it)."""
-
-    index: int
-    parent_pid: int
-    rings: str  # RingPairHandles.encode()
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    spec = msgspec.json.decode(argv[0].encode(), type=WorkerSpec)
+    spec = msgspec.json.decode(argv[0].encode(), type=p.WorkerSpec)
     _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the parent's to handle
     rings = RingPair.attach(RingPairHandles.decode(spec.rings))
@@ -218,7 +210,3 @@ def main(argv: list[str] | None = None) -> None:
         Worker(spec.index, rings.inbound, rings.outbound).run()
     finally:
         rings.close()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,142 @@
+"""Bad input and broken peers: a clear exception at the call, nothing half-sent or left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from support import ChildReceiver, shm_segments, wait_gone
+
+import amqscale
+from amqscale.testing._process import free_port
+from amqscale.testing.brokers import RabbitMQ
+
+
+@pytest.fixture(scope="module")
+def container() -> amqscale.Container:
+    with amqscale.Container(workers=2) as c:
+        yield c
+
+
+@pytest.mark.parametrize("url, words", [
+    ("localhost:5672", "expected amqp://"),
+    ("http://localhost:5672", "scheme 'http'"),
+    ("amqp://:5672", "no host"),
+    ("amqp://localhost:99999", "out of range"),
+    ("amqp://localhost:abc", "abc"),
+])
+def test_malformed_url(container: amqscale.Container, url: str, words: str) -> None:
+    with pytest.raises(amqscale.URLError, match=words):
+        container.connect(url)
+
+
+def test_unreachable_host(container: amqscale.Container) -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(amqscale.ConnectionFailed, match=f"127.0.0.1:{port}") as info:
+        container.connect(f"amqp://127.0.0.1:{port}", shards=2, timeout=30)
+    assert "connect" in str(info.value)
+
+
+def test_bad_arguments(container: amqscale.Container) -> None:
+    with pytest.raises(ValueError, match="shards"):
+        container.connect("amqp://127.0.0.1:5672", shards=0)
+    with pytest.raises(ValueError, match="workers"):
+        amqscale.Container(workers=0)
+
+
+def test_refused_address(rabbitmq: RabbitMQ, unique_name: str,
+                         container: amqscale.Container) -> None:
+    conn = container.connect(rabbitmq.url)
+    try:
+        with pytest.raises(amqscale.LinkDetached, match="amqp:not-found") as info:
+            conn.open_receiver(f"/amq/queue/{unique_name}-missing", timeout=30)
+        assert info.value.condition == "amqp:not-found"
+        # The connection is still good for an address that exists.
+        sender = conn.open_sender(f"/queue/{unique_name}")
+        assert sender.send(b"still fine").wait(30).accepted
+    finally:
+        conn.close()
+
+
+def test_unsupported_body_is_refused_before_sending(container: amqscale.Container) -> None:
+    receiver = ChildReceiver(None, "x", 1)
+    try:
+        conn = container.connect(receiver.url)
+        sender = conn.open_sender("x")
+        with pytest.raises(TypeError, match="set"):
+            sender.send(amqscale.Message(body={1, 2}))
+        with pytest.raises(TypeError, match="Message or bytes"):
+            sender.send(42)  # type: ignore[arg-type]
+        assert sender.unsettled == []  # nothing half-sent
+        tracker = sender.send(amqscale.Message(id="after", body=b"ok"))
+        assert tracker.wait(30).accepted
+        assert receiver.result().ids == ["after"]
+        conn.close()
+    finally:
+        receiver.close()
+
+
+def test_message_larger_than_the_ring() -> None:
+    receiver = ChildReceiver(None, "big", 1)
+    try:
+        with amqscale.Container(workers=1, ring_capacity=64 * 1024) as small:
+            conn = small.connect(receiver.url)
+            sender = conn.open_sender("big")
+            with pytest.raises(amqscale.MessageTooLarge, match="ring"):
+                sender.send(b"x" * 100_000)
+            assert sender.unsettled == []
+            assert sender.send(amqscale.Message(id=1, body=b"y" * 1000)).wait(30).accepted
+        assert receiver.result().ids == [1]
+    finally:
+        receiver.close()
+
+
+def test_worker_killed_mid_stream() -> None:
+    receiver = ChildReceiver(None, "kill", 10**9, idle=5)
+    try:
+        container = amqscale.Container(workers=2)
+        pids = container.worker_pids()
+        conn = container.connect(receiver.url, shards=2)
+        sender = conn.open_sender("kill")
+        for _ in range(5000):
+            sender.send(b"before")
+        os.kill(pids[0], signal.SIGKILL)
+        started = time.monotonic()
+        with pytest.raises(amqscale.WorkerDied, match="worker 0 died"):
+            while time.monotonic() - started < 30:
+                sender.send(b"after")
+        with pytest.raises(amqscale.WorkerDied):
+            sender.flush(timeout=30)
+        # What the dead worker carried is kept, unsettled, for a later replay.
+        assert all(not t.settled and t.payload for t in sender.unsettled)
+        container.close()
+        assert wait_gone(pids) == []
+        assert shm_segments() == set()
+    finally:
+        receiver.close()
+
+
+_ORPHAN = textwrap.dedent("""
+    import sys, amqscale
+    c = amqscale.Container(workers=2)
+    print(" ".join(map(str, c.worker_pids())), flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_user_process_killed_leaves_nothing() -> None:
+    before = shm_segments()
+    child = subprocess.Popen([sys.executable, "-c", _ORPHAN], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    pids = [int(pid) for pid in child.stdout.readline().split()]
+    assert len(pids) == 2 and wait_gone(pids, timeout=0) == pids
+    child.kill()
+    child.wait()
+    assert wait_gone(pids, timeout=10) == []
+    assert shm_segments() - before == set()
