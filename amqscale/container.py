@@ -49,7 +49,7 @@ class _Shard:
         if type(event) is p.ConnectionOpened:
             self.opened = True
         elif type(event) is p.ConnectionClosed:
-            cond = event.condition  # type: ignore[union-attr]
+            cond = event.condition
             self.failure = ConnectionFailed(
                 "connection closed" + (f": {cond.name}: {cond.description}" if cond else ""),
                 cond.name if cond else None, cond.description if cond else "",
@@ -453,11 +453,11 @@ class Listener:
     def _on_event(self, event: p.Event) -> None:
         if type(event) is p.Listening:
             if self.port is None:
-                self.port = event.port  # type: ignore[union-attr]
+                self.port = event.port
             else:
                 self._pending -= 1
         elif type(event) is p.ListenFailed:
-            cond = event.condition  # type: ignore[union-attr]
+            cond = event.condition
             self.failure = ConnectionFailed(cond.description, cond.name)
 
     def _on_inbound(self, worker: WorkerHandle, event: p.LinkOpened) -> None:

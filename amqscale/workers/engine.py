@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import time
 from collections import deque
@@ -434,7 +435,7 @@ class Engine:
         err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self._fail(conn, f"cannot connect: {errno.errorcode.get(err, err)} "
-                             f"({socket.errno.errorcode.get(err, '')})")
+                             f"({os.strerror(err)})")
 
     def read(self, conn: Connection) -> None:
         """Move what the socket has into the transport, a slice at a time."""

@@ -253,15 +253,15 @@ Event = (
 )
 
 _command_encoder = msgspec.msgpack.Encoder()
-_command_decoder = msgspec.msgpack.Decoder(list[Command])  # type: ignore[valid-type]
-_event_decoder = msgspec.msgpack.Decoder(list[Event])  # type: ignore[valid-type]
+_command_decoder = msgspec.msgpack.Decoder(list[Command])
+_event_decoder = msgspec.msgpack.Decoder(list[Event])
 
 encode = _command_encoder.encode  # same encoder for both directions
 
 
 def decode_commands(record: bytes) -> list[Command]:
-    return _command_decoder.decode(record)  # type: ignore[no-any-return]
+    return _command_decoder.decode(record)
 
 
 def decode_events(record: bytes) -> list[Event]:
-    return _event_decoder.decode(record)  # type: ignore[no-any-return]
+    return _event_decoder.decode(record)
