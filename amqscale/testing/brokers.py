@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -141,6 +142,7 @@ class RabbitMQ(ManagedProcess):
             RABBITMQ_CONF_ENV_FILE=str(self.workdir / "rabbitmq-env.conf"),
             ERL_EPMD_ADDRESS=f"{LOOPBACK_V4},{LOOPBACK_V6}",
             ERL_EPMD_PORT=str(self.epmd_port),
+            ERL_INETRC=str(self.workdir / "inetrc"),
         )
         return env
 
@@ -152,13 +154,11 @@ class RabbitMQ(ManagedProcess):
         (workdir / "definitions.json").write_text(json.dumps(self._definitions(), indent=1))
         (workdir / "rabbitmq.conf").write_text(self._config(workdir))
         (workdir / "rabbitmq-env.conf").write_text(self._env_config(workdir))
+        (workdir / "inetrc").write_text(self._inetrc())
         self._start_epmd(workdir)
 
     def _env_config(self, workdir: Path) -> str:
-        # +sbwt none etc.: no scheduler busy-waiting, which would steal a shared core.
-        erl_args = (
-            "-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
-        )
+        erl_args = "-kernel inet_dist_use_interface {127,0,0,1}"
         return "\n".join(
             [
                 f"NODENAME={self.nodename}",
@@ -171,7 +171,24 @@ class RabbitMQ(ManagedProcess):
                 f"PID_FILE={workdir / 'rabbitmq.pid'}",
                 f"DIST_PORT={self.dist_port}",
                 f'SERVER_ADDITIONAL_ERL_ARGS="{erl_args}"',
-                'CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"',
+                f'CTL_ERL_ARGS="{erl_args}"',
+                "",
+            ]
+        )
+
+    @staticmethod
+    def _inetrc() -> str:
+        """Erlang name resolution from this table only: no DNS query ever leaves the machine.
+
+        Without it the node asks the system's name server, e.g. for the reverse name of ::1
+        when it opens the ::1 listener (not in /etc/hosts), and may wait on its time-out.
+        """
+        names = ", ".join(f'"{n}"' for n in dict.fromkeys(["localhost", socket.gethostname()]))
+        return "\n".join(
+            [
+                "{lookup, [file]}.",
+                f"{{host, {{127,0,0,1}}, [{names}]}}.",
+                '{host, {0,0,0,0,0,0,0,1}, ["localhost"]}.',
                 "",
             ]
         )
