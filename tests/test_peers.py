@@ -366,3 +366,10 @@ def test_cli_runs_until_interrupted() -> None:
         if cli.poll() is None:
             cli.kill()
             cli.wait()
+
+
+def test_package_exports_resolve() -> None:
+    import amqscale.testing
+
+    for name in amqscale.testing.__all__:
+        assert getattr(amqscale.testing, name) is not None

@@ -480,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
         peer: ManagedProcess = ProtonCBroker(args.port, window=args.window)
     else:
         peer = PEERS[args.peer](args.port)
+    # Started in the background by a non-interactive shell, SIGINT arrives ignored: restore it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with peer:
         print(_describe(peer), flush=True)
