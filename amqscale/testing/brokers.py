@@ -38,6 +38,7 @@ from amqscale.testing._process import (
     ManagedProcess,
     PeerStartError,
     free_port,
+    stop_processes,
 )
 from amqscale.testing.certs import Certificates, make_certificates
 
@@ -252,7 +253,11 @@ class RabbitMQ(ManagedProcess):
         if self._epmd is not None and self._epmd.poll() is None:
             with contextlib.suppress(psutil.Error):
                 procs[self._epmd.pid] = psutil.Process(self._epmd.pid)
-        for conn in psutil.net_connections(kind="inet"):
+        try:
+            conns = psutil.net_connections(kind="inet")
+        except psutil.AccessDenied:  # not root: our own epmd is all we can find
+            conns = []
+        for conn in conns:
             if conn.laddr and conn.laddr.port == self.epmd_port and conn.pid:
                 with contextlib.suppress(psutil.Error):
                     proc = psutil.Process(conn.pid)
@@ -262,8 +267,11 @@ class RabbitMQ(ManagedProcess):
 
     def stop(self) -> None:
         super().stop()
+        if self._epmd is not None and self._epmd.poll() is None:
+            # Normally ended by the base class (extra_processes); never wait unbounded.
+            stop_processes([psutil.Process(self._epmd.pid)], self.stop_timeout)
         if self._epmd is not None:
-            self._epmd.wait()
+            self._epmd.wait(timeout=self.stop_timeout)
 
     # Helpers for tests.
     def rabbitmqctl(self, *args: str, timeout: float = 60.0) -> str:
