@@ -442,7 +442,7 @@ class Listener:
         self.port: int | None = None
         self.failure: Exception | None = None
         self._pending = 0
-        self.receiver = Receiver(container, None, credit)
+        self.receiver = Receiver(container, None, credit, endless=True)
         self._credit = credit
 
     @property

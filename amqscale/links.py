@@ -14,8 +14,10 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from . import codec
 from .errors import LinkDetached, MessageTooLarge, WorkerDied
 from .message import Message
+from .types import symbol
 from .workers import protocol as p
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ class Tracker:
     """The state of one sent message: settled or not, and the outcome the peer gave it."""
 
     __slots__ = ("_link", "seq", "state", "settled", "condition", "delivery_failed",
-                 "undeliverable_here", "payload")
+                 "undeliverable_here", "annotations", "payload")
 
     def __init__(self, link: _SenderLink, seq: int, payload: bytes) -> None:
         self._link = link
@@ -62,6 +64,7 @@ class Tracker:
         self.condition: p.Condition | None = None
         self.delivery_failed = False
         self.undeliverable_here = False
+        self.annotations: dict[Any, Any] | None = None  # of a modified outcome
         # Kept until settled, so that an unsettled message can be sent again.
         self.payload: bytes | None = payload
 
@@ -142,15 +145,18 @@ class _SenderLink:
         in_flight = self.in_flight
         sender = self.sender
         state = event.state
+        settled_state = None if state == p.SENT_SETTLED else state
         for seq in event.seqs:
             tracker = in_flight.pop(seq, None)
             if tracker is None:
                 continue
-            tracker._settle(state)
-            if event.condition is not None:
+            tracker._settle(settled_state)
+            if state != p.ACCEPTED:
                 tracker.condition = event.condition
                 tracker.delivery_failed = event.delivery_failed
                 tracker.undeliverable_here = event.undeliverable_here
+                if event.annotations:
+                    tracker.annotations = codec.decode(event.annotations)
         sender.counts[state] = sender.counts.get(state, 0) + len(event.seqs)
 
 
@@ -185,10 +191,7 @@ class Sender:
             seq = link.next_seq
             link.next_seq = seq + 1
             tracker = Tracker(link, seq, payload)
-            if self.presettled:
-                tracker._settle(None)
-            else:
-                link.in_flight[seq] = tracker
+            link.in_flight[seq] = tracker
             if not link.batch:
                 link.batch_seq = seq
             link.batch.append(payload)
@@ -227,7 +230,7 @@ class Sender:
                 self._next = (self._next + 1) % len(links)
                 if link.failure is not None:
                     self._raise_failure(link)
-                if len(link.in_flight) < self.window or self.presettled:
+                if len(link.in_flight) < self.window:
                     return link
             self._container._wait(
                 lambda: any(len(x.in_flight) < self.window or x.failure for x in links),
@@ -313,11 +316,16 @@ class Delivery:
 
     def modify(self, delivery_failed: bool = True, undeliverable_here: bool = False,
                annotations: dict[Any, Any] | None = None) -> None:
+        """Settle as modified; `annotations` (str keys become symbols) go to the sender."""
+        if self.settled:
+            return
+        encoded = None
         if annotations:
-            raise NotImplementedError("modified with annotations is not supported yet")
+            encoded = codec.encode({symbol(k) if isinstance(k, str) else k: v
+                                    for k, v in annotations.items()})
         self._link.dispose(self, p.Settle(
-            self._link.id, [self.id], p.MODIFIED,
-            delivery_failed=delivery_failed, undeliverable_here=undeliverable_here,
+            self._link.id, [self.id], p.MODIFIED, delivery_failed=delivery_failed,
+            undeliverable_here=undeliverable_here, annotations=encoded,
         ))
 
     def _dispose(self, state: int, condition: p.Condition | None) -> None:
@@ -413,9 +421,11 @@ class Receiver:
     """Receives from one address over every shard; iterate it for Deliveries."""
 
     def __init__(self, container: Container, address: str | None, credit: int,
-                 auto_accept: bool = False) -> None:
+                 auto_accept: bool = False, endless: bool = False) -> None:
         self._container = container
         self.address = address
+        # A listener's receiver: links come and go, it only ends when closed.
+        self._endless = endless
         self.credit = credit
         self.auto_accept = auto_accept
         self._links: dict[int, _ReceiverLink] = {}
@@ -427,16 +437,22 @@ class Receiver:
     def receive(self, timeout: float | None = None) -> Delivery:
         """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""
         if not self._buffer:
+            if self.closed:
+                raise LinkDetached(f"the receiver from {self.address!r} is closed")
             self._settle_batches()
             self._container._wait(
                 lambda: bool(self._buffer) or self._all_failed(), timeout,
                 f"a message from {self.address!r}",
             )
             if not self._buffer:
-                raise next(x.failure for x in self._links.values() if x.failure)
+                failures = [x.failure for x in self._links.values() if x.failure]
+                raise failures[0] if failures else LinkDetached(
+                    f"the receiver from {self.address!r} is closed")
         return self._take()
 
     def _all_failed(self) -> bool:
+        if self._endless:
+            return self.closed
         return bool(self._links) and all(x.failure for x in self._links.values())
 
     def _take(self) -> Delivery:

@@ -33,7 +33,7 @@ def test_receives_from_proton_c_send(proton_c_broker: ProtonCBroker) -> None:
         output, _ = send.communicate(timeout=60)
     assert send.returncode == 0, output
     assert f"{count} messages sent and acknowledged" in output
-    assert sorted(m.id for m in messages) == list(range(count))
+    assert sorted(m.id for m in messages) == list(range(1, count + 1))  # ids count from 1
     assert all(m.body == {"sequence": m.id} for m in messages)
 
 

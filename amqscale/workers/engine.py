@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cproton_ffi import ffi, lib
@@ -351,6 +351,7 @@ class Engine:
         advance = lib.pn_link_advance
         settle_delivery = lib.pn_delivery_settle
         memmove = ffi.memmove
+        sent: list[int] = []
         for _ in range(min(credit, len(pending))):
             seq, payload = pending.popleft()
             memmove(tag_buf, seq.to_bytes(8, "little"), 8)
@@ -359,8 +360,11 @@ class Engine:
             advance(ptr)
             if settle:
                 settle_delivery(delivery)
+                sent.append(seq)
             else:
                 unsettled[delivery] = seq
+        if sent:
+            self._add_outcomes(link.id, p.SENT_SETTLED, sent)
 
     def _settle(self, cmd: p.Settle) -> None:
         link = self.links.get(cmd.link)
@@ -540,8 +544,7 @@ class Engine:
     def _connection_ended(self, conn: Connection, condition: p.Condition | None) -> None:
         conn.closed_sent = True
         for link in conn.links.values():
-            self._link_ended(link, condition or p.Condition(
-                "amqp:connection:forced", "the connection closed"))
+            self._link_ended(link, condition)  # None: it closed cleanly
         if conn.listener is None:
             self.emit(p.ConnectionClosed(conn.id, condition))
 
@@ -708,12 +711,7 @@ class Engine:
         if seq is None:
             return
         if state == p.ACCEPTED:
-            key = (link.id, state)
-            batch = self._outcomes.get(key)
-            if batch is None:
-                self._outcomes[key] = p.Outcomes(link.id, [seq], state)
-            else:
-                batch.seqs.append(seq)
+            self._add_outcomes(link.id, state, (seq,))
             return
         remote = lib.pn_delivery_remote(delivery)
         self.emit(p.Outcomes(
@@ -721,7 +719,24 @@ class Engine:
             condition=_condition(lib.pn_disposition_condition(remote)),
             delivery_failed=bool(lib.pn_disposition_is_failed(remote)),
             undeliverable_here=bool(lib.pn_disposition_is_undeliverable(remote)),
+            annotations=self._encode_data(lib.pn_disposition_annotations(remote)),
         ))
+
+    def _encode_data(self, data: Any) -> bytes | None:
+        """A pn_data_t's AMQP encoding, or None when it holds nothing."""
+        size = lib.pn_data_encoded_size(data)
+        if size <= 0:
+            return None
+        n = lib.pn_data_encode(data, self._recv_c, RECV_BUFFER)
+        return bytes(self._recv_view[:n]) if n > 0 else None
+
+    def _add_outcomes(self, link_id: int, state: int, seqs: Iterable[int]) -> None:
+        """Batch plain outcomes per link and state until the pump's end."""
+        batch = self._outcomes.get((link_id, state))
+        if batch is None:
+            self._outcomes[(link_id, state)] = p.Outcomes(link_id, list(seqs), state)
+        else:
+            batch.seqs.extend(seqs)
 
     def _on_message(self, link: Link, delivery: Any) -> None:
         size = lib.pn_delivery_pending(delivery)

@@ -24,6 +24,8 @@ INBOUND_LINK_BASE = 1 << 62
 INBOUND_WORKER_SHIFT = 40
 
 # Delivery states, as AMQP numbers them (the descriptor codes of the outcomes).
+# SENT_SETTLED is amqscale's own: a pre-settled message was handed to the engine.
+SENT_SETTLED = 0
 RECEIVED = 0x23
 ACCEPTED = 0x24
 REJECTED = 0x25
@@ -229,7 +231,11 @@ class Deliveries(msgspec.Struct, tag=108, array_like=True):
 
 
 class Outcomes(msgspec.Struct, tag=109, array_like=True):
-    """The remote's settled outcome for sent messages (by seq), all with one state."""
+    """The remote's settled outcome for sent messages (by seq), all with one state.
+
+    State SENT_SETTLED reports pre-settled messages written to the engine: they have no
+    outcome, but the sender's window and flush() count them until then.
+    """
 
     link: int
     seqs: list[int]
@@ -237,6 +243,8 @@ class Outcomes(msgspec.Struct, tag=109, array_like=True):
     condition: Condition | None = None
     delivery_failed: bool = False
     undeliverable_here: bool = False
+    # AMQP-encoded message-annotations map of a MODIFIED outcome.
+    annotations: bytes | None = None
 
 
 class Credit(msgspec.Struct, tag=110, array_like=True):

@@ -1,0 +1,54 @@
+"""Outcomes travel back to the sender's Tracker: accepted, rejected, released, modified."""
+
+from __future__ import annotations
+
+import pytest
+
+import amqscale
+from amqscale import symbol
+
+
+@pytest.fixture
+def pair() -> tuple[amqscale.Sender, amqscale.Receiver]:
+    with amqscale.Container(workers=1) as server, amqscale.Container(workers=1) as client:
+        listener = server.listen("amqp://127.0.0.1:0")
+        sender = client.connect(listener.url).open_sender("outcomes")
+        yield sender, listener.receiver
+
+
+def test_each_outcome_reaches_the_tracker(pair: tuple[amqscale.Sender, amqscale.Receiver]
+                                          ) -> None:
+    sender, receiver = pair
+    trackers = [sender.send(amqscale.Message(id=i, body=b"x")) for i in range(4)]
+    deliveries = {d.message.id: d for d in (receiver.receive(timeout=30) for _ in range(4))}
+    deliveries[0].accept()
+    deliveries[1].reject("amqp:precondition-failed", "no thanks")
+    deliveries[2].release()
+    deliveries[3].modify(delivery_failed=True, undeliverable_here=True,
+                         annotations={"x-opt-reason": "retry later"})
+    for tracker in trackers:
+        tracker.wait(30)
+    accepted, rejected, released, modified = trackers
+    assert accepted.outcome == "accepted" and accepted.condition is None
+    assert rejected.outcome == "rejected"
+    assert rejected.condition is not None
+    assert (rejected.condition.name, rejected.condition.description) == (
+        "amqp:precondition-failed", "no thanks")
+    assert released.outcome == "released"
+    assert modified.outcome == "modified"
+    assert modified.delivery_failed and modified.undeliverable_here
+    assert modified.annotations == {symbol("x-opt-reason"): "retry later"}
+    assert sender.counts == {0x24: 1, 0x25: 1, 0x26: 1, 0x27: 1}
+
+
+def test_settling_twice_is_harmless_and_bad_annotations_fail_at_the_call(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    tracker = sender.send(b"once")
+    delivery = receiver.receive(timeout=30)
+    with pytest.raises(TypeError, match="set"):
+        delivery.modify(annotations={"bad": {1, 2}})
+    assert not delivery.settled  # the failed call settled nothing
+    delivery.accept()
+    delivery.reject()  # already settled: no effect
+    assert tracker.wait(30).outcome == "accepted"
