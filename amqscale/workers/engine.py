@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from cproton_ffi import ffi, lib
@@ -27,6 +27,16 @@ from . import protocol as p
 
 IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
 RECV_BUFFER = 1024 * 1024
+RX_BATCH = 1024  # deliveries per Deliveries event at most
+
+# The per-message C functions, bound once (attribute lookups on `lib` cost as much as calls).
+_remote_state = lib.pn_delivery_remote_state
+_settle = lib.pn_delivery_settle
+_pending = lib.pn_delivery_pending
+_partial = lib.pn_delivery_partial
+_recv = lib.pn_link_recv
+_advance = lib.pn_link_advance
+_unpack = ffi.unpack
 
 # Event types we act on, bound once.
 E_CONNECTION_REMOTE_OPEN = lib.PN_CONNECTION_REMOTE_OPEN
@@ -109,7 +119,8 @@ class Link:
 
     __slots__ = (
         "id", "ptr", "conn", "is_sender", "pending", "unsettled", "deliveries",
-        "next_delivery_id", "opened", "closed", "settle_on_send", "inbound_credit",
+        "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
+        "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -117,16 +128,25 @@ class Link:
         self.ptr = ptr
         self.conn = conn
         self.is_sender = is_sender
-        # Sender: (seq, payload) waiting for credit; unsettled delivery -> seq.
-        self.pending: deque[tuple[int, bytes]] = deque()
+        # Sender: Send commands waiting for credit (the head sent up to sent_in_head);
+        # unsettled delivery -> seq.
+        self.pending: deque[p.Send] = deque()
+        self.sent_in_head = 0
         self.unsettled: dict[Any, int] = {}
         self.settle_on_send = False
         # Receiver: delivery id -> delivery awaiting the user's disposition.
         self.deliveries: dict[int, Any] = {}
         self.next_delivery_id = 0
+        self.may_presettle = True  # False once the peer promised unsettled transfers
         self.opened = False
         self.closed = False
-        self.inbound_credit = 0
+        # What this pump gathered, published by Engine.flush_events().
+        self.rx: list[bytes] = []
+        self.rx_first = 0
+        self.rx_settled: list[int] | None = None
+        self.accepted: list[int] = []
+        self.sent_settled: list[int] = []
+        self.dirty = False
 
 
 class Connection:
@@ -171,6 +191,7 @@ class Engine:
         self.connections: dict[int, Connection] = {}
         self.by_ptr: dict[Any, Connection] = {}
         self.links: dict[int, Link] = {}
+        self.link_by_ptr: dict[Any, Link] = {}
         self.listeners: dict[int, Listener] = {}
         self.next_inbound_link = (
             p.INBOUND_LINK_BASE + (worker_index << p.INBOUND_WORKER_SHIFT)
@@ -186,9 +207,8 @@ class Engine:
         self._recv_view = memoryview(self._recv)
         self._tag_buf = ffi.new("char[8]")
         self._tag = ffi.new("pn_bytes_t *", (8, self._tag_buf))[0]
-        # Per pump: batched events, flushed by `flush_events()`.
-        self._deliveries: dict[int, p.Deliveries] = {}
-        self._outcomes: dict[tuple[int, int], p.Outcomes] = {}
+        # Links with deliveries or outcomes gathered in this pump (see flush_events).
+        self._dirty: list[Link] = []
         self.socket_changes: list[Connection] = []  # sockets to (re)register with the loop
 
     # ---- commands ------------------------------------------------------------------------
@@ -320,6 +340,7 @@ class Engine:
         link.settle_on_send = cmd.snd_settle_mode == p.SND_SETTLED
         conn.links[ptr] = link
         self.links[cmd.link] = link
+        self.link_by_ptr[ptr] = link
         lib.pn_link_open(ptr)
         if not cmd.is_sender and cmd.credit:
             lib.pn_link_flow(ptr, cmd.credit)
@@ -328,43 +349,54 @@ class Engine:
         link = self.links.get(cmd.link)
         if link is None or link.closed:
             return  # the user side already knows the link ended (LinkClosed was sent)
-        seq = cmd.first_seq
-        pending = link.pending
-        for payload in cmd.payloads:
-            pending.append((seq, payload))
-            seq += 1
+        link.pending.append(cmd)
         link.settle_on_send = cmd.settled or link.settle_on_send
         self._pump_sender(link)
 
     def _pump_sender(self, link: Link) -> None:
+        """Send what credit allows from the queued Send commands, oldest first."""
         ptr = link.ptr
         credit = lib.pn_link_credit(ptr)
         pending = link.pending
-        if credit <= 0 or not pending:
-            return
+        while credit > 0 and pending:
+            cmd = pending[0]
+            start = link.sent_in_head
+            end = min(len(cmd.payloads), start + credit)
+            self._transfer(link, cmd.payloads, start, end, cmd.first_seq)
+            credit -= end - start
+            if end == len(cmd.payloads):
+                pending.popleft()
+                link.sent_in_head = 0
+            else:
+                link.sent_in_head = end
+
+    def _transfer(self, link: Link, payloads: list[bytes], start: int, end: int,
+                  first_seq: int) -> None:
+        """One delivery per payload; the tag is the message's seq (unique while unsettled)."""
+        ptr = link.ptr
         tag_buf = self._tag_buf
         tag = self._tag
-        unsettled = link.unsettled
-        settle = link.settle_on_send
         new_delivery = lib.pn_delivery
         link_send = lib.pn_link_send
-        advance = lib.pn_link_advance
-        settle_delivery = lib.pn_delivery_settle
         memmove = ffi.memmove
-        sent: list[int] = []
-        for _ in range(min(credit, len(pending))):
-            seq, payload = pending.popleft()
+        if link.settle_on_send:
+            for payload in payloads[start:end]:
+                delivery = new_delivery(ptr, tag)
+                link_send(ptr, payload, len(payload))
+                _advance(ptr)
+                _settle(delivery)
+            link.sent_settled.extend(range(first_seq + start, first_seq + end))
+            if not link.dirty:
+                self._mark(link)
+            return
+        unsettled = link.unsettled
+        seq = first_seq + start
+        for payload in payloads[start:end]:
             memmove(tag_buf, seq.to_bytes(8, "little"), 8)
-            delivery = new_delivery(ptr, tag)
+            unsettled[new_delivery(ptr, tag)] = seq
             link_send(ptr, payload, len(payload))
-            advance(ptr)
-            if settle:
-                settle_delivery(delivery)
-                sent.append(seq)
-            else:
-                unsettled[delivery] = seq
-        if sent:
-            self._add_outcomes(link.id, p.SENT_SETTLED, sent)
+            _advance(ptr)
+            seq += 1
 
     def _settle(self, cmd: p.Settle) -> None:
         link = self.links.get(cmd.link)
@@ -556,6 +588,7 @@ class Engine:
         link.pending.clear()
         link.deliveries.clear()
         self.links.pop(link.id, None)
+        self.link_by_ptr.pop(link.ptr, None)
         self.emit(p.LinkClosed(link.id, condition))
 
     # ---- the collector -------------------------------------------------------------------
@@ -566,13 +599,22 @@ class Engine:
         peek = lib.pn_collector_peek
         pop = lib.pn_collector_pop
         event_type = lib.pn_event_type
+        event_delivery = lib.pn_event_delivery
+        delivery_link = lib.pn_delivery_link
+        link_by_ptr = self.link_by_ptr
         while True:
             event = peek(collector)
-            if event == ffi.NULL:
+            if not event:
                 return
             kind = event_type(event)
-            if kind == E_DELIVERY:
-                self._on_delivery(lib.pn_event_delivery(event))
+            if kind == E_DELIVERY:  # the hot path: one per message each way
+                delivery = event_delivery(event)
+                link = link_by_ptr.get(delivery_link(delivery))
+                if link is not None:
+                    if link.is_sender:
+                        self._on_outcome(link, delivery)
+                    else:
+                        self._on_transfer(link, delivery)
             elif kind == E_LINK_FLOW:
                 self._on_flow(lib.pn_event_link(event))
             elif kind == E_LINK_REMOTE_OPEN:
@@ -649,6 +691,7 @@ class Engine:
         if refused or lib.pn_link_state(ptr) & REMOTE_CLOSED:
             return
         link.opened = True
+        link.may_presettle = lib.pn_link_remote_snd_settle_mode(ptr) != p.SND_UNSETTLED
         self.emit(p.LinkOpened(
             link.id, conn.listener if conn.listener is not None else conn.id,
             _text(lib.pn_link_name(ptr)) or "", link.is_sender, source, target,
@@ -668,6 +711,7 @@ class Engine:
         self.next_inbound_link += 1
         conn.links[ptr] = link
         self.links[link.id] = link
+        self.link_by_ptr[ptr] = link
         lib.pn_link_open(ptr)
         if not is_sender:
             assert conn.listener is not None
@@ -691,28 +735,26 @@ class Engine:
         if link is not None and link.is_sender:
             self._pump_sender(link)
 
-    def _on_delivery(self, delivery: Any) -> None:
-        ptr = lib.pn_delivery_link(delivery)
-        conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))
-        link = conn.links.get(ptr) if conn is not None else None
-        if link is None:
-            return
-        if link.is_sender:
-            self._on_outcome(link, delivery)
-        elif lib.pn_delivery_readable(delivery) and not lib.pn_delivery_partial(delivery):
-            self._on_message(link, delivery)
-
     def _on_outcome(self, link: Link, delivery: Any) -> None:
-        state = lib.pn_delivery_remote_state(delivery)
-        if not (lib.pn_delivery_settled(delivery) or p.ACCEPTED <= state <= p.MODIFIED):
+        """The receiver updated a sent delivery: settle it once the outcome is final."""
+        state = _remote_state(delivery)
+        if state == p.ACCEPTED:  # the common case, checked first
+            seq = link.unsettled.pop(delivery, None)
+            _settle(delivery)
+            if seq is not None:
+                link.accepted.append(seq)
+                if not link.dirty:
+                    self._mark(link)
+            return
+        if not (p.ACCEPTED < state <= p.MODIFIED or lib.pn_delivery_settled(delivery)):
             return  # a non-terminal state (received): wait for the outcome
         seq = link.unsettled.pop(delivery, None)
-        lib.pn_delivery_settle(delivery)
-        if seq is None:
-            return
-        if state == p.ACCEPTED:
-            self._add_outcomes(link.id, state, (seq,))
-            return
+        _settle(delivery)
+        if seq is not None:
+            self._emit_outcome(link, delivery, seq, state)
+
+    def _emit_outcome(self, link: Link, delivery: Any, seq: int, state: int) -> None:
+        """A rejected, released or modified outcome, with its details."""
         remote = lib.pn_delivery_remote(delivery)
         self.emit(p.Outcomes(
             link.id, [seq], state,
@@ -730,49 +772,63 @@ class Engine:
         n = lib.pn_data_encode(data, self._recv_c, RECV_BUFFER)
         return bytes(self._recv_view[:n]) if n > 0 else None
 
-    def _add_outcomes(self, link_id: int, state: int, seqs: Iterable[int]) -> None:
-        """Batch plain outcomes per link and state until the pump's end."""
-        batch = self._outcomes.get((link_id, state))
-        if batch is None:
-            self._outcomes[(link_id, state)] = p.Outcomes(link_id, list(seqs), state)
-        else:
-            batch.seqs.extend(seqs)
+    def _on_transfer(self, link: Link, delivery: Any) -> None:
+        """Bytes arrived for a delivery: take the message once it is complete.
 
-    def _on_message(self, link: Link, delivery: Any) -> None:
-        size = lib.pn_delivery_pending(delivery)
+        A delivery event with nothing pending is a state change of one already taken.
+        """
+        size = _pending(delivery)
+        if not size or _partial(delivery):
+            return
         ptr = link.ptr
         if size <= RECV_BUFFER:
-            n = lib.pn_link_recv(ptr, self._recv_c, RECV_BUFFER)
-            payload = bytes(self._recv_view[:max(n, 0)])
+            payload = _unpack(self._recv_c, _recv(ptr, self._recv_c, RECV_BUFFER))
         else:
             chunk = bytearray(size)
-            n = lib.pn_link_recv(ptr, ffi.from_buffer(chunk), size)
-            payload = bytes(chunk[:max(n, 0)])
-        lib.pn_link_advance(ptr)
+            n = _recv(ptr, ffi.from_buffer(chunk), size)
+            payload = bytes(chunk[:n])
+        _advance(ptr)
         delivery_id = link.next_delivery_id
         link.next_delivery_id = delivery_id + 1
-        batch = self._deliveries.get(link.id)
-        if batch is None:
-            batch = self._deliveries[link.id] = p.Deliveries(link.id, delivery_id, [])
-        if lib.pn_delivery_settled(delivery):
-            lib.pn_delivery_settle(delivery)  # pre-settled: nothing more to say
-            if batch.settled is None:
-                batch.settled = []
-            batch.settled.append(len(batch.payloads))
+        rx = link.rx
+        if not rx:
+            link.rx_first = delivery_id
+            if not link.dirty:
+                self._mark(link)
+        if link.may_presettle and lib.pn_delivery_settled(delivery):
+            _settle(delivery)  # pre-settled: nothing more to say
+            if link.rx_settled is None:
+                link.rx_settled = []
+            link.rx_settled.append(len(rx))
         else:
             link.deliveries[delivery_id] = delivery
-        batch.payloads.append(payload)
+        rx.append(payload)
+        if len(rx) >= RX_BATCH:
+            self._flush_link(link)  # bound a record's size
+
+    def _mark(self, link: Link) -> None:
+        link.dirty = True
+        self._dirty.append(link)
+
+    def _flush_link(self, link: Link) -> None:
+        if link.rx:
+            self.emit(p.Deliveries(link.id, link.rx_first, link.rx, link.rx_settled))
+            link.rx = []
+            link.rx_settled = None
+        if link.accepted:
+            self.emit(p.Outcomes(link.id, link.accepted, p.ACCEPTED))
+            link.accepted = []
+        if link.sent_settled:
+            self.emit(p.Outcomes(link.id, link.sent_settled, p.SENT_SETTLED))
+            link.sent_settled = []
 
     def flush_events(self) -> None:
-        """Emit the batched deliveries and outcomes of this pump."""
-        if self._deliveries:
-            for batch in self._deliveries.values():
-                self.emit(batch)
-            self._deliveries = {}
-        if self._outcomes:
-            for outcome in self._outcomes.values():
-                self.emit(outcome)
-            self._outcomes = {}
+        """Emit the deliveries and outcomes this pump gathered, a batch per link."""
+        if self._dirty:
+            for link in self._dirty:
+                link.dirty = False
+                self._flush_link(link)
+            self._dirty = []
 
     def clock(self) -> float:
         return time.monotonic()
