@@ -1,0 +1,691 @@
+"""One peer of a perf/compare.py case, as its own process: a sender or a receiver.
+
+    python perf/peers.py ROLE --url amqp://127.0.0.1:PORT [--address A] --count N
+                         [--size B] [--presettled] [--rate R] [--workers W] [--messages]
+
+Roles (ROLE):
+
+* ``proton-send`` / ``proton-recv``: python-qpid-proton's MessagingHandler, written as the
+  Qpid examples and Quiver's Python arrow are (credit/prefetch 1000; the receiver does
+  ``container.listen`` peer-to-peer, or attaches to ``--address`` through a broker).
+* ``engine-send`` / ``engine-recv``: amqscale's own ``amqscale.workers.engine.Engine`` in a
+  minimal selectors loop in this process: no rings, no workers. The engine's limit.
+* ``amqscale-send`` / ``amqscale-recv``: the amqscale API with ``--workers`` workers (and as
+  many shards); bytes in and out, or with ``--messages`` an ``amqscale.Message`` with an id
+  and 3 application properties built by the sender and read by the receiver.
+
+Every body starts with 16 bytes: the scheduled send time (``time.monotonic_ns()``, a
+system-wide clock on Linux; 0 when not paced) and the sequence number. With ``--rate`` the
+sender keeps a fixed schedule (message i is due at start + i/rate) and sends late messages
+at once rather than shifting the schedule, so the receiver's latency, receive time minus
+scheduled time, includes any waiting (coordinated omission). Receivers of a paced run record
+it in an HdrHistogram (microseconds).
+
+A receiver prints ``ready`` once it listens (or its link is attached) and, when it has
+``--count`` messages (or after ``--idle`` seconds without one), a JSON line of results;
+then it waits for its stdin to close before it closes its connections, so that its last
+settlements reach the sender. A sender prints its JSON line when every message is settled
+(or, pre-settled, handed to the engine). CPU seconds are read with psutil from the moment
+the link is usable to the end of the run; amqscale's workers are read separately, before
+the container closes. Times are ``time.monotonic()`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import selectors
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import psutil
+
+HEADER = struct.Struct("<QQ")  # scheduled send time (ns), sequence number
+IDLE_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 30.0
+PROPS_SOURCE = "amqscale-perf"
+
+
+# ---- shared pieces --------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    role: str
+    url: str
+    address: str
+    count: int
+    size: int
+    presettled: bool
+    rate: float
+    workers: int
+    messages: bool
+    credit: int
+    window: int
+    listen: bool
+    idle: float
+
+
+@dataclass
+class Report:
+    """What a peer prints at the end: one JSON object."""
+
+    role: str
+    count: int = 0  # messages received, or settled at the sender
+    start: float = 0.0  # link usable (sender: just before the first send)
+    first: float = 0.0  # first message received / sent
+    last: float = 0.0  # last message received / last outcome
+    cpu_process: float = 0.0  # CPU seconds of this process over the run
+    cpu_workers: list[float] = field(default_factory=list)  # amqscale workers, each
+    accepted: int = 0
+    unique: int = 0
+    duplicates: int = 0
+    other_outcomes: int = 0
+    histogram: str | None = None  # base64 HdrHistogram of latency in microseconds
+    error: str | None = None
+
+    def emit(self) -> None:
+        print(json.dumps(self.__dict__), flush=True)
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return float(times.user + times.system)
+
+
+class Schedule:
+    """Message i is due at start + i/rate (monotonic ns); rate 0 means "now", stamp 0."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.interval_ns = int(1e9 / rate) if rate > 0 else 0
+        self.start_ns = 0
+
+    def begin(self) -> None:
+        self.start_ns = time.monotonic_ns()
+
+    def due(self, seq: int) -> int:
+        return self.start_ns + seq * self.interval_ns if self.rate > 0 else 0
+
+    def wait_seconds(self, seq: int) -> float:
+        """How long until message `seq` is due (0 when it is due or overdue)."""
+        if self.rate <= 0:
+            return 0.0
+        return max(0.0, (self.due(seq) - time.monotonic_ns()) / 1e9)
+
+    def due_count(self, next_seq: int, limit: int) -> int:
+        """How many of the messages from `next_seq` on are due now, at most `limit`."""
+        if self.rate <= 0:
+            return limit
+        elapsed = time.monotonic_ns() - self.start_ns
+        due_upto = elapsed // self.interval_ns + 1
+        return max(0, min(limit, due_upto - next_seq))
+
+
+class Tally:
+    """The receiver's bookkeeping: uniqueness by sequence number, latency, first/last."""
+
+    def __init__(self, count: int, paced: bool) -> None:
+        self.seen = bytearray(count)
+        self.received = 0
+        self.duplicates = 0
+        self.first = self.last = 0.0
+        self.histogram: Any = None
+        if paced:
+            from hdrh.histogram import HdrHistogram
+
+            self.histogram = HdrHistogram(1, 60_000_000, 3)  # 1 us .. 60 s
+
+    def add(self, body: bytes | memoryview) -> None:
+        stamp, seq = HEADER.unpack_from(body)
+        now_ns = time.monotonic_ns()
+        if 0 <= seq < len(self.seen) and not self.seen[seq]:
+            self.seen[seq] = 1
+        else:
+            self.duplicates += 1
+        if self.histogram is not None and stamp:
+            self.histogram.record_value(max(1, (now_ns - stamp) // 1000))
+        self.received += 1
+        self.last = now_ns / 1e9
+        if self.received == 1:
+            self.first = self.last
+
+    def fill(self, report: Report) -> None:
+        report.count = self.received
+        report.unique = sum(self.seen)
+        report.duplicates = self.duplicates
+        report.first, report.last = self.first, self.last
+        if self.histogram is not None:
+            report.histogram = base64.b64encode(self.histogram.encode()).decode()
+
+
+def body_of(seq: int, stamp: int, filler: bytes) -> bytes:
+    return HEADER.pack(stamp, seq) + filler
+
+
+def filler_for(size: int) -> bytes:
+    return b"x" * max(0, size - HEADER.size)
+
+
+def host_port(url: str) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 5672
+
+
+def announce_ready() -> None:
+    print("ready", flush=True)
+
+
+def wait_for_stdin_eof(timeout: float = CLOSE_TIMEOUT) -> None:
+    """The orchestrator closes our stdin once the sender is done."""
+    selector = selectors.DefaultSelector()
+    try:
+        selector.register(sys.stdin, selectors.EVENT_READ)
+    except (OSError, ValueError):
+        return  # not a pipe or a terminal (e.g. /dev/null): nothing to wait for
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if selector.select(deadline - time.monotonic()) and not sys.stdin.readline():
+            return
+
+
+# ---- proton-python (MessagingHandler) -------------------------------------------------------
+
+
+def proton_message(cfg: Config, seq: int, stamp: int, filler: bytes) -> Any:
+    import proton
+
+    body = body_of(seq, stamp, filler)
+    if cfg.messages:
+        return proton.Message(id=seq, body=body, inferred=True, properties={
+            "seq": seq, "source": PROPS_SOURCE, "flag": True})
+    return proton.Message(body=body, inferred=True)
+
+
+def run_proton_sender(cfg: Config) -> Report:
+    from proton.handlers import MessagingHandler
+    from proton.reactor import AtMostOnce, Container
+
+    report = Report(cfg.role)
+    me = psutil.Process()
+    schedule = Schedule(cfg.rate)
+    filler = filler_for(cfg.size)
+
+    class Send(MessagingHandler):
+        def __init__(self) -> None:
+            super().__init__(prefetch=0, auto_settle=True)
+            self.sender: Any = None
+            self.sent = 0
+            self.timer: Any = None
+            self.cpu0 = 0.0
+            self.finished = False
+
+        def on_start(self, event: Any) -> None:
+            options = AtMostOnce() if cfg.presettled else None
+            conn = event.container.connect(cfg.url)
+            self.sender = event.container.create_sender(conn, cfg.address, options=options)
+
+        def on_sendable(self, event: Any) -> None:
+            if self.sent == 0 and not report.start:
+                report.start = report.first = time.monotonic()
+                self.cpu0 = cpu_seconds(me)
+                schedule.begin()
+            self.send_due(event.container)
+
+        def on_timer_task(self, event: Any) -> None:
+            self.timer = None
+            self.send_due(event.container)
+
+        def send_due(self, container: Any) -> None:
+            sender = self.sender
+            while sender.credit > 0 and self.sent < cfg.count:
+                wait = schedule.wait_seconds(self.sent)
+                if wait > 0:
+                    if self.timer is None:
+                        container.mark()  # schedule() counts from the reactor's last mark
+                        self.timer = container.schedule(wait, self)
+                    return
+                sender.send(proton_message(cfg, self.sent, schedule.due(self.sent), filler))
+                self.sent += 1
+            if cfg.presettled and self.sent == cfg.count and not self.finished:
+                report.count = report.accepted = self.sent
+                self.finish(sender.connection)
+
+        def on_accepted(self, event: Any) -> None:
+            report.accepted += 1
+            report.count += 1
+            if report.count == cfg.count:
+                self.finish(event.connection)
+
+        def on_rejected(self, event: Any) -> None:
+            self.other(event)
+
+        def on_released(self, event: Any) -> None:
+            self.other(event)
+
+        def other(self, event: Any) -> None:
+            report.other_outcomes += 1
+            report.count += 1
+            if report.count == cfg.count:
+                self.finish(event.connection)
+
+        def finish(self, connection: Any) -> None:
+            self.finished = True
+            report.last = time.monotonic()
+            report.cpu_process = cpu_seconds(me) - self.cpu0
+            connection.close()
+
+    Container(Send()).run()
+    return report
+
+
+def run_proton_receiver(cfg: Config) -> Report:
+    from proton.handlers import MessagingHandler
+    from proton.reactor import Container
+
+    report = Report(cfg.role)
+    me = psutil.Process()
+    tally = Tally(cfg.count, cfg.rate > 0)
+
+    class Receive(MessagingHandler):
+        def __init__(self) -> None:
+            super().__init__(prefetch=cfg.credit, auto_accept=False)
+            self.acceptor: Any = None
+            self.cpu0 = 0.0
+            self.idle_timer: Any = None
+            self.seen_at_timer = -1
+
+        def on_start(self, event: Any) -> None:
+            self.cpu0 = cpu_seconds(me)
+            if cfg.listen:
+                self.acceptor = event.container.listen(cfg.url)
+                announce_ready()
+            else:
+                conn = event.container.connect(cfg.url)
+                event.container.create_receiver(conn, cfg.address)
+            self.idle_timer = event.container.schedule(cfg.idle, self)
+
+        def on_link_opened(self, event: Any) -> None:
+            if not cfg.listen and event.receiver is not None:
+                self.cpu0 = cpu_seconds(me)
+                announce_ready()
+
+        def on_message(self, event: Any) -> None:
+            message = event.message
+            if cfg.messages:
+                props = message.properties
+                if message.id != props["seq"] or props["source"] != PROPS_SOURCE:
+                    raise ValueError(f"message {message.id} has properties {props}")
+            tally.add(message.body)
+            if not event.delivery.settled:
+                self.accept(event.delivery)
+            if tally.received == cfg.count:
+                self.finish(event.connection)
+
+        def on_timer_task(self, event: Any) -> None:
+            if tally.received == self.seen_at_timer:  # idle for cfg.idle seconds: give up
+                report.error = f"idle for {cfg.idle} s after {tally.received} messages"
+                self.finish(None)
+                event.container.stop()
+                return
+            self.seen_at_timer = tally.received
+            self.idle_timer = event.container.schedule(cfg.idle, self)
+
+        def finish(self, connection: Any) -> None:
+            report.cpu_process = cpu_seconds(me) - self.cpu0
+            if self.idle_timer is not None:
+                self.idle_timer.cancel()
+            if connection is not None:
+                connection.close()
+            if self.acceptor is not None:
+                self.acceptor.close()
+
+    Container(Receive()).run()
+    tally.fill(report)
+    return report
+
+
+# ---- the engine's limit: amqscale's Engine in a selectors loop, no rings, no workers --------
+
+
+class EngineLoop:
+    """The smallest loop that drives an Engine: what `workers/worker.py` does minus rings."""
+
+    def __init__(self) -> None:
+        from amqscale.workers.engine import Engine
+
+        self.events: list[Any] = []
+        self.engine = Engine(0, self.events.append)
+        self.selector = selectors.DefaultSelector()
+        self.masks: dict[int, int] = {}
+
+    def take_events(self) -> list[Any]:
+        events = self.events[:]
+        self.events.clear()  # in place: the engine holds its append method
+        return events
+
+    def pump(self, timeout: float) -> None:
+        """Let the engine act, write, wait up to `timeout` for sockets, read."""
+        engine = self.engine
+        engine.process()
+        engine.write_all()
+        engine.flush_events()
+        self._register_all()
+        for key, mask in self.selector.select(timeout):
+            self._dispatch(key.data, mask)
+        engine.process()
+        engine.write_all()
+        engine.flush_events()
+
+    def _dispatch(self, target: Any, mask: int) -> None:
+        from amqscale.workers.engine import Listener
+
+        engine = self.engine
+        if isinstance(target, Listener):
+            engine.accept(target)
+            return
+        if target.id not in engine.connections:
+            return
+        if target.connecting and mask & selectors.EVENT_WRITE:
+            engine.on_connected(target)
+        if mask & selectors.EVENT_READ and target.id in engine.connections:
+            engine.read(target)
+        if mask & selectors.EVENT_WRITE and target.id in engine.connections:
+            engine.write(target)
+
+    def _register_all(self) -> None:
+        engine = self.engine
+        for conn in engine.socket_changes:
+            if conn.id not in engine.connections and id(conn) in self.masks:
+                del self.masks[id(conn)]
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(conn.sock)
+        engine.socket_changes.clear()
+        for conn in engine.connections.values():
+            want = selectors.EVENT_READ
+            if conn.want_write or conn.connecting:
+                want |= selectors.EVENT_WRITE
+            self._register(conn.sock, want, conn)
+        for listener in engine.listeners.values():
+            self._register(listener.sock, selectors.EVENT_READ, listener)
+
+    def _register(self, sock: Any, want: int, data: Any) -> None:
+        have = self.masks.get(id(data), 0)
+        if have == want:
+            return
+        if have:
+            self.selector.modify(sock, want, data)
+        else:
+            self.selector.register(sock, want, data)
+        self.masks[id(data)] = want
+
+    def pump_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            self.pump(0.05)
+        return True
+
+
+def run_engine_sender(cfg: Config) -> Report:
+    from amqscale.links import encode_body
+    from amqscale.workers import protocol as p
+
+    report = Report(cfg.role)
+    me = psutil.Process()
+    loop = EngineLoop()
+    engine = loop.engine
+    host, port = host_port(cfg.url)
+    engine.handle(p.OpenConnection(1, host, port, "perf-engine-sender"))
+    settle_mode = p.SND_SETTLED if cfg.presettled else p.SND_UNSETTLED
+    engine.handle(p.OpenLink(1, 1, "perf-engine-sender", True, p.Terminus(cfg.address),
+                             p.Terminus(cfg.address), snd_settle_mode=settle_mode))
+    schedule = Schedule(cfg.rate)
+    prefix = encode_body(b"\0" * cfg.size)[:-cfg.size]  # the data section's header
+    filler = filler_for(cfg.size)
+    pack = HEADER.pack
+    opened = False
+    next_seq = settled = 0
+    cpu0 = 0.0
+    deadline = time.monotonic() + IDLE_TIMEOUT + cfg.count / 1000
+    while settled < cfg.count and time.monotonic() < deadline:
+        for event in loop.take_events():
+            kind = type(event)
+            if kind is p.LinkOpened and not opened:
+                opened = True
+                report.start = report.first = time.monotonic()
+                cpu0 = cpu_seconds(me)
+                schedule.begin()
+            elif kind is p.Outcomes:
+                settled += len(event.seqs)
+                if event.state in (p.ACCEPTED, p.SENT_SETTLED):
+                    report.accepted += len(event.seqs)
+                else:
+                    report.other_outcomes += len(event.seqs)
+            elif kind in (p.LinkClosed, p.ConnectionClosed):
+                report.error = f"closed early: {event!r}"
+                deadline = 0.0
+        wait = 0.05
+        if opened and next_seq < cfg.count:
+            room = min(cfg.window - (next_seq - settled), cfg.count - next_seq)
+            n = schedule.due_count(next_seq, room)
+            if n > 0:
+                payloads = [prefix + pack(schedule.due(seq), seq) + filler
+                            for seq in range(next_seq, next_seq + n)]
+                engine.handle(p.Send(1, next_seq, payloads, settled=cfg.presettled))
+                next_seq += n
+                wait = 0.0
+            elif room > 0:
+                wait = min(wait, schedule.wait_seconds(next_seq))
+        loop.pump(wait)
+    report.count = settled
+    report.last = time.monotonic()
+    report.cpu_process = cpu_seconds(me) - cpu0
+    engine.handle(p.CloseConnection(1))
+    loop.pump_until(lambda: not engine.connections, CLOSE_TIMEOUT)
+    return report
+
+
+def run_engine_receiver(cfg: Config) -> Report:
+    from amqscale.links import decode_body
+    from amqscale.workers import protocol as p
+
+    report = Report(cfg.role)
+    me = psutil.Process()
+    loop = EngineLoop()
+    engine = loop.engine
+    host, port = host_port(cfg.url)
+    engine.handle(p.Listen(1, host, port, "perf-engine-receiver", credit=cfg.credit))
+    tally = Tally(cfg.count, cfg.rate > 0)
+    cpu0 = cpu_seconds(me)
+    idle_since = time.monotonic()
+    taken: dict[int, int] = {}  # per link: messages taken since credit was last granted
+    while tally.received < cfg.count:
+        for event in loop.take_events():
+            kind = type(event)
+            if kind is p.Listening:
+                announce_ready()
+            elif kind is p.ListenFailed:
+                raise RuntimeError(f"cannot listen: {event.condition}")
+            elif kind is p.Deliveries:
+                idle_since = time.monotonic()
+                on_deliveries(engine, event, tally, decode_body)
+                taken[event.link] = taken.get(event.link, 0) + len(event.payloads)
+                if taken[event.link] * 2 >= cfg.credit:  # credit back in batches
+                    engine.handle(p.Flow(event.link, taken.pop(event.link)))
+        if time.monotonic() - idle_since > cfg.idle:
+            report.error = f"idle for {cfg.idle} s after {tally.received} messages"
+            break
+        loop.pump(0.05)
+    report.cpu_process = cpu_seconds(me) - cpu0
+    tally.fill(report)
+    loop.pump_until(lambda: not engine.connections, CLOSE_TIMEOUT)  # the sender closes
+    return report
+
+
+def on_deliveries(engine: Any, batch: Any, tally: Tally,
+                  decode_body: Callable[[bytes], bytes | None]) -> None:
+    """Count a batch, then settle it as accepted, at once."""
+    from amqscale.workers import protocol as p
+
+    for payload in batch.payloads:
+        body = decode_body(payload)
+        if body is None:
+            raise ValueError("expected a message that is one data section")
+        tally.add(body)
+    n = len(batch.payloads)
+    settled = set(batch.settled or ())
+    ids = [batch.first_id + i for i in range(n) if i not in settled]
+    if ids:
+        engine.handle(p.Settle(batch.link, ids, p.ACCEPTED))
+
+
+# ---- amqscale -------------------------------------------------------------------------------
+
+
+def amqscale_payload(cfg: Config, seq: int, stamp: int, filler: bytes) -> Any:
+    import amqscale
+
+    body = body_of(seq, stamp, filler)
+    if cfg.messages:
+        return amqscale.Message(id=seq, body=body, properties={
+            "seq": seq, "source": PROPS_SOURCE, "flag": True})
+    return body
+
+
+def run_amqscale_sender(cfg: Config) -> Report:
+    import amqscale
+
+    report = Report(cfg.role)
+    me = psutil.Process()
+    schedule = Schedule(cfg.rate)
+    filler = filler_for(cfg.size)
+    with amqscale.Container(workers=cfg.workers) as container:
+        workers = [psutil.Process(pid) for pid in container.worker_pids()]
+        conn = container.connect(cfg.url, shards=cfg.workers)
+        sender = conn.open_sender(cfg.address, window=cfg.window, presettled=cfg.presettled)
+        cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
+        report.start = report.first = time.monotonic()
+        schedule.begin()
+        send = sender.send
+        for seq in range(cfg.count):
+            wait = schedule.wait_seconds(seq)
+            if wait > 0:
+                time.sleep(wait)
+            send(amqscale_payload(cfg, seq, schedule.due(seq), filler))
+        sender.flush(timeout=IDLE_TIMEOUT + cfg.count / 1000)
+        report.last = time.monotonic()
+        report.cpu_process = cpu_seconds(me) - cpu0
+        report.cpu_workers = [cpu_seconds(w) - c for w, c in zip(workers, wcpu0, strict=True)]
+        report.accepted = sender.counts.get(0x24, 0) + sender.counts.get(0, 0)
+        report.count = sum(sender.counts.values())
+        report.other_outcomes = report.count - report.accepted
+        conn.close()
+    return report
+
+
+def run_amqscale_receiver(cfg: Config) -> Report:
+    import amqscale
+
+    report = Report(cfg.role)
+    me = psutil.Process()
+    tally = Tally(cfg.count, cfg.rate > 0)
+    with amqscale.Container(workers=cfg.workers) as container:
+        workers = [psutil.Process(pid) for pid in container.worker_pids()]
+        if cfg.listen:
+            receiver = container.listen(cfg.url, credit=cfg.credit).receiver
+        else:
+            conn = container.connect(cfg.url, shards=cfg.workers)
+            receiver = conn.open_receiver(cfg.address, credit=cfg.credit)
+        cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
+        announce_ready()
+        read = read_message if cfg.messages else read_body
+        while tally.received < cfg.count:
+            try:
+                delivery = receiver.receive(timeout=cfg.idle)
+            except TimeoutError:
+                report.error = f"idle for {cfg.idle} s after {tally.received} messages"
+                break
+            tally.add(read(delivery))
+            delivery.accept()
+        report.cpu_process = cpu_seconds(me) - cpu0
+        report.cpu_workers = [cpu_seconds(w) - c for w, c in zip(workers, wcpu0, strict=True)]
+        tally.fill(report)
+        report.emit()  # now: the orchestrator can stop the clock while we linger
+        wait_for_stdin_eof()
+    return report
+
+
+def read_body(delivery: Any) -> bytes:
+    body: bytes = delivery.body
+    return body
+
+
+def read_message(delivery: Any) -> bytes:
+    message = delivery.message
+    props = message.properties
+    if message.id != props["seq"] or props["source"] != PROPS_SOURCE:
+        raise ValueError(f"message {message.id} has properties {props}")
+    body: bytes = message.body
+    return body
+
+
+# ---- command line ---------------------------------------------------------------------------
+
+ROLES: dict[str, Callable[[Config], Report]] = {
+    "proton-send": run_proton_sender,
+    "proton-recv": run_proton_receiver,
+    "engine-send": run_engine_sender,
+    "engine-recv": run_engine_receiver,
+    "amqscale-send": run_amqscale_sender,
+    "amqscale-recv": run_amqscale_receiver,
+}
+
+
+def parse_args(argv: list[str]) -> Config:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("role", choices=sorted(ROLES))
+    ap.add_argument("--url", required=True)
+    ap.add_argument("--address", default="amqscale-perf")
+    ap.add_argument("--count", type=int, required=True)
+    ap.add_argument("--size", type=int, default=100, help="body bytes (at least 16)")
+    ap.add_argument("--presettled", action="store_true", help="at-most-once")
+    ap.add_argument("--rate", type=float, default=0.0, help="msg/s schedule; 0: flat out")
+    ap.add_argument("--workers", type=int, default=1, help="amqscale workers (and shards)")
+    ap.add_argument("--messages", action="store_true", help="id + 3 properties per message")
+    ap.add_argument("--credit", type=int, default=1000)
+    ap.add_argument("--window", type=int, default=1000)
+    ap.add_argument("--listen", action="store_true", help="receiver: listen (peer-to-peer)")
+    ap.add_argument("--idle", type=float, default=IDLE_TIMEOUT)
+    args = ap.parse_args(argv)
+    if args.size < HEADER.size:
+        ap.error(f"--size must be at least {HEADER.size}")
+    return Config(**vars(args))
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        report = ROLES[cfg.role](cfg)
+    except Exception as exc:  # report it as JSON: the orchestrator reads one line
+        Report(cfg.role, error=f"{type(exc).__name__}: {exc}").emit()
+        raise
+    if cfg.role != "amqscale-recv":  # that one reported before closing its container
+        report.emit()
+        if cfg.role.endswith("-recv"):
+            wait_for_stdin_eof()
+
+
+if __name__ == "__main__":
+    main()
