@@ -17,6 +17,7 @@ workers through shared-memory rings. The vocabulary is Qpid Proton's:
             delivery.accept()
 """
 
+from .codec import DecodeError
 from .container import Connection, Container, Listener
 from .errors import (
     AMQPError,
@@ -30,8 +31,14 @@ from .ipc.ring import RecordTooLarge
 from .links import Delivery, Receiver, Sender, Tracker
 from .message import Message
 from .types import (
+    UNDESCRIBED,
+    AmqpSequence,
+    AmqpValue,
     Array,
+    DataSections,
     Described,
+    SequenceSections,
+    TypeCode,
     byte,
     char,
     decimal32,
@@ -49,9 +56,11 @@ from .types import (
 )
 
 __all__ = [
-    "AMQPError", "Array", "Connection", "ConnectionFailed", "Container", "Delivery",
-    "Described", "LinkDetached", "Listener", "Message", "MessageTooLarge", "Receiver",
-    "RecordTooLarge", "Sender", "Tracker", "URLError", "WorkerDied", "byte", "char",
+    "AMQPError", "AmqpSequence", "AmqpValue", "Array", "Connection", "ConnectionFailed",
+    "Container", "DataSections", "DecodeError", "Delivery", "Described", "LinkDetached",
+    "Listener", "Message", "MessageTooLarge", "Receiver", "RecordTooLarge", "Sender",
+    "SequenceSections", "Tracker", "TypeCode", "UNDESCRIBED", "URLError", "WorkerDied",
+    "byte", "char",
     "decimal32", "decimal64", "decimal128", "float32", "int32", "short", "symbol",
     "timestamp", "ubyte", "uint", "ulong", "ushort",
 ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import codec
 from .errors import LinkDetached, MessageTooLarge, WorkerDied
@@ -50,48 +50,80 @@ def decode_body(payload: bytes) -> bytes | None:
     return None
 
 
+class _Result(NamedTuple):
+    """How a sent message ended. Accepted and pre-settled are shared constants."""
+
+    state: int | None
+    condition: p.Condition | None = None
+    delivery_failed: bool = False
+    undeliverable_here: bool = False
+    annotations: dict[Any, Any] | None = None
+
+
+_ACCEPTED = _Result(p.ACCEPTED)
+_SENT_SETTLED = _Result(None)
+
+
 class Tracker:
     """The state of one sent message: settled or not, and the outcome the peer gave it."""
 
-    __slots__ = ("_link", "seq", "state", "settled", "condition", "delivery_failed",
-                 "undeliverable_here", "annotations", "payload")
+    __slots__ = ("_link", "seq", "payload", "_result")
 
     def __init__(self, link: _SenderLink, seq: int, payload: bytes) -> None:
         self._link = link
         self.seq = seq
-        self.state: int | None = None
-        self.settled = False
-        self.condition: p.Condition | None = None
-        self.delivery_failed = False
-        self.undeliverable_here = False
-        self.annotations: dict[Any, Any] | None = None  # of a modified outcome
         # Kept until settled, so that an unsettled message can be sent again.
         self.payload: bytes | None = payload
+        self._result: _Result | None = None
+
+    @property
+    def settled(self) -> bool:
+        return self._result is not None
+
+    @property
+    def state(self) -> int | None:
+        """The outcome's AMQP code (0x24 accepted ... 0x27 modified), None if none."""
+        return None if self._result is None else self._result.state
 
     @property
     def outcome(self) -> str | None:
         """'accepted', 'rejected', 'released', 'modified', or None (none yet / pre-settled)."""
-        return p.OUTCOME_NAMES.get(self.state) if self.state is not None else None
+        state = self.state
+        return None if state is None else p.OUTCOME_NAMES.get(state)
 
     @property
     def accepted(self) -> bool:
-        return self.state == p.ACCEPTED
+        return self._result is _ACCEPTED
+
+    @property
+    def condition(self) -> p.Condition | None:
+        """A rejected outcome's error condition (name, description)."""
+        return None if self._result is None else self._result.condition
+
+    @property
+    def delivery_failed(self) -> bool:
+        return self._result is not None and self._result.delivery_failed
+
+    @property
+    def undeliverable_here(self) -> bool:
+        return self._result is not None and self._result.undeliverable_here
+
+    @property
+    def annotations(self) -> dict[Any, Any] | None:
+        """A modified outcome's message annotations."""
+        return None if self._result is None else self._result.annotations
 
     def wait(self, timeout: float | None = None) -> Tracker:
         """Block until the peer settles this message; raises if its link fails first."""
-        sender = self._link.sender
-        sender._container._wait(
-            lambda: self.settled or self._link.failure is not None, timeout,
+        link = self._link
+        link.sender._container._wait(
+            lambda: self._result is not None or link.failure is not None, timeout,
             f"message {self.seq} to be settled",
         )
-        if not self.settled:
-            sender._raise_failure(self._link)
+        if self._result is None:
+            assert link.failure is not None
+            raise link.failure
         return self
-
-    def _settle(self, state: int | None) -> None:
-        self.state = state
-        self.settled = True
-        self.payload = None
 
     def __repr__(self) -> str:
         return f"<Tracker seq={self.seq} settled={self.settled} outcome={self.outcome}>"
@@ -100,12 +132,13 @@ class Tracker:
 class _SenderLink:
     """One shard's link of a Sender."""
 
-    __slots__ = ("id", "shard", "sender", "next_seq", "batch", "batch_seq", "in_flight",
-                 "opened", "failure", "remote_target")
+    __slots__ = ("id", "shard", "worker", "sender", "next_seq", "batch", "batch_seq",
+                 "in_flight", "opened", "failure", "remote_target", "dirty")
 
     def __init__(self, link_id: int, shard: _Shard, sender: Sender) -> None:
         self.id = link_id
         self.shard = shard
+        self.worker: WorkerHandle = shard.worker
         self.sender = sender
         self.next_seq = 0
         self.batch: list[bytes] = []
@@ -114,16 +147,14 @@ class _SenderLink:
         self.opened = False
         self.failure: Exception | None = None
         self.remote_target: p.Terminus | None = None
-
-    @property
-    def worker(self) -> WorkerHandle:
-        return self.shard.worker
+        self.dirty = False  # a partial batch waits for the linger thread
 
     def hand_over(self) -> None:
         """Queue the batched messages as one Send command for the shard's worker."""
+        self.dirty = False
         if self.batch:
-            self.shard.worker.queue(p.Send(self.id, self.batch_seq, self.batch,
-                                           self.sender.presettled))
+            self.worker.queue(p.Send(self.id, self.batch_seq, self.batch,
+                                     self.sender.presettled))
             self.batch = []
 
     def on_event(self, event: p.Event) -> None:
@@ -142,22 +173,23 @@ class _SenderLink:
             )
 
     def _on_outcomes(self, event: p.Outcomes) -> None:
-        in_flight = self.in_flight
-        sender = self.sender
         state = event.state
-        settled_state = None if state == p.SENT_SETTLED else state
+        if state == p.ACCEPTED:
+            result = _ACCEPTED
+        elif state == p.SENT_SETTLED:
+            result = _SENT_SETTLED
+        else:
+            result = _Result(
+                state, event.condition, event.delivery_failed, event.undeliverable_here,
+                codec.decode(event.annotations) if event.annotations else None)
+        pop = self.in_flight.pop
         for seq in event.seqs:
-            tracker = in_flight.pop(seq, None)
-            if tracker is None:
-                continue
-            tracker._settle(settled_state)
-            if state != p.ACCEPTED:
-                tracker.condition = event.condition
-                tracker.delivery_failed = event.delivery_failed
-                tracker.undeliverable_here = event.undeliverable_here
-                if event.annotations:
-                    tracker.annotations = codec.decode(event.annotations)
-        sender.counts[state] = sender.counts.get(state, 0) + len(event.seqs)
+            tracker = pop(seq, None)
+            if tracker is not None:
+                tracker._result = result
+                tracker.payload = None
+        counts = self.sender.counts
+        counts[state] = counts.get(state, 0) + len(event.seqs)
 
 
 class Sender:
@@ -170,7 +202,7 @@ class Sender:
         self.window = window
         self.presettled = presettled
         self._links: list[_SenderLink] = []
-        self._next = 0
+        self._current = 0  # the link taking messages until its batch is handed over
         self.counts: dict[int, int] = {}
         self.closed = False
         self._max_payload = container._max_payload
@@ -183,8 +215,13 @@ class Sender:
         while every link has `window` messages in flight (backpressure); raises
         TimeoutError after `timeout` seconds, and the message is then not sent.
         """
-        payload = self._encode(message)
-        link = self._pick_link(timeout)
+        if type(message) is bytes and len(message) < 256 and not self.closed:
+            payload = _DATA8 + bytes((len(message),)) + message  # the common case, inline
+        else:
+            payload = self._encode(message)
+        link = self._links[self._current]
+        if link.failure is not None or len(link.in_flight) >= self.window:
+            link = self._pick_link(timeout)
         container = self._container
         container._activity += 1
         with container._lock:
@@ -192,16 +229,63 @@ class Sender:
             link.next_seq = seq + 1
             tracker = Tracker(link, seq, payload)
             link.in_flight[seq] = tracker
-            if not link.batch:
+            batch = link.batch
+            if not batch:
                 link.batch_seq = seq
-            link.batch.append(payload)
-            worker = link.shard.worker
-            if len(link.batch) >= SEND_BATCH or worker.wants_work():
+            batch.append(payload)
+            if len(batch) >= SEND_BATCH or link.worker.wants_work():
                 link.hand_over()
-                worker.flush(timeout=None)
+                link.worker.flush(timeout=None)
+                self._current = (self._current + 1) % len(self._links)
                 return tracker
-        container._mark_dirty(link)
+        if not link.dirty:
+            link.dirty = True
+            container._mark_dirty(link)
         return tracker
+
+    def send_many(self, messages: Iterable[Message | bytes | bytearray | memoryview],
+                  timeout: float | None = None) -> list[Tracker]:
+        """Send many messages at once; the fast path for a firehose.
+
+        Every message is encoded first, so a bad one raises before any is sent. Each
+        link then takes as many as its window has room for, as one command. If the
+        windows stay full for `timeout` seconds, TimeoutError is raised: its
+        `trackers` are the messages already handed over (the rest were not sent).
+        """
+        fast = _DATA8
+        payloads = [
+            fast + bytes((len(m),)) + m if type(m) is bytes and len(m) < 256
+            else self._encode(m)
+            for m in messages
+        ]
+        if self.closed:
+            raise LinkDetached(f"sender to {self.address!r} is closed")
+        trackers: list[Tracker] = []
+        done = 0
+        while done < len(payloads):
+            try:
+                link = self._pick_link(timeout)
+            except TimeoutError as exc:
+                exc.trackers = trackers  # type: ignore[attr-defined]
+                raise
+            room = self.window - len(link.in_flight)
+            chunk = payloads[done:done + room]
+            trackers.extend(self._hand_over_chunk(link, chunk))
+            done += len(chunk)
+            self._current = (self._current + 1) % len(self._links)
+        self._container._activity += 1
+        return trackers
+
+    def _hand_over_chunk(self, link: _SenderLink, chunk: list[bytes]) -> list[Tracker]:
+        with self._container._lock:
+            link.hand_over()  # what send() batched goes first: order is kept
+            first = link.next_seq
+            link.next_seq = first + len(chunk)
+            trackers = [Tracker(link, seq, payload) for seq, payload in enumerate(chunk, first)]
+            link.in_flight.update(zip(range(first, first + len(chunk)), trackers, strict=True))
+            link.worker.queue(p.Send(link.id, first, chunk, self.presettled))
+            link.worker.flush(timeout=None)
+        return trackers
 
     def _encode(self, message: Message | bytes | bytearray | memoryview) -> bytes:
         if self.closed:
@@ -226,21 +310,17 @@ class Sender:
         links = self._links
         for _ in range(2):
             for _ in range(len(links)):
-                link = links[self._next]
-                self._next = (self._next + 1) % len(links)
+                link = links[self._current]
                 if link.failure is not None:
-                    self._raise_failure(link)
+                    raise link.failure
                 if len(link.in_flight) < self.window:
                     return link
+                self._current = (self._current + 1) % len(links)
             self._container._wait(
                 lambda: any(len(x.in_flight) < self.window or x.failure for x in links),
                 timeout, f"room in the window of the sender to {self.address!r}",
             )
         raise AssertionError("unreachable: a link had room after waiting")
-
-    def _raise_failure(self, link: _SenderLink) -> None:
-        assert link.failure is not None
-        raise link.failure
 
     @property
     def unsettled(self) -> list[Tracker]:
@@ -449,6 +529,30 @@ class Receiver:
                 raise failures[0] if failures else LinkDetached(
                     f"the receiver from {self.address!r} is closed")
         return self._take()
+
+    def receive_many(self, limit: int = 1024, timeout: float | None = None
+                     ) -> list[Delivery]:
+        """Up to `limit` deliveries: what is buffered now, or waits for at least one."""
+        if not self._buffer:
+            return [self.receive(timeout)]
+        deliveries: list[Delivery] = []
+        while self._buffer and len(deliveries) < limit:
+            deliveries.append(self._take())
+        return deliveries
+
+    def accept_many(self, deliveries: Iterable[Delivery]) -> None:
+        """Accept deliveries in bulk (one settle command per link)."""
+        by_link: dict[_ReceiverLink, list[int]] = {}
+        for delivery in deliveries:
+            if not delivery.settled:
+                delivery.settled = True
+                by_link.setdefault(delivery._link, []).append(delivery.id)
+        with self._container._lock:
+            for link, ids in by_link.items():
+                if link.failure is None:
+                    link.hand_over()
+                    link.worker.queue(p.Settle(link.id, ids, p.ACCEPTED))
+                    link.worker.flush(timeout=None)
 
     def _all_failed(self) -> bool:
         if self._endless:

@@ -477,14 +477,15 @@ class Engine:
         """Move what the socket has into the transport, a slice at a time."""
         transport = conn.transport
         buf_c = self._in_c
-        for _ in range(16):
+        for _ in range(64):
             capacity = lib.pn_transport_capacity(transport)
             if capacity < 0:
                 return  # the tail is closed; the transport will report why
             if capacity == 0:
                 break  # the engine is full: don't mistake this for EOF
+            wanted = min(capacity, IO_CHUNK)
             try:
-                n = conn.sock.recv_into(self._in, min(capacity, IO_CHUNK))
+                n = conn.sock.recv_into(self._in, wanted)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -495,8 +496,8 @@ class Engine:
                 break
             lib.pn_transport_push(transport, buf_c, n)
             self.process()
-            if n < IO_CHUNK:
-                break
+            if n < wanted:
+                break  # the socket is drained (the engine takes ~4 KiB at a time)
 
     def write(self, conn: Connection) -> None:
         """Send what the transport has, popping only what the socket took."""

@@ -1,0 +1,63 @@
+"""The batch face: send_many, receive_many, accept_many."""
+
+from __future__ import annotations
+
+import pytest
+
+import amqscale
+
+
+@pytest.fixture
+def pair() -> tuple[amqscale.Sender, amqscale.Receiver]:
+    with amqscale.Container(workers=2) as server, amqscale.Container(workers=2) as client:
+        listener = server.listen("amqp://127.0.0.1:0")
+        sender = client.connect(listener.url, shards=3).open_sender("many", window=1000)
+        yield sender, listener.receiver
+
+
+def test_send_many_keeps_order_per_link_and_every_message_arrives(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    # 3 links x window 1000 hold all 2001 in flight: no receive needed while sending.
+    first = sender.send(amqscale.Message(id="single"))  # batched by send(), goes first
+    trackers = sender.send_many(
+        [amqscale.Message(id=i) for i in range(1000)] + [b"raw-%d" % i for i in range(1000)])
+    assert len(trackers) == 2000
+    got: list[object] = []
+    while len(got) < 2001:
+        deliveries = receiver.receive_many(limit=300, timeout=30)
+        assert 1 <= len(deliveries) <= 300
+        got.extend(d.body if d.message.id is None else d.message.id for d in deliveries)
+        receiver.accept_many(deliveries)
+    sender.flush(timeout=30)
+    assert first.accepted and all(t.accepted for t in trackers)
+    assert sorted(x for x in got if isinstance(x, int)) == list(range(1000))
+    assert sorted(x for x in got if isinstance(x, bytes)) == sorted(
+        b"raw-%d" % i for i in range(1000))
+    assert got.count("single") == 1
+
+
+def test_a_bad_message_stops_the_batch_before_anything_is_sent(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    with pytest.raises(TypeError, match="set"):
+        sender.send_many([b"ok"] * 10 + [amqscale.Message(body={1})])
+    with pytest.raises(TypeError, match="Message or bytes"):
+        sender.send_many([b"ok", 3.5])  # type: ignore[list-item]
+    assert sender.unsettled == []
+    (tracker,) = sender.send_many([b"after"])
+    delivery = receiver.receive(timeout=30)
+    assert delivery.body == b"after"
+    delivery.accept()
+    assert tracker.wait(30).accepted
+
+
+def test_send_many_times_out_when_nobody_takes_messages() -> None:
+    with amqscale.Container(workers=1) as server, amqscale.Container(workers=1) as client:
+        listener = server.listen("amqp://127.0.0.1:0", credit=10)
+        sender = client.connect(listener.url).open_sender("stuck", window=20)
+        with pytest.raises(TimeoutError) as info:
+            sender.send_many([b"x"] * 50, timeout=0.5)
+        handed_over = info.value.trackers  # type: ignore[attr-defined]
+        assert len(handed_over) == 20  # one window's worth; the rest were not sent
+        assert len(sender.unsettled) == 20
