@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -77,27 +78,37 @@ class Supervisor:
         self.ring_capacity = ring_capacity
         self.workers: list[WorkerHandle] = []
         self.closed = False
+        # Worker 0 accepts inbound connections and deals them to the others over these.
+        channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                    for _ in range(workers - 1)]
         try:
             for index in range(workers):
-                self.workers.append(self._spawn(index))
+                handoff = ([a for a, _ in channels] if index == 0
+                           else [channels[index - 1][1]])
+                self.workers.append(self._spawn(index, [s.fileno() for s in handoff]))
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+        finally:
+            for pair in channels:
+                for end in pair:
+                    end.close()
 
     @property
     def max_record_size(self) -> int:
         return self.workers[0].rings.outbound.max_record_size
 
-    def _spawn(self, index: int) -> WorkerHandle:
+    def _spawn(self, index: int, handoff: list[int]) -> WorkerHandle:
         rings = RingPair.create(self.ring_capacity)
         handles = rings.peer_handles()
-        spec = p.WorkerSpec(index=index, parent_pid=os.getpid(), rings=handles.encode())
+        spec = p.WorkerSpec(index=index, parent_pid=os.getpid(), rings=handles.encode(),
+                            handoff=handoff)
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "amqscale.workers",
                  msgspec.json.encode(spec).decode()],
-                pass_fds=handles.fds(),
+                pass_fds=(*handles.fds(), *handoff),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
             )

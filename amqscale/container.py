@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from ._supervisor import DEFAULT_RING_CAPACITY, Supervisor, WorkerHandle
 from .errors import ConnectionFailed, LinkDetached
 from .links import Receiver, Sender, _ReceiverLink, _SenderLink, worker_failure
@@ -76,6 +78,7 @@ class Container:
         self._max_payload = self._sup.max_record_size - 64
         self._closed = False
         self._reported_dead: set[int] = set()
+        self._stats: dict[int, p.WorkerStats] = {}
         # Links holding a partial batch (messages, settlements); see _Linger.
         self._dirty: set[Any] = set()
         self._lock = threading.Lock()
@@ -88,6 +91,20 @@ class Container:
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self._sup.workers]
+
+    def worker_stats(self, timeout: float | None = 10.0) -> list[dict[str, int]]:
+        """Each live worker's counters: index, pid, connections, messages sent and received.
+
+        How evenly the work is spread over the cores shows here.
+        """
+        self._check_open()
+        live = [w for w in self._sup.workers if not w.dead]
+        self._stats = {}
+        for worker in live:
+            self._command(worker, p.Stats())
+        self._wait(lambda: len(self._stats) == len(live) or any(w.dead for w in live),
+                   timeout, "the workers' counters")
+        return [msgspec.structs.asdict(self._stats[i]) for i in sorted(self._stats)]
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -145,16 +162,16 @@ class Container:
         listener = Listener(self, parsed, next(self._ids), credit)
         self._listeners[listener.id] = listener
         workers = self._sup.workers
-        # The first worker picks the port; the others bind the same one (SO_REUSEPORT).
-        self._command(workers[0], p.Listen(listener.id, parsed.host, parsed.port, self.container_id,
-                                  credit))
+        # Worker 0 binds and accepts; it deals connections to the others (who adopt them).
+        self._command(workers[0], p.Listen(listener.id, parsed.host, parsed.port,
+                                           self.container_id, credit))
         self._flush_all()
         self._wait(lambda: listener.port is not None or listener.failure is not None,
                    timeout, f"listening on {parsed}")
         for worker in workers[1:]:
             if listener.failure is None:
                 self._command(worker, p.Listen(listener.id, parsed.host, listener.port or 0,
-                                      self.container_id, credit))
+                                               self.container_id, credit, adopt_only=True))
         if len(workers) > 1:
             listener._pending = len(workers) - 1
             self._flush_all()
@@ -262,7 +279,9 @@ class Container:
                 elif kind is p.LinkOpened and event.inbound:  # type: ignore[union-attr]
                     self._listeners[event.conn]._on_inbound(worker, event)  # type: ignore
                 continue
-            if kind in (p.Listening, p.ListenFailed):
+            if kind is p.WorkerStats:
+                self._stats[event.index] = event  # type: ignore[union-attr,assignment]
+            elif kind in (p.Listening, p.ListenFailed):
                 listener = self._listeners.get(event.listener)  # type: ignore[union-attr]
                 if listener is not None:
                     listener._on_event(event)

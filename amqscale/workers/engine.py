@@ -172,9 +172,12 @@ class Connection:
 
 
 class Listener:
+    """A listener's settings; `sock` only on the worker that accepts (worker 0)."""
+
     __slots__ = ("id", "sock", "container_id", "credit")
 
-    def __init__(self, listener_id: int, sock: socket.socket, container_id: str, credit: int):
+    def __init__(self, listener_id: int, sock: socket.socket | None, container_id: str,
+                 credit: int):
         self.id = listener_id
         self.sock = sock
         self.container_id = container_id
@@ -197,6 +200,11 @@ class Engine:
             p.INBOUND_LINK_BASE + (worker_index << p.INBOUND_WORKER_SHIFT)
         )
         self.next_inbound_conn = -1  # inbound connections get negative ids
+        self.sent = 0  # messages written to the engine, for WorkerStats
+        self.received = 0  # messages taken from it
+        # Accepted connections are dealt round-robin over the workers (see accept()).
+        self.handoff: list[socket.socket] = []
+        self.next_handoff = 0
         self._in = bytearray(IO_CHUNK)
         self._in_c = ffi.from_buffer(self._in)
         self._out = bytearray(IO_CHUNK)
@@ -291,14 +299,17 @@ class Engine:
         self.socket_changes.append(conn)
 
     def _listen(self, cmd: p.Listen) -> None:
+        if cmd.adopt_only:
+            self.listeners[cmd.listener] = Listener(
+                cmd.listener, None, cmd.container_id, cmd.credit)
+            self.emit(p.Listening(cmd.listener, cmd.port))
+            return
         try:
             family, _, _, _, addr = socket.getaddrinfo(
                 cmd.host, cmd.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # Every worker binds the same port; the kernel spreads connections over them.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind(addr)
             sock.listen(128)
             sock.setblocking(False)
@@ -312,17 +323,55 @@ class Engine:
         self.emit(p.Listening(cmd.listener, sock.getsockname()[1]))
 
     def accept(self, listener: Listener) -> None:
-        """Take every pending inbound connection of a listener."""
+        """Take every pending inbound connection and deal them round-robin over the workers.
+
+        The kernel's SO_REUSEPORT spreads connections by a hash, which leaves workers idle
+        when there are few connections; dealing them keeps every core's share equal.
+        """
+        assert listener.sock is not None
         while True:
             try:
                 sock, _ = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = Connection(self.next_inbound_conn, sock, listener.id)
-            self.next_inbound_conn -= 1
-            self._start_transport(conn, listener.container_id, server=True)
+            turn = self.next_handoff
+            self.next_handoff = (turn + 1) % (len(self.handoff) + 1)
+            if turn and self._hand_off(self.handoff[turn - 1], listener.id, sock):
+                continue
+            self._adopt(listener, sock)
+
+    @staticmethod
+    def _hand_off(channel: socket.socket, listener_id: int, sock: socket.socket) -> bool:
+        try:
+            socket.send_fds(channel, [listener_id.to_bytes(8, "little")], [sock.fileno()])
+        except OSError:
+            return False  # that worker is gone: keep the connection here
+        sock.close()
+        return True
+
+    def adopt_handed(self, channel: socket.socket) -> bool:
+        """Take the connections worker 0 dealt us; False once worker 0 is gone."""
+        try:
+            data, fds, _, _ = socket.recv_fds(channel, 8, 16)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if not data:
+            return False
+        listener = self.listeners.get(int.from_bytes(data[:8], "little"))
+        for fd in fds:
+            sock = socket.socket(fileno=fd)
+            if listener is None:
+                sock.close()  # closed meanwhile
+            else:
+                self._adopt(listener, sock)
+        return True
+
+    def _adopt(self, listener: Listener, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(self.next_inbound_conn, sock, listener.id)
+        self.next_inbound_conn -= 1
+        self._start_transport(conn, listener.container_id, server=True)
 
     def _open_link(self, cmd: p.OpenLink) -> None:
         conn = self.connections.get(cmd.conn)
@@ -373,6 +422,7 @@ class Engine:
     def _transfer(self, link: Link, payloads: list[bytes], start: int, end: int,
                   first_seq: int) -> None:
         """One delivery per payload; the tag is the message's seq (unique while unsettled)."""
+        self.sent += end - start
         ptr = link.ptr
         tag_buf = self._tag_buf
         tag = self._tag
@@ -454,7 +504,7 @@ class Engine:
 
     def _close_listener(self, listener_id: int) -> None:
         listener = self.listeners.pop(listener_id, None)
-        if listener is not None:
+        if listener is not None and listener.sock is not None:
             listener.sock.close()
 
     def close_all(self) -> None:
@@ -813,6 +863,7 @@ class Engine:
 
     def _flush_link(self, link: Link) -> None:
         if link.rx:
+            self.received += len(link.rx)
             self.emit(p.Deliveries(link.id, link.rx_first, link.rx, link.rx_settled))
             link.rx = []
             link.rx_settled = None

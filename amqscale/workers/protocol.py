@@ -72,6 +72,9 @@ class WorkerSpec(msgspec.Struct):
     index: int
     parent_pid: int
     rings: str  # RingPairHandles.encode()
+    # Unix sockets for handing accepted connections over: worker 0 holds one to each
+    # other worker (in index order), every other worker one from worker 0.
+    handoff: list[int] = []
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -104,6 +107,8 @@ class Listen(msgspec.Struct, tag=2, array_like=True):
     container_id: str
     # Credit each inbound link (a remote sender) is granted, and its settle modes.
     credit: int = 1000
+    # Worker 0 binds and accepts; the others only adopt the connections it deals them.
+    adopt_only: bool = False
 
 
 class OpenLink(msgspec.Struct, tag=3, array_like=True):
@@ -166,9 +171,13 @@ class Shutdown(msgspec.Struct, tag=10, array_like=True):
     """Close everything gracefully and exit."""
 
 
+class Stats(msgspec.Struct, tag=11, array_like=True):
+    """Ask for the worker's counters (answered by WorkerStats)."""
+
+
 Command = (
     OpenConnection | Listen | OpenLink | Send | Settle | Flow | CloseLink | CloseConnection
-    | CloseListener | Shutdown
+    | CloseListener | Shutdown | Stats
 )
 
 # ---- events -----------------------------------------------------------------------------
@@ -247,6 +256,16 @@ class Outcomes(msgspec.Struct, tag=109, array_like=True):
     annotations: bytes | None = None
 
 
+class WorkerStats(msgspec.Struct, tag=111, array_like=True):
+    """A worker's counters since it started."""
+
+    index: int
+    pid: int
+    connections: int
+    sent: int  # messages written to the engine
+    received: int  # messages taken from the engine
+
+
 class Credit(msgspec.Struct, tag=110, array_like=True):
     """A sending link's credit changed (drain completion included)."""
 
@@ -257,7 +276,7 @@ class Credit(msgspec.Struct, tag=110, array_like=True):
 
 Event = (
     Ready | ConnectionOpened | ConnectionClosed | Listening | ListenFailed | LinkOpened
-    | LinkClosed | Deliveries | Outcomes | Credit
+    | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats
 )
 
 _command_encoder = msgspec.msgpack.Encoder()

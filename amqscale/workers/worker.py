@@ -16,6 +16,7 @@ import ctypes
 import os
 import selectors
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -76,6 +77,9 @@ class Worker:
         peer = self.commands.peer_fileno()
         if peer is not None:
             self.selector.register(peer, selectors.EVENT_READ, "parent")
+        if self.index != 0:
+            for channel in self.engine.handoff:
+                self.selector.register(channel, selectors.EVENT_READ, "handoff")
         self._emit(p.Ready(os.getpid()))
         self._publish()
         while not self._finished():
@@ -100,6 +104,10 @@ class Worker:
                 if type(command) is p.Shutdown:
                     self.engine.close_all()
                     self.stopping_since = time.monotonic()
+                elif type(command) is p.Stats:
+                    engine = self.engine
+                    self._emit(p.WorkerStats(self.index, os.getpid(), len(engine.connections),
+                                             engine.sent, engine.received))
                 else:
                     handle(command)
 
@@ -117,6 +125,9 @@ class Worker:
                 continue  # unpark() drained it; the next pass reads the ring
             if target == "parent":
                 return True
+            if target == "handoff" and not self.engine.adopt_handed(
+                    key.fileobj):  # type: ignore[arg-type]
+                self.selector.unregister(key.fileobj)  # worker 0 is gone
             if isinstance(target, Connection):
                 self._on_socket(target, mask)
             elif isinstance(target, Listener):
@@ -157,7 +168,8 @@ class Worker:
                 want |= selectors.EVENT_WRITE
             self._register(conn.sock, want, conn)
         for listener in engine.listeners.values():
-            self._register(listener.sock, selectors.EVENT_READ if reading else 0, listener)
+            if listener.sock is not None:
+                self._register(listener.sock, selectors.EVENT_READ if reading else 0, listener)
         space = self.events.fileno()
         if reading != self.reading:
             self.reading = reading
@@ -207,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the parent's to handle
     rings = RingPair.attach(RingPairHandles.decode(spec.rings))
     try:
-        Worker(spec.index, rings.inbound, rings.outbound).run()
+        worker = Worker(spec.index, rings.inbound, rings.outbound)
+        worker.engine.handoff = [socket.socket(fileno=fd) for fd in spec.handoff]
+        worker.run()
     finally:
         rings.close()
