@@ -140,3 +140,18 @@ def test_user_process_killed_leaves_nothing() -> None:
     child.wait()
     assert wait_gone(pids, timeout=10) == []
     assert shm_segments() - before == set()
+
+
+def test_send_blocks_on_a_full_window_then_times_out_without_sending() -> None:
+    with amqscale.Container(workers=1) as server, amqscale.Container(workers=1) as client:
+        listener = server.listen("amqp://127.0.0.1:0", credit=5)
+        sender = client.connect(listener.url).open_sender("full", window=8)
+        for _ in range(8):
+            sender.send(b"fits")
+        with pytest.raises(TimeoutError, match="room in the window"):
+            sender.send(b"no room", timeout=0.3)
+        assert len(sender.unsettled) == 8  # the ninth was not taken
+        # Once the receiver settles, the window opens again.
+        for _ in range(5):
+            listener.receiver.receive(timeout=30).accept()
+        assert sender.send(b"room again", timeout=30).payload is not None
