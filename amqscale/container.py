@@ -2,7 +2,8 @@
 
 The Container owns the worker processes (through the supervisor) and routes every event
 the workers publish to the object it concerns. All of it happens inside API calls: a call
-that waits pumps the event rings while it waits, so no thread competes with the engines.
+that waits pumps the event rings while it waits. The one thread beside the user's, the
+linger thread, sleeps unless a partial batch waits, and then only hands it over.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -45,7 +46,6 @@ class _Shard:
     worker: WorkerHandle
     opened: bool = False
     failure: Exception | None = None
-    links: list[Any] = field(default_factory=list)
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.ConnectionOpened:
@@ -221,7 +221,6 @@ class Container:
     def _await_links(self, links: list[Any], timeout: float | None, what: str) -> None:
         for link in links:
             self._routes[link.id] = link
-            link.shard.links.append(link)
         self._flush_all()
         try:
             self._wait(lambda: all(x.opened or x.failure for x in links), timeout, what)

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import socket
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -881,6 +880,3 @@ class Engine:
                 link.dirty = False
                 self._flush_link(link)
             self._dirty = []
-
-    def clock(self) -> float:
-        return time.monotonic()
