@@ -60,15 +60,20 @@ class WorkerHandle:
         self.handed_over_at = time.monotonic()
 
     def wants_work(self) -> bool:
-        """Should a partial batch go now? Yes if the worker sleeps and was not woken lately.
+        """Should a partial batch go now? Yes if the worker has taken all it was given,
+        unless that means waking it again within HANDOVER_INTERVAL.
 
-        Waking a worker costs a context switch; on a busy machine far more than the
-        messages it hands over. A lone message after a quiet spell goes at once (low
-        latency); under load, wake-ups are capped at one per HANDOVER_INTERVAL and the
-        batches grow instead.
+        A worker that is behind will find the batch grown when it catches up; one that is
+        awake and caught up takes it for the price of a ring write. Waking a sleeping
+        worker costs a context switch, far more than the messages handed over, so
+        wake-ups are capped and, under load, batches grow instead. A lone message after a
+        quiet spell goes at once.
         """
-        return (self.rings.outbound.reader_parked()
-                and time.monotonic() - self.handed_over_at > HANDOVER_INTERVAL)
+        commands = self.rings.outbound
+        if not commands.reader_caught_up():
+            return False
+        return (not commands.reader_parked()
+                or time.monotonic() - self.handed_over_at > HANDOVER_INTERVAL)
 
 
 class Supervisor:

@@ -198,7 +198,7 @@ class Container:
         receiver = Receiver(self, address, credit, auto_accept)
         per_link = max(1, credit // len(connection._shards))
         for shard in connection._shards:
-            link = _ReceiverLink(next(self._ids), shard, receiver, per_link)
+            link = _ReceiverLink(next(self._ids), shard.worker, receiver, per_link)
             receiver._links[link.id] = link
             self._open_link(shard, link.id, False, address, name, False, per_link)
         self._await_links(list(receiver._links.values()), timeout,
@@ -299,9 +299,7 @@ class Container:
             for target in list(self._routes.values()):
                 if target is None:
                     continue
-                owner = target.worker if isinstance(target, (_Shard, _ReceiverLink)) \
-                    else target.shard.worker
-                if owner is worker and getattr(target, "failure", None) is None:
+                if target.worker is worker and getattr(target, "failure", None) is None:
                     target.failure = failure
 
     def _wait(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
@@ -327,6 +325,11 @@ class Container:
         self._closed = True
         self._linger.stop()
         with self._lock:
+            # Settlements and sends still batched go first: the peer must not see the
+            # connection close with messages this side already took care of.
+            self._hand_over_dirty()
+            with contextlib.suppress(TimeoutError, OSError):
+                self._sup.flush(timeout=1.0)
             self._sup.stop()
 
     def __enter__(self) -> Container:
@@ -482,9 +485,8 @@ class Listener:
         """A remote peer attached a link; a remote sender's messages go to `receiver`."""
         if event.is_sender:
             return  # a remote receiver: nothing to offer it yet, its link stays idle
-        link = _ReceiverLink(event.link, None, self.receiver, self._credit)
+        link = _ReceiverLink(event.link, worker, self.receiver, self._credit)
         link.opened = True
-        self.receiver._worker_of[event.link] = worker
         self.receiver._links[event.link] = link
         self._container._routes[event.link] = link
 

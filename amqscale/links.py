@@ -421,13 +421,13 @@ class Delivery:
 
 
 class _ReceiverLink:
-    __slots__ = ("id", "shard", "receiver", "credit", "consumed", "settling", "opened",
+    __slots__ = ("id", "worker", "receiver", "credit", "consumed", "settling", "opened",
                  "failure", "remote_source")
 
-    def __init__(self, link_id: int, shard: _Shard | None, receiver: Receiver,
+    def __init__(self, link_id: int, worker: WorkerHandle, receiver: Receiver,
                  credit: int) -> None:
         self.id = link_id
-        self.shard = shard
+        self.worker = worker
         self.receiver = receiver
         self.credit = credit
         self.consumed = 0
@@ -435,10 +435,6 @@ class _ReceiverLink:
         self.opened = False
         self.failure: Exception | None = None
         self.remote_source: p.Terminus | None = None
-
-    @property
-    def worker(self) -> Any:
-        return self.shard.worker if self.shard is not None else self.receiver._worker_of[self.id]
 
     def on_event(self, event: p.Event) -> None:
         kind = type(event)
@@ -509,7 +505,6 @@ class Receiver:
         self.credit = credit
         self.auto_accept = auto_accept
         self._links: dict[int, _ReceiverLink] = {}
-        self._worker_of: dict[int, Any] = {}
         self._buffer: deque[p.Deliveries] = deque()
         self._position = 0
         self.closed = False

@@ -52,3 +52,16 @@ def test_settling_twice_is_harmless_and_bad_annotations_fail_at_the_call(
     delivery.accept()
     delivery.reject()  # already settled: no effect
     assert tracker.wait(30).outcome == "accepted"
+
+
+def test_settlements_still_batched_are_handed_over_on_close() -> None:
+    with amqscale.Container(workers=1) as client:
+        server = amqscale.Container(workers=1)
+        listener = server.listen("amqp://127.0.0.1:0")
+        sender = client.connect(listener.url).open_sender("last")
+        trackers = [sender.send(b"m") for _ in range(3)]
+        for _ in range(3):
+            listener.receiver.receive(timeout=30).accept()  # batched, not yet handed over
+        server.close()  # at once: the accepts must still reach the sender
+        sender.flush(timeout=30)
+        assert [t.outcome for t in trackers] == ["accepted"] * 3

@@ -434,6 +434,10 @@ class RingWriter(OneToOneRing):
         """
         return bool(self._words.load_acquire(layout.READER_PARKED_OFFSET))
 
+    def reader_caught_up(self) -> bool:
+        """True when the reader has taken every record written so far."""
+        return self._words.load_acquire(layout.HEAD_OFFSET) == self._core.cursor
+
     def try_write(self, record: Record) -> bool:
         """Write one record if it fits now; False if the ring is full.
 

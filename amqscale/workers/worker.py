@@ -115,10 +115,16 @@ class Worker:
         timeout = self._tick()
         if self.stopping_since is not None:
             timeout = min(timeout, 0.05)
-        parked = not self.commands.park()
-        ready = self.selector.select(timeout if parked else 0.0)
+        parked = not self.commands.park()  # False: commands arrived meanwhile
+        # While events wait for room, ask to be woken when the user frees some. The ring
+        # clears that flag when it wakes us, so it is asked again on every pass.
+        waiting_for_room = bool(self.outbox) and not self.events.park(len(self.outbox[0]))
+        may_sleep = parked and (waiting_for_room or not self.outbox)
+        ready = self.selector.select(timeout if may_sleep else 0.0)
         if parked:
             self.commands.unpark()
+        if waiting_for_room:
+            self.events.unpark()
         for key, mask in ready:
             target: Any = key.data
             if target == "commands":
@@ -170,15 +176,12 @@ class Worker:
         for listener in engine.listeners.values():
             if listener.sock is not None:
                 self._register(listener.sock, selectors.EVENT_READ if reading else 0, listener)
-        space = self.events.fileno()
-        if reading != self.reading:
+        if reading != self.reading:  # watch for room in the event ring while it is full
             self.reading = reading
             if reading:
-                self.events.unpark()
-                self.selector.unregister(space)
+                self.selector.unregister(self.events.fileno())
             else:
-                self.events.park()
-                self.selector.register(space, selectors.EVENT_READ, "space")
+                self.selector.register(self.events.fileno(), selectors.EVENT_READ, "space")
 
     def _register(self, sock: Any, want: int, data: Any) -> None:
         key = id(data)
