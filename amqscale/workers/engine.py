@@ -217,31 +217,21 @@ class Engine:
         # Links with deliveries or outcomes gathered in this pump (see flush_events).
         self._dirty: list[Link] = []
         self.socket_changes: list[Connection] = []  # sockets to (re)register with the loop
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            p.Send: self._send, p.Settle: self._settle, p.Flow: self._flow,
+            p.OpenLink: self._open_link, p.OpenConnection: self._open_connection,
+            p.Listen: self._listen, p.CloseLink: self._close_link,
+            p.CloseConnection: self._close_connection,
+            p.CloseListener: lambda cmd: self._close_listener(cmd.listener),
+        }
 
     # ---- commands ------------------------------------------------------------------------
 
     def handle(self, cmd: p.Command) -> None:
-        kind = type(cmd)
-        if kind is p.Send:
-            self._send(cmd)  # type: ignore[arg-type]
-        elif kind is p.Settle:
-            self._settle(cmd)  # type: ignore[arg-type]
-        elif kind is p.Flow:
-            self._flow(cmd)  # type: ignore[arg-type]
-        elif kind is p.OpenLink:
-            self._open_link(cmd)  # type: ignore[arg-type]
-        elif kind is p.OpenConnection:
-            self._open_connection(cmd)  # type: ignore[arg-type]
-        elif kind is p.Listen:
-            self._listen(cmd)  # type: ignore[arg-type]
-        elif kind is p.CloseLink:
-            self._close_link(cmd)  # type: ignore[arg-type]
-        elif kind is p.CloseConnection:
-            self._close_connection(cmd)  # type: ignore[arg-type]
-        elif kind is p.CloseListener:
-            self._close_listener(cmd.listener)  # type: ignore[union-attr]
-        else:
+        handler = self._handlers.get(type(cmd))
+        if handler is None:
             raise ValueError(f"unexpected command {cmd!r}")
+        handler(cmd)
 
     def _open_connection(self, cmd: p.OpenConnection) -> None:
         try:
