@@ -155,3 +155,24 @@ def test_send_blocks_on_a_full_window_then_times_out_without_sending() -> None:
         for _ in range(5):
             listener.receiver.receive(timeout=30).accept()
         assert sender.send(b"room again", timeout=30).payload is not None
+
+
+def test_plain_credentials_and_a_wrong_password(rabbitmq: RabbitMQ, unique_name: str,
+                                                container: amqscale.Container) -> None:
+    host = f"127.0.0.1:{rabbitmq.port}"
+    conn = container.connect(f"amqp://{rabbitmq.user}:{rabbitmq.password}@{host}")
+    assert conn.open_sender(f"/queue/{unique_name}").send(b"plain").wait(30).accepted
+    conn.close()
+    with pytest.raises(amqscale.ConnectionFailed, match="unauthorized|auth") as info:
+        container.connect(f"amqp://{rabbitmq.user}:wrong-password@{host}", timeout=30)
+    assert "wrong-password" not in str(info.value)
+
+
+def test_passwords_stay_out_of_reprs() -> None:
+    from amqscale.url import parse_url
+    from amqscale.workers.protocol import OpenConnection
+
+    url = parse_url("amqp://me:s3cret@127.0.0.1:5672")
+    command = OpenConnection(1, "127.0.0.1", 5672, "c", user="me", password="s3cret")
+    for text in (repr(url), str(url), repr(command)):
+        assert "s3cret" not in text and "me" in text

@@ -27,6 +27,7 @@ from . import protocol as p
 IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
 RECV_BUFFER = 1024 * 1024
 RX_BATCH = 1024  # deliveries per Deliveries event at most
+CREDENTIAL_MECHANISMS = "SCRAM-SHA-512 SCRAM-SHA-256 SCRAM-SHA-1 PLAIN"
 
 # The per-message C functions, bound once (attribute lookups on `lib` cost as much as calls).
 _remote_state = lib.pn_delivery_remote_state
@@ -254,26 +255,33 @@ class Engine:
                 f"cannot connect to {cmd.host}:{cmd.port}: {errno.errorcode.get(rc, rc)}")))
             return
         conn.connecting = rc == errno.EINPROGRESS
-        self._start_transport(conn, cmd.container_id, server=False)
+        self._start_transport(conn, cmd.container_id, server=False,
+                              configure=lambda: self._configure_client(conn, cmd))
+        lib.pn_connection_open(conn.ptr)
+        conn.session = lib.pn_session(conn.ptr)
+        lib.pn_session_open(conn.session)
+
+    @staticmethod
+    def _configure_client(conn: Connection, cmd: p.OpenConnection) -> None:
+        """Settings proton takes from the connection when the transport is bound."""
         lib.pn_connection_set_hostname(conn.ptr, (cmd.virtual_host or cmd.host).encode())
-        sasl = lib.pn_sasl(conn.transport)
         if cmd.user:
             lib.pn_connection_set_user(conn.ptr, cmd.user.encode())
             if cmd.password is not None:
                 lib.pn_connection_set_password(conn.ptr, cmd.password.encode())
-        mechs = cmd.sasl_mechanisms or (None if cmd.user else "ANONYMOUS")
-        if mechs:
-            lib.pn_sasl_allowed_mechs(sasl, mechs.encode())
+        sasl = lib.pn_sasl(conn.transport)
+        # With credentials, never fall back to ANONYMOUS: Cyrus would pick it when the
+        # peer offers it, and a wrong password would then connect as the anonymous user.
+        mechs = cmd.sasl_mechanisms or (CREDENTIAL_MECHANISMS if cmd.user else "ANONYMOUS")
+        lib.pn_sasl_allowed_mechs(sasl, mechs.encode())
         lib.pn_sasl_set_allow_insecure_mechs(sasl, cmd.allow_insecure_mechanisms)
         if cmd.idle_timeout:
             lib.pn_transport_set_idle_timeout(conn.transport, int(cmd.idle_timeout * 1000))
         if cmd.max_frame_size:
             lib.pn_transport_set_max_frame(conn.transport, cmd.max_frame_size)
-        lib.pn_connection_open(conn.ptr)
-        conn.session = lib.pn_session(conn.ptr)
-        lib.pn_session_open(conn.session)
 
-    def _start_transport(self, conn: Connection, container_id: str, server: bool) -> None:
+    def _start_transport(self, conn: Connection, container_id: str, server: bool,
+                         configure: Callable[[], None] | None = None) -> None:
         conn.ptr = lib.pn_connection()
         lib.pn_connection_set_container(conn.ptr, container_id.encode())
         lib.pn_connection_collect(conn.ptr, self.collector)
@@ -282,6 +290,8 @@ class Engine:
             lib.pn_transport_set_server(conn.transport)
             sasl = lib.pn_sasl(conn.transport)
             lib.pn_sasl_allowed_mechs(sasl, b"ANONYMOUS")
+        if configure is not None:
+            configure()  # before binding: bind copies the credentials into SASL
         lib.pn_transport_bind(conn.transport, conn.ptr)
         self.connections[conn.id] = conn
         self.by_ptr[conn.ptr] = conn

@@ -99,6 +99,10 @@ class OpenConnection(msgspec.Struct, tag=1, array_like=True):
     tls_cert: str | None = None
     tls_key: str | None = None
 
+    def __repr__(self) -> str:  # the password never reaches a log or a traceback
+        return (f"OpenConnection(conn={self.conn}, host={self.host!r}, port={self.port}, "
+                f"user={self.user!r}, password={'<hidden>' if self.password else None})")
+
 
 class Listen(msgspec.Struct, tag=2, array_like=True):
     listener: int
