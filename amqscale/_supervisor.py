@@ -1,7 +1,7 @@
 """Spawning, watching and stopping the worker processes; moving records to and from them.
 
 Each worker gets a ring pair (commands in, events out) whose shared memory it inherits as
-file descriptors: the segments' names are unlinked once the worker has started, so nothing
+file descriptors: the segments' names are unlinked as soon as they are created, so nothing
 is left in /dev/shm whichever process dies and however. Workers die with their parent
 (PR_SET_PDEATHSIG, and they watch the parent's pidfd); the supervisor watches each worker's
 pidfd, so a dead worker is noticed as soon as the user's process next waits or pumps.
