@@ -132,12 +132,11 @@ class Tracker:
 class _SenderLink:
     """One shard's link of a Sender."""
 
-    __slots__ = ("id", "shard", "worker", "sender", "next_seq", "batch", "batch_seq",
+    __slots__ = ("id", "worker", "sender", "next_seq", "batch", "batch_seq",
                  "in_flight", "opened", "failure", "remote_target", "dirty")
 
     def __init__(self, link_id: int, shard: _Shard, sender: Sender) -> None:
         self.id = link_id
-        self.shard = shard
         self.worker: WorkerHandle = shard.worker
         self.sender = sender
         self.next_seq = 0

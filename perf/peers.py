@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import selectors
 import struct
@@ -406,10 +405,10 @@ class EngineLoop:
     def _register_all(self) -> None:
         engine = self.engine
         for conn in engine.socket_changes:
-            if conn.id not in engine.connections and id(conn) in self.masks:
-                del self.masks[id(conn)]
-                with contextlib.suppress(KeyError, ValueError):
+            if conn.id not in engine.connections:  # dropped: unregister, then close
+                if self.masks.pop(id(conn), None) is not None:
                     self.selector.unregister(conn.sock)
+                conn.sock.close()
         engine.socket_changes.clear()
         for conn in engine.connections.values():
             want = selectors.EVENT_READ

@@ -217,7 +217,10 @@ class Engine:
         self._tag = ffi.new("pn_bytes_t *", (8, self._tag_buf))[0]
         # Links with deliveries or outcomes gathered in this pump (see flush_events).
         self._dirty: list[Link] = []
-        self.socket_changes: list[Connection] = []  # sockets to (re)register with the loop
+        # Sockets to (re)register with the loop. A dropped connection's socket comes here
+        # still open: the loop unregisters it, then closes it (a closed socket cannot be
+        # unregistered, and its fd number would stay in the selector's map).
+        self.socket_changes: list[Connection] = []
         self._handlers: dict[type, Callable[[Any], None]] = {
             p.Send: self._send, p.Settle: self._settle, p.Flow: self._flow,
             p.OpenLink: self._open_link, p.OpenConnection: self._open_connection,
@@ -616,7 +619,6 @@ class Engine:
             self._connection_ended(conn, condition)
         del self.connections[conn.id]
         del self.by_ptr[conn.ptr]
-        conn.sock.close()
         self.socket_changes.append(conn)
         lib.pn_transport_unbind(conn.transport)
         lib.pn_decref(conn.transport)

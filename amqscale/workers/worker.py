@@ -11,7 +11,6 @@ granted credit's worth of traffic, which is how backpressure reaches the network
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import selectors
@@ -149,7 +148,7 @@ class Worker:
         return max(0.0, self.next_tick - now)
 
     def _on_socket(self, conn: Connection, mask: int) -> None:
-        if conn.transport is None or conn.id not in self.engine.connections:
+        if conn.id not in self.engine.connections:
             return
         if conn.connecting and mask & selectors.EVENT_WRITE:
             self.engine.on_connected(conn)
@@ -163,10 +162,10 @@ class Worker:
         engine = self.engine
         reading = not self.outbox  # a full event ring: stop taking input from the network
         for conn in engine.socket_changes:
-            if conn.id not in engine.connections:
-                fd = self.masks.pop(id(conn), None)
-                if fd is not None:
-                    self._unregister(conn.sock)
+            if conn.id not in engine.connections:  # dropped: unregister, then close
+                if self.masks.pop(id(conn), None) is not None:
+                    self.selector.unregister(conn.sock)
+                conn.sock.close()
         engine.socket_changes.clear()
         for conn in engine.connections.values():
             want = selectors.EVENT_READ if reading else 0
@@ -198,10 +197,6 @@ class Worker:
             self.masks[key] = want
         else:
             self.masks.pop(key, None)
-
-    def _unregister(self, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(sock)
 
 
 def _die_with_parent(parent_pid: int) -> None:
