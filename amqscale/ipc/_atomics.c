@@ -69,6 +69,25 @@ word_at(WordsObject *self, PyObject *offset_obj)
     return (uint64_t *)((char *)self->view.buf + offset);
 }
 
+/* Parse (offset, value) for the storing methods: the word's address, and the value. */
+static uint64_t *
+word_and_value(WordsObject *self, PyObject *const *args, Py_ssize_t nargs,
+               const char *usage, uint64_t *value)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    uint64_t *p = word_at(self, args[0]);
+    if (p == NULL)
+        return NULL;
+    unsigned long long v = PyLong_AsUnsignedLongLong(args[1]);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    *value = (uint64_t)v;
+    return p;
+}
+
 static PyObject *
 words_load_acquire(WordsObject *self, PyObject *offset)
 {
@@ -81,17 +100,11 @@ words_load_acquire(WordsObject *self, PyObject *offset)
 static PyObject *
 words_store_release(WordsObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "store_release(offset, value)");
-        return NULL;
-    }
-    uint64_t *p = word_at(self, args[0]);
+    uint64_t v;
+    uint64_t *p = word_and_value(self, args, nargs, "store_release(offset, value)", &v);
     if (p == NULL)
         return NULL;
-    unsigned long long v = PyLong_AsUnsignedLongLong(args[1]);
-    if (v == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    __atomic_store_n(p, (uint64_t)v, __ATOMIC_RELEASE);
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
     Py_RETURN_NONE;
 }
 
@@ -101,17 +114,11 @@ words_store_release(WordsObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 words_store_fence(WordsObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "store_fence(offset, value)");
-        return NULL;
-    }
-    uint64_t *p = word_at(self, args[0]);
+    uint64_t v;
+    uint64_t *p = word_and_value(self, args, nargs, "store_fence(offset, value)", &v);
     if (p == NULL)
         return NULL;
-    unsigned long long v = PyLong_AsUnsignedLongLong(args[1]);
-    if (v == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    __atomic_store_n(p, (uint64_t)v, __ATOMIC_SEQ_CST);
+    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     Py_RETURN_NONE;
 }
@@ -121,17 +128,11 @@ words_store_fence(WordsObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 words_exchange(WordsObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "exchange(offset, value)");
-        return NULL;
-    }
-    uint64_t *p = word_at(self, args[0]);
+    uint64_t v;
+    uint64_t *p = word_and_value(self, args, nargs, "exchange(offset, value)", &v);
     if (p == NULL)
         return NULL;
-    unsigned long long v = PyLong_AsUnsignedLongLong(args[1]);
-    if (v == (unsigned long long)-1 && PyErr_Occurred())
-        return NULL;
-    return PyLong_FromUnsignedLongLong(__atomic_exchange_n(p, (uint64_t)v, __ATOMIC_SEQ_CST));
+    return PyLong_FromUnsignedLongLong(__atomic_exchange_n(p, v, __ATOMIC_SEQ_CST));
 }
 
 static PyObject *
