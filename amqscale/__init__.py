@@ -28,7 +28,7 @@ from .errors import (
     WorkerDied,
 )
 from .ipc.ring import RecordTooLarge
-from .links import Delivery, Receiver, Sender, Tracker
+from .links import Delivery, Receiver, Sender, Tracker, Trackers
 from .message import Message
 from .types import (
     UNDESCRIBED,
@@ -59,7 +59,7 @@ __all__ = [
     "AMQPError", "AmqpSequence", "AmqpValue", "Array", "Connection", "ConnectionFailed",
     "Container", "DataSections", "DecodeError", "Delivery", "Described", "LinkDetached",
     "Listener", "Message", "MessageTooLarge", "Receiver", "RecordTooLarge", "Sender",
-    "SequenceSections", "Tracker", "TypeCode", "UNDESCRIBED", "URLError", "WorkerDied",
+    "SequenceSections", "Tracker", "Trackers", "TypeCode", "UNDESCRIBED", "URLError", "WorkerDied",
     "byte", "char",
     "decimal32", "decimal64", "decimal128", "float32", "int32", "short", "symbol",
     "timestamp", "ubyte", "uint", "ulong", "ushort",

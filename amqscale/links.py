@@ -9,10 +9,11 @@ waits for anything.
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, overload
 
 from . import codec
 from .errors import LinkDetached, MessageTooLarge, WorkerDied
@@ -31,13 +32,14 @@ SETTLE_BATCH = 128
 _DATA8 = b"\x00\x53\x75\xa0"
 _DATA32 = b"\x00\x53\x75\xb0"
 _U32 = struct.Struct(">I")
+_DATA8_PREFIXES = [_DATA8 + bytes((size,)) for size in range(256)]
 
 
 def encode_body(body: bytes | bytearray | memoryview) -> bytes:
     """The AMQP encoding of a message that is just `body` as one data section."""
     size = len(body)
     if size < 256:
-        return _DATA8 + bytes((size,)) + bytes(body)
+        return _DATA8_PREFIXES[size] + bytes(body)
     return _DATA32 + _U32.pack(size) + bytes(body)
 
 
@@ -64,17 +66,77 @@ _ACCEPTED = _Result(p.ACCEPTED)
 _SENT_SETTLED = _Result(None)
 
 
+class _Batch:
+    """Consecutive messages of one link, handed over as one Send command, and their results.
+
+    Results are kept per batch, not per message: peers mostly settle in order with one
+    outcome, so the usual state is "the first `done` messages ended as `head`", which
+    costs nothing per message. A per-message list is made only when outcomes differ or
+    come out of order.
+    """
+
+    __slots__ = ("link", "first", "size", "payloads", "done", "head", "results", "pending")
+
+    def __init__(self, link: _SenderLink, first: int, payloads: list[bytes]) -> None:
+        self.link = link
+        self.first = first  # the seq of payloads[0]
+        self.size = len(payloads)
+        # Kept until every message is settled, so that unsettled ones can be sent again.
+        self.payloads: list[bytes] | None = payloads
+        self.done = 0
+        self.head: _Result | None = None
+        self.results: list[_Result | None] | None = None
+        self.pending = len(payloads)  # messages not settled yet
+
+    def result(self, index: int) -> _Result | None:
+        results = self.results
+        if results is None:
+            return self.head if index < self.done else None
+        return results[index]
+
+    def settle(self, lo: int, hi: int, result: _Result) -> int:
+        """Record `result` for messages lo..hi-1 (indexes); returns how many were pending."""
+        results = self.results
+        if results is None:
+            if lo == self.done and (lo == 0 or result is self.head):
+                self.done = hi
+                self.head = result
+                self.pending -= hi - lo
+                return hi - lo
+            results = self.results = [self.head] * self.done + [None] * (self.size - self.done)
+        newly = results[lo:hi].count(None)
+        results[lo:hi] = [result] * (hi - lo)
+        self.pending -= newly
+        return newly
+
+
+def _first_seq(batch: _Batch) -> int:
+    return batch.first
+
+
 class Tracker:
     """The state of one sent message: settled or not, and the outcome the peer gave it."""
 
-    __slots__ = ("_link", "seq", "payload", "_result")
+    __slots__ = ("_batch", "_index")
 
-    def __init__(self, link: _SenderLink, seq: int, payload: bytes) -> None:
-        self._link = link
-        self.seq = seq
-        # Kept until settled, so that an unsettled message can be sent again.
-        self.payload: bytes | None = payload
-        self._result: _Result | None = None
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    @property
+    def seq(self) -> int:
+        """The message's number on its link, counting from 0."""
+        return self._batch.first + self._index
+
+    @property
+    def payload(self) -> bytes | None:
+        """The encoded message while it is unsettled (so it can be sent again), then None."""
+        payloads = self._batch.payloads
+        return None if payloads is None or self.settled else payloads[self._index]
+
+    @property
+    def _result(self) -> _Result | None:
+        return self._batch.result(self._index)
 
     @property
     def settled(self) -> bool:
@@ -83,7 +145,8 @@ class Tracker:
     @property
     def state(self) -> int | None:
         """The outcome's AMQP code (0x24 accepted ... 0x27 modified), None if none."""
-        return None if self._result is None else self._result.state
+        result = self._result
+        return None if result is None else result.state
 
     @property
     def outcome(self) -> str | None:
@@ -98,29 +161,33 @@ class Tracker:
     @property
     def condition(self) -> p.Condition | None:
         """A rejected outcome's error condition (name, description)."""
-        return None if self._result is None else self._result.condition
+        result = self._result
+        return None if result is None else result.condition
 
     @property
     def delivery_failed(self) -> bool:
-        return self._result is not None and self._result.delivery_failed
+        result = self._result
+        return result is not None and result.delivery_failed
 
     @property
     def undeliverable_here(self) -> bool:
-        return self._result is not None and self._result.undeliverable_here
+        result = self._result
+        return result is not None and result.undeliverable_here
 
     @property
     def annotations(self) -> dict[Any, Any] | None:
         """A modified outcome's message annotations."""
-        return None if self._result is None else self._result.annotations
+        result = self._result
+        return None if result is None else result.annotations
 
     def wait(self, timeout: float | None = None) -> Tracker:
         """Block until the peer settles this message; raises if its link fails first."""
-        link = self._link
+        link = self._batch.link
         link.sender._container._wait(
-            lambda: self._result is not None or link.failure is not None, timeout,
+            lambda: self.settled or link.failure is not None, timeout,
             f"message {self.seq} to be settled",
         )
-        if self._result is None:
+        if not self.settled:
             assert link.failure is not None
             raise link.failure
         return self
@@ -129,32 +196,123 @@ class Tracker:
         return f"<Tracker seq={self.seq} settled={self.settled} outcome={self.outcome}>"
 
 
+class Trackers(Sequence[Tracker]):
+    """The Trackers of messages sent together by `send_many`, made on demand.
+
+    A read-only sequence in the order the messages were given, with answers for the
+    whole lot (`settled`, `accepted`, `counts`, `wait`) that need no Tracker objects.
+    """
+
+    __slots__ = ("_batches", "_starts", "_length")
+
+    def __init__(self, batches: list[_Batch]) -> None:
+        self._batches = batches
+        self._starts: list[int] = []
+        length = 0
+        for batch in batches:
+            self._starts.append(length)
+            length += batch.size
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Tracker: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Tracker]: ...
+
+    def __getitem__(self, index: int | slice) -> Tracker | list[Tracker]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("Trackers index out of range")
+        which = bisect.bisect_right(self._starts, index) - 1
+        return Tracker(self._batches[which], index - self._starts[which])
+
+    @property
+    def settled(self) -> bool:
+        """Every message is settled."""
+        return all(batch.pending == 0 for batch in self._batches)
+
+    @property
+    def accepted(self) -> bool:
+        """Every message was accepted."""
+        return self.settled and all(
+            batch.head is _ACCEPTED if batch.results is None
+            else all(result is _ACCEPTED for result in batch.results)
+            for batch in self._batches)
+
+    def counts(self) -> dict[str | None, int]:
+        """How many messages ended in each outcome ('accepted', ...; None: none yet or
+        pre-settled)."""
+        counts: dict[str | None, int] = {}
+        for tracker in self:
+            counts[tracker.outcome] = counts.get(tracker.outcome, 0) + 1
+        return counts
+
+    def wait(self, timeout: float | None = None) -> Trackers:
+        """Block until every message is settled; raises if a link fails first."""
+        if not self._batches:
+            return self
+        links = {batch.link for batch in self._batches}
+        container = self._batches[0].link.sender._container
+        container._wait(
+            lambda: self.settled or any(link.failure for link in links), timeout,
+            f"{len(self)} messages to be settled",
+        )
+        for batch in self._batches:
+            if batch.pending and batch.link.failure is not None:
+                raise batch.link.failure
+        return self
+
+    def __repr__(self) -> str:
+        return f"<Trackers {len(self)} messages settled={self.settled}>"
+
+
 class _SenderLink:
     """One shard's link of a Sender."""
 
-    __slots__ = ("id", "worker", "sender", "next_seq", "batch", "batch_seq",
-                 "in_flight", "opened", "failure", "remote_target", "dirty")
+    __slots__ = ("id", "worker", "sender", "next_seq", "batches", "open", "unsettled",
+                 "opened", "failure", "remote_target", "dirty")
 
     def __init__(self, link_id: int, shard: _Shard, sender: Sender) -> None:
         self.id = link_id
         self.worker: WorkerHandle = shard.worker
         self.sender = sender
-        self.next_seq = 0
-        self.batch: list[bytes] = []
-        self.batch_seq = 0
-        self.in_flight: dict[int, Tracker] = {}
+        self.next_seq = 0  # the seq of the next message taken
+        self.batches: deque[_Batch] = deque()  # with unsettled messages, in seq order
+        self.open: _Batch | None = None  # the batch send() adds to, not handed over yet
+        self.unsettled = 0  # messages taken and not settled: the window's fill
         self.opened = False
         self.failure: Exception | None = None
         self.remote_target: p.Terminus | None = None
         self.dirty = False  # a partial batch waits for the linger thread
 
+    def take(self, payloads: list[bytes]) -> _Batch:
+        """Number `payloads` as the link's next messages, in a new batch (lock held)."""
+        batch = _Batch(self, self.next_seq, payloads)
+        self.next_seq += len(payloads)
+        self.unsettled += len(payloads)
+        self.batches.append(batch)
+        return batch
+
     def hand_over(self) -> None:
-        """Queue the batched messages as one Send command for the shard's worker."""
+        """Queue the open batch as one Send command for the shard's worker."""
         self.dirty = False
-        if self.batch:
-            self.worker.queue(p.Send(self.id, self.batch_seq, self.batch,
+        batch = self.open
+        if batch is not None:
+            self.open = None
+            assert batch.payloads is not None
+            self.worker.queue(p.Send(self.id, batch.first, batch.payloads,
                                      self.sender.presettled))
-            self.batch = []
+
+    @property
+    def unsettled_trackers(self) -> list[Tracker]:
+        return [Tracker(batch, i) for batch in self.batches
+                for i in range(batch.size) if batch.result(i) is None]
 
     def on_event(self, event: p.Event) -> None:
         kind = type(event)
@@ -181,14 +339,29 @@ class _SenderLink:
             result = _Result(
                 state, event.condition, event.delivery_failed, event.undeliverable_here,
                 codec.decode(event.annotations) if event.annotations else None)
-        pop = self.in_flight.pop
-        for seq in event.seqs:
-            tracker = pop(seq, None)
-            if tracker is not None:
-                tracker._result = result
-                tracker.payload = None
+        runs = event.runs
+        for i in range(0, len(runs), 2):
+            self._settle_run(runs[i], runs[i + 1], result)
+        batches = self.batches
+        while batches and batches[0].pending == 0 and batches[0] is not self.open:
+            batches.popleft().payloads = None
         counts = self.sender.counts
-        counts[state] = counts.get(state, 0) + len(event.seqs)
+        counts[state] = counts.get(state, 0) + p.run_length(runs)
+
+    def _settle_run(self, start: int, end: int, result: _Result) -> None:
+        """Record `result` for seqs start..end-1; seqs of no unsettled batch are ignored."""
+        batches = self.batches
+        i = bisect.bisect_right(batches, start, key=_first_seq) - 1
+        while start < end and 0 <= i < len(batches):
+            batch = batches[i]
+            size = batch.size
+            lo = start - batch.first
+            if lo >= size:
+                return
+            hi = min(end - batch.first, size)
+            self.unsettled -= batch.settle(lo, hi, result)
+            start = batch.first + hi
+            i += 1
 
 
 class Sender:
@@ -215,76 +388,75 @@ class Sender:
         TimeoutError after `timeout` seconds, and the message is then not sent.
         """
         if type(message) is bytes and len(message) < 256 and not self.closed:
-            payload = _DATA8 + bytes((len(message),)) + message  # the common case, inline
+            payload = _DATA8_PREFIXES[len(message)] + message  # the common case, inline
         else:
             payload = self._encode(message)
         link = self._links[self._current]
-        if link.failure is not None or len(link.in_flight) >= self.window:
+        if link.failure is not None or link.unsettled >= self.window:
             link = self._pick_link(timeout)
         container = self._container
         container._activity += 1
         with container._lock:
-            seq = link.next_seq
-            link.next_seq = seq + 1
-            tracker = Tracker(link, seq, payload)
-            link.in_flight[seq] = tracker
-            batch = link.batch
-            if not batch:
-                link.batch_seq = seq
-            batch.append(payload)
-            if len(batch) >= SEND_BATCH or link.worker.wants_work():
+            batch = link.open
+            if batch is None:
+                batch = link.open = link.take([payload])
+                index = 0
+            else:
+                index = batch.size
+                batch.payloads.append(payload)  # type: ignore[union-attr]
+                batch.size = batch.pending = index + 1
+                link.next_seq += 1
+                link.unsettled += 1
+            if index + 1 >= SEND_BATCH or link.worker.wants_work():
                 link.hand_over()
                 link.worker.flush(timeout=None)
                 self._current = (self._current + 1) % len(self._links)
-                return tracker
+                return Tracker(batch, index)
         if not link.dirty:
             link.dirty = True
             container._mark_dirty(link)
-        return tracker
+        return Tracker(batch, index)
 
     def send_many(self, messages: Iterable[Message | bytes | bytearray | memoryview],
-                  timeout: float | None = None) -> list[Tracker]:
+                  timeout: float | None = None) -> Trackers:
         """Send many messages at once; the fast path for a firehose.
 
         Every message is encoded first, so a bad one raises before any is sent. Each
-        link then takes as many as its window has room for, as one command. If the
-        windows stay full for `timeout` seconds, TimeoutError is raised: its
-        `trackers` are the messages already handed over (the rest were not sent).
+        link then takes as many as its window has room for, as one command. Returns
+        the messages' Trackers, made on demand. If the windows stay full for `timeout`
+        seconds, TimeoutError is raised: its `trackers` are the messages already handed
+        over (the rest were not sent).
         """
-        fast = _DATA8
+        prefixes = _DATA8_PREFIXES
         payloads = [
-            fast + bytes((len(m),)) + m if type(m) is bytes and len(m) < 256
-            else self._encode(m)
+            prefixes[len(m)] + m if type(m) is bytes and len(m) < 256 else self._encode(m)
             for m in messages
         ]
         if self.closed:
             raise LinkDetached(f"sender to {self.address!r} is closed")
-        trackers: list[Tracker] = []
+        batches: list[_Batch] = []
         done = 0
         while done < len(payloads):
             try:
                 link = self._pick_link(timeout)
             except TimeoutError as exc:
-                exc.trackers = trackers  # type: ignore[attr-defined]
+                exc.trackers = Trackers(batches)  # type: ignore[attr-defined]
                 raise
-            room = self.window - len(link.in_flight)
-            chunk = payloads[done:done + room]
-            trackers.extend(self._hand_over_chunk(link, chunk))
+            room = self.window - link.unsettled
+            chunk = payloads[done:done + room] if done or room < len(payloads) else payloads
+            batches.append(self._hand_over_chunk(link, chunk))
             done += len(chunk)
             self._current = (self._current + 1) % len(self._links)
         self._container._activity += 1
-        return trackers
+        return Trackers(batches)
 
-    def _hand_over_chunk(self, link: _SenderLink, chunk: list[bytes]) -> list[Tracker]:
+    def _hand_over_chunk(self, link: _SenderLink, chunk: list[bytes]) -> _Batch:
         with self._container._lock:
             link.hand_over()  # what send() batched goes first: order is kept
-            first = link.next_seq
-            link.next_seq = first + len(chunk)
-            trackers = [Tracker(link, seq, payload) for seq, payload in enumerate(chunk, first)]
-            link.in_flight.update(zip(range(first, first + len(chunk)), trackers, strict=True))
-            link.worker.queue(p.Send(link.id, first, chunk, self.presettled))
+            batch = link.take(chunk)
+            link.worker.queue(p.Send(link.id, batch.first, chunk, self.presettled))
             link.worker.flush(timeout=None)
-        return trackers
+        return batch
 
     def _encode(self, message: Message | bytes | bytearray | memoryview) -> bytes:
         if self.closed:
@@ -312,11 +484,11 @@ class Sender:
                 link = links[self._current]
                 if link.failure is not None:
                     raise link.failure
-                if len(link.in_flight) < self.window:
+                if link.unsettled < self.window:
                     return link
                 self._current = (self._current + 1) % len(links)
             self._container._wait(
-                lambda: any(len(x.in_flight) < self.window or x.failure for x in links),
+                lambda: any(x.unsettled < self.window or x.failure for x in links),
                 timeout, f"room in the window of the sender to {self.address!r}",
             )
         raise AssertionError("unreachable: a link had room after waiting")
@@ -324,19 +496,19 @@ class Sender:
     @property
     def unsettled(self) -> list[Tracker]:
         """Trackers of messages not yet settled, across every shard."""
-        return [t for link in self._links for t in link.in_flight.values()]
+        return [t for link in self._links for t in link.unsettled_trackers]
 
     def flush(self, timeout: float | None = None) -> None:
         """Hand over every batched message and wait until each is settled."""
         self._container._flush_all()
         self._container._wait(
-            lambda: all(not x.in_flight or x.failure for x in self._links), timeout,
+            lambda: all(not x.unsettled or x.failure for x in self._links), timeout,
             f"every message to {self.address!r} to be settled",
         )
         for link in self._links:
-            if link.in_flight and link.failure is not None:
+            if link.unsettled and link.failure is not None:
                 raise type(link.failure)(
-                    f"{len(link.in_flight)} message(s) unsettled: {link.failure}",
+                    f"{link.unsettled} message(s) unsettled: {link.failure}",
                     getattr(link.failure, "condition", None),
                 )
 

@@ -467,11 +467,12 @@ def run_engine_sender(cfg: Config) -> Report:
                 cpu0 = cpu_seconds(me)
                 schedule.begin()
             elif kind is p.Outcomes:
-                settled += len(event.seqs)
+                count = p.run_length(event.runs)
+                settled += count
                 if event.state in (p.ACCEPTED, p.SENT_SETTLED):
-                    report.accepted += len(event.seqs)
+                    report.accepted += count
                 else:
-                    report.other_outcomes += len(event.seqs)
+                    report.other_outcomes += count
             elif kind in (p.LinkClosed, p.ConnectionClosed):
                 report.error = f"closed early: {event!r}"
                 deadline = 0.0

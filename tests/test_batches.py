@@ -61,3 +61,50 @@ def test_send_many_times_out_when_nobody_takes_messages() -> None:
         handed_over = info.value.trackers  # type: ignore[attr-defined]
         assert len(handed_over) == 20  # one window's worth; the rest were not sent
         assert len(sender.unsettled) == 20
+
+
+def test_trackers_answer_for_the_batch_and_per_message_with_mixed_outcomes(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    trackers = sender.send_many([b"%d" % i for i in range(300)])
+    assert not trackers.settled and not trackers.accepted
+    assert trackers.counts() == {None: 300}
+    deliveries = []
+    while len(deliveries) < 300:
+        deliveries.extend(receiver.receive_many(timeout=30))
+    # Settle out of order and with mixed outcomes: every seventh rejected, the rest
+    # accepted, last ones first.
+    for delivery in reversed(deliveries):
+        if int(delivery.body) % 7 == 0:
+            delivery.reject("amqp:precondition-failed", "sevens")
+        else:
+            delivery.accept()
+    assert trackers.wait(30) is trackers
+    assert trackers.settled and not trackers.accepted
+    assert trackers.counts() == {"rejected": 43, "accepted": 257}
+    assert [t.outcome for t in trackers[:8]] == ["rejected"] + ["accepted"] * 6 + ["rejected"]
+    assert trackers[-1].outcome == "accepted" and trackers[-300].outcome == "rejected"
+    assert trackers[7].condition is not None and trackers[7].condition.name == (
+        "amqp:precondition-failed")
+    assert all(t.payload is None for t in trackers)  # settled: nothing kept to resend
+    assert sender.unsettled == []
+    with pytest.raises(IndexError):
+        trackers[300]
+    with pytest.raises(IndexError):
+        trackers[-301]
+
+
+def test_trackers_of_a_batch_that_spans_links_are_in_the_order_given(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    sender.window = 100  # 3 links x 100: the batch is split over all three, then waits
+    trackers = sender.send_many([b"%d" % i for i in range(250)])
+    assert len({t._batch.link for t in trackers}) == 3
+    bodies = {}
+    while len(bodies) < 250:
+        for delivery in receiver.receive_many(timeout=30):
+            bodies[delivery.body] = delivery
+            delivery.accept()
+    assert trackers.wait(30).accepted
+    assert [t.seq for t in trackers[:3]] == [0, 1, 2]  # the first link's first messages
+    assert len(trackers[10:20]) == 10 and trackers[::50][1].seq == trackers[50].seq

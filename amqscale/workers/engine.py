@@ -144,8 +144,8 @@ class Link:
         self.rx: list[bytes] = []
         self.rx_first = 0
         self.rx_settled: list[int] | None = None
-        self.accepted: list[int] = []
-        self.sent_settled: list[int] = []
+        self.accepted: list[int] = []  # runs of seqs (see p.Outcomes)
+        self.sent_settled: list[int] = []  # runs of seqs
         self.dirty = False
 
 
@@ -437,7 +437,7 @@ class Engine:
                 link_send(ptr, payload, len(payload))
                 _advance(ptr)
                 _settle(delivery)
-            link.sent_settled.extend(range(first_seq + start, first_seq + end))
+            p.add_to_runs(link.sent_settled, first_seq + start, first_seq + end)
             if not link.dirty:
                 self._mark(link)
             return
@@ -794,7 +794,11 @@ class Engine:
             seq = link.unsettled.pop(delivery, None)
             _settle(delivery)
             if seq is not None:
-                link.accepted.append(seq)
+                runs = link.accepted  # p.add_to_runs, inlined: once per message
+                if runs and runs[-1] == seq:
+                    runs[-1] = seq + 1
+                else:
+                    runs += (seq, seq + 1)
                 if not link.dirty:
                     self._mark(link)
             return
@@ -809,7 +813,7 @@ class Engine:
         """A rejected, released or modified outcome, with its details."""
         remote = lib.pn_delivery_remote(delivery)
         self.emit(p.Outcomes(
-            link.id, [seq], state,
+            link.id, [seq, seq + 1], state,
             condition=_condition(lib.pn_disposition_condition(remote)),
             delivery_failed=bool(lib.pn_disposition_is_failed(remote)),
             undeliverable_here=bool(lib.pn_disposition_is_undeliverable(remote)),

@@ -246,18 +246,35 @@ class Deliveries(msgspec.Struct, tag=108, array_like=True):
 class Outcomes(msgspec.Struct, tag=109, array_like=True):
     """The remote's settled outcome for sent messages (by seq), all with one state.
 
+    The seqs go as runs, `runs = [start0, end0, start1, end1, ...]` with each end
+    exclusive: peers mostly settle in order, so a batch of outcomes is one run, which
+    costs the same to carry and to apply whatever its length.
+
     State SENT_SETTLED reports pre-settled messages written to the engine: they have no
     outcome, but the sender's window and flush() count them until then.
     """
 
     link: int
-    seqs: list[int]
+    runs: list[int]
     state: int
     condition: Condition | None = None
     delivery_failed: bool = False
     undeliverable_here: bool = False
     # AMQP-encoded message-annotations map of a MODIFIED outcome.
     annotations: bytes | None = None
+
+
+def add_to_runs(runs: list[int], start: int, end: int) -> None:
+    """Add seqs start..end-1 to `runs` (see Outcomes), extending the last run if they follow it."""
+    if runs and runs[-1] == start:
+        runs[-1] = end
+    else:
+        runs += (start, end)
+
+
+def run_length(runs: list[int]) -> int:
+    """How many seqs `runs` (see Outcomes) holds."""
+    return sum(runs[1::2]) - sum(runs[0::2])
 
 
 class WorkerStats(msgspec.Struct, tag=111, array_like=True):
@@ -288,6 +305,7 @@ _command_decoder = msgspec.msgpack.Decoder(list[Command])
 _event_decoder = msgspec.msgpack.Decoder(list[Event])
 
 encode = _command_encoder.encode  # same encoder for both directions
+encode_into = _command_encoder.encode_into
 
 
 def decode_commands(record: bytes) -> list[Command]:
