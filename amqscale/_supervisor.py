@@ -43,7 +43,10 @@ class WorkerHandle:
     pidfd: int | None
     ready: bool = False
     dead: bool = False
+    exit_seen: bool = False  # its pidfd turned readable: it has exited
     queued: list[p.Command] = field(default_factory=list)
+    # Reused for every record: a fresh 100 KB bytes per flush costs page faults.
+    record: bytearray = field(default_factory=bytearray)
     handed_over_at: float = 0.0
 
     def queue(self, command: p.Command) -> None:
@@ -54,9 +57,9 @@ class WorkerHandle:
         if not self.queued or self.dead:
             self.queued.clear()
             return
-        record = p.encode(self.queued)
+        p.encode_into(self.queued, self.record)
         self.queued = []
-        self.rings.outbound.write(record, timeout=timeout)
+        self.rings.outbound.write(self.record, timeout=timeout)
         self.handed_over_at = time.monotonic()
 
     def wants_work(self) -> bool:
@@ -170,22 +173,30 @@ class Supervisor:
         for worker in live:
             if worker.rings.inbound.park():
                 for other in live:
-                    other.rings.inbound.unpark()
+                    other.rings.inbound.unpark(drain=False)
                 return
             fds.append(worker.rings.inbound.fileno())
             if worker.pidfd is not None:
                 fds.append(worker.pidfd)
+        readable: list[int] = []
         try:
             if fds:
-                select.select(fds, [], [], timeout)
+                readable = select.select(fds, [], [], timeout)[0]
+                for worker in live:
+                    if worker.pidfd in readable:
+                        worker.exit_seen = True
             elif timeout:
                 time.sleep(min(timeout, 0.05))
         finally:
             for worker in live:
-                worker.rings.inbound.unpark()
+                inbound = worker.rings.inbound
+                inbound.unpark(drain=inbound.fileno() in readable)
 
     def _check_alive(self, worker: WorkerHandle) -> None:
-        if worker.dead or worker.process.poll() is None:
+        # With a pidfd, only once it turned readable: a waitpid per drain costs a syscall.
+        if worker.dead or (worker.pidfd is not None and not worker.exit_seen):
+            return
+        if worker.process.poll() is None:
             return
         # Take whatever it published before it died, then mark it.
         worker.dead = True

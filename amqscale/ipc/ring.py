@@ -485,14 +485,19 @@ class RingWriter(OneToOneRing):
         """
         self._words.store_fence(layout.WRITER_PARKED_OFFSET, 1)
         if self.has_room(length):
-            self.unpark()
+            self.unpark(drain=False)
             return True
         return False
 
-    def unpark(self) -> None:
-        """Clear the parked flag and drain the space eventfd."""
+    def unpark(self, drain: bool = True) -> None:
+        """Clear the parked flag and (unless `drain` is False) reset the space eventfd.
+
+        A loop that knows the eventfd was not readable skips the reset, a system call:
+        a wake-up that lands after the check only makes the next wait return at once.
+        """
         self._words.store_release(layout.WRITER_PARKED_OFFSET, 0)
-        _drain(self._space_fd)
+        if drain:
+            _drain(self._space_fd)
 
     def has_room(self, length: int = 0) -> bool:
         """Would a record of ``length`` bytes fit now (a wrap marker's skip included)?"""
@@ -540,14 +545,19 @@ class RingReader(OneToOneRing):
         """
         self._words.store_fence(layout.READER_PARKED_OFFSET, 1)
         if self.has_data():
-            self.unpark()
+            self.unpark(drain=False)
             return True
         return False
 
-    def unpark(self) -> None:
-        """Clear the parked flag and drain the data eventfd."""
+    def unpark(self, drain: bool = True) -> None:
+        """Clear the parked flag and (unless `drain` is False) reset the data eventfd.
+
+        A loop that knows the eventfd was not readable skips the reset, a system call:
+        a wake-up that lands after the check only makes the next wait return at once.
+        """
         self._words.store_release(layout.READER_PARKED_OFFSET, 0)
-        _drain(self._data_fd)
+        if drain:
+            _drain(self._data_fd)
 
     def writer_parked(self) -> bool:
         """Is the writer asleep waiting for room?"""

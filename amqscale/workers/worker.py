@@ -120,14 +120,19 @@ class Worker:
         waiting_for_room = bool(self.outbox) and not self.events.park(len(self.outbox[0]))
         may_sleep = parked and (waiting_for_room or not self.outbox)
         ready = self.selector.select(timeout if may_sleep else 0.0)
+        # Reset an eventfd only when it woke us: a read of an empty one is a wasted syscall.
         if parked:
-            self.commands.unpark()
+            self.commands.unpark(drain=False)
         if waiting_for_room:
-            self.events.unpark()
+            self.events.unpark(drain=False)
         for key, mask in ready:
             target: Any = key.data
             if target == "commands":
-                continue  # unpark() drained it; the next pass reads the ring
+                self.commands.unpark()  # the next pass reads the ring
+                continue
+            if target == "space":
+                self.events.unpark()
+                continue
             if target == "parent":
                 return True
             if target == "handoff" and not self.engine.adopt_handed(
