@@ -28,7 +28,7 @@ from .errors import (
     WorkerDied,
 )
 from .ipc.ring import RecordTooLarge
-from .links import Delivery, Receiver, Sender, Tracker, Trackers
+from .links import Deliveries, Delivery, Receiver, Sender, Tracker, Trackers
 from .message import Message
 from .types import (
     UNDESCRIBED,
@@ -57,11 +57,10 @@ from .types import (
 
 __all__ = [
     "AMQPError", "AmqpSequence", "AmqpValue", "Array", "Connection", "ConnectionFailed",
-    "Container", "DataSections", "DecodeError", "Delivery", "Described", "LinkDetached",
-    "Listener", "Message", "MessageTooLarge", "Receiver", "RecordTooLarge", "Sender",
-    "SequenceSections", "Tracker", "Trackers", "TypeCode", "UNDESCRIBED", "URLError", "WorkerDied",
-    "byte", "char",
-    "decimal32", "decimal64", "decimal128", "float32", "int32", "short", "symbol",
-    "timestamp", "ubyte", "uint", "ulong", "ushort",
+    "Container", "DataSections", "DecodeError", "Deliveries", "Delivery", "Described",
+    "LinkDetached", "Listener", "Message", "MessageTooLarge", "Receiver", "RecordTooLarge",
+    "Sender", "SequenceSections", "Tracker", "Trackers", "TypeCode", "UNDESCRIBED", "URLError",
+    "WorkerDied", "byte", "char", "decimal32", "decimal64", "decimal128", "float32", "int32",
+    "short", "symbol", "timestamp", "ubyte", "uint", "ulong", "ushort",
 ]
 __version__ = "0.1.0"

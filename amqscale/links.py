@@ -530,25 +530,72 @@ class Sender:
         self.close()
 
 
+class _Arrival:
+    """The messages of one Deliveries event, as the user takes them.
+
+    Deliveries point into it by index, and settled flags and decoded messages are kept
+    here, so taking a batch of messages costs no object per message.
+    """
+
+    __slots__ = ("link", "first_id", "payloads", "settled", "messages")
+
+    def __init__(self, link: _ReceiverLink, event: p.Deliveries) -> None:
+        self.link = link
+        self.first_id = event.first_id
+        self.payloads = event.payloads
+        self.settled = bytearray(len(event.payloads))  # 1: settled (by us or pre-settled)
+        for index in event.settled or ():
+            self.settled[index] = 1
+        self.messages: dict[int, Message] | None = None  # decoded on first use
+
+    def message(self, index: int) -> Message:
+        messages = self.messages
+        if messages is None:
+            messages = self.messages = {}
+        message = messages.get(index)
+        if message is None:
+            message = messages[index] = Message.decode(self.payloads[index])
+        return message
+
+    def take_unsettled(self, lo: int, hi: int) -> list[int]:
+        """Mark messages lo..hi-1 settled; returns the delivery ids of those that were not."""
+        flags = self.settled
+        first = self.first_id
+        if flags.count(1, lo, hi):
+            ids = [first + i for i in range(lo, hi) if not flags[i]]
+        else:
+            ids = list(range(first + lo, first + hi))
+        flags[lo:hi] = b"\x01" * (hi - lo)
+        return ids
+
+
 class Delivery:
     """A received message, and the means to settle it."""
 
-    __slots__ = ("_link", "id", "payload", "settled", "_message")
+    __slots__ = ("_arrival", "_index")
 
-    def __init__(self, link: _ReceiverLink, delivery_id: int, payload: bytes,
-                 settled: bool) -> None:
-        self._link = link
-        self.id = delivery_id
-        self.payload = payload
-        self.settled = settled
-        self._message: Message | None = None
+    def __init__(self, arrival: _Arrival, index: int) -> None:
+        self._arrival = arrival
+        self._index = index
+
+    @property
+    def id(self) -> int:
+        """The delivery's number on its link."""
+        return self._arrival.first_id + self._index
+
+    @property
+    def payload(self) -> bytes:
+        """The message as it was encoded (the transfer's payload)."""
+        return self._arrival.payloads[self._index]
+
+    @property
+    def settled(self) -> bool:
+        return bool(self._arrival.settled[self._index])
 
     @property
     def message(self) -> Message:
         """The decoded message (decoded on first use)."""
-        if self._message is None:
-            self._message = Message.decode(self.payload)
-        return self._message
+        return self._arrival.message(self._index)
 
     @property
     def body(self) -> Any:
@@ -574,21 +621,98 @@ class Delivery:
         if annotations:
             encoded = codec.encode({symbol(k) if isinstance(k, str) else k: v
                                     for k, v in annotations.items()})
-        self._link.dispose(self, p.Settle(
-            self._link.id, [self.id], p.MODIFIED, delivery_failed=delivery_failed,
+        link = self._arrival.link
+        link.dispose(self, p.Settle(
+            link.id, [self.id], p.MODIFIED, delivery_failed=delivery_failed,
             undeliverable_here=undeliverable_here, annotations=encoded,
         ))
 
     def _dispose(self, state: int, condition: p.Condition | None) -> None:
         if self.settled:
             return
+        link = self._arrival.link
         if condition is None:
-            self._link.dispose_plain(self, state)
+            link.dispose_plain(self, state)
         else:
-            self._link.dispose(self, p.Settle(self._link.id, [self.id], state, condition))
+            link.dispose(self, p.Settle(link.id, [self.id], state, condition))
 
     def __repr__(self) -> str:
         return f"<Delivery id={self.id} settled={self.settled} {len(self.payload)} bytes>"
+
+
+class Deliveries(Sequence[Delivery]):
+    """What `receive_many` took, in order: Deliveries made on demand, and bulk answers.
+
+    `payloads`, `bodies` and `messages` give every message without a Delivery object
+    each; `accept()` accepts them all with one command per link.
+    """
+
+    __slots__ = ("_receiver", "_parts", "_starts", "_length")
+
+    def __init__(self, receiver: Receiver, parts: list[tuple[_Arrival, int, int]]) -> None:
+        self._receiver = receiver
+        self._parts = parts  # (arrival, lo, hi): its messages lo..hi-1
+        self._starts: list[int] = []
+        length = 0
+        for _, lo, hi in parts:
+            self._starts.append(length)
+            length += hi - lo
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> Delivery: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Delivery]: ...
+
+    def __getitem__(self, index: int | slice) -> Delivery | list[Delivery]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("Deliveries index out of range")
+        which = bisect.bisect_right(self._starts, index) - 1
+        arrival, lo, _ = self._parts[which]
+        return Delivery(arrival, lo + index - self._starts[which])
+
+    def __iter__(self) -> Iterator[Delivery]:
+        for arrival, lo, hi in self._parts:
+            for index in range(lo, hi):
+                yield Delivery(arrival, index)
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """Every message's encoded form."""
+        if len(self._parts) == 1:
+            arrival, lo, hi = self._parts[0]
+            return arrival.payloads[lo:hi]
+        return [x for arrival, lo, hi in self._parts for x in arrival.payloads[lo:hi]]
+
+    @property
+    def bodies(self) -> list[Any]:
+        """Every message's body, as `Delivery.body` gives it."""
+        bodies = []
+        for arrival, lo, hi in self._parts:
+            for index in range(lo, hi):
+                body = decode_body(arrival.payloads[index])
+                bodies.append(arrival.message(index).body if body is None else body)
+        return bodies
+
+    @property
+    def messages(self) -> list[Message]:
+        """Every message, decoded (once: Delivery.message gives the same objects)."""
+        return [arrival.message(index) for arrival, lo, hi in self._parts
+                for index in range(lo, hi)]
+
+    def accept(self) -> None:
+        """Accept every message not settled yet."""
+        self._receiver.accept_many(self)
+
+    def __repr__(self) -> str:
+        return f"<Deliveries {len(self)} messages>"
 
 
 class _ReceiverLink:
@@ -610,7 +734,7 @@ class _ReceiverLink:
     def on_event(self, event: p.Event) -> None:
         kind = type(event)
         if kind is p.Deliveries:
-            self.receiver._buffer.append(event)  # type: ignore[arg-type]
+            self.receiver._buffer.append(_Arrival(self, event))  # type: ignore[arg-type]
         elif kind is p.LinkOpened:
             self.opened = True
             self.remote_source = event.remote_source  # type: ignore[union-attr]
@@ -622,9 +746,9 @@ class _ReceiverLink:
                 cond.name if cond else None, cond.description if cond else "",
             )
 
-    def taken(self) -> None:
-        """The user took one delivery: there is room for one more; grant in batches."""
-        self.consumed += 1
+    def taken(self, count: int = 1) -> None:
+        """The user took deliveries: there is room for as many more; grant in batches."""
+        self.consumed += count
         if self.consumed * 2 >= self.credit and self.failure is None:
             container = self.receiver._container
             with container._lock:
@@ -634,7 +758,7 @@ class _ReceiverLink:
             self.consumed = 0
 
     def dispose_plain(self, delivery: Delivery, state: int) -> None:
-        delivery.settled = True
+        delivery._arrival.settled[delivery._index] = 1
         container = self.receiver._container
         container._activity += 1
         with container._lock:
@@ -651,7 +775,7 @@ class _ReceiverLink:
         container._mark_dirty(self)
 
     def dispose(self, delivery: Delivery, command: p.Settle) -> None:
-        delivery.settled = True
+        delivery._arrival.settled[delivery._index] = 1
         with self.receiver._container._lock:
             self.hand_over()
             self.worker.queue(command)
@@ -676,43 +800,36 @@ class Receiver:
         self.credit = credit
         self.auto_accept = auto_accept
         self._links: dict[int, _ReceiverLink] = {}
-        self._buffer: deque[p.Deliveries] = deque()
-        self._position = 0
+        self._buffer: deque[_Arrival] = deque()
+        self._position = 0  # how many of the buffer's first arrival were taken
         self.closed = False
 
     def receive(self, timeout: float | None = None) -> Delivery:
         """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""
-        if not self._buffer:
-            if self.closed:
-                raise LinkDetached(f"the receiver from {self.address!r} is closed")
-            self._settle_batches()
-            self._container._wait(
-                lambda: bool(self._buffer) or self._all_failed(), timeout,
-                f"a message from {self.address!r}",
-            )
-            if not self._buffer:
-                failures = [x.failure for x in self._links.values() if x.failure]
-                raise failures[0] if failures else LinkDetached(
-                    f"the receiver from {self.address!r} is closed")
+        self._await_buffer(timeout)
         return self._take()
 
-    def receive_many(self, limit: int = 1024, timeout: float | None = None
-                     ) -> list[Delivery]:
+    def receive_many(self, limit: int = 1024, timeout: float | None = None) -> Deliveries:
         """Up to `limit` deliveries: what is buffered now, or waits for at least one."""
-        if not self._buffer:
-            return [self.receive(timeout)]
-        deliveries: list[Delivery] = []
-        while self._buffer and len(deliveries) < limit:
-            deliveries.append(self._take())
-        return deliveries
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        self._await_buffer(timeout)
+        return self._take_many(limit)
 
     def accept_many(self, deliveries: Iterable[Delivery]) -> None:
         """Accept deliveries in bulk (one settle command per link)."""
         by_link: dict[_ReceiverLink, list[int]] = {}
-        for delivery in deliveries:
-            if not delivery.settled:
-                delivery.settled = True
-                by_link.setdefault(delivery._link, []).append(delivery.id)
+        if isinstance(deliveries, Deliveries):
+            for arrival, lo, hi in deliveries._parts:
+                ids = arrival.take_unsettled(lo, hi)
+                if ids:
+                    by_link.setdefault(arrival.link, []).extend(ids)
+        else:
+            for delivery in deliveries:
+                arrival = delivery._arrival
+                if not arrival.settled[delivery._index]:
+                    arrival.settled[delivery._index] = 1
+                    by_link.setdefault(arrival.link, []).append(delivery.id)
         with self._container._lock:
             for link, ids in by_link.items():
                 if link.failure is None:
@@ -720,26 +837,62 @@ class Receiver:
                     link.worker.queue(p.Settle(link.id, ids, p.ACCEPTED))
                     link.worker.flush(timeout=None)
 
+    def _await_buffer(self, timeout: float | None) -> None:
+        """Return once a delivery is buffered; raise if none can come."""
+        if self._buffer:
+            return
+        if self.closed:
+            raise LinkDetached(f"the receiver from {self.address!r} is closed")
+        self._settle_batches()
+        self._container._wait(
+            lambda: bool(self._buffer) or self._all_failed(), timeout,
+            f"a message from {self.address!r}",
+        )
+        if not self._buffer:
+            failures = [x.failure for x in self._links.values() if x.failure]
+            raise failures[0] if failures else LinkDetached(
+                f"the receiver from {self.address!r} is closed")
+
     def _all_failed(self) -> bool:
         if self._endless:
             return self.closed
         return bool(self._links) and all(x.failure for x in self._links.values())
 
     def _take(self) -> Delivery:
-        batch = self._buffer[0]
+        arrival = self._buffer[0]
         position = self._position
-        link = self._links[batch.link]
-        settled = batch.settled is not None and position in batch.settled
-        delivery = Delivery(link, batch.first_id + position, batch.payloads[position], settled)
-        if position + 1 == len(batch.payloads):
+        delivery = Delivery(arrival, position)
+        if position + 1 == len(arrival.payloads):
             self._buffer.popleft()
             self._position = 0
         else:
             self._position = position + 1
-        link.taken()
+        arrival.link.taken()
         if self.auto_accept:
             delivery.accept()
         return delivery
+
+    def _take_many(self, limit: int) -> Deliveries:
+        """Up to `limit` buffered deliveries, a slice of each arrival at a time."""
+        parts: list[tuple[_Arrival, int, int]] = []
+        buffer = self._buffer
+        room = limit
+        while buffer and room:
+            arrival = buffer[0]
+            position = self._position
+            end = min(len(arrival.payloads), position + room)
+            parts.append((arrival, position, end))
+            room -= end - position
+            if end == len(arrival.payloads):
+                buffer.popleft()
+                self._position = 0
+            else:
+                self._position = end
+            arrival.link.taken(end - position)
+        deliveries = Deliveries(self, parts)
+        if self.auto_accept:
+            self.accept_many(deliveries)
+        return deliveries
 
     def __iter__(self) -> Iterator[Delivery]:
         """Deliveries as they come; ends when every link closed cleanly, raises on error."""

@@ -108,3 +108,67 @@ def test_trackers_of_a_batch_that_spans_links_are_in_the_order_given(
     assert trackers.wait(30).accepted
     assert [t.seq for t in trackers[:3]] == [0, 1, 2]  # the first link's first messages
     assert len(trackers[10:20]) == 10 and trackers[::50][1].seq == trackers[50].seq
+
+
+def test_receive_many_gives_deliveries_with_bulk_answers_and_settles_only_the_rest(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    messages = [b"body-%d" % i for i in range(20)] + [
+        amqscale.Message(id=i, body={"n": i}) for i in range(10)]
+    trackers = sender.send_many(messages)
+    taken: list[amqscale.Delivery] = []
+    bodies: list[object] = []
+    while len(taken) < 30:
+        deliveries = receiver.receive_many(limit=7, timeout=30)
+        assert 1 <= len(deliveries) <= 7
+        assert [d.payload for d in deliveries] == deliveries.payloads
+        assert deliveries.bodies == [d.body for d in deliveries]
+        assert [m.body for m in deliveries.messages] == deliveries.bodies
+        assert deliveries[0].message is deliveries.messages[0]  # decoded once
+        assert [d.id for d in deliveries[-2:]] == [d.id for d in list(deliveries)[-2:]]
+        with pytest.raises(IndexError):
+            deliveries[len(deliveries)]
+        bodies += deliveries.bodies
+        taken += deliveries
+        # One of each batch rejected first: accepting the batch leaves it rejected.
+        deliveries[0].reject("amqp:precondition-failed", "first of a batch")
+        assert deliveries[0].settled and not deliveries[1].settled
+        deliveries.accept()
+        assert all(d.settled for d in deliveries)
+    assert sorted(map(repr, bodies)) == sorted(
+        map(repr, [b"body-%d" % i for i in range(20)] + [{"n": i} for i in range(10)]))
+    trackers.wait(30)
+    outcomes = trackers.counts()
+    assert outcomes["rejected"] >= 5 and outcomes["rejected"] + outcomes["accepted"] == 30
+
+
+def test_receive_many_rejects_a_limit_below_one_and_auto_accepts_batches() -> None:
+    with amqscale.Container(workers=1) as server, amqscale.Container(workers=1) as client:
+        listener = server.listen("amqp://127.0.0.1:0")
+        receiver = listener.receiver
+        with pytest.raises(ValueError, match="limit"):
+            receiver.receive_many(limit=0)
+        receiver.auto_accept = True
+        sender = client.connect(listener.url).open_sender("auto")
+        trackers = sender.send_many([b"a", b"b", b"c"])
+        got: list[object] = []
+        while len(got) < 3:
+            deliveries = receiver.receive_many(timeout=30)
+            assert all(d.settled for d in deliveries)
+            got += deliveries.bodies
+        assert got == [b"a", b"b", b"c"]
+        assert trackers.wait(30).accepted
+
+
+def test_presettled_messages_arrive_settled_in_a_batch() -> None:
+    with amqscale.Container(workers=1) as server, amqscale.Container(workers=1) as client:
+        listener = server.listen("amqp://127.0.0.1:0")
+        sender = client.connect(listener.url).open_sender("amo", presettled=True)
+        sender.send_many([b"%d" % i for i in range(50)])
+        got = []
+        while len(got) < 50:
+            deliveries = listener.receiver.receive_many(timeout=30)
+            assert all(d.settled for d in deliveries)
+            deliveries.accept()  # nothing left to settle: a no-op
+            got += deliveries.bodies
+        assert got == [b"%d" % i for i in range(50)]
