@@ -12,7 +12,9 @@ Roles (ROLE):
   minimal selectors loop in this process: no rings, no workers. The engine's limit.
 * ``amqscale-send`` / ``amqscale-recv``: the amqscale API with ``--workers`` workers (and as
   many shards); bytes in and out, or with ``--messages`` an ``amqscale.Message`` with an id
-  and 3 application properties built by the sender and read by the receiver.
+  and 3 application properties built by the sender and read by the receiver. With
+  ``--batch N`` they use ``send_many`` and ``receive_many`` + ``accept_many``, N at most.
+  They time the harness's own per-message work apart after the run (``cpu_own``).
 
 Every body starts with 16 bytes: the scheduled send time (``time.monotonic_ns()``, a
 system-wide clock on Linux; 0 when not paced) and the sequence number. With ``--rate`` the
@@ -70,6 +72,7 @@ class Config:
     window: int
     listen: bool
     idle: float
+    batch: int
 
 
 @dataclass
@@ -82,6 +85,9 @@ class Report:
     first: float = 0.0  # first message received / sent
     last: float = 0.0  # last message received / last outcome
     cpu_process: float = 0.0  # CPU seconds of this process over the run
+    # Of cpu_process, an estimate of the harness's own work (making bodies, counting and
+    # timing them), measured apart after the run: the amqscale roles only.
+    cpu_own: float | None = None
     cpu_workers: list[float] = field(default_factory=list)  # amqscale workers, each
     accepted: int = 0
     unique: int = 0
@@ -578,21 +584,69 @@ def run_amqscale_sender(cfg: Config) -> Report:
         cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
         report.start = report.first = time.monotonic()
         schedule.begin()
-        send = sender.send
-        for seq in range(cfg.count):
-            wait = schedule.wait_seconds(seq)
-            if wait > 0:
-                time.sleep(wait)
-            send(amqscale_payload(cfg, seq, schedule.due(seq), filler))
+        if cfg.batch:
+            send_batches(cfg, sender, schedule, filler)
+        else:
+            send = sender.send
+            for seq in range(cfg.count):
+                wait = schedule.wait_seconds(seq)
+                if wait > 0:
+                    time.sleep(wait)
+                send(amqscale_payload(cfg, seq, schedule.due(seq), filler))
         sender.flush(timeout=IDLE_TIMEOUT + cfg.count / 1000)
         report.last = time.monotonic()
         report.cpu_process = cpu_seconds(me) - cpu0
         report.cpu_workers = [cpu_seconds(w) - c for w, c in zip(workers, wcpu0, strict=True)]
+        report.cpu_own = sender_own_cost(cfg, schedule, filler) * cfg.count
         report.accepted = sender.counts.get(0x24, 0) + sender.counts.get(0, 0)
         report.count = sum(sender.counts.values())
         report.other_outcomes = report.count - report.accepted
         conn.close()
     return report
+
+
+def own_cost(work: Callable[[int], object], count: int = 20_000) -> float:
+    """CPU seconds per call of the harness's own per-message `work`, timed alone, so that
+    the library's share of a role's CPU can be told apart (building a Message and reading
+    one count as the library's)."""
+    start = time.thread_time()
+    for i in range(count):
+        work(i)
+    return (time.thread_time() - start) / count
+
+
+def sender_own_cost(cfg: Config, schedule: Schedule, filler: bytes) -> float:
+    if cfg.rate > 0:
+        return own_cost(lambda i: (schedule.wait_seconds(i), body_of(i, schedule.due(i), filler)))
+    return own_cost(lambda i: body_of(i, schedule.due(i), filler))
+
+
+def receiver_own_cost(cfg: Config) -> float:
+    tally = Tally(20_000, cfg.rate > 0)
+    bodies = [body_of(i, time.monotonic_ns(), filler_for(cfg.size)) for i in range(20_000)]
+    return own_cost(lambda i: tally.add(bodies[i]))
+
+
+def send_batches(cfg: Config, sender: Any, schedule: Schedule, filler: bytes) -> None:
+    """send_many() what is due, at most --batch at a time."""
+    import amqscale
+
+    seq = 0
+    while seq < cfg.count:
+        n = schedule.due_count(seq, min(cfg.batch, cfg.count - seq))
+        if n == 0:
+            time.sleep(max(schedule.wait_seconds(seq), 1e-5))
+            continue
+        bodies = [body_of(i, schedule.due(i), filler) for i in range(seq, seq + n)]
+        if cfg.messages:
+            batch: list[Any] = [
+                amqscale.Message(id=i, body=body, properties={
+                    "seq": i, "source": PROPS_SOURCE, "flag": True})
+                for i, body in enumerate(bodies, seq)]
+        else:
+            batch = bodies
+        sender.send_many(batch)
+        seq += n
 
 
 def run_amqscale_receiver(cfg: Config) -> Report:
@@ -611,20 +665,46 @@ def run_amqscale_receiver(cfg: Config) -> Report:
         cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
         announce_ready()
         read = read_message if cfg.messages else read_body
-        while tally.received < cfg.count:
-            try:
-                delivery = receiver.receive(timeout=cfg.idle)
-            except TimeoutError:
-                report.error = f"idle for {cfg.idle} s after {tally.received} messages"
-                break
-            tally.add(read(delivery))
-            delivery.accept()
+        receive = receive_batches if cfg.batch else receive_one_by_one
+        report.error = receive(cfg, receiver, tally, read)
         report.cpu_process = cpu_seconds(me) - cpu0
         report.cpu_workers = [cpu_seconds(w) - c for w, c in zip(workers, wcpu0, strict=True)]
+        report.cpu_own = receiver_own_cost(cfg) * tally.received
         tally.fill(report)
         report.emit()  # now: the orchestrator can stop the clock while we linger
         wait_for_stdin_eof()
     return report
+
+
+def receive_one_by_one(cfg: Config, receiver: Any, tally: Tally,
+                       read: Callable[[Any], bytes]) -> str | None:
+    """receive() + accept() until --count; returns an error, if any."""
+    while tally.received < cfg.count:
+        try:
+            delivery = receiver.receive(timeout=cfg.idle)
+        except TimeoutError:
+            return f"idle for {cfg.idle} s after {tally.received} messages"
+        tally.add(read(delivery))
+        delivery.accept()
+    return None
+
+
+def receive_batches(cfg: Config, receiver: Any, tally: Tally,
+                    read: Callable[[Any], bytes]) -> str | None:
+    """receive_many() + accept_many() until --count; returns an error, if any."""
+    while tally.received < cfg.count:
+        try:
+            deliveries = receiver.receive_many(cfg.batch, timeout=cfg.idle)
+        except TimeoutError:
+            return f"idle for {cfg.idle} s after {tally.received} messages"
+        if cfg.messages:
+            bodies = [check_message(message) for message in deliveries.messages]
+        else:
+            bodies = deliveries.bodies
+        for body in bodies:
+            tally.add(body)
+        deliveries.accept()
+    return None
 
 
 def read_body(delivery: Any) -> bytes:
@@ -633,7 +713,10 @@ def read_body(delivery: Any) -> bytes:
 
 
 def read_message(delivery: Any) -> bytes:
-    message = delivery.message
+    return check_message(delivery.message)
+
+
+def check_message(message: Any) -> bytes:
     props = message.properties
     if message.id != props["seq"] or props["source"] != PROPS_SOURCE:
         raise ValueError(f"message {message.id} has properties {props}")
@@ -668,6 +751,8 @@ def parse_args(argv: list[str]) -> Config:
     ap.add_argument("--window", type=int, default=1000)
     ap.add_argument("--listen", action="store_true", help="receiver: listen (peer-to-peer)")
     ap.add_argument("--idle", type=float, default=IDLE_TIMEOUT)
+    ap.add_argument("--batch", type=int, default=0,
+                    help="amqscale: send_many / receive_many + accept_many, this many at most")
     args = ap.parse_args(argv)
     if args.size < HEADER.size:
         ap.error(f"--size must be at least {HEADER.size}")
