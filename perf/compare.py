@@ -65,7 +65,11 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
     "engine": ("engine", []),
     "amqscale-bytes": ("amqscale", []),
     "amqscale-messages": ("amqscale", ["--messages"]),
+    # The firehose API: send_many / receive_many + accept, up to 1000 at a time.
+    "amqscale-bytes-batch": ("amqscale", ["--batch", "1000"]),
+    "amqscale-messages-batch": ("amqscale", ["--messages", "--batch", "1000"]),
 }
+BATCH_FAMILIES = {"amqscale-bytes-batch", "amqscale-messages-batch"}
 P2P_FAMILIES = list(FAMILIES)
 BROKER_FAMILIES = {"proton-c-broker": ["c-examples", "proton", "amqscale-bytes"],
                    "rabbitmq": ["proton", "amqscale-bytes"]}
@@ -76,6 +80,7 @@ QUICK_DEFAULT = P2P_FAMILIES + ["codec", "ring"]
 # on 2-core machines (proton-python ~23k msg/s, a lean engine loop ~0.9M msg/s).
 FULL_COUNTS = {"proton": 50_000, "proton-msg": 50_000, "engine": 1_000_000,
                "amqscale-bytes": 300_000, "amqscale-messages": 200_000,
+               "amqscale-bytes-batch": 300_000, "amqscale-messages-batch": 200_000,
                "c-examples": 200_000}
 BROKER_COUNT_FACTOR = {"p2p": 1.0, "proton-c-broker": 0.5, "rabbitmq": 0.4}
 LARGE_BODY = 1024  # bodies above this get a quarter of the count (full mode)
@@ -98,8 +103,9 @@ class Case:
 
     @property
     def latency(self) -> bool:
-        """Latency is measured peer-to-peer, for the small body."""
-        return self.path == "p2p" and self.size <= LARGE_BODY
+        """Latency is measured peer-to-peer, for the small body, one message per call."""
+        return (self.path == "p2p" and self.size <= LARGE_BODY
+                and self.family not in BATCH_FAMILIES)
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, "path": self.path, "body_bytes": self.size,
@@ -155,6 +161,8 @@ def expand(path: str, families: list[str], settings: Settings) -> Iterator[Case]
             yield Case(family, path, C_EXAMPLE_BODY, False)
             continue
         for size in settings.sizes:
+            if family in BATCH_FAMILIES and size > LARGE_BODY:
+                continue  # the batch API's question is per-message cost: small bodies
             for presettled in settings.modes:
                 if family.startswith("amqscale"):
                     for workers in settings.workers:
