@@ -30,7 +30,6 @@ from .workers import protocol as p
 DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
-HANDOVER_INTERVAL = 200e-6  # the least time between wake-ups for partial batches
 
 
 @dataclass
@@ -64,7 +63,7 @@ class WorkerHandle:
 
     def wants_work(self) -> bool:
         """Should a partial batch go now? Yes if the worker has taken all it was given,
-        unless that means waking it again within HANDOVER_INTERVAL.
+        unless that means waking it again within p.WAKE_INTERVAL.
 
         A worker that is behind will find the batch grown when it catches up; one that is
         awake and caught up takes it for the price of a ring write. Waking a sleeping
@@ -76,7 +75,7 @@ class WorkerHandle:
         if not commands.reader_caught_up():
             return False
         return (not commands.reader_parked()
-                or time.monotonic() - self.handed_over_at > HANDOVER_INTERVAL)
+                or time.monotonic() - self.handed_over_at > p.WAKE_INTERVAL)
 
 
 class Supervisor:

@@ -28,7 +28,7 @@ from .workers import protocol as p
 
 OPEN_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 5.0
-LINGER = 0.001  # seconds a partial batch may wait while the user makes no calls
+LINGER = 0.001  # seconds a partial batch may wait for the linger thread
 
 
 def default_worker_count() -> int:
@@ -82,7 +82,6 @@ class Container:
         # Links holding a partial batch (messages, settlements); see _Linger.
         self._dirty: set[Any] = set()
         self._lock = threading.Lock()
-        self._activity = 0
         self._linger = _Linger(self)
 
     @property
@@ -256,15 +255,21 @@ class Container:
         with self._lock:
             worker.flush(timeout=None)
 
-    def _flush_all(self) -> None:
+    def _flush_all(self, settlements: bool = True) -> None:
         with self._lock:
-            self._hand_over_dirty()
+            self._hand_over_dirty(settlements)
             self._sup.flush(timeout=None)
 
-    def _hand_over_dirty(self) -> None:
+    def _hand_over_dirty(self, settlements: bool = True) -> None:
+        """Hand over partial batches: all, or (settlements False) only messages to send."""
         dirty = self._dirty
-        while dirty:
-            dirty.pop().hand_over()
+        if settlements:
+            while dirty:
+                dirty.pop().hand_over()
+            return
+        for link in [x for x in dirty if type(x) is _SenderLink]:
+            dirty.discard(link)
+            link.hand_over()
 
     def _pump(self, timeout: float | None) -> None:
         routes = self._routes
@@ -302,9 +307,14 @@ class Container:
                 if target.worker is worker and getattr(target, "failure", None) is None:
                     target.failure = failure
 
-    def _wait(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
-        """Pump events until `ready()`; TimeoutError naming `what` after `timeout` seconds."""
-        self._flush_all()
+    def _wait(self, ready: Callable[[], bool], timeout: float | None, what: str,
+              settlements: bool = True) -> None:
+        """Pump events until `ready()`; TimeoutError naming `what` after `timeout` seconds.
+
+        First the partial batches are handed over; settlements only if `settlements`:
+        waiting for messages needs none, and the linger thread takes them within LINGER,
+        which spares the worker a wake-up per message received."""
+        self._flush_all(settlements)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not ready():
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -344,11 +354,12 @@ class Container:
 
 
 class _Linger:
-    """Hands over partial batches once the user has made no call for LINGER seconds.
+    """Hands over partial batches at most LINGER seconds after they were started.
 
-    The hot path batches sends and settlements; a batch that is not full waits for the
-    next call that waits, or for this thread. It sleeps on an Event while nothing is
-    pending, so it costs nothing when idle and never spins beside the engines.
+    The hot path batches sends and settlements; a send batch goes as soon as its worker
+    has caught up, settlements ride with the next batch or wait for this thread, so a
+    message costs no wake-up of its own in either direction. It sleeps on an Event while
+    nothing is pending, so it costs nothing when idle and never spins beside the engines.
     """
 
     def __init__(self, container: Container) -> None:
@@ -371,11 +382,8 @@ class _Linger:
             self._pending.wait()
             if self._stopped:
                 return
-            seen = -1
-            while seen != container._activity:  # the user is still busy: it will flush
-                seen = container._activity
-                time.sleep(LINGER)
-            self._pending.clear()
+            time.sleep(LINGER)
+            self._pending.clear()  # what is marked from now on waits for the next pass
             if self._stopped:
                 return
             with container._lock:

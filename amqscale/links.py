@@ -395,7 +395,6 @@ class Sender:
         if link.failure is not None or link.unsettled >= self.window:
             link = self._pick_link(timeout)
         container = self._container
-        container._activity += 1
         with container._lock:
             batch = link.open
             if batch is None:
@@ -447,7 +446,6 @@ class Sender:
             batches.append(self._hand_over_chunk(link, chunk))
             done += len(chunk)
             self._current = (self._current + 1) % len(self._links)
-        self._container._activity += 1
         return Trackers(batches)
 
     def _hand_over_chunk(self, link: _SenderLink, chunk: list[bytes]) -> _Batch:
@@ -760,14 +758,13 @@ class _ReceiverLink:
     def dispose_plain(self, delivery: Delivery, state: int) -> None:
         delivery._arrival.settled[delivery._index] = 1
         container = self.receiver._container
-        container._activity += 1
         with container._lock:
             ids = self.settling.get(state)
             if ids is None:
                 ids = self.settling[state] = []
             ids.append(delivery.id)
-            # No eager hand-over when the worker idles: the buffer's deliveries are being
-            # worked through, and the wait for the next batch hands these over.
+            # Settlements wake no worker of their own: they go with a full batch, a
+            # flow, a send, or the linger thread within LINGER.
             if len(ids) >= SETTLE_BATCH:
                 self.hand_over()
                 self.worker.flush(timeout=None)
@@ -843,10 +840,9 @@ class Receiver:
             return
         if self.closed:
             raise LinkDetached(f"the receiver from {self.address!r} is closed")
-        self._settle_batches()
         self._container._wait(
             lambda: bool(self._buffer) or self._all_failed(), timeout,
-            f"a message from {self.address!r}",
+            f"a message from {self.address!r}", settlements=False,
         )
         if not self._buffer:
             failures = [x.failure for x in self._links.values() if x.failure]

@@ -65,3 +65,25 @@ def test_settlements_still_batched_are_handed_over_on_close() -> None:
         server.close()  # at once: the accepts must still reach the sender
         sender.flush(timeout=30)
         assert [t.outcome for t in trackers] == ["accepted"] * 3
+
+
+def test_a_settlement_reaches_the_sender_while_the_receiving_side_makes_no_call(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    trackers = [sender.send(b"one-%d" % i) for i in range(3)]
+    for _ in range(3):
+        receiver.receive(timeout=30).accept()
+    # The receiving container is not called again: its linger thread hands them over.
+    for tracker in trackers:
+        assert tracker.wait(30).accepted
+
+
+def test_sends_batched_behind_a_busy_worker_go_out_without_another_call(
+        pair: tuple[amqscale.Sender, amqscale.Receiver]) -> None:
+    sender, receiver = pair
+    for i in range(20):  # some wait in a batch; the sending container is not called again
+        sender.send(b"lone-%d" % i)
+    got = [receiver.receive(timeout=30) for _ in range(20)]
+    assert sorted(d.body for d in got) == sorted(b"lone-%d" % i for i in range(20))
+    receiver.accept_many(got)
+    sender.flush(timeout=30)

@@ -19,6 +19,11 @@ from __future__ import annotations
 
 import msgspec
 
+# The least time between two wake-ups of a sleeping peer for partial batches, both ways:
+# a sleeping worker for the user's sends and settlements, a sleeping user for a worker's
+# events. Busy peers take batches at once; this caps the wake-ups at moderate rates.
+WAKE_INTERVAL = 200e-6
+
 # Link ids at or above this are assigned by workers to inbound links (listeners).
 INBOUND_LINK_BASE = 1 << 62
 INBOUND_WORKER_SHIFT = 40
