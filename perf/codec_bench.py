@@ -2,29 +2,51 @@
 
 The message is the issue's reference: a message-id (uuid or string), three application
 properties and a 100-byte body. Both libraries decode the same bytes (proton's encoding) and
-the results are checked to be equal before timing. Runs are interleaved (amqscale, proton,
-amqscale, ...) and the best of several is kept, so that load from other processes on the
-machine hits both sides alike. CPU time is the default timer for the same reason.
+the results are checked to be equal before timing. amqscale runs twice: as it is (the C fast
+path, amqscale._ccodec, when built) and in pure Python (the fast path switched off in this
+process, as AMQSCALE_PURE_PYTHON=1 would at import). Runs are interleaved (C, Python, proton,
+C, ...) and the best of several is kept, so that load from other processes on the machine
+hits every side alike. CPU time is the default timer for the same reason.
 
     python perf/codec_bench.py [--id uuid|str] [--number N] [--repeat R] [--timer cpu|wall]
                                [--json PATH]
+
+JSON: us_per_message {amqscale_encode, amqscale_py_encode, proton_encode, ... _decode},
+ratio_encode/decode (amqscale as it runs / proton), ratio_py_* (pure Python / proton),
+speedup_* (pure Python / as it runs), c_path (whether the C fast path was built).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
 import time
 import timeit
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import proton
 
+from amqscale import message as message_module
 from amqscale.message import Message
+
+C_PATH = message_module._c_encode_message is not None
+
+
+@contextlib.contextmanager
+def pure_python() -> Iterator[None]:
+    """Message.encode and decode without the C fast path: their own Python code, as with
+    AMQSCALE_PURE_PYTHON=1 (the call through the public method included)."""
+    saved = message_module._c_encode_message, message_module._c_decode_message
+    message_module._c_encode_message = message_module._c_decode_message = None
+    try:
+        yield
+    finally:
+        message_module._c_encode_message, message_module._c_decode_message = saved
 
 
 def build(id_kind: str) -> tuple[Message, proton.Message]:
@@ -46,6 +68,9 @@ def check(ours: Message, theirs: proton.Message, wire: bytes) -> None:
     decoded = Message.decode(wire)
     if decoded != ours:
         raise SystemExit(f"amqscale decoded {decoded!r}, expected {ours!r}")
+    with pure_python():
+        if Message.decode(wire) != decoded or ours.encode() != ours._encode_python():
+            raise SystemExit("amqscale's C and Python paths disagree")
     other = proton.Message()
     other.decode(ours.encode())
     if other.id != ours.id or other.properties != ours.properties or bytes(other.body) != ours.body:
@@ -66,17 +91,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check(ours, theirs, wire)
     receiver = proton.Message()
 
+    # amqscale_* is amqscale as it runs (C when built); amqscale_py_* is pure Python.
     cases: dict[str, Callable[[], Any]] = {
         "amqscale_encode": ours.encode,
+        "amqscale_py_encode": ours.encode,
         "proton_encode": theirs.encode,
         "amqscale_decode": lambda: Message.decode(wire),
+        "amqscale_py_decode": lambda: Message.decode(wire),
         "proton_decode": lambda: receiver.decode(wire),
     }
     timer = time.process_time if args.timer == "cpu" else time.perf_counter
     best = {name: float("inf") for name in cases}
     for _ in range(args.repeat):
         for name, fn in cases.items():
-            t = timeit.timeit(fn, number=args.number, timer=timer)
+            with pure_python() if "_py_" in name else contextlib.nullcontext():
+                t = timeit.timeit(fn, number=args.number, timer=timer)
             best[name] = min(best[name], t / args.number * 1e6)
 
     result: dict[str, Any] = {
@@ -91,21 +120,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeat": args.repeat,
         "python": platform.python_version(),
         "proton": ".".join(map(str, proton.VERSION)),
+        "c_path": C_PATH,
         "us_per_message": {k: round(v, 3) for k, v in best.items()},
-        "ratio_encode": round(best["amqscale_encode"] / best["proton_encode"], 3),
-        "ratio_decode": round(best["amqscale_decode"] / best["proton_decode"], 3),
     }
+    for op in ("encode", "decode"):
+        # amqscale / proton (as it runs, and in pure Python); pure Python / as it runs
+        result["ratio_" + op] = round(best["amqscale_" + op] / best["proton_" + op], 3)
+        result["ratio_py_" + op] = round(best["amqscale_py_" + op] / best["proton_" + op], 3)
+        result["speedup_" + op] = round(best["amqscale_py_" + op] / best["amqscale_" + op], 2)
     us = result["us_per_message"]
     print(
         f"message: {args.id} id, 3 application properties, 100-byte body "
         f"({result['message']['encoded_bytes']} bytes); timer={args.timer}, "
         f"best of {args.repeat} x {args.number}"
     )
-    print(f"{'':8}{'amqscale us':>12}{'proton us':>12}{'ratio':>8}")
+    if not C_PATH:
+        print("C fast path off (AMQSCALE_PURE_PYTHON set, or not built): both columns are Python")
+    print(
+        f"{'':8}{'C us':>8}{'Python us':>11}{'proton us':>11}"
+        f"{'C/proton':>10}{'Py/proton':>11}{'Py/C':>7}"
+    )
     for op in ("encode", "decode"):
         print(
-            f"{op:8}{us['amqscale_' + op]:12.3f}{us['proton_' + op]:12.3f}"
-            f"{result['ratio_' + op]:8.3f}"
+            f"{op:8}{us['amqscale_' + op]:8.3f}{us['amqscale_py_' + op]:11.3f}"
+            f"{us['proton_' + op]:11.3f}{result['ratio_' + op]:10.3f}"
+            f"{result['ratio_py_' + op]:11.3f}{result['speedup_' + op]:7.1f}"
         )
     if args.json:
         with open(args.json, "w") as f:
