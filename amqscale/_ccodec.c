@@ -75,6 +75,8 @@ static const char *const field_names[N_FIELDS] = {
 static Py_ssize_t field_off[N_FIELDS];
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+/* A field of a Message (a slot: NULL until set), by its index in Message.__slots__ */
+#define FIELD(m, f) SLOT((m), field_off[f])
 
 /* The properties list: its 13 fields are the slots F_ID .. F_REPLY_TO_GROUP_ID. */
 enum { P_ID, P_BINARY, P_STRING, P_SYMBOL, P_TIMESTAMP, P_UINT };
@@ -1747,9 +1749,10 @@ is_id_type(PyObject *v)
     return t == T_ulong || t == T_uuid || t == &PyBytes_Type || t == &PyUnicode_Type;
 }
 
-/* The header list's fields, defaults filled in, as new references in out[5]. */
+/* The header list's fields, type-checked and defaults filled in, into m's slots. On failure
+ * some may be set: the caller frees m, and them with it. */
 static int
-check_header(PyObject *h, PyObject *out[5])
+set_header(PyObject *m, PyObject *h)
 {
     Py_ssize_t n = PyList_GET_SIZE(h), i;
     if (n > 5)
@@ -1757,83 +1760,64 @@ check_header(PyObject *h, PyObject *out[5])
     PyObject *f[5] = {Py_None, Py_None, Py_None, Py_None, Py_None};
     for (i = 0; i < n; i++)
         f[i] = PyList_GET_ITEM(h, i);
-    if (f[0] != Py_None && Py_TYPE(f[0]) != &PyBool_Type)
+    if ((f[0] != Py_None && Py_TYPE(f[0]) != &PyBool_Type) ||
+        (f[1] != Py_None && Py_TYPE(f[1]) != T_ubyte) ||
+        (f[2] != Py_None && Py_TYPE(f[2]) != T_uint) ||
+        (f[3] != Py_None && Py_TYPE(f[3]) != &PyBool_Type) ||
+        (f[4] != Py_None && Py_TYPE(f[4]) != T_uint))
         return -1;
-    if (f[1] != Py_None && Py_TYPE(f[1]) != T_ubyte)
-        return -1;
-    if (f[2] != Py_None && Py_TYPE(f[2]) != T_uint)
-        return -1;
-    if (f[3] != Py_None && Py_TYPE(f[3]) != &PyBool_Type)
-        return -1;
-    if (f[4] != Py_None && Py_TYPE(f[4]) != T_uint)
-        return -1;
-    out[0] = Py_NewRef(f[0] == Py_None ? Py_False : f[0]);
-    out[1] = f[1] == Py_None ? PyLong_FromLong(4) : plain_int(f[1]);
-    out[2] = f[2] == Py_None ? Py_NewRef(Py_None) : plain_int(f[2]);
-    out[3] = Py_NewRef(f[3] == Py_None ? Py_False : f[3]);
-    out[4] = f[4] == Py_None ? PyLong_FromLong(0) : plain_int(f[4]);
-    for (i = 0; i < 5; i++) {
-        if (out[i] == NULL) {
-            for (i = 0; i < 5; i++)
-                Py_CLEAR(out[i]);
+    FIELD(m, F_DURABLE) = Py_NewRef(f[0] == Py_None ? Py_False : f[0]);
+    FIELD(m, F_PRIORITY) = f[1] == Py_None ? PyLong_FromLong(4) : plain_int(f[1]);
+    FIELD(m, F_TTL) = f[2] == Py_None ? Py_NewRef(Py_None) : plain_int(f[2]);
+    FIELD(m, F_FIRST_ACQUIRER) = Py_NewRef(f[3] == Py_None ? Py_False : f[3]);
+    FIELD(m, F_DELIVERY_COUNT) = f[4] == Py_None ? PyLong_FromLong(0) : plain_int(f[4]);
+    for (i = F_DURABLE; i <= F_DELIVERY_COUNT; i++) {
+        if (FIELD(m, i) == NULL)
             return -1;
-        }
     }
     return 0;
 }
 
-/* The properties list's 13 fields, type-checked, as new references in out[13]. */
+/* The properties list's 13 fields, type-checked, into m's slots (on failure as above). */
 static int
-check_properties(PyObject *f, PyObject *out[13])
+set_properties(PyObject *m, PyObject *f)
 {
     Py_ssize_t n = PyList_GET_SIZE(f), i;
     if (n > 13)
         return -1;
-    for (i = 0; i < 13; i++)
-        out[i] = NULL;
     for (i = 0; i < 13; i++) {
-        PyObject *v = i < n ? PyList_GET_ITEM(f, i) : Py_None;
+        PyObject *v = i < n ? PyList_GET_ITEM(f, i) : Py_None, *r;
         PyTypeObject *t = Py_TYPE(v);
         if (v == Py_None) {
-            out[i] = Py_NewRef(v);
-            continue;
+            r = Py_NewRef(v);
         }
-        switch (property_kinds[i]) {
-        case P_ID:
-            if (!is_id_type(v))
-                goto fail;
-            out[i] = Py_NewRef(v);
-            break;
-        case P_BINARY:
-            if (t != &PyBytes_Type)
-                goto fail;
-            out[i] = Py_NewRef(v);
-            break;
-        case P_SYMBOL:
-            if (t != T_symbol)
-                goto fail;
-            out[i] = Py_NewRef(v);
-            break;
-        case P_TIMESTAMP:
-            if (t != T_timestamp || (out[i] = plain_int(v)) == NULL)
-                goto fail;
-            break;
-        case P_UINT:
-            if (t != T_uint || (out[i] = plain_int(v)) == NULL)
-                goto fail;
-            break;
-        default:
-            if (t != &PyUnicode_Type)
-                goto fail;
-            out[i] = Py_NewRef(v);
-            break;
+        else {
+            switch (property_kinds[i]) {
+            case P_ID:
+                r = is_id_type(v) ? Py_NewRef(v) : NULL;
+                break;
+            case P_BINARY:
+                r = t == &PyBytes_Type ? Py_NewRef(v) : NULL;
+                break;
+            case P_SYMBOL:
+                r = t == T_symbol ? Py_NewRef(v) : NULL;
+                break;
+            case P_TIMESTAMP:
+                r = t == T_timestamp ? plain_int(v) : NULL;
+                break;
+            case P_UINT:
+                r = t == T_uint ? plain_int(v) : NULL;
+                break;
+            default:
+                r = t == &PyUnicode_Type ? Py_NewRef(v) : NULL;
+                break;
+            }
         }
+        if (r == NULL)
+            return -1;
+        FIELD(m, F_ID + i) = r;
     }
     return 0;
-fail:
-    for (i = 0; i < 13; i++)
-        Py_CLEAR(out[i]);
-    return -1;
 }
 
 static PyObject *
@@ -1851,10 +1835,7 @@ dec_message(const Src *s)
     PyObject *sec[3] = {NULL, NULL, NULL}; /* delivery annotations, annotations, footer */
     PyObject *app = NULL, *data_parts = NULL, *sequences = NULL, *v = NULL, *m = NULL;
     PyObject *data = NULL; /* the first data section; data_parts from the second on */
-    PyObject *fields[N_FIELDS];
     int has_value = 0, last = 0x6F, i;
-    for (i = 0; i < N_FIELDS; i++)
-        fields[i] = NULL;
 
     while (p < n) {
         /* only the ulong descriptors 00 53 xx; symbolic ones go to Python */
@@ -1956,70 +1937,62 @@ dec_message(const Src *s)
         }
     }
 
-    if (header != NULL) {
-        if (check_header(header, fields + F_DURABLE) < 0)
-            goto fail;
-    }
-    else {
-        fields[F_DURABLE] = Py_NewRef(Py_False);
-        fields[F_PRIORITY] = PyLong_FromLong(4);
-        fields[F_TTL] = Py_NewRef(Py_None);
-        fields[F_FIRST_ACQUIRER] = Py_NewRef(Py_False);
-        fields[F_DELIVERY_COUNT] = PyLong_FromLong(0);
-        if (fields[F_PRIORITY] == NULL || fields[F_DELIVERY_COUNT] == NULL)
-            goto fail;
-    }
-    if (props != NULL) {
-        if (check_properties(props, fields + F_ID) < 0)
-            goto fail;
-    }
-    else {
-        fields[F_ID] = mid != NULL ? mid : Py_NewRef(Py_None);
-        mid = NULL;
-        for (i = F_USER_ID; i <= F_REPLY_TO_GROUP_ID; i++)
-            fields[i] = Py_NewRef(Py_None);
-    }
-    fields[F_INSTRUCTIONS] = sec[0] ? sec[0] : Py_NewRef(Py_None);
-    fields[F_ANNOTATIONS] = sec[1] ? sec[1] : Py_NewRef(Py_None);
-    fields[F_FOOTER] = sec[2] ? sec[2] : Py_NewRef(Py_None);
-    sec[0] = sec[1] = sec[2] = NULL;
-    fields[F_PROPERTIES] = app ? app : Py_NewRef(Py_None);
-    app = NULL;
-
-    if (data_parts != NULL) {
-        fields[F_BODY] = call1(T_data_sections, data_parts);
-    }
-    else if (data != NULL) {
-        fields[F_BODY] = Py_NewRef(data);
-    }
-    else if (sequences != NULL) {
-        fields[F_BODY] = PyList_GET_SIZE(sequences) == 1
-                             ? call1(T_amqp_sequence, PyList_GET_ITEM(sequences, 0))
-                             : call1(T_sequence_sections, sequences);
-    }
-    else if (has_value) {
-        if (value == Py_None || Py_TYPE(value) == &PyBytes_Type)
-            fields[F_BODY] = call1(T_amqp_value, value);
-        else
-            fields[F_BODY] = Py_NewRef(value);
-    }
-    else {
-        fields[F_BODY] = Py_NewRef(Py_None);
-    }
-    if (fields[F_BODY] == NULL)
-        goto fail;
-
+    /* object.__new__(Message); its slots (NULL until set) are filled in place, and a
+     * failure from here on frees it with whatever it holds */
     m = PyBaseObject_Type.tp_new(T_message, EMPTY_TUPLE, NULL);
     if (m == NULL)
         goto fail;
-    for (i = 0; i < N_FIELDS; i++) {
-        SLOT(m, field_off[i]) = fields[i];
-        fields[i] = NULL;
+    if (header != NULL) {
+        if (set_header(m, header) < 0)
+            goto fail;
     }
+    else {
+        FIELD(m, F_DURABLE) = Py_NewRef(Py_False);
+        FIELD(m, F_PRIORITY) = PyLong_FromLong(4);
+        FIELD(m, F_TTL) = Py_NewRef(Py_None);
+        FIELD(m, F_FIRST_ACQUIRER) = Py_NewRef(Py_False);
+        FIELD(m, F_DELIVERY_COUNT) = PyLong_FromLong(0);
+        if (FIELD(m, F_PRIORITY) == NULL || FIELD(m, F_DELIVERY_COUNT) == NULL)
+            goto fail;
+    }
+    if (props != NULL) {
+        if (set_properties(m, props) < 0)
+            goto fail;
+    }
+    else {
+        FIELD(m, F_ID) = mid != NULL ? mid : Py_NewRef(Py_None);
+        mid = NULL;
+        for (i = F_USER_ID; i <= F_REPLY_TO_GROUP_ID; i++)
+            FIELD(m, i) = Py_NewRef(Py_None);
+    }
+    FIELD(m, F_INSTRUCTIONS) = sec[0] ? sec[0] : Py_NewRef(Py_None);
+    FIELD(m, F_ANNOTATIONS) = sec[1] ? sec[1] : Py_NewRef(Py_None);
+    FIELD(m, F_FOOTER) = sec[2] ? sec[2] : Py_NewRef(Py_None);
+    sec[0] = sec[1] = sec[2] = NULL;
+    FIELD(m, F_PROPERTIES) = app ? app : Py_NewRef(Py_None);
+    app = NULL;
 
-fail: /* and success: m is set, the fields moved into it */
-    for (i = 0; i < N_FIELDS; i++)
-        Py_XDECREF(fields[i]);
+    PyObject *body;
+    if (data_parts != NULL)
+        body = call1(T_data_sections, data_parts);
+    else if (data != NULL)
+        body = Py_NewRef(data);
+    else if (sequences != NULL)
+        body = PyList_GET_SIZE(sequences) == 1
+                   ? call1(T_amqp_sequence, PyList_GET_ITEM(sequences, 0))
+                   : call1(T_sequence_sections, sequences);
+    else if (has_value && (value == Py_None || Py_TYPE(value) == &PyBytes_Type))
+        body = call1(T_amqp_value, value);
+    else
+        body = Py_NewRef(has_value ? value : Py_None);
+    if (body == NULL)
+        goto fail;
+    FIELD(m, F_BODY) = body;
+    goto done;
+
+fail:
+    Py_CLEAR(m);
+done:
     Py_XDECREF(header);
     Py_XDECREF(props);
     Py_XDECREF(mid);
@@ -2368,6 +2341,7 @@ py_setup_message(PyObject *module, PyObject *config)
             Py_DECREF(slots);
             return NULL;
         }
+
     }
     Py_DECREF(slots);
     Py_ssize_t value_off;
