@@ -2351,6 +2351,111 @@ py_setup_message(PyObject *module, PyObject *config)
     Py_RETURN_NONE;
 }
 
+/* ---- data sections: the bytes-in, bytes-out fast path of Sender and Deliveries ---------- */
+
+/* A bare message of one data section holding `size` bytes: its 5- or 8-byte head. */
+static Py_ssize_t
+data_section_head(unsigned char *d, Py_ssize_t size)
+{
+    d[0] = 0x00; d[1] = 0x53; d[2] = 0x75;
+    if (size < 256) {
+        d[3] = 0xa0; d[4] = (unsigned char)size;
+        return 5;
+    }
+    d[3] = 0xb0;
+    d[4] = (unsigned char)(size >> 24); d[5] = (unsigned char)(size >> 16);
+    d[6] = (unsigned char)(size >> 8); d[7] = (unsigned char)size;
+    return 8;
+}
+
+/* data_sections(bodies, limit): each body (exact bytes) as a bare message of one data
+   section; None if any is not exact bytes or would encode larger than `limit` (the
+   Python path then encodes them one by one and raises for the bad one). */
+static PyObject *
+py_data_sections(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "data_sections(bodies: list, limit: int)");
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *bodies = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(bodies);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *body = PyList_GET_ITEM(bodies, i);
+        if (!PyBytes_CheckExact(body) || PyBytes_GET_SIZE(body) > 0xFFFFFFFFLL
+                || PyBytes_GET_SIZE(body) + 8 > limit)
+            Py_RETURN_NONE;
+    }
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *body = PyList_GET_ITEM(bodies, i);
+        Py_ssize_t size = PyBytes_GET_SIZE(body);
+        PyObject *payload = PyBytes_FromStringAndSize(NULL, (size < 256 ? 5 : 8) + size);
+        if (payload == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        unsigned char *d = (unsigned char *)PyBytes_AS_STRING(payload);
+        Py_ssize_t head = data_section_head(d, size);
+        memcpy(d + head, PyBytes_AS_STRING(body), (size_t)size);
+        PyList_SET_ITEM(out, i, payload);
+    }
+    return out;
+}
+
+/* The body of a bare message that is exactly one data section, or NULL (no error set). */
+static PyObject *
+data_section_body(PyObject *payload)
+{
+    if (!PyBytes_CheckExact(payload))
+        return NULL;
+    const unsigned char *d = (const unsigned char *)PyBytes_AS_STRING(payload);
+    Py_ssize_t n = PyBytes_GET_SIZE(payload);
+    if (n < 5 || d[0] != 0x00 || d[1] != 0x53 || d[2] != 0x75)
+        return NULL;
+    if (d[3] == 0xa0 && n == 5 + (Py_ssize_t)d[4])
+        return PyBytes_FromStringAndSize((const char *)d + 5, n - 5);
+    if (d[3] == 0xb0 && n >= 8) {
+        Py_ssize_t size = ((Py_ssize_t)d[4] << 24) | ((Py_ssize_t)d[5] << 16)
+                          | ((Py_ssize_t)d[6] << 8) | (Py_ssize_t)d[7];
+        if (n == 8 + size)
+            return PyBytes_FromStringAndSize((const char *)d + 8, size);
+    }
+    return NULL;
+}
+
+/* data_bodies(payloads): each payload's body where it is exactly one data section, None
+   in its place where it is anything else (the caller decodes those). */
+static PyObject *
+py_data_bodies(PyObject *self, PyObject *payloads)
+{
+    if (!PyList_CheckExact(payloads)) {
+        PyErr_SetString(PyExc_TypeError, "data_bodies(payloads: list)");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *body = data_section_body(PyList_GET_ITEM(payloads, i));
+        if (body == NULL) {
+            if (PyErr_Occurred()) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            body = Py_NewRef(Py_None);
+        }
+        PyList_SET_ITEM(out, i, body);
+    }
+    return out;
+}
+
 static PyMethodDef ccodec_methods[] = {
     {"setup", py_setup, METH_O, "Hand over the codec's classes (once, at import)."},
     {"setup_message", py_setup_message, METH_O, "Hand over Message and the body forms."},
@@ -2363,6 +2468,10 @@ static PyMethodDef ccodec_methods[] = {
      "Message.encode() for a Message, or None: not handled."},
     {"decode_message", (PyCFunction)(void (*)(void))py_decode_message, METH_FASTCALL,
      "Message.decode(data) for cls Message, or None: not handled."},
+    {"data_sections", (PyCFunction)(void (*)(void))py_data_sections, METH_FASTCALL,
+     "(bodies, limit): each bytes body as one data section, or None: not handled."},
+    {"data_bodies", py_data_bodies, METH_O,
+     "Each payload's body if it is exactly one data section, else None in its place."},
     {NULL, NULL, 0, NULL},
 };
 
