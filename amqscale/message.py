@@ -113,7 +113,6 @@ _FIELDS = (
     "body",
     "footer",
 )
-_FIELD_SET = frozenset(_FIELDS)
 
 _PROPERTY_FIELDS = (
     "id",
@@ -385,6 +384,18 @@ def _body(buf: bytearray, body: Any) -> None:
             _fail("body", e)
 
 
+def _unknown_fields(unknown: dict[str, Any]) -> NoReturn:
+    hint = ""
+    if "inferred" in unknown:
+        hint = (
+            " (amqscale has no 'inferred': wrap the body in AmqpSequence, "
+            "AmqpValue or DataSections to choose its section)"
+        )
+    raise TypeError(
+        "Message() got unknown field name(s): " + ", ".join(repr(k) for k in unknown) + hint
+    )
+
+
 class Message:
     """An AMQP 1.0 message: header, delivery annotations (``instructions``), message
     annotations (``annotations``), properties, application properties (``properties``),
@@ -456,46 +467,50 @@ class Message:
     body: Any
     footer: dict[Any, Any] | None
 
-    def __init__(self, body: Any = None, **fields: Any) -> None:
-        self.durable = False
-        self.priority = 4
+    def __init__(
+        self, body: Any = None, *, durable: bool = False, priority: int = 4,
+        ttl: float | None = None, first_acquirer: bool = False, delivery_count: int = 0,
+        instructions: dict[Any, Any] | None = None, annotations: dict[Any, Any] | None = None,
+        id: Any = None, user_id: bytes | None = None, address: str | None = None,
+        subject: str | None = None, reply_to: str | None = None, correlation_id: Any = None,
+        content_type: str | None = None, content_encoding: str | None = None,
+        expiry_time: float | None = None, creation_time: float | None = None,
+        group_id: str | None = None, group_sequence: int | None = None,
+        reply_to_group_id: str | None = None, properties: dict[str, Any] | None = None,
+        footer: dict[Any, Any] | None = None, **unknown: Any,
+    ) -> None:
+        # Named parameters, not **fields and setattr: a Message is built per message sent.
+        if unknown:
+            _unknown_fields(unknown)
+        self.durable = durable
+        self.priority = priority
         self._ttl = None
-        self.first_acquirer = False
-        self.delivery_count = 0
-        self.instructions = None
-        self.annotations = None
-        self.id = None
-        self.user_id = None
-        self.address = None
-        self.subject = None
-        self.reply_to = None
-        self.correlation_id = None
-        self.content_type = None
-        self.content_encoding = None
+        self.first_acquirer = first_acquirer
+        self.delivery_count = delivery_count
+        self.instructions = instructions
+        self.annotations = annotations
+        self.id = id
+        self.user_id = user_id
+        self.address = address
+        self.subject = subject
+        self.reply_to = reply_to
+        self.correlation_id = correlation_id
+        self.content_type = content_type
+        self.content_encoding = content_encoding
         self._expiry_time = None
         self._creation_time = None
-        self.group_id = None
-        self.group_sequence = None
-        self.reply_to_group_id = None
-        self.properties = None
+        self.group_id = group_id
+        self.group_sequence = group_sequence
+        self.reply_to_group_id = reply_to_group_id
+        self.properties = properties
         self.body = body
-        self.footer = None
-        if fields:
-            unknown = [k for k in fields if k not in _FIELD_SET]
-            if unknown:
-                hint = ""
-                if "inferred" in unknown:
-                    hint = (
-                        " (amqscale has no 'inferred': wrap the body in AmqpSequence, "
-                        "AmqpValue or DataSections to choose its section)"
-                    )
-                raise TypeError(
-                    "Message() got unknown field name(s): "
-                    + ", ".join(repr(k) for k in unknown)
-                    + hint
-                )
-            for k, v in fields.items():
-                setattr(self, k, v)
+        self.footer = footer
+        if ttl is not None:
+            self.ttl = ttl
+        if expiry_time is not None:
+            self.expiry_time = expiry_time
+        if creation_time is not None:
+            self.creation_time = creation_time
 
     # Times: seconds outside, integer milliseconds inside (the wire's unit).
 
