@@ -2368,41 +2368,57 @@ data_section_head(unsigned char *d, Py_ssize_t size)
     return 8;
 }
 
-/* data_sections(bodies, limit): each body (exact bytes) as a bare message of one data
-   section; None if any is not exact bytes or would encode larger than `limit` (the
-   Python path then encodes them one by one and raises for the bad one). */
+/* One data section holding a bytes body, as a new bytes object. */
 static PyObject *
-py_data_sections(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+data_section(PyObject *body)
+{
+    Py_ssize_t size = PyBytes_GET_SIZE(body);
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, (size < 256 ? 5 : 8) + size);
+    if (payload == NULL)
+        return NULL;
+    unsigned char *d = (unsigned char *)PyBytes_AS_STRING(payload);
+    Py_ssize_t head = data_section_head(d, size);
+    memcpy(d + head, PyBytes_AS_STRING(body), (size_t)size);
+    return payload;
+}
+
+/* encode_payloads(items, limit): what Sender.send_many sends for each item: a bytes body
+   as one data section, a Message (exactly that class) encoded. None if any item is
+   something else, cannot be encoded here, or encodes larger than `limit`: the Python
+   path then encodes them one by one and raises for the bad one. */
+static PyObject *
+py_encode_payloads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyList_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "data_sections(bodies: list, limit: int)");
+        PyErr_SetString(PyExc_TypeError, "encode_payloads(items: list, limit: int)");
         return NULL;
     }
     Py_ssize_t limit = PyLong_AsSsize_t(args[1]);
     if (limit == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *bodies = args[0];
-    Py_ssize_t n = PyList_GET_SIZE(bodies);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *body = PyList_GET_ITEM(bodies, i);
-        if (!PyBytes_CheckExact(body) || PyBytes_GET_SIZE(body) > 0xFFFFFFFFLL
-                || PyBytes_GET_SIZE(body) + 8 > limit)
-            Py_RETURN_NONE;
-    }
+    PyObject *items = args[0];
+    Py_ssize_t n = PyList_GET_SIZE(items);
     PyObject *out = PyList_New(n);
     if (out == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *body = PyList_GET_ITEM(bodies, i);
-        Py_ssize_t size = PyBytes_GET_SIZE(body);
-        PyObject *payload = PyBytes_FromStringAndSize(NULL, (size < 256 ? 5 : 8) + size);
+        PyObject *item = PyList_GET_ITEM(items, i);
+        PyObject *payload;
+        if (PyBytes_CheckExact(item) && PyBytes_GET_SIZE(item) <= 0xFFFFFFFFLL)
+            payload = data_section(item);
+        else if (message_ready && Py_TYPE(item) == T_message)
+            payload = py_encode_message(module, item);
+        else
+            payload = Py_NewRef(Py_None);
         if (payload == NULL) {
             Py_DECREF(out);
             return NULL;
         }
-        unsigned char *d = (unsigned char *)PyBytes_AS_STRING(payload);
-        Py_ssize_t head = data_section_head(d, size);
-        memcpy(d + head, PyBytes_AS_STRING(body), (size_t)size);
+        if (payload == Py_None || PyBytes_GET_SIZE(payload) > limit) {
+            Py_DECREF(payload);
+            Py_DECREF(out);
+            Py_RETURN_NONE;
+        }
         PyList_SET_ITEM(out, i, payload);
     }
     return out;
@@ -2468,8 +2484,8 @@ static PyMethodDef ccodec_methods[] = {
      "Message.encode() for a Message, or None: not handled."},
     {"decode_message", (PyCFunction)(void (*)(void))py_decode_message, METH_FASTCALL,
      "Message.decode(data) for cls Message, or None: not handled."},
-    {"data_sections", (PyCFunction)(void (*)(void))py_data_sections, METH_FASTCALL,
-     "(bodies, limit): each bytes body as one data section, or None: not handled."},
+    {"encode_payloads", (PyCFunction)(void (*)(void))py_encode_payloads, METH_FASTCALL,
+     "(items, limit): each bytes body or Message encoded, or None: not handled."},
     {"data_bodies", py_data_bodies, METH_O,
      "Each payload's body if it is exactly one data section, else None in its place."},
     {NULL, NULL, 0, NULL},

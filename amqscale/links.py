@@ -35,23 +35,25 @@ _U32 = struct.Struct(">I")
 _DATA8_PREFIXES = [_DATA8 + bytes((size,)) for size in range(256)]
 
 
-def _py_data_sections(bodies: list[Any], limit: int) -> list[bytes] | None:
-    if not all(type(body) is bytes and len(body) + 8 <= limit for body in bodies):
+def _py_encode_payloads(items: list[Any], limit: int) -> list[bytes] | None:
+    """Bytes bodies only; Messages and the rest go one by one through Sender._encode."""
+    if not all(type(body) is bytes and len(body) + 8 <= limit for body in items):
         return None
     prefixes = _DATA8_PREFIXES
     return [prefixes[len(body)] + body if len(body) < 256 else encode_body(body)
-            for body in bodies]
+            for body in items]
 
 
 def _py_data_bodies(payloads: list[bytes]) -> list[bytes | None]:
     return [decode_body(payload) for payload in payloads]
 
 
-# Bytes bodies to data sections and back, a list at a time: in C when the codec's C fast
-# path is on (a tenth of the cost), else the Python above. None means "not handled".
+# What send_many sends and what Deliveries.bodies gives, a list at a time: in C when the
+# codec's C fast path is on (several times cheaper), else the Python above. None means
+# "not handled here": the caller takes the one-by-one path.
 _ccodec = codec._ccodec
-data_sections: Callable[[list[Any], int], list[bytes] | None] = (
-    _py_data_sections if _ccodec is None else _ccodec.data_sections)
+encode_payloads: Callable[[list[Any], int], list[bytes] | None] = (
+    _py_encode_payloads if _ccodec is None else _ccodec.encode_payloads)
 data_bodies: Callable[[list[bytes]], list[bytes | None]] = (
     _py_data_bodies if _ccodec is None else _ccodec.data_bodies)
 
@@ -450,8 +452,8 @@ class Sender:
         if self.closed:
             raise LinkDetached(f"sender to {self.address!r} is closed")
         items = messages if type(messages) is list else list(messages)
-        payloads = data_sections(items, self._max_payload)
-        if payloads is None:  # not all bytes: one by one (and a bad one raises here)
+        payloads = encode_payloads(items, self._max_payload)
+        if payloads is None:  # one by one (and a bad one raises here)
             payloads = [self._encode(m) for m in items]
         batches: list[_Batch] = []
         done = 0

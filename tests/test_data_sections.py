@@ -1,4 +1,5 @@
-"""Bytes bodies to data sections and back, a list at a time (links.data_sections/data_bodies).
+"""What send_many sends and Deliveries.bodies gives, a list at a time (links.encode_payloads,
+links.data_bodies).
 
 The C versions must agree with the one-message Python functions they stand in for.
 """
@@ -11,20 +12,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from amqscale import codec
 from amqscale.links import (
     _py_data_bodies,
-    _py_data_sections,
+    _py_encode_payloads,
     data_bodies,
-    data_sections,
     decode_body,
     encode_body,
+    encode_payloads,
 )
 from amqscale.message import Message
 
 
 @given(st.lists(st.binary(max_size=600), max_size=20))
 def test_bodies_round_trip_and_match_the_one_message_encoding(bodies: list[bytes]) -> None:
-    payloads = data_sections(bodies, 1 << 20)
+    payloads = encode_payloads(bodies, 1 << 20)
     assert payloads == [encode_body(body) for body in bodies]
     assert data_bodies(payloads) == bodies
     for payload, body in zip(payloads, bodies, strict=True):
@@ -33,18 +35,34 @@ def test_bodies_round_trip_and_match_the_one_message_encoding(bodies: list[bytes
 
 def test_the_boundary_between_the_short_and_long_forms() -> None:
     for size in (0, 255, 256, 65536):
-        [payload] = data_sections([b"x" * size], 1 << 20)
+        [payload] = encode_payloads([b"x" * size], 1 << 20)
         assert payload[3] == (0xA0 if size < 256 else 0xB0)
         assert data_bodies([payload]) == [b"x" * size]
 
 
-@pytest.mark.parametrize("items", [[b"ok", "text"], [b"ok", bytearray(b"no")], [Message()]])
-def test_anything_but_bytes_is_left_to_the_caller(items: list[object]) -> None:
-    assert data_sections(items, 1 << 20) is None
-    assert _py_data_sections(items, 1 << 20) is None
+@pytest.mark.parametrize("items", [
+    [b"ok", "text"], [b"ok", bytearray(b"no")], [Message(body={1})], [Message(id=2**70)]])
+def test_anything_else_is_left_to_the_caller(items: list[object]) -> None:
+    assert encode_payloads(items, 1 << 20) is None
+    assert _py_encode_payloads(items, 1 << 20) is None
 
 
-@pytest.mark.parametrize("convert", [data_sections, _py_data_sections])
+_LONGS = st.integers(-(2**63), 2**63 - 1)
+_MESSAGES = st.builds(Message, body=st.binary(max_size=300), id=st.integers(0, 2**63),
+                      properties=st.dictionaries(st.text(max_size=5), _LONGS, max_size=3))
+
+
+@given(st.lists(_MESSAGES, max_size=10))
+def test_messages_are_encoded_as_message_encode_does(messages: list[Message]) -> None:
+    items: list[object] = [*messages, b"raw"]
+    payloads = encode_payloads(items, 1 << 20)
+    if codec._ccodec is None and messages:
+        assert payloads is None  # Messages take the one-by-one path
+    else:
+        assert payloads == [m.encode() for m in messages] + [encode_body(b"raw")]
+
+
+@pytest.mark.parametrize("convert", [encode_payloads, _py_encode_payloads])
 def test_a_body_over_the_limit_is_left_to_the_caller(convert: Any) -> None:
     assert convert([b"a", b"x" * 300], 300) is None
     assert convert([b"a", b"x" * 300], 400) is not None
