@@ -2424,6 +2424,43 @@ py_encode_payloads(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return out;
 }
 
+/* decode_messages(payloads): Message.decode of each payload (a list of bytes), or None if
+   any is not handled here (malformed ones included): the caller then decodes them one by
+   one, which raises the DecodeError naming the offset. */
+static PyObject *
+py_decode_messages(PyObject *module, PyObject *payloads)
+{
+    if (!PyList_CheckExact(payloads)) {
+        PyErr_SetString(PyExc_TypeError, "decode_messages(payloads: list)");
+        return NULL;
+    }
+    if (!message_ready)
+        Py_RETURN_NONE;
+    Py_ssize_t n = PyList_GET_SIZE(payloads);
+    PyObject *out = PyList_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *payload = PyList_GET_ITEM(payloads, i);
+        PyObject *message = NULL;
+        if (PyBytes_CheckExact(payload)) {
+            Src src;
+            src.d = (const unsigned char *)PyBytes_AS_STRING(payload);
+            src.n = PyBytes_GET_SIZE(payload);
+            message = dec_message(&src);
+        }
+        if (message == NULL) {
+            int fatal = swallow() < 0;
+            Py_DECREF(out);
+            if (fatal)
+                return NULL;
+            Py_RETURN_NONE;
+        }
+        PyList_SET_ITEM(out, i, message);
+    }
+    return out;
+}
+
 /* The body of a bare message that is exactly one data section, or NULL (no error set). */
 static PyObject *
 data_section_body(PyObject *payload)
@@ -2486,6 +2523,8 @@ static PyMethodDef ccodec_methods[] = {
      "Message.decode(data) for cls Message, or None: not handled."},
     {"encode_payloads", (PyCFunction)(void (*)(void))py_encode_payloads, METH_FASTCALL,
      "(items, limit): each bytes body or Message encoded, or None: not handled."},
+    {"decode_messages", py_decode_messages, METH_O,
+     "Message.decode of each payload, or None: not handled."},
     {"data_bodies", py_data_bodies, METH_O,
      "Each payload's body if it is exactly one data section, else None in its place."},
     {NULL, NULL, 0, NULL},

@@ -56,6 +56,8 @@ encode_payloads: Callable[[list[Any], int], list[bytes] | None] = (
     _py_encode_payloads if _ccodec is None else _ccodec.encode_payloads)
 data_bodies: Callable[[list[bytes]], list[bytes | None]] = (
     _py_data_bodies if _ccodec is None else _ccodec.data_bodies)
+decode_messages: Callable[[list[bytes]], list[Message] | None] = (
+    (lambda payloads: None) if _ccodec is None else _ccodec.decode_messages)
 
 
 def encode_body(body: bytes | bytearray | memoryview) -> bytes:
@@ -566,16 +568,28 @@ class _Arrival:
         self.settled = bytearray(len(event.payloads))  # 1: settled (by us or pre-settled)
         for index in event.settled or ():
             self.settled[index] = 1
-        self.messages: dict[int, Message] | None = None  # decoded on first use
+        self.messages: list[Message | None] | None = None  # decoded on first use
 
     def message(self, index: int) -> Message:
         messages = self.messages
         if messages is None:
-            messages = self.messages = {}
-        message = messages.get(index)
+            messages = self.messages = [None] * len(self.payloads)
+        message = messages[index]
         if message is None:
             message = messages[index] = Message.decode(self.payloads[index])
         return message
+
+    def messages_in(self, lo: int, hi: int) -> list[Message]:
+        """Messages lo..hi-1, decoded (a list at a time in C when none is yet)."""
+        messages = self.messages
+        if messages is None:
+            messages = self.messages = [None] * len(self.payloads)
+        if messages[lo:hi].count(None) == hi - lo:
+            decoded = decode_messages(self.payloads[lo:hi])
+            if decoded is not None:
+                messages[lo:hi] = decoded
+                return decoded
+        return [self.message(index) for index in range(lo, hi)]
 
     def take_unsettled(self, lo: int, hi: int) -> list[int]:
         """Mark messages lo..hi-1 settled; returns the delivery ids of those that were not."""
@@ -726,8 +740,7 @@ class Deliveries(Sequence[Delivery]):
     @property
     def messages(self) -> list[Message]:
         """Every message, decoded (once: Delivery.message gives the same objects)."""
-        return [arrival.message(index) for arrival, lo, hi in self._parts
-                for index in range(lo, hi)]
+        return [m for arrival, lo, hi in self._parts for m in arrival.messages_in(lo, hi)]
 
     def accept(self) -> None:
         """Accept every message not settled yet."""

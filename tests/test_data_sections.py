@@ -13,15 +13,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from amqscale import codec
+from amqscale.codec import DecodeError
 from amqscale.links import (
+    _Arrival,
     _py_data_bodies,
     _py_encode_payloads,
     data_bodies,
     decode_body,
+    decode_messages,
     encode_body,
     encode_payloads,
 )
 from amqscale.message import Message
+from amqscale.workers import protocol as p
 
 
 @given(st.lists(st.binary(max_size=600), max_size=20))
@@ -78,3 +82,26 @@ def test_payloads_that_are_not_one_data_section_give_none() -> None:
     ]
     assert data_bodies(other) == [None] * len(other)
     assert _py_data_bodies(other) == [decode_body(p) for p in other] == [None] * len(other)
+
+
+def test_messages_decode_a_list_at_a_time_or_leave_it_to_the_caller() -> None:
+    payloads = [Message(id=f"m{i}", body=b"x", properties={"k": i}).encode() for i in range(5)]
+    decoded = decode_messages(payloads)
+    if codec._ccodec is None:
+        assert decoded is None
+    else:
+        assert decoded is not None
+        assert [m.encode() for m in decoded] == payloads
+    assert decode_messages([*payloads, b"\x00Sw\xa1"]) is None  # truncated: the caller's
+
+
+def test_an_arrival_decodes_in_bulk_once_and_a_bad_payload_raises_at_the_call() -> None:
+    payloads = [Message(id=f"m{i}", body=b"x").encode() for i in range(4)]
+    arrival = _Arrival(None, p.Deliveries(1, 10, [*payloads, b"\x00Sw\xa1"]))  # type: ignore
+    first = arrival.messages_in(0, 2)
+    assert [m.id for m in first] == ["m0", "m1"]
+    assert arrival.message(1) is first[1]  # decoded once, kept
+    assert [m.id for m in arrival.messages_in(1, 4)] == ["m1", "m2", "m3"]
+    with pytest.raises(DecodeError):
+        arrival.messages_in(3, 5)
+    assert arrival.message(3).id == "m3"
