@@ -2296,6 +2296,40 @@ py_setup(PyObject *module, PyObject *config)
     Py_RETURN_NONE;
 }
 
+/* Message(...)'s field names that are slots as they are (not ttl, expiry_time and
+   creation_time, which convert seconds to milliseconds), to their slot's index. */
+static PyObject *init_fields;
+static PyObject *O_zero, *O_four;
+
+static int
+setup_init_fields(void)
+{
+    if (init_fields != NULL)
+        return 0;
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return -1;
+    for (int f = 0; f < N_FIELDS; f++) {
+        if (field_names[f][0] == '_' || f == F_BODY)
+            continue;
+        PyObject *index = PyLong_FromLong(f);
+        if (index == NULL || PyDict_SetItemString(d, field_names[f], index) < 0) {
+            Py_XDECREF(index);
+            Py_DECREF(d);
+            return -1;
+        }
+        Py_DECREF(index);
+    }
+    O_zero = PyLong_FromLong(0);
+    O_four = PyLong_FromLong(4);
+    if (O_zero == NULL || O_four == NULL) {
+        Py_DECREF(d);
+        return -1;
+    }
+    init_fields = d;
+    return 0;
+}
+
 static PyObject *
 py_setup_message(PyObject *module, PyObject *config)
 {
@@ -2346,6 +2380,8 @@ py_setup_message(PyObject *module, PyObject *config)
     Py_DECREF(slots);
     Py_ssize_t value_off;
     if (slot_offset(T_amqp_value, "value", &value_off) < 0)
+        return NULL;
+    if (setup_init_fields() < 0)
         return NULL;
     message_ready = 1;
     Py_RETURN_NONE;
@@ -2509,6 +2545,46 @@ py_data_bodies(PyObject *self, PyObject *payloads)
     return out;
 }
 
+/* init_message(message, body, fields): Message.__init__ for a dict of fields by name,
+   every slot set in one call. False (nothing set) if `fields` holds a name that is not a
+   plain slot (unknown, or one that converts): the Python code then does it and raises. */
+static PyObject *
+py_init_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyDict_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "init_message(message, body, fields: dict)");
+        return NULL;
+    }
+    PyObject *m = args[0], *fields = args[2];
+    if (!message_ready || Py_TYPE(m) != T_message)
+        Py_RETURN_FALSE;
+    PyObject *values[N_FIELDS] = {NULL};
+    values[F_DURABLE] = Py_False;
+    values[F_PRIORITY] = O_four;
+    values[F_FIRST_ACQUIRER] = Py_False;
+    values[F_DELIVERY_COUNT] = O_zero;
+    values[F_BODY] = args[1];
+    Py_ssize_t pos = 0;
+    PyObject *name, *value;
+    while (PyDict_Next(fields, &pos, &name, &value)) {
+        PyObject *index = PyDict_GetItemWithError(init_fields, name);
+        if (index == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            Py_RETURN_FALSE;
+        }
+        values[PyLong_AS_LONG(index)] = value;
+    }
+    for (int f = 0; f < N_FIELDS; f++)  /* every new value held before any old one goes */
+        values[f] = Py_NewRef(values[f] != NULL ? values[f] : Py_None);
+    for (int f = 0; f < N_FIELDS; f++) {
+        PyObject *old = FIELD(m, f);
+        FIELD(m, f) = values[f];
+        Py_XDECREF(old);
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef ccodec_methods[] = {
     {"setup", py_setup, METH_O, "Hand over the codec's classes (once, at import)."},
     {"setup_message", py_setup_message, METH_O, "Hand over Message and the body forms."},
@@ -2523,6 +2599,8 @@ static PyMethodDef ccodec_methods[] = {
      "Message.decode(data) for cls Message, or None: not handled."},
     {"encode_payloads", (PyCFunction)(void (*)(void))py_encode_payloads, METH_FASTCALL,
      "(items, limit): each bytes body or Message encoded, or None: not handled."},
+    {"init_message", (PyCFunction)(void (*)(void))py_init_message, METH_FASTCALL,
+     "(message, body, fields): Message.__init__, or False: not handled."},
     {"decode_messages", py_decode_messages, METH_O,
      "Message.decode of each payload, or None: not handled."},
     {"data_bodies", py_data_bodies, METH_O,

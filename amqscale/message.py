@@ -113,6 +113,7 @@ _FIELDS = (
     "body",
     "footer",
 )
+_FIELD_SET = frozenset(_FIELDS)
 
 _PROPERTY_FIELDS = (
     "id",
@@ -384,7 +385,8 @@ def _body(buf: bytearray, body: Any) -> None:
             _fail("body", e)
 
 
-def _unknown_fields(unknown: dict[str, Any]) -> NoReturn:
+def _unknown_fields(fields: dict[str, Any]) -> NoReturn:
+    unknown = [k for k in fields if k not in _FIELD_SET]
     hint = ""
     if "inferred" in unknown:
         hint = (
@@ -467,50 +469,38 @@ class Message:
     body: Any
     footer: dict[Any, Any] | None
 
-    def __init__(
-        self, body: Any = None, *, durable: bool = False, priority: int = 4,
-        ttl: float | None = None, first_acquirer: bool = False, delivery_count: int = 0,
-        instructions: dict[Any, Any] | None = None, annotations: dict[Any, Any] | None = None,
-        id: Any = None, user_id: bytes | None = None, address: str | None = None,
-        subject: str | None = None, reply_to: str | None = None, correlation_id: Any = None,
-        content_type: str | None = None, content_encoding: str | None = None,
-        expiry_time: float | None = None, creation_time: float | None = None,
-        group_id: str | None = None, group_sequence: int | None = None,
-        reply_to_group_id: str | None = None, properties: dict[str, Any] | None = None,
-        footer: dict[Any, Any] | None = None, **unknown: Any,
-    ) -> None:
-        # Named parameters, not **fields and setattr: a Message is built per message sent.
-        if unknown:
-            _unknown_fields(unknown)
-        self.durable = durable
-        self.priority = priority
+    def __init__(self, body: Any = None, **fields: Any) -> None:
+        # Built once per message sent: in C when it can (every slot in one call), else here.
+        if _c_init_message is not None and _c_init_message(self, body, fields):
+            return
+        self.durable = False
+        self.priority = 4
         self._ttl = None
-        self.first_acquirer = first_acquirer
-        self.delivery_count = delivery_count
-        self.instructions = instructions
-        self.annotations = annotations
-        self.id = id
-        self.user_id = user_id
-        self.address = address
-        self.subject = subject
-        self.reply_to = reply_to
-        self.correlation_id = correlation_id
-        self.content_type = content_type
-        self.content_encoding = content_encoding
+        self.first_acquirer = False
+        self.delivery_count = 0
+        self.instructions = None
+        self.annotations = None
+        self.id = None
+        self.user_id = None
+        self.address = None
+        self.subject = None
+        self.reply_to = None
+        self.correlation_id = None
+        self.content_type = None
+        self.content_encoding = None
         self._expiry_time = None
         self._creation_time = None
-        self.group_id = group_id
-        self.group_sequence = group_sequence
-        self.reply_to_group_id = reply_to_group_id
-        self.properties = properties
+        self.group_id = None
+        self.group_sequence = None
+        self.reply_to_group_id = None
+        self.properties = None
         self.body = body
-        self.footer = footer
-        if ttl is not None:
-            self.ttl = ttl
-        if expiry_time is not None:
-            self.expiry_time = expiry_time
-        if creation_time is not None:
-            self.creation_time = creation_time
+        self.footer = None
+        if fields:
+            if not _FIELD_SET.issuperset(fields):
+                _unknown_fields(fields)
+            for name, value in fields.items():
+                setattr(self, name, value)
 
     # Times: seconds outside, integer milliseconds inside (the wire's unit).
 
@@ -1058,12 +1048,12 @@ def _section_code(d: bytes, p: int) -> tuple[int, int]:
 _NO_FIELDS = [None] * 13
 
 
-def _load_c_message() -> tuple[Any, Any]:
-    """The C fast path's encode_message and decode_message, handed Message and the body
-    forms; (None, None) when the codec runs in pure Python."""
+def _load_c_message() -> tuple[Any, Any, Any]:
+    """The C fast path's encode_message, decode_message and init_message, handed Message and
+    the body forms; Nones when the codec runs in pure Python."""
     cc = _c._ccodec
     if cc is None:
-        return None, None
+        return None, None, None
     try:
         cc.setup_message(
             {
@@ -1075,8 +1065,8 @@ def _load_c_message() -> tuple[Any, Any]:
             }
         )
     except Exception:  # a Message whose slots the extension does not know: pure Python
-        return None, None
-    return cc.encode_message, cc.decode_message
+        return None, None, None
+    return cc.encode_message, cc.decode_message, cc.init_message
 
 
-_c_encode_message, _c_decode_message = _load_c_message()
+_c_encode_message, _c_decode_message, _c_init_message = _load_c_message()
