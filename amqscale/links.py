@@ -2,9 +2,13 @@
 
 A Sender or Receiver opened on a connection with `shards=K` is K AMQP links, one per
 shard. Messages are spread over the shards' links; deliveries from every link arrive in
-one stream. Sends, settlements and credit are batched per worker and handed over when a
-batch fills, when the worker is idle (so a lone message does not wait), or when the user
-waits for anything.
+one stream. Sends are batched per link and handed over when a batch fills, when the
+worker has caught up (so a lone message does not wait), when the user waits for outcomes,
+or by the linger thread within LINGER. Settlements go with the next command or the linger
+thread: they never wake a worker on their own.
+
+The batch face (`send_many`, `receive_many`) keeps no object per message: `Trackers` and
+`Deliveries` index into per-batch state and make a Tracker or Delivery when asked.
 """
 
 from __future__ import annotations
