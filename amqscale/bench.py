@@ -19,7 +19,9 @@ from typing import Any
 import psutil
 
 from .container import Container
+from .errors import ConnectionFailed, LinkDetached
 from .message import Message
+from .url import parse_url
 
 _SEQ = struct.Struct("<Q")
 IDLE_TIMEOUT = 10.0  # the receiver gives up after this long without a message
@@ -37,6 +39,7 @@ class BenchConfig:
     window: int = 1000
     presettled: bool = False
     messages: bool = False  # Message objects (id + 3 properties) instead of bare bytes
+    batch: int = 0  # 0: send() and receive() one by one; N: send_many/receive_many, N a call
 
 
 @dataclass
@@ -77,6 +80,13 @@ def _seq_of(delivery: Any, messages: bool) -> int:
     return int(_SEQ.unpack_from(delivery.body)[0])
 
 
+def _seqs_of(deliveries: Any, messages: bool) -> list[int]:
+    if messages:
+        return [int(message.id) for message in deliveries.messages]
+    unpack = _SEQ.unpack_from
+    return [unpack(body)[0] for body in deliveries.bodies]
+
+
 def _receive(config: BenchConfig, ready: Pipe, results: Pipe) -> None:
     """The receiving process: count every message, check order-free uniqueness."""
     seen = bytearray(config.count)
@@ -84,29 +94,39 @@ def _receive(config: BenchConfig, ready: Pipe, results: Pipe) -> None:
     first = last = 0.0
     with Container(workers=config.workers) as container:
         me = [psutil.Process()] + [psutil.Process(pid) for pid in container.worker_pids()]
-        if config.url is None:
-            listener = container.listen("amqp://127.0.0.1:0", credit=config.credit)
-            receiver = listener.receiver
-            ready.send(listener.url)
-        else:
-            conn = container.connect(config.url, shards=config.shards)
-            receiver = conn.open_receiver(config.address, credit=config.credit)
-            ready.send(config.url)
+        try:
+            if config.url is None:
+                listener = container.listen("amqp://127.0.0.1:0", credit=config.credit)
+                receiver = listener.receiver
+                ready.send(("ready", listener.url))
+            else:
+                conn = container.connect(config.url, shards=config.shards)
+                receiver = conn.open_receiver(config.address, credit=config.credit)
+                ready.send(("ready", config.url))
+        except (ConnectionFailed, LinkDetached) as exc:  # the parent says it, and exits
+            ready.send(("error", f"the receiver: {exc}"))
+            return
         cpu_start = _cpu_seconds(me)
         while received < config.count:
             try:
-                delivery = receiver.receive(timeout=IDLE_TIMEOUT)
+                if config.batch:
+                    deliveries = receiver.receive_many(config.batch, timeout=IDLE_TIMEOUT)
+                    seqs = _seqs_of(deliveries, config.messages)
+                    deliveries.accept()
+                else:
+                    delivery = receiver.receive(timeout=IDLE_TIMEOUT)
+                    seqs = [_seq_of(delivery, config.messages)]
+                    delivery.accept()
             except TimeoutError:
                 break
-            seq = _seq_of(delivery, config.messages)
-            delivery.accept()
-            if 0 <= seq < config.count and not seen[seq]:
-                seen[seq] = 1
-            else:
-                duplicates += 1
-            received += 1
+            for seq in seqs:
+                if 0 <= seq < config.count and not seen[seq]:
+                    seen[seq] = 1
+                else:
+                    duplicates += 1
+            received += len(seqs)
             last = time.time()
-            if received == 1:
+            if not first:
                 first = last
         receiver._settle_batches()
         cpu = _cpu_seconds(me) - cpu_start
@@ -117,6 +137,8 @@ def _receive(config: BenchConfig, ready: Pipe, results: Pipe) -> None:
 
 def run(config: BenchConfig) -> BenchResult:
     """Run one benchmark; returns the counts, the rate and CPU per message."""
+    if config.url is not None:
+        parse_url(config.url)  # a bad URL fails here, before any process starts
     context = multiprocessing.get_context("spawn")
     ready_recv, ready_send = context.Pipe(duplex=False)
     results_recv, results_send = context.Pipe(duplex=False)
@@ -124,9 +146,14 @@ def run(config: BenchConfig) -> BenchResult:
                                name="amqscale-bench-receiver", daemon=True)
     receiver.start()
     try:
-        if not ready_recv.poll(60):
-            raise RuntimeError("the receiving process did not start")
-        url = ready_recv.recv()
+        deadline = time.monotonic() + 60
+        while not ready_recv.poll(0.2):
+            if not receiver.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the receiving process did not start "
+                                   f"(exit code {receiver.exitcode})")
+        kind, url = ready_recv.recv()
+        if kind == "error":
+            raise ConnectionFailed(url)
         result = _send(config, url)
         if not results_recv.poll(IDLE_TIMEOUT + 60):
             raise RuntimeError("the receiving process did not report")
@@ -156,8 +183,13 @@ def _send(config: BenchConfig, url: str) -> BenchResult:
                                   presettled=config.presettled)
         cpu_user, cpu_workers = _cpu_seconds([user]), _cpu_seconds(workers)
         start = time.time()
-        for seq in range(config.count):
-            sender.send(_payload(seq, filler, config.messages))
+        if config.batch:
+            for first in range(0, config.count, config.batch):
+                sender.send_many([_payload(seq, filler, config.messages) for seq in
+                                  range(first, min(first + config.batch, config.count))])
+        else:
+            for seq in range(config.count):
+                sender.send(_payload(seq, filler, config.messages))
         sender.flush(timeout=120)
         result.sent = config.count
         result.accepted = sender.counts.get(0x24, 0)
@@ -173,9 +205,10 @@ def format_result(result: BenchResult) -> str:
     where = cfg["url"] or "peer-to-peer"
     kind = "Message objects" if cfg["messages"] else "bytes"
     mode = "at-most-once" if cfg["presettled"] else "at-least-once"
+    calls = f"batches of {cfg['batch']}" if cfg["batch"] else "one per call"
     lines = [
         f"amqscale bench: {where}, {cfg['count']} x {cfg['size']} B {kind}, {mode}, "
-        f"{cfg['workers']} worker(s) and {cfg['shards']} shard(s) a side",
+        f"{calls}, {cfg['workers']} worker(s) and {cfg['shards']} shard(s) a side",
         f"  {result.msg_per_s:,.0f} msg/s over {result.seconds:.2f} s",
         f"  sent {result.sent}  accepted {result.accepted}  received {result.received}  "
         f"lost {result.lost}  duplicates {result.duplicates}",

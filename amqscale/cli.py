@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 
 from .bench import BenchConfig, format_result, run
+from .errors import ConnectionFailed, LinkDetached, URLError
 
 
 def _positive(text: str) -> int:
@@ -36,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--presettled", action="store_true", help="at-most-once")
     bench.add_argument("--messages", action="store_true",
                        help="Message objects with an id and 3 properties, not bytes")
+    bench.add_argument("--batch", type=_positive, metavar="N",
+                       help="send_many / receive_many, N messages a call (default: one)")
     bench.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     return parser
 
@@ -45,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig(
         url=args.url, address=args.address, count=args.count, size=args.size,
         workers=args.workers, shards=args.shards, credit=args.credit, window=args.window,
-        presettled=args.presettled, messages=args.messages,
+        presettled=args.presettled, messages=args.messages, batch=args.batch or 0,
     )
-    result = run(config)
+    try:
+        result = run(config)
+    except (URLError, ConnectionFailed, LinkDetached) as exc:
+        print(f"amqscale bench: {exc}", file=sys.stderr)
+        return 2
     print(format_result(result))
     if args.json:
         with open(args.json, "w") as out:
