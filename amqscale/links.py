@@ -17,7 +17,7 @@ import bisect
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, overload
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
 
 from . import codec
 from .errors import LinkDetached, MessageTooLarge, WorkerDied
@@ -225,41 +225,67 @@ class Tracker:
         return f"<Tracker seq={self.seq} settled={self.settled} outcome={self.outcome}>"
 
 
-class Trackers(Sequence[Tracker]):
+_Item = TypeVar("_Item")
+
+
+class _Parts(Sequence[_Item]):
+    """A read-only sequence over slices of per-batch state: (owner, lo, hi) parts, whose
+    items (a Tracker, a Delivery: an owner and an index) are made when asked for."""
+
+    __slots__ = ("_parts", "_starts", "_length")
+
+    def __init__(self, parts: list[tuple[Any, int, int]]) -> None:
+        self._parts = parts
+        self._starts: list[int] = []
+        length = 0
+        for _, lo, hi in parts:
+            self._starts.append(length)
+            length += hi - lo
+        self._length = length
+
+    def _item(self, owner: Any, index: int) -> _Item:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self._length
+
+    @overload
+    def __getitem__(self, index: int) -> _Item: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[_Item]: ...
+
+    def __getitem__(self, index: int | slice) -> _Item | list[_Item]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError(f"{type(self).__name__} index out of range")
+        which = bisect.bisect_right(self._starts, index) - 1
+        owner, lo, _ = self._parts[which]
+        return self._item(owner, lo + index - self._starts[which])
+
+    def __iter__(self) -> Iterator[_Item]:
+        make = self._item
+        for owner, lo, hi in self._parts:
+            for index in range(lo, hi):
+                yield make(owner, index)
+
+
+class Trackers(_Parts[Tracker]):
     """The Trackers of messages sent together by `send_many`, made on demand.
 
     A read-only sequence in the order the messages were given, with answers for the
     whole lot (`settled`, `accepted`, `counts`, `wait`) that need no Tracker objects.
     """
 
-    __slots__ = ("_batches", "_starts", "_length")
+    __slots__ = ("_batches",)
 
     def __init__(self, batches: list[_Batch]) -> None:
+        super().__init__([(batch, 0, batch.size) for batch in batches])
         self._batches = batches
-        self._starts: list[int] = []
-        length = 0
-        for batch in batches:
-            self._starts.append(length)
-            length += batch.size
-        self._length = length
 
-    def __len__(self) -> int:
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> Tracker: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Tracker]: ...
-
-    def __getitem__(self, index: int | slice) -> Tracker | list[Tracker]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError("Trackers index out of range")
-        which = bisect.bisect_right(self._starts, index) - 1
-        return Tracker(self._batches[which], index - self._starts[which])
+    _item = Tracker  # type: ignore[assignment]  # the class makes the item: no call between
 
     @property
     def settled(self) -> bool:
@@ -678,48 +704,20 @@ class Delivery:
         return f"<Delivery id={self.id} settled={self.settled} {len(self.payload)} bytes>"
 
 
-class Deliveries(Sequence[Delivery]):
+class Deliveries(_Parts[Delivery]):
     """What `receive_many` took, in order: Deliveries made on demand, and bulk answers.
 
     `payloads`, `bodies` and `messages` give every message without a Delivery object
     each; `accept()` accepts them all with one command per link.
     """
 
-    __slots__ = ("_receiver", "_parts", "_starts", "_length")
+    __slots__ = ("_receiver",)
 
     def __init__(self, receiver: Receiver, parts: list[tuple[_Arrival, int, int]]) -> None:
+        super().__init__(parts)  # (arrival, lo, hi): its messages lo..hi-1
         self._receiver = receiver
-        self._parts = parts  # (arrival, lo, hi): its messages lo..hi-1
-        self._starts: list[int] = []
-        length = 0
-        for _, lo, hi in parts:
-            self._starts.append(length)
-            length += hi - lo
-        self._length = length
 
-    def __len__(self) -> int:
-        return self._length
-
-    @overload
-    def __getitem__(self, index: int) -> Delivery: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Delivery]: ...
-
-    def __getitem__(self, index: int | slice) -> Delivery | list[Delivery]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._length))]
-        if index < 0:
-            index += self._length
-        if not 0 <= index < self._length:
-            raise IndexError("Deliveries index out of range")
-        which = bisect.bisect_right(self._starts, index) - 1
-        arrival, lo, _ = self._parts[which]
-        return Delivery(arrival, lo + index - self._starts[which])
-
-    def __iter__(self) -> Iterator[Delivery]:
-        for arrival, lo, hi in self._parts:
-            for index in range(lo, hi):
-                yield Delivery(arrival, index)
+    _item = Delivery  # type: ignore[assignment]  # the class makes the item: no call between
 
     @property
     def payloads(self) -> list[bytes]:
