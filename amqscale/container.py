@@ -354,7 +354,7 @@ class Container:
 
 
 class _Linger:
-    """Hands over partial batches at most LINGER seconds after they were started.
+    """Hands over partial batches about LINGER seconds after they were started.
 
     The hot path batches sends and settlements; a send batch goes as soon as its worker
     has caught up, settlements ride with the next batch or wait for this thread, so a
