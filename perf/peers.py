@@ -665,8 +665,10 @@ def run_amqscale_receiver(cfg: Config) -> Report:
         cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
         announce_ready()
         read = read_message if cfg.messages else read_body
-        receive = receive_batches if cfg.batch else receive_one_by_one
-        report.error = receive(cfg, receiver, tally, read)
+        if cfg.batch:
+            report.error = receive_batches(cfg, receiver, tally)
+        else:
+            report.error = receive_one_by_one(cfg, receiver, tally, read)
         report.cpu_process = cpu_seconds(me) - cpu0
         report.cpu_workers = [cpu_seconds(w) - c for w, c in zip(workers, wcpu0, strict=True)]
         report.cpu_own = receiver_own_cost(cfg) * tally.received
@@ -689,8 +691,7 @@ def receive_one_by_one(cfg: Config, receiver: Any, tally: Tally,
     return None
 
 
-def receive_batches(cfg: Config, receiver: Any, tally: Tally,
-                    read: Callable[[Any], bytes]) -> str | None:
+def receive_batches(cfg: Config, receiver: Any, tally: Tally) -> str | None:
     """receive_many() + accept_many() until --count; returns an error, if any."""
     while tally.received < cfg.count:
         try:
