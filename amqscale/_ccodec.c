@@ -2310,7 +2310,7 @@ setup_init_fields(void)
     if (d == NULL)
         return -1;
     for (int f = 0; f < N_FIELDS; f++) {
-        if (field_names[f][0] == '_' || f == F_BODY)
+        if (field_names[f][0] == '_')
             continue;
         PyObject *index = PyLong_FromLong(f);
         if (index == NULL || PyDict_SetItemString(d, field_names[f], index) < 0) {
@@ -2545,45 +2545,74 @@ py_data_bodies(PyObject *self, PyObject *payloads)
     return out;
 }
 
-/* init_message(message, body, fields): Message.__init__ for a dict of fields by name,
-   every slot set in one call. False (nothing set) if `fields` holds a name that is not a
-   plain slot (unknown, or one that converts): the Python code then does it and raises. */
-static PyObject *
-py_init_message(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* MessageBase: the base class of Message, whose __init__ it is. Message(body, **fields) sets
+   every slot in one call when every name is a plain slot; anything else (an unknown name, a
+   time in seconds to convert, body given twice, setup not done) goes to the Python reference,
+   Message._init_python, which converts or raises. */
+static PyObject *S_init_python;
+
+static int
+init_python(PyObject *self, PyObject *args, PyObject *kwds)
 {
-    if (nargs != 3 || !PyDict_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "init_message(message, body, fields: dict)");
-        return NULL;
-    }
-    PyObject *m = args[0], *fields = args[2];
-    if (!message_ready || Py_TYPE(m) != T_message)
-        Py_RETURN_FALSE;
+    PyObject *method = PyObject_GetAttr(self, S_init_python);
+    if (method == NULL)
+        return -1;
+    PyObject *r = PyObject_Call(method, args, kwds);
+    Py_DECREF(method);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int
+message_base_init(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t nargs = PyTuple_GET_SIZE(args);
+    if (!message_ready || !PyObject_TypeCheck(self, T_message) || nargs > 1)
+        return init_python(self, args, kwds);
     PyObject *values[N_FIELDS] = {NULL};
     values[F_DURABLE] = Py_False;
     values[F_PRIORITY] = O_four;
     values[F_FIRST_ACQUIRER] = Py_False;
     values[F_DELIVERY_COUNT] = O_zero;
-    values[F_BODY] = args[1];
-    Py_ssize_t pos = 0;
-    PyObject *name, *value;
-    while (PyDict_Next(fields, &pos, &name, &value)) {
-        PyObject *index = PyDict_GetItemWithError(init_fields, name);
-        if (index == NULL) {
-            if (PyErr_Occurred())
-                return NULL;
-            Py_RETURN_FALSE;
+    if (nargs == 1)
+        values[F_BODY] = PyTuple_GET_ITEM(args, 0);
+    if (kwds != NULL) {
+        Py_ssize_t pos = 0;
+        PyObject *name, *value;
+        while (PyDict_Next(kwds, &pos, &name, &value)) {
+            PyObject *index = PyDict_GetItemWithError(init_fields, name);
+            if (index == NULL) {
+                if (PyErr_Occurred())
+                    return -1;
+                return init_python(self, args, kwds);
+            }
+            long f = PyLong_AS_LONG(index);
+            if (f == F_BODY && nargs == 1)  /* body twice: Python raises */
+                return init_python(self, args, kwds);
+            values[f] = value;
         }
-        values[PyLong_AS_LONG(index)] = value;
     }
     for (int f = 0; f < N_FIELDS; f++)  /* every new value held before any old one goes */
         values[f] = Py_NewRef(values[f] != NULL ? values[f] : Py_None);
     for (int f = 0; f < N_FIELDS; f++) {
-        PyObject *old = FIELD(m, f);
-        FIELD(m, f) = values[f];
+        PyObject *old = FIELD(self, f);
+        FIELD(self, f) = values[f];
         Py_XDECREF(old);
     }
-    Py_RETURN_TRUE;
+    return 0;
 }
+
+static PyTypeObject MessageBase_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "amqscale._ccodec.MessageBase",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "Message's base: its __init__ in C, with Message._init_python as the reference.",
+    .tp_init = message_base_init,
+    .tp_new = PyType_GenericNew,
+};
 
 static PyMethodDef ccodec_methods[] = {
     {"setup", py_setup, METH_O, "Hand over the codec's classes (once, at import)."},
@@ -2599,8 +2628,6 @@ static PyMethodDef ccodec_methods[] = {
      "Message.decode(data) for cls Message, or None: not handled."},
     {"encode_payloads", (PyCFunction)(void (*)(void))py_encode_payloads, METH_FASTCALL,
      "(items, limit): each bytes body or Message encoded, or None: not handled."},
-    {"init_message", (PyCFunction)(void (*)(void))py_init_message, METH_FASTCALL,
-     "(message, body, fields): Message.__init__, or False: not handled."},
     {"decode_messages", py_decode_messages, METH_O,
      "Message.decode of each payload, or None: not handled."},
     {"data_bodies", py_data_bodies, METH_O,
@@ -2626,6 +2653,12 @@ PyInit__ccodec(void)
     S_value = PyUnicode_InternFromString("value");
     S_type = PyUnicode_InternFromString("type");
     S_elements = PyUnicode_InternFromString("elements");
+    S_init_python = PyUnicode_InternFromString("_init_python");
+    if (S_init_python == NULL || PyType_Ready(&MessageBase_Type) < 0 ||
+        PyModule_AddObjectRef(m, "MessageBase", (PyObject *)&MessageBase_Type) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (NOT_HANDLED == NULL || EMPTY_TUPLE == NULL || S_descriptor == NULL || S_value == NULL ||
         S_type == NULL || S_elements == NULL ||
         PyModule_AddObjectRef(m, "NOT_HANDLED", NOT_HANDLED) < 0) {

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
 from proton import Array, char, symbol, timestamp, ubyte, uint, ulong
@@ -398,7 +398,13 @@ def _unknown_fields(fields: dict[str, Any]) -> NoReturn:
     )
 
 
-class Message:
+if TYPE_CHECKING:
+    _MessageBase = object
+else:  # with the C fast path, the base class's __init__ is Message's (see below the class)
+    _MessageBase = object if _c._ccodec is None else _c._ccodec.MessageBase
+
+
+class Message(_MessageBase):
     """An AMQP 1.0 message: header, delivery annotations (``instructions``), message
     annotations (``annotations``), properties, application properties (``properties``),
     body and footer.
@@ -470,9 +476,8 @@ class Message:
     footer: dict[Any, Any] | None
 
     def __init__(self, body: Any = None, **fields: Any) -> None:
-        # Built once per message sent: in C when it can (every slot in one call), else here.
-        if _c_init_message is not None and _c_init_message(self, body, fields):
-            return
+        # The reference. With the C fast path on, MessageBase.__init__ runs instead (every
+        # slot set in one call, the cost of a send) and calls this for what it does not take.
         self.durable = False
         self.priority = 4
         self._ttl = None
@@ -501,6 +506,8 @@ class Message:
                 _unknown_fields(fields)
             for name, value in fields.items():
                 setattr(self, name, value)
+
+    _init_python = __init__
 
     # Times: seconds outside, integer milliseconds inside (the wire's unit).
 
@@ -842,7 +849,7 @@ class Message:
         except RecursionError:
             raise DecodeError("message nested too deeply", start) from None
 
-        m = _new_object(cls)
+        m = cls.__new__(cls)  # not __init__: every slot is set below
         if header is None:
             m.durable = False
             m.priority = 4
@@ -1048,12 +1055,12 @@ def _section_code(d: bytes, p: int) -> tuple[int, int]:
 _NO_FIELDS = [None] * 13
 
 
-def _load_c_message() -> tuple[Any, Any, Any]:
-    """The C fast path's encode_message, decode_message and init_message, handed Message and
-    the body forms; Nones when the codec runs in pure Python."""
+def _load_c_message() -> tuple[Any, Any]:
+    """The C fast path's encode_message and decode_message, handed Message and the body
+    forms; Nones when the codec runs in pure Python."""
     cc = _c._ccodec
     if cc is None:
-        return None, None, None
+        return None, None
     try:
         cc.setup_message(
             {
@@ -1065,8 +1072,11 @@ def _load_c_message() -> tuple[Any, Any, Any]:
             }
         )
     except Exception:  # a Message whose slots the extension does not know: pure Python
-        return None, None, None
-    return cc.encode_message, cc.decode_message, cc.init_message
+        return None, None
+    return cc.encode_message, cc.decode_message
 
 
-_c_encode_message, _c_decode_message, _c_init_message = _load_c_message()
+_c_encode_message, _c_decode_message = _load_c_message()
+if _MessageBase is not object:
+    # MessageBase.__init__ takes over (it calls _init_python until setup_message has run).
+    del Message.__init__

@@ -754,7 +754,7 @@ def test_subclasses_and_unset_fields_take_the_python_path() -> None:
     if cc is not None:
         assert cc.encode_message(m) is None
         assert cc.decode_message(MyMessage, m.encode()) is None
-    bare = object.__new__(Message)
+    bare = Message.__new__(Message)
     assert_same_outcome(outcome(bare.encode), outcome(bare._encode_python))
 
 
