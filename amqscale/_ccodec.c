@@ -2492,8 +2492,14 @@ py_decode_messages(PyObject *module, PyObject *payloads)
                 return NULL;
             Py_RETURN_NONE;
         }
+        /* Out of the collector's sight until the list is whole: the collections these
+           allocations set off then skip the new messages (a thousand of them, nothing
+           else refers to them yet). */
+        PyObject_GC_UnTrack(message);
         PyList_SET_ITEM(out, i, message);
     }
+    for (Py_ssize_t i = 0; i < n; i++)
+        PyObject_GC_Track(PyList_GET_ITEM(out, i));
     return out;
 }
 
