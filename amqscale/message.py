@@ -21,6 +21,7 @@ Differences from proton, each for a reason:
 
 from __future__ import annotations
 
+import inspect
 import math
 import struct
 from collections.abc import Callable
@@ -1080,3 +1081,5 @@ _c_encode_message, _c_decode_message = _load_c_message()
 if _MessageBase is not object:
     # MessageBase.__init__ takes over (it calls _init_python until setup_message has run).
     del Message.__init__
+    Message.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        list(inspect.signature(Message._init_python).parameters.values())[1:])

@@ -3,6 +3,9 @@ Python reference (Message._init_python) does it."""
 
 from __future__ import annotations
 
+import copy
+import inspect
+import pickle
 from typing import Any
 
 import pytest
@@ -81,3 +84,12 @@ def test_the_c_path_is_taken_when_it_is_on() -> None:
         pytest.skip("the C fast path is off")
     assert isinstance(Message(), codec._ccodec.MessageBase)
     assert "__init__" not in vars(Message)  # MessageBase.__init__ is Message's
+
+
+def test_the_signature_and_copies_are_those_of_the_reference() -> None:
+    assert str(inspect.signature(Message)) == "(body: 'Any' = None, **fields: 'Any')"
+    message = Message(b"x", id=1, properties={"k": 1}, ttl=2)
+    for twin in (pickle.loads(pickle.dumps(message)), copy.copy(message),
+                 copy.deepcopy(message)):
+        assert type(twin) is Message
+        assert_same(twin, message)
