@@ -1081,5 +1081,6 @@ _c_encode_message, _c_decode_message = _load_c_message()
 if _MessageBase is not object:
     # MessageBase.__init__ takes over (it calls _init_python until setup_message has run).
     del Message.__init__
-    Message.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        list(inspect.signature(Message._init_python).parameters.values())[1:])
+    _reference = inspect.signature(Message._init_python)
+    Message.__signature__ = _reference.replace(  # type: ignore[attr-defined]
+        parameters=list(_reference.parameters.values())[1:])

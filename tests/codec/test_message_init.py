@@ -87,7 +87,7 @@ def test_the_c_path_is_taken_when_it_is_on() -> None:
 
 
 def test_the_signature_and_copies_are_those_of_the_reference() -> None:
-    assert str(inspect.signature(Message)) == "(body: 'Any' = None, **fields: 'Any')"
+    assert str(inspect.signature(Message)) == "(body: 'Any' = None, **fields: 'Any') -> 'None'"
     message = Message(b"x", id=1, properties={"k": 1}, ttl=2)
     for twin in (pickle.loads(pickle.dumps(message)), copy.copy(message),
                  copy.deepcopy(message)):
