@@ -156,6 +156,10 @@ class Supervisor:
         self._park(timeout)
         yield from self._drain()
 
+    def has_events(self) -> bool:
+        """Has any worker published something not read yet? (No system call.)"""
+        return any(w.rings.inbound.has_data() for w in self.workers if not w.dead)
+
     def _drain(self) -> Iterator[tuple[WorkerHandle, p.Event]]:
         for worker in self.workers:
             if worker.dead:

@@ -461,11 +461,14 @@ class Sender:
                 batch.size = batch.pending = index + 1
                 link.next_seq += 1
                 link.unsettled += 1
-            if index + 1 >= SEND_BATCH or link.worker.wants_work():
+            handed_over = index + 1 >= SEND_BATCH or link.worker.wants_work()
+            if handed_over:
                 link.hand_over()
                 link.worker.flush(timeout=None)
                 self._current = (self._current + 1) % len(self._links)
-                return Tracker(batch, index)
+        if handed_over:
+            container._take_events()
+            return Tracker(batch, index)
         if not link.dirty:
             link.dirty = True
             container._mark_dirty(link)
@@ -500,6 +503,7 @@ class Sender:
             batches.append(self._hand_over_chunk(link, chunk))
             done += len(chunk)
             self._current = (self._current + 1) % len(self._links)
+        self._container._take_events()
         return Trackers(batches)
 
     def _hand_over_chunk(self, link: _SenderLink, chunk: list[bytes]) -> _Batch:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+
 import pytest
 
 import amqscale
@@ -87,3 +91,32 @@ def test_sends_batched_behind_a_busy_worker_go_out_without_another_call(
     assert sorted(d.body for d in got) == sorted(b"lone-%d" % i for i in range(20))
     receiver.accept_many(got)
     sender.flush(timeout=30)
+
+
+def test_outcomes_are_taken_while_sending_with_no_blocking_call() -> None:
+    # A paced sender never waits; its Trackers must still settle as the peer accepts,
+    # not all at once when the window fills (which stalled that send for milliseconds).
+    with amqscale.Container(workers=1) as server, amqscale.Container(workers=1) as client:
+        listener = server.listen("amqp://127.0.0.1:0")
+        sender = client.connect(listener.url).open_sender("paced", window=100_000)
+        stop = threading.Event()
+
+        def accept_all() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    listener.receiver.receive(timeout=0.1).accept()
+
+        consumer = threading.Thread(target=accept_all)
+        consumer.start()
+        try:
+            first = sender.send(b"first")
+            sent = 1
+            while not first.settled and sent < 20_000:  # about 20 s at most
+                time.sleep(0.001)
+                sender.send(b"more")
+                sent += 1
+        finally:
+            stop.set()
+            consumer.join()
+        assert first.outcome == "accepted", f"not settled after {sent} more sends"
+        assert len(sender.unsettled) < sent
