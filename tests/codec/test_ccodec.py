@@ -839,25 +839,27 @@ def test_decode_damaged_messages_as_python_does(m: Message, data: st.DataObject)
 
 # Field values of the header and properties lists: each field of its own type, or None, or
 # (less often) of another type.
-_wrong_field = st.sampled_from(
-    [
-        True,
-        ubyte(4),
-        uint(7),
-        ulong(1),
-        int32(2),
-        5,
-        1.5,
-        "s",
-        symbol("y"),
-        b"b",
-        uuid.UUID(int=1),
-        timestamp(12),
-        char("c"),
-        [],
-        {},
-    ]
-)
+_WRONG_FIELDS = [
+    True,
+    False,
+    ubyte(4),
+    uint(7),
+    ulong(1),
+    int32(2),
+    5,
+    1.5,
+    "s",
+    symbol("y"),
+    b"b",
+    uuid.UUID(int=1),
+    timestamp(12),
+    char("c"),
+    decimal32(3),
+    [],
+    {},
+    None,
+]
+_wrong_field = st.sampled_from(_WRONG_FIELDS)
 _ids = st.sampled_from(["i", ulong(3), uuid.UUID(int=2), b"id"])
 _HEADER_FIELDS = [
     st.booleans(),
@@ -966,28 +968,6 @@ def test_decode_every_short_sequence_of_sections_as_python_does() -> None:
             assert_same_outcome(
                 outcome(Message.decode, wire), outcome(Message._decode_python, wire)
             )
-
-
-_WRONG_FIELDS = [
-    True,
-    False,
-    ubyte(4),
-    uint(7),
-    ulong(1),
-    int32(2),
-    5,
-    1.5,
-    "s",
-    symbol("y"),
-    b"b",
-    uuid.UUID(int=1),
-    timestamp(12),
-    char("c"),
-    decimal32(3),
-    [],
-    {},
-    None,
-]
 
 
 @pytest.mark.parametrize("code", [0x70, 0x73])
