@@ -24,6 +24,24 @@ import msgspec
 # events. Busy peers take batches at once; this caps the wake-ups at moderate rates.
 WAKE_INTERVAL = 200e-6
 
+# Messages larger than a ring record cross the rings in parts (SendPart, DeliveryPart).
+# A part carries at most fragment_size() bytes; records are sealed at record_budget(), so a
+# record of small payloads plus one part always fits (budget + part < max_record_size).
+MAX_FRAGMENT = 1 << 20
+
+
+def fragment_size(max_record_size: int) -> int:
+    """The most message bytes one SendPart or DeliveryPart carries, for a ring whose
+    records hold at most `max_record_size` bytes."""
+    return min(MAX_FRAGMENT, max_record_size // 4)
+
+
+def record_budget(max_record_size: int) -> int:
+    """Seal a record once its payload bytes reach this: what is added after it (one more
+    payload of at most fragment_size(), the framing) still fits."""
+    return max_record_size // 2
+
+
 # Link ids at or above this are assigned by workers to inbound links (listeners).
 INBOUND_LINK_BASE = 1 << 62
 INBOUND_WORKER_SHIFT = 40
@@ -118,6 +136,8 @@ class Listen(msgspec.Struct, tag=2, array_like=True):
     credit: int = 1000
     # Worker 0 binds and accepts; the others only adopt the connections it deals them.
     adopt_only: bool = False
+    # The largest message an inbound link accepts (announced in its attach); 0: no limit.
+    max_message_size: int = 0
 
 
 class OpenLink(msgspec.Struct, tag=3, array_like=True):
@@ -130,6 +150,8 @@ class OpenLink(msgspec.Struct, tag=3, array_like=True):
     snd_settle_mode: int = SND_UNSETTLED
     rcv_settle_mode: int = RCV_FIRST
     credit: int = 0
+    # The largest message this end accepts (announced in the attach); 0: no limit.
+    max_message_size: int = 0
 
 
 class Send(msgspec.Struct, tag=4, array_like=True):
@@ -138,6 +160,21 @@ class Send(msgspec.Struct, tag=4, array_like=True):
     link: int
     first_seq: int
     payloads: list[bytes]
+    settled: bool = False
+
+
+class SendPart(msgspec.Struct, tag=12, array_like=True):
+    """One part of a message too large for one record (more than fragment_size() bytes).
+
+    A message's parts go consecutively on its link, in order, after the Sends of the
+    messages before it; `last` ends it. The worker writes them as one delivery with seq
+    `seq` (a multi-frame transfer), a part at a time as the transport takes them.
+    """
+
+    link: int
+    seq: int
+    chunk: bytes
+    last: bool
     settled: bool = False
 
 
@@ -186,7 +223,7 @@ class Stats(msgspec.Struct, tag=11, array_like=True):
 
 Command = (
     OpenConnection | Listen | OpenLink | Send | Settle | Flow | CloseLink | CloseConnection
-    | CloseListener | Shutdown | Stats
+    | CloseListener | Shutdown | Stats | SendPart
 )
 
 # ---- events -----------------------------------------------------------------------------
@@ -228,6 +265,8 @@ class LinkOpened(msgspec.Struct, tag=106, array_like=True):
     remote_source: Terminus | None = None
     remote_target: Terminus | None = None
     inbound: bool = False
+    # The largest message the peer accepts on this link (its attach); 0: no limit.
+    remote_max_message_size: int = 0
 
 
 class LinkClosed(msgspec.Struct, tag=107, array_like=True):
@@ -246,6 +285,22 @@ class Deliveries(msgspec.Struct, tag=108, array_like=True):
     first_id: int
     payloads: list[bytes]
     settled: list[int] | None = None
+
+
+class DeliveryPart(msgspec.Struct, tag=112, array_like=True):
+    """A part of a received message too large for one record: delivery `id` on `link`.
+
+    The parts of one delivery come consecutively, after the Deliveries before it; `last`
+    completes it. `aborted`: the sender aborted the transfer; drop the parts (the delivery
+    takes no disposition). `settled` as in Deliveries, on the last part.
+    """
+
+    link: int
+    id: int
+    chunk: bytes
+    last: bool
+    settled: bool = False
+    aborted: bool = False
 
 
 class Outcomes(msgspec.Struct, tag=109, array_like=True):
@@ -302,7 +357,7 @@ class Credit(msgspec.Struct, tag=110, array_like=True):
 
 Event = (
     Ready | ConnectionOpened | ConnectionClosed | Listening | ListenFailed | LinkOpened
-    | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats
+    | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats | DeliveryPart
 )
 
 _command_encoder = msgspec.msgpack.Encoder()
