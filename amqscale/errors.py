@@ -30,3 +30,7 @@ class MessageTooLarge(ValueError):
 
 class URLError(ValueError):
     """A connection or listen URL is malformed."""
+
+
+class ContainerClosed(RuntimeError):
+    """A call on a Container, or on anything opened on it, after the Container closed."""

@@ -1,11 +1,14 @@
 """Senders and receivers of the blocking API, and what they hand out: Trackers, Deliveries.
 
-A Sender or Receiver opened on a connection with `shards=K` is K AMQP links, one per
-shard. Messages are spread over the shards' links; deliveries from every link arrive in
-one stream. Sends are batched per link and handed over when a batch fills, when the
-worker has caught up (so a lone message does not wait), when the user waits for outcomes,
-or by the linger thread within LINGER. Settlements go with the next command or the linger
-thread: they never wake a worker on their own.
+These are thin handles over the client core (``amqscale.core``: windows, batches, outcome
+runs, arrivals, credit) and the driver (``amqscale._driver``: the rings, the lock, waits
+with deadlines). A Sender or Receiver opened on a connection with `shards=K` is K AMQP
+links, one per shard. Messages are spread over the shards' links; deliveries from every
+link arrive in one stream. Sends are batched per link and handed over when a batch fills,
+when the worker has caught up (so a lone message does not wait), when the user waits for
+outcomes, or by the linger thread within LINGER. Settlements go with the next command or
+the linger thread: they never wake a worker on their own. A message larger than a ring
+record crosses in parts (SendPart / DeliveryPart) and goes out as one multi-frame transfer.
 
 The batch face (`send_many`, `receive_many`) keeps no object per message: `Trackers` and
 `Deliveries` index into per-batch state and make a Tracker or Delivery when asked.
@@ -15,22 +18,28 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from . import codec
-from .errors import LinkDetached, MessageTooLarge, WorkerDied
+from ._driver import Driver
+from .core import (
+    ACCEPTED,
+    SEND_BATCH,
+    Arrival,
+    Batch,
+    ReceiverLink,
+    ReceiverState,
+    Result,
+    SenderLink,
+    SenderState,
+)
+from .errors import LinkDetached
 from .message import Message
 from .types import symbol
 from .workers import protocol as p
 
-if TYPE_CHECKING:
-    from ._supervisor import WorkerHandle
-    from .container import Container, _Shard
-
-SEND_BATCH = 128  # messages per Send command when the worker is busy
-SETTLE_BATCH = 128
+CLOSE_TIMEOUT = 5.0
 
 # A bare message whose only section is one data section (amqp 1.0, 3.2.6).
 _DATA8 = b"\x00\x53\x75\xa0"
@@ -60,8 +69,6 @@ encode_payloads: Callable[[list[Any], int], list[bytes] | None] = (
     _py_encode_payloads if _ccodec is None else _ccodec.encode_payloads)
 data_bodies: Callable[[list[bytes]], list[bytes | None]] = (
     _py_data_bodies if _ccodec is None else _ccodec.data_bodies)
-decode_messages: Callable[[list[bytes]], list[Message] | None] = (
-    (lambda payloads: None) if _ccodec is None else _ccodec.decode_messages)
 
 
 def encode_body(body: bytes | bytearray | memoryview) -> bytes:
@@ -81,66 +88,17 @@ def decode_body(payload: bytes) -> bytes | None:
     return None
 
 
-class _Result(NamedTuple):
-    """How a sent message ended. Accepted and pre-settled are shared constants."""
-
-    state: int | None
-    condition: p.Condition | None = None
-    delivery_failed: bool = False
-    undeliverable_here: bool = False
-    annotations: dict[Any, Any] | None = None
-
-
-_ACCEPTED = _Result(p.ACCEPTED)
-_SENT_SETTLED = _Result(None)
-
-
-class _Batch:
-    """Consecutive messages of one link, handed over as one Send command, and their results.
-
-    Results are kept per batch, not per message: peers mostly settle in order with one
-    outcome, so the usual state is "the first `done` messages ended as `head`", which
-    costs nothing per message. A per-message list is made only when outcomes differ or
-    come out of order.
-    """
-
-    __slots__ = ("link", "first", "size", "payloads", "done", "head", "results", "pending")
-
-    def __init__(self, link: _SenderLink, first: int, payloads: list[bytes]) -> None:
-        self.link = link
-        self.first = first  # the seq of payloads[0]
-        self.size = len(payloads)
-        # Kept until every message is settled, so that unsettled ones can be sent again.
-        self.payloads: list[bytes] | None = payloads
-        self.done = 0
-        self.head: _Result | None = None
-        self.results: list[_Result | None] | None = None
-        self.pending = len(payloads)  # messages not settled yet
-
-    def result(self, index: int) -> _Result | None:
-        results = self.results
-        if results is None:
-            return self.head if index < self.done else None
-        return results[index]
-
-    def settle(self, lo: int, hi: int, result: _Result) -> int:
-        """Record `result` for messages lo..hi-1 (indexes); returns how many were pending."""
-        results = self.results
-        if results is None:
-            if lo == self.done and (lo == 0 or result is self.head):
-                self.done = hi
-                self.head = result
-                self.pending -= hi - lo
-                return hi - lo
-            results = self.results = [self.head] * self.done + [None] * (self.size - self.done)
-        newly = results[lo:hi].count(None)
-        results[lo:hi] = [result] * (hi - lo)
-        self.pending -= newly
-        return newly
-
-
-def _first_seq(batch: _Batch) -> int:
-    return batch.first
+def _settle_now(delivery: Delivery, command: p.Settle) -> None:
+    """Settle one delivery with a detailed outcome at once (not batched)."""
+    arrival = delivery._arrival
+    link = arrival.link
+    if link.failure is not None:
+        raise link.failure
+    arrival.settled[delivery._index] = 1
+    driver = link.receiver.waiter
+    with driver.lock:
+        link.settle_now(command)
+        driver.write(link.slot)
 
 
 class Tracker:
@@ -148,7 +106,7 @@ class Tracker:
 
     __slots__ = ("_batch", "_index")
 
-    def __init__(self, batch: _Batch, index: int) -> None:
+    def __init__(self, batch: Batch, index: int) -> None:
         self._batch = batch
         self._index = index
 
@@ -164,7 +122,7 @@ class Tracker:
         return None if payloads is None or self.settled else payloads[self._index]
 
     @property
-    def _result(self) -> _Result | None:
+    def _result(self) -> Result | None:
         return self._batch.result(self._index)
 
     @property
@@ -185,7 +143,7 @@ class Tracker:
 
     @property
     def accepted(self) -> bool:
-        return self._result is _ACCEPTED
+        return self._result is ACCEPTED
 
     @property
     def condition(self) -> p.Condition | None:
@@ -212,7 +170,7 @@ class Tracker:
     def wait(self, timeout: float | None = None) -> Tracker:
         """Block until the peer settles this message; raises if its link fails first."""
         link = self._batch.link
-        link.sender._container._wait(
+        link.sender.waiter.wait(
             lambda: self.settled or link.failure is not None, timeout,
             f"message {self.seq} to be settled",
         )
@@ -281,7 +239,7 @@ class Trackers(_Parts[Tracker]):
 
     __slots__ = ("_batches",)
 
-    def __init__(self, batches: list[_Batch]) -> None:
+    def __init__(self, batches: list[Batch]) -> None:
         super().__init__([(batch, 0, batch.size) for batch in batches])
         self._batches = batches
 
@@ -296,8 +254,8 @@ class Trackers(_Parts[Tracker]):
     def accepted(self) -> bool:
         """Every message was accepted."""
         return self.settled and all(
-            batch.head is _ACCEPTED if batch.results is None
-            else all(result is _ACCEPTED for result in batch.results)
+            batch.head is ACCEPTED if batch.results is None
+            else all(result is ACCEPTED for result in batch.results)
             for batch in self._batches)
 
     def counts(self) -> dict[str | None, int]:
@@ -313,8 +271,7 @@ class Trackers(_Parts[Tracker]):
         if not self._batches:
             return self
         links = {batch.link for batch in self._batches}
-        container = self._batches[0].link.sender._container
-        container._wait(
+        self._batches[0].link.sender.waiter.wait(
             lambda: self.settled or any(link.failure for link in links), timeout,
             f"{len(self)} messages to be settled",
         )
@@ -327,112 +284,42 @@ class Trackers(_Parts[Tracker]):
         return f"<Trackers {len(self)} messages settled={self.settled}>"
 
 
-class _SenderLink:
-    """One shard's link of a Sender."""
-
-    __slots__ = ("id", "worker", "sender", "next_seq", "batches", "open", "unsettled",
-                 "opened", "failure", "remote_target", "dirty")
-
-    def __init__(self, link_id: int, shard: _Shard, sender: Sender) -> None:
-        self.id = link_id
-        self.worker: WorkerHandle = shard.worker
-        self.sender = sender
-        self.next_seq = 0  # the seq of the next message taken
-        self.batches: deque[_Batch] = deque()  # with unsettled messages, in seq order
-        self.open: _Batch | None = None  # the batch send() adds to, not handed over yet
-        self.unsettled = 0  # messages taken and not settled: the window's fill
-        self.opened = False
-        self.failure: Exception | None = None
-        self.remote_target: p.Terminus | None = None
-        self.dirty = False  # a partial batch waits for the linger thread
-
-    def take(self, payloads: list[bytes]) -> _Batch:
-        """Number `payloads` as the link's next messages, in a new batch (lock held)."""
-        batch = _Batch(self, self.next_seq, payloads)
-        self.next_seq += len(payloads)
-        self.unsettled += len(payloads)
-        self.batches.append(batch)
-        return batch
-
-    def hand_over(self) -> None:
-        """Queue the open batch as one Send command for the shard's worker."""
-        self.dirty = False
-        batch = self.open
-        if batch is not None:
-            self.open = None
-            assert batch.payloads is not None
-            self.worker.queue(p.Send(self.id, batch.first, batch.payloads,
-                                     self.sender.presettled))
-
-    @property
-    def unsettled_trackers(self) -> list[Tracker]:
-        return [Tracker(batch, i) for batch in self.batches
-                for i in range(batch.size) if batch.result(i) is None]
-
-    def on_event(self, event: p.Event) -> None:
-        kind = type(event)
-        if kind is p.Outcomes:
-            self._on_outcomes(event)  # type: ignore[arg-type]
-        elif kind is p.LinkOpened:
-            self.opened = True
-            self.remote_target = event.remote_target  # type: ignore[union-attr]
-        elif kind is p.LinkClosed:
-            cond = event.condition  # type: ignore[union-attr]
-            self.failure = LinkDetached(
-                f"sender to {self.sender.address!r} detached"
-                + (f": {cond.name}: {cond.description}" if cond else ""),
-                cond.name if cond else None, cond.description if cond else "",
-            )
-
-    def _on_outcomes(self, event: p.Outcomes) -> None:
-        state = event.state
-        if state == p.ACCEPTED:
-            result = _ACCEPTED
-        elif state == p.SENT_SETTLED:
-            result = _SENT_SETTLED
-        else:
-            result = _Result(
-                state, event.condition, event.delivery_failed, event.undeliverable_here,
-                codec.decode(event.annotations) if event.annotations else None)
-        runs = event.runs
-        for i in range(0, len(runs), 2):
-            self._settle_run(runs[i], runs[i + 1], result)
-        batches = self.batches
-        while batches and batches[0].pending == 0 and batches[0] is not self.open:
-            batches.popleft().payloads = None
-        counts = self.sender.counts
-        counts[state] = counts.get(state, 0) + p.run_length(runs)
-
-    def _settle_run(self, start: int, end: int, result: _Result) -> None:
-        """Record `result` for seqs start..end-1; seqs of no unsettled batch are ignored."""
-        batches = self.batches
-        i = bisect.bisect_right(batches, start, key=_first_seq) - 1
-        while start < end and 0 <= i < len(batches):
-            batch = batches[i]
-            size = batch.size
-            lo = start - batch.first
-            if lo >= size:
-                return
-            hi = min(end - batch.first, size)
-            self.unsettled -= batch.settle(lo, hi, result)
-            start = batch.first + hi
-            i += 1
-
-
 class Sender:
     """Sends messages to one address over every shard of a connection."""
 
-    def __init__(self, container: Container, address: str | None, window: int,
-                 presettled: bool) -> None:
-        self._container = container
-        self.address = address
-        self.window = window
-        self.presettled = presettled
-        self._links: list[_SenderLink] = []
-        self._current = 0  # the link taking messages until its batch is handed over
-        self.counts: dict[int, int] = {}
-        self.closed = False
-        self._max_payload = container._max_payload
+    def __init__(self, driver: Driver, state: SenderState) -> None:
+        self._driver = driver
+        self._state = state
+        state.waiter = driver
+        self.address = state.address
+        self.presettled = state.presettled
+        self._fragment = driver.core.fragment
+
+    @property
+    def window(self) -> int:
+        """Messages each link (shard) keeps in flight at most; may be changed."""
+        return self._state.window
+
+    @window.setter
+    def window(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"window must be a positive int, not {value!r}")
+        self._state.window = value
+
+    @property
+    def counts(self) -> dict[int, int]:
+        """How many messages ended in each state (p.ACCEPTED ...), by AMQP code."""
+        return self._state.counts
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    @property
+    def failures(self) -> list[Exception]:
+        """Why links (shards) of this sender failed; the others go on taking messages."""
+        return [x.failure for x in self._state.links
+                if x.failure is not None and not self._state.closed]
 
     def send(self, message: Message | bytes | bytearray | memoryview,
              timeout: float | None = None) -> Tracker:
@@ -440,39 +327,53 @@ class Sender:
 
         `message` is a Message, or bytes to send as the body (one data section). Blocks
         while every link has `window` messages in flight (backpressure); raises
-        TimeoutError after `timeout` seconds, and the message is then not sent.
+        TimeoutError after `timeout` seconds, and the message is then not sent. A
+        message larger than a ring record is handed over in parts: once its first part
+        is, send() waits for the ring until the last one is (or the worker dies).
         """
-        if type(message) is bytes and len(message) < 256 and not self.closed:
+        state = self._state
+        if type(message) is bytes and len(message) < 256 and not state.closed:
             payload = _DATA8_PREFIXES[len(message)] + message  # the common case, inline
         else:
             payload = self._encode(message)
-        link = self._links[self._current]
-        if link.failure is not None or link.unsettled >= self.window:
+            if len(payload) > self._fragment:
+                return self._send_parts(payload, timeout)
+        link = state.links[state.current]
+        if link.failure is not None or link.unsettled >= state.window:
             link = self._pick_link(timeout)
-        container = self._container
-        with container._lock:
-            batch = link.open
-            if batch is None:
-                batch = link.open = link.take([payload])
-                index = 0
-            else:
-                index = batch.size
-                batch.payloads.append(payload)  # type: ignore[union-attr]
-                batch.size = batch.pending = index + 1
-                link.next_seq += 1
-                link.unsettled += 1
-            handed_over = index + 1 >= SEND_BATCH or link.worker.wants_work()
+        if link.remote_max and len(payload) > link.remote_max:
+            state.check_size(payload)
+        driver = self._driver
+        with driver.lock:
+            batch, index = link.add(payload)
+            handed_over = index + 1 >= SEND_BATCH or driver.wants_work(link.slot)
             if handed_over:
                 link.hand_over()
-                link.worker.flush(timeout=None)
-                self._current = (self._current + 1) % len(self._links)
+                driver.write(link.slot)
+                state.rotate()
         if handed_over:
-            container._take_events()
-            return Tracker(batch, index)
-        if not link.dirty:
-            link.dirty = True
-            container._mark_dirty(link)
+            driver.take_events()
+        elif not link.dirty:
+            driver.mark_dirty(link)
         return Tracker(batch, index)
+
+    def _send_parts(self, payload: bytes, timeout: float | None) -> Tracker:
+        """A message too large for one record: its parts, in order, one record each."""
+        link = self._pick_link(timeout)
+        self._state.check_size(payload)
+        driver = self._driver
+        with driver.lock:
+            batch, parts = link.parts(payload, self._fragment)
+            driver.write(link.slot)  # what send() batched before it goes first
+        for part in parts:
+            with driver.lock:
+                link.slot.queue(part)
+                driver.write(link.slot)  # a dead worker ends this: the link then fails
+            if link.failure is not None:
+                break
+        self._state.rotate()
+        driver.take_events()
+        return Tracker(batch, 0)
 
     def send_many(self, messages: Iterable[Message | bytes | bytearray | memoryview],
                   timeout: float | None = None) -> Trackers:
@@ -484,38 +385,41 @@ class Sender:
         seconds, TimeoutError is raised: its `trackers` are the messages already handed
         over (the rest were not sent).
         """
-        if self.closed:
+        state = self._state
+        if state.closed:
             raise LinkDetached(f"sender to {self.address!r} is closed")
         items = messages if type(messages) is list else list(messages)
-        payloads = encode_payloads(items, self._max_payload)
+        payloads = encode_payloads(items, self._fragment)
         if payloads is None:  # one by one (and a bad one raises here)
             payloads = [self._encode(m) for m in items]
-        batches: list[_Batch] = []
+        batches: list[Batch] = []
         done = 0
+        driver = self._driver
         while done < len(payloads):
             try:
                 link = self._pick_link(timeout)
             except TimeoutError as exc:
                 exc.trackers = Trackers(batches)  # type: ignore[attr-defined]
                 raise
-            room = self.window - link.unsettled
+            room = state.window - link.unsettled
             chunk = payloads[done:done + room] if done or room < len(payloads) else payloads
-            batches.append(self._hand_over_chunk(link, chunk))
+            large = [i for i, x in enumerate(chunk) if len(x) > self._fragment]
+            if large:  # the messages before the first large one go together, then it
+                chunk = chunk[:large[0]] or chunk[:1]
+            if len(chunk) == 1 and len(chunk[0]) > self._fragment:
+                batches.append(self._send_parts(chunk[0], timeout)._batch)
+            else:
+                with driver.lock:
+                    batches.append(link.send_chunk(chunk))
+                    driver.write(link.slot)
+                state.rotate()
             done += len(chunk)
-            self._current = (self._current + 1) % len(self._links)
-        self._container._take_events()
+        driver.take_events()
         return Trackers(batches)
 
-    def _hand_over_chunk(self, link: _SenderLink, chunk: list[bytes]) -> _Batch:
-        with self._container._lock:
-            link.hand_over()  # what send() batched goes first: order is kept
-            batch = link.take(chunk)
-            link.worker.queue(p.Send(link.id, batch.first, chunk, self.presettled))
-            link.worker.flush(timeout=None)
-        return batch
-
     def _encode(self, message: Message | bytes | bytearray | memoryview) -> bytes:
-        if self.closed:
+        state = self._state
+        if state.closed:
             raise LinkDetached(f"sender to {self.address!r} is closed")
         if isinstance(message, Message):
             payload = message.encode()
@@ -525,59 +429,57 @@ class Sender:
             raise TypeError(
                 f"send() takes a Message or bytes, not {type(message).__name__}"
             )
-        if len(payload) > self._max_payload:
-            raise MessageTooLarge(
-                f"message of {len(payload)} bytes encoded is larger than the "
-                f"{self._max_payload} bytes that fit in a worker's ring (ring_capacity)"
-            )
+        if state.max_message_size:
+            state.check_size(payload)
         return payload
 
-    def _pick_link(self, timeout: float | None) -> _SenderLink:
+    def _pick_link(self, timeout: float | None) -> SenderLink:
         """The next shard's link with room in its window, waiting for room if none has."""
-        links = self._links
-        for _ in range(2):
-            for _ in range(len(links)):
-                link = links[self._current]
-                if link.failure is not None:
-                    raise link.failure
-                if link.unsettled < self.window:
-                    return link
-                self._current = (self._current + 1) % len(links)
-            self._container._wait(
-                lambda: any(x.unsettled < self.window or x.failure for x in links),
-                timeout, f"room in the window of the sender to {self.address!r}",
-            )
-        raise AssertionError("unreachable: a link had room after waiting")
+        state = self._state
+        link = state.pick()
+        while link is None:
+            self._driver.wait(state.has_room, timeout,
+                              f"room in the window of the sender to {self.address!r}")
+            link = state.pick()
+        return link
 
     @property
     def unsettled(self) -> list[Tracker]:
         """Trackers of messages not yet settled, across every shard."""
-        return [t for link in self._links for t in link.unsettled_trackers]
+        return [Tracker(batch, i) for link in self._state.links
+                for batch, i in link.unsettled_batches()]
 
     def flush(self, timeout: float | None = None) -> None:
-        """Hand over every batched message and wait until each is settled."""
-        self._container._flush_all()
-        self._container._wait(
-            lambda: all(not x.unsettled or x.failure for x in self._links), timeout,
-            f"every message to {self.address!r} to be settled",
-        )
-        for link in self._links:
-            if link.unsettled and link.failure is not None:
-                raise type(link.failure)(
-                    f"{link.unsettled} message(s) unsettled: {link.failure}",
-                    getattr(link.failure, "condition", None),
-                )
+        """Hand over every batched message and wait until each is settled.
+
+        Raises the failure of a link (shard) that ended with messages unsettled (they
+        stay in `unsettled`); the other links' messages are waited for first."""
+        state = self._state
+        self._driver.wait(state.all_settled, timeout,
+                          f"every message to {self.address!r} to be settled")
+        failed = state.failed_with_unsettled()
+        if failed:
+            failure: Any = failed[0].failure
+            count = sum(x.unsettled for x in failed)
+            raise type(failure)(
+                f"{count} message(s) unsettled: {failure}",
+                getattr(failure, "condition", None),
+            )
 
     def close(self, timeout: float | None = None) -> None:
-        """Flush, then detach every link."""
-        if self.closed:
+        """Flush (waiting up to `timeout` for the outcomes), then detach every link and
+        wait (up to `timeout`, or CLOSE_TIMEOUT) for the peer to confirm."""
+        state = self._state
+        if state.closed:
             return
         try:
-            if not any(link.failure for link in self._links):
+            if not any(link.failure for link in state.links):
                 self.flush(timeout)
         finally:
-            self.closed = True
-            self._container._close_links(self._links)
+            state.closed = True
+            _close_links(self._driver, list(state.links),
+                         CLOSE_TIMEOUT if timeout is None else timeout,
+                         f"the sender to {self.address!r} to detach")
 
     def __enter__(self) -> Sender:
         return self
@@ -586,55 +488,20 @@ class Sender:
         self.close()
 
 
-class _Arrival:
-    """The messages of one Deliveries event, as the user takes them.
-
-    Deliveries point into it by index, and settled flags and decoded messages are kept
-    here, so taking a batch of messages costs no object per message.
-    """
-
-    __slots__ = ("link", "first_id", "payloads", "settled", "messages")
-
-    def __init__(self, link: _ReceiverLink, event: p.Deliveries) -> None:
-        self.link = link
-        self.first_id = event.first_id
-        self.payloads = event.payloads
-        self.settled = bytearray(len(event.payloads))  # 1: settled (by us or pre-settled)
-        for index in event.settled or ():
-            self.settled[index] = 1
-        self.messages: list[Message | None] | None = None  # decoded on first use
-
-    def message(self, index: int) -> Message:
-        messages = self.messages
-        if messages is None:
-            messages = self.messages = [None] * len(self.payloads)
-        message = messages[index]
-        if message is None:
-            message = messages[index] = Message.decode(self.payloads[index])
-        return message
-
-    def messages_in(self, lo: int, hi: int) -> list[Message]:
-        """Messages lo..hi-1, decoded (a list at a time in C when none is yet)."""
-        messages = self.messages
-        if messages is None:
-            messages = self.messages = [None] * len(self.payloads)
-        if messages[lo:hi].count(None) == hi - lo:
-            decoded = decode_messages(self.payloads[lo:hi])
-            if decoded is not None:
-                messages[lo:hi] = decoded
-                return decoded
-        return [self.message(index) for index in range(lo, hi)]
-
-    def take_unsettled(self, lo: int, hi: int) -> list[int]:
-        """Mark messages lo..hi-1 settled; returns the delivery ids of those that were not."""
-        flags = self.settled
-        first = self.first_id
-        if flags.count(1, lo, hi):
-            ids = [first + i for i in range(lo, hi) if not flags[i]]
-        else:
-            ids = list(range(first + lo, first + hi))
-        flags[lo:hi] = b"\x01" * (hi - lo)
-        return ids
+def _close_links(driver: Driver, links: list[Any], timeout: float | None, what: str) -> None:
+    """Detach `links`, wait (up to `timeout`) until the worker confirms, forget them."""
+    core = driver.core
+    if driver.closed:
+        return
+    with driver.lock:
+        core.close_links(links)
+        driver.write_all()
+    try:
+        driver.wait(lambda: all(x.closed or x.slot.failure for x in links), timeout, what)
+    except TimeoutError:
+        pass
+    finally:
+        core.forget_links(links)
 
 
 class Delivery:
@@ -642,7 +509,7 @@ class Delivery:
 
     __slots__ = ("_arrival", "_index")
 
-    def __init__(self, arrival: _Arrival, index: int) -> None:
+    def __init__(self, arrival: Arrival, index: int) -> None:
         self._arrival = arrival
         self._index = index
 
@@ -689,20 +556,30 @@ class Delivery:
         if annotations:
             encoded = codec.encode({symbol(k) if isinstance(k, str) else k: v
                                     for k, v in annotations.items()})
-        link = self._arrival.link
-        link.dispose(self, p.Settle(
-            link.id, [self.id], p.MODIFIED, delivery_failed=delivery_failed,
+        _settle_now(self, p.Settle(
+            self._arrival.link.id, [self.id], p.MODIFIED, delivery_failed=delivery_failed,
             undeliverable_here=undeliverable_here, annotations=encoded,
         ))
 
     def _dispose(self, state: int, condition: p.Condition | None) -> None:
         if self.settled:
             return
-        link = self._arrival.link
-        if condition is None:
-            link.dispose_plain(self, state)
-        else:
-            link.dispose(self, p.Settle(link.id, [self.id], state, condition))
+        if condition is not None:
+            _settle_now(self, p.Settle(self._arrival.link.id, [self.id], state, condition))
+            return
+        arrival = self._arrival
+        link = arrival.link
+        if link.failure is not None:
+            raise link.failure  # nothing can settle it now: never pretend it was
+        arrival.settled[self._index] = 1
+        driver = link.receiver.waiter
+        with driver.lock:
+            # Settlements wake no worker of their own: they go with a full batch, a
+            # flow, a send, or the linger thread within LINGER.
+            if link.settle_later(self.id, state):
+                driver.write(link.slot)
+                return
+        driver.mark_dirty(link)
 
     def __repr__(self) -> str:
         return f"<Delivery id={self.id} settled={self.settled} {len(self.payload)} bytes>"
@@ -717,7 +594,7 @@ class Deliveries(_Parts[Delivery]):
 
     __slots__ = ("_receiver",)
 
-    def __init__(self, receiver: Receiver, parts: list[tuple[_Arrival, int, int]]) -> None:
+    def __init__(self, receiver: Receiver, parts: list[tuple[Arrival, int, int]]) -> None:
         super().__init__(parts)  # (arrival, lo, hi): its messages lo..hi-1
         self._receiver = receiver
 
@@ -756,109 +633,59 @@ class Deliveries(_Parts[Delivery]):
         return f"<Deliveries {len(self)} messages>"
 
 
-class _ReceiverLink:
-    __slots__ = ("id", "worker", "receiver", "credit", "consumed", "settling", "opened",
-                 "failure", "remote_source")
-
-    def __init__(self, link_id: int, worker: WorkerHandle, receiver: Receiver,
-                 credit: int) -> None:
-        self.id = link_id
-        self.worker = worker
-        self.receiver = receiver
-        self.credit = credit
-        self.consumed = 0
-        self.settling: dict[int, list[int]] = {}
-        self.opened = False
-        self.failure: Exception | None = None
-        self.remote_source: p.Terminus | None = None
-
-    def on_event(self, event: p.Event) -> None:
-        kind = type(event)
-        if kind is p.Deliveries:
-            self.receiver._buffer.append(_Arrival(self, event))  # type: ignore[arg-type]
-        elif kind is p.LinkOpened:
-            self.opened = True
-            self.remote_source = event.remote_source  # type: ignore[union-attr]
-        elif kind is p.LinkClosed:
-            cond = event.condition  # type: ignore[union-attr]
-            self.failure = LinkDetached(
-                f"receiver from {self.receiver.address!r} detached"
-                + (f": {cond.name}: {cond.description}" if cond else ""),
-                cond.name if cond else None, cond.description if cond else "",
-            )
-
-    def taken(self, count: int = 1) -> None:
-        """The user took deliveries: there is room for as many more; grant in batches."""
-        self.consumed += count
-        if self.consumed * 2 >= self.credit and self.failure is None:
-            container = self.receiver._container
-            with container._lock:
-                self.hand_over()  # settle first: a broker may count unsettled against us
-                self.worker.queue(p.Flow(self.id, self.consumed))
-                self.worker.flush(timeout=None)
-            self.consumed = 0
-
-    def dispose_plain(self, delivery: Delivery, state: int) -> None:
-        delivery._arrival.settled[delivery._index] = 1
-        container = self.receiver._container
-        with container._lock:
-            ids = self.settling.get(state)
-            if ids is None:
-                ids = self.settling[state] = []
-            ids.append(delivery.id)
-            # Settlements wake no worker of their own: they go with a full batch, a
-            # flow, a send, or the linger thread within LINGER.
-            if len(ids) >= SETTLE_BATCH:
-                self.hand_over()
-                self.worker.flush(timeout=None)
-                return
-        container._mark_dirty(self)
-
-    def dispose(self, delivery: Delivery, command: p.Settle) -> None:
-        delivery._arrival.settled[delivery._index] = 1
-        with self.receiver._container._lock:
-            self.hand_over()
-            self.worker.queue(command)
-            self.worker.flush(timeout=None)
-
-    def hand_over(self) -> None:
-        if self.settling and self.failure is None:
-            for state, ids in self.settling.items():
-                self.worker.queue(p.Settle(self.id, ids, state))
-        self.settling = {}
-
-
 class Receiver:
     """Receives from one address over every shard; iterate it for Deliveries."""
 
-    def __init__(self, container: Container, address: str | None, credit: int,
-                 auto_accept: bool = False, endless: bool = False) -> None:
-        self._container = container
-        self.address = address
-        # A listener's receiver: links come and go, it only ends when closed.
-        self._endless = endless
-        self.credit = credit
-        self.auto_accept = auto_accept
-        self._links: dict[int, _ReceiverLink] = {}
-        self._buffer: deque[_Arrival] = deque()
-        self._position = 0  # how many of the buffer's first arrival were taken
-        self.closed = False
+    def __init__(self, driver: Driver, state: ReceiverState) -> None:
+        self._driver = driver
+        self._state = state
+        state.waiter = driver
+        self.address = state.address
+        self.credit = state.credit
+        self.auto_accept = state.auto_accept
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
 
     def receive(self, timeout: float | None = None) -> Delivery:
         """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""
         self._await_buffer(timeout)
-        return self._take()
+        arrival, index = self._state.take()
+        self._taken(arrival.link, 1)
+        delivery = Delivery(arrival, index)
+        if self.auto_accept:
+            delivery.accept()
+        return delivery
 
     def receive_many(self, limit: int = 1024, timeout: float | None = None) -> Deliveries:
         """Up to `limit` deliveries: what is buffered now, or waits for at least one."""
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, not {limit!r}")
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, not {limit!r}")
         self._await_buffer(timeout)
-        return self._take_many(limit)
+        parts = self._state.take_many(limit)
+        for arrival, lo, hi in parts:
+            self._taken(arrival.link, hi - lo)
+        deliveries = Deliveries(self, parts)
+        if self.auto_accept:
+            self.accept_many(deliveries)
+        return deliveries
+
+    def _taken(self, link: ReceiverLink, count: int) -> None:
+        """Grant credit for what the user took, in batches (half the link's credit)."""
+        link.consumed += count
+        if link.consumed * 2 >= link.credit and link.failure is None:
+            driver = self._driver
+            with driver.lock:
+                link.grant()
+                driver.write(link.slot)
 
     def accept_many(self, deliveries: Iterable[Delivery]) -> None:
-        """Accept deliveries in bulk (one settle command per link)."""
-        by_link: dict[_ReceiverLink, list[int]] = {}
+        """Accept deliveries in bulk (one settle command per link).
+
+        Raises the failure of a link whose deliveries can no longer be settled (the
+        others are settled first)."""
+        by_link: dict[ReceiverLink, list[int]] = {}
         if isinstance(deliveries, Deliveries):
             for arrival, lo, hi in deliveries._parts:
                 ids = arrival.take_unsettled(lo, hi)
@@ -870,68 +697,29 @@ class Receiver:
                 if not arrival.settled[delivery._index]:
                     arrival.settled[delivery._index] = 1
                     by_link.setdefault(arrival.link, []).append(delivery.id)
-        with self._container._lock:
+        driver = self._driver
+        failed = [link for link in by_link if link.failure is not None]
+        with driver.lock:
             for link, ids in by_link.items():
                 if link.failure is None:
-                    link.hand_over()
-                    link.worker.queue(p.Settle(link.id, ids, p.ACCEPTED))
-                    link.worker.flush(timeout=None)
+                    link.settle_now(p.Settle(link.id, ids, p.ACCEPTED))
+                    driver.write(link.slot)
+        if failed:
+            raise failed[0].failure  # type: ignore[misc]
 
     def _await_buffer(self, timeout: float | None) -> None:
         """Return once a delivery is buffered; raise if none can come."""
-        if self._buffer:
+        state = self._state
+        if state.buffer:
             return
-        if self.closed:
+        if state.closed:
             raise LinkDetached(f"the receiver from {self.address!r} is closed")
-        self._container._wait(
-            lambda: bool(self._buffer) or self._all_failed(), timeout,
+        self._driver.wait(
+            lambda: bool(state.buffer) or state.all_failed(), timeout,
             f"a message from {self.address!r}", settlements=False,
         )
-        if not self._buffer:
-            failures = [x.failure for x in self._links.values() if x.failure]
-            raise failures[0] if failures else LinkDetached(
-                f"the receiver from {self.address!r} is closed")
-
-    def _all_failed(self) -> bool:
-        if self._endless:
-            return self.closed
-        return bool(self._links) and all(x.failure for x in self._links.values())
-
-    def _take(self) -> Delivery:
-        arrival = self._buffer[0]
-        position = self._position
-        delivery = Delivery(arrival, position)
-        if position + 1 == len(arrival.payloads):
-            self._buffer.popleft()
-            self._position = 0
-        else:
-            self._position = position + 1
-        arrival.link.taken()
-        if self.auto_accept:
-            delivery.accept()
-        return delivery
-
-    def _take_many(self, limit: int) -> Deliveries:
-        """Up to `limit` buffered deliveries, a slice of each arrival at a time."""
-        parts: list[tuple[_Arrival, int, int]] = []
-        buffer = self._buffer
-        room = limit
-        while buffer and room:
-            arrival = buffer[0]
-            position = self._position
-            end = min(len(arrival.payloads), position + room)
-            parts.append((arrival, position, end))
-            room -= end - position
-            if end == len(arrival.payloads):
-                buffer.popleft()
-                self._position = 0
-            else:
-                self._position = end
-            arrival.link.taken(end - position)
-        deliveries = Deliveries(self, parts)
-        if self.auto_accept:
-            self.accept_many(deliveries)
-        return deliveries
+        if not state.buffer:
+            raise state.failure()
 
     def __iter__(self) -> Iterator[Delivery]:
         """Deliveries as they come; ends when every link closed cleanly, raises on error."""
@@ -944,24 +732,25 @@ class Receiver:
                 raise
 
     def _settle_batches(self) -> None:
-        self._container._flush_all()
+        self._driver.flush()
 
-    def close(self) -> None:
-        if self.closed:
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Release what was received but not taken, detach every link and wait (up to
+        `timeout`) for the peer to confirm: nothing on its way is lost from view."""
+        state = self._state
+        if state.closed:
             return
-        self.closed = True
-        self._settle_batches()
-        self._container._close_links(list(self._links.values()))
+        state.closed = True
+        driver = self._driver
+        if driver.closed:
+            return
+        with driver.lock:
+            driver.core.release_untaken(state)
+        _close_links(driver, list(state.links.values()), timeout,
+                     f"the receiver from {self.address!r} to detach")
 
     def __enter__(self) -> Receiver:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def worker_failure(index: int, code: int | None) -> WorkerDied:
-    return WorkerDied(
-        f"worker {index} died (exit code {code}); its unsettled messages are kept",
-        "amqscale:worker-died",
-    )

@@ -29,12 +29,12 @@ class Received:
 
 
 def _receive(url: str | None, address: str, count: int, workers: int, shards: int,
-             credit: int, keep: int, idle: float, pipe: Pipe) -> None:
+             credit: int, keep: int, idle: float, ring_capacity: int, pipe: Pipe) -> None:
     ids: list[Any] = []
     kept: list[amqscale.Message] = []
     presettled = 0
     try:
-        with amqscale.Container(workers=workers) as container:
+        with amqscale.Container(workers=workers, ring_capacity=ring_capacity) as container:
             if url is None:
                 listener = container.listen("amqp://127.0.0.1:0", credit=credit)
                 receiver = listener.receiver
@@ -64,11 +64,13 @@ class ChildReceiver:
     """Receives `count` messages in a child process; `.url` is where to send them."""
 
     def __init__(self, url: str | None, address: str, count: int, *, workers: int = 1,
-                 shards: int = 1, credit: int = 1000, keep: int = 0, idle: float = 30.0):
+                 shards: int = 1, credit: int = 1000, keep: int = 0, idle: float = 30.0,
+                 ring_capacity: int = 8 * 1024 * 1024):
         self._pipe, child_end = _spawn.Pipe(duplex=False)
         self.process = _spawn.Process(
             target=_receive, daemon=True,
-            args=(url, address, count, workers, shards, credit, keep, idle, child_end),
+            args=(url, address, count, workers, shards, credit, keep, idle, ring_capacity,
+                  child_end),
         )
         self.process.start()
         kind, value = self._next(60)

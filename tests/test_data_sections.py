@@ -16,18 +16,16 @@ from hypothesis import strategies as st
 
 from amqscale import codec
 from amqscale.codec import DecodeError
+from amqscale.core import Arrival, decode_messages
 from amqscale.links import (
-    _Arrival,
     _py_data_bodies,
     _py_encode_payloads,
     data_bodies,
     decode_body,
-    decode_messages,
     encode_body,
     encode_payloads,
 )
 from amqscale.message import Message
-from amqscale.workers import protocol as p
 
 
 @given(st.lists(st.binary(max_size=600), max_size=20))
@@ -120,7 +118,7 @@ class _Sentinel:
 
 def test_an_arrival_decodes_in_bulk_once_and_a_bad_payload_raises_at_the_call() -> None:
     payloads = [Message(id=f"m{i}", body=b"x").encode() for i in range(4)]
-    arrival = _Arrival(None, p.Deliveries(1, 10, [*payloads, b"\x00Sw\xa1"]))  # type: ignore
+    arrival = Arrival(None, 10, [*payloads, b"\x00Sw\xa1"], None)  # type: ignore[arg-type]
     first = arrival.messages_in(0, 2)
     assert [m.id for m in first] == ["m0", "m1"]
     assert arrival.message(1) is first[1]  # decoded once, kept

@@ -1,4 +1,4 @@
-"""How a Sender keeps outcomes per batch (links._Batch) and how workers report them as runs."""
+"""How a Sender keeps outcomes per batch (core.Batch) and how workers report them as runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amqscale.links import _ACCEPTED, _Batch, _Result
+from amqscale.core import ACCEPTED as _ACCEPTED
+from amqscale.core import Batch as _Batch
+from amqscale.core import Result as _Result
 from amqscale.workers import protocol as p
 
 _REJECTED = _Result(p.REJECTED)

@@ -177,6 +177,10 @@ class SendPart(msgspec.Struct, tag=12, array_like=True):
     last: bool
     settled: bool = False
 
+    def __repr__(self) -> str:  # a megabyte of chunk helps no log
+        return (f"SendPart(link={self.link}, seq={self.seq}, {len(self.chunk)} bytes, "
+                f"last={self.last})")
+
 
 class Settle(msgspec.Struct, tag=5, array_like=True):
     """The user's disposition of received deliveries; they are settled with it."""
@@ -301,6 +305,10 @@ class DeliveryPart(msgspec.Struct, tag=112, array_like=True):
     last: bool
     settled: bool = False
     aborted: bool = False
+
+    def __repr__(self) -> str:
+        return (f"DeliveryPart(link={self.link}, id={self.id}, {len(self.chunk)} bytes, "
+                f"last={self.last}, aborted={self.aborted})")
 
 
 class Outcomes(msgspec.Struct, tag=109, array_like=True):

@@ -1,0 +1,348 @@
+"""The driver: the only code in the user's process that touches the workers' rings.
+
+It writes what the core queued for each worker as records that fit the ring (a command too
+large for one record is split; nothing is written half), reads every record the workers
+publish and hands each whole to the core (an event read is never dropped), parks on the
+event rings' eventfds and the workers' pidfds with a deadline, and maps a dead worker to
+WorkerDied in the core. It owns the one lock that serialises the core and the rings
+between the user's threads and the linger thread (the rings are single-producer).
+
+Faces wait with :meth:`Driver.wait`: a predicate over core state and a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from ._supervisor import DEFAULT_RING_CAPACITY, Supervisor, WorkerHandle
+from .core import ClientCore, WorkerSlot
+from .errors import ContainerClosed, WorkerDied
+from .ipc.ring import PeerDied
+from .workers import protocol as p
+
+LINGER = 0.001  # seconds a partial batch may wait for the linger thread
+START_TIMEOUT = 30.0
+
+
+class Driver:
+    """Moves the core's commands to the workers and the workers' events to the core."""
+
+    def __init__(self, workers: int, container_id: str,
+                 ring_capacity: int = DEFAULT_RING_CAPACITY) -> None:
+        self.supervisor = Supervisor(workers, ring_capacity)
+        self.handles = self.supervisor.workers
+        try:
+            max_record = self.handles[0].rings.outbound.max_record_size
+            self.core = ClientCore(workers, container_id, p.fragment_size(max_record))
+            self.max_record_size = max_record
+            self.lock = threading.Lock()
+            self.closed = False
+            self._record = bytearray()  # reused: a fresh 100 KB bytes per write costs faults
+            self._handed_over_at = [0.0] * workers
+            self._events_taken_at = 0.0
+            self._wait_ready()
+        except BaseException:
+            self.supervisor.stop()
+            raise
+        self.linger = _Linger(self)
+
+    # ---- writing --------------------------------------------------------------------------
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise ContainerClosed("the Container is closed")
+
+    def write(self, slot: WorkerSlot, timeout: float | None = None) -> None:
+        """Write `slot`'s queued commands (the caller holds the lock).
+
+        While the ring is full this waits up to `timeout` for room; then TimeoutError,
+        with the commands not yet written queued again in front (they go with the next
+        write: taken messages are never dropped). A dead worker is reported to the core.
+        """
+        queued = slot.queued
+        if not queued:
+            return
+        if slot.failure is not None:
+            queued.clear()
+            return
+        if self.closed:
+            raise ContainerClosed("the Container is closed")
+        slot.queued = []
+        handle = self.handles[slot.index]
+        record = self._record
+        groups = [queued]
+        while groups:
+            group = groups.pop()
+            p.encode_into(group, record)
+            if len(record) > self.max_record_size:
+                groups += reversed(_split(group))
+                continue
+            try:
+                handle.rings.outbound.write(record, timeout=timeout)
+            except TimeoutError:
+                slot.queued = [c for g in (group, *reversed(groups)) for c in g] + slot.queued
+                raise
+            except PeerDied:
+                self._worker_died(handle)
+                return
+        self._handed_over_at[slot.index] = time.monotonic()
+
+    def write_all(self, timeout: float | None = None) -> None:
+        for slot in self.core.slots:
+            if slot.queued:
+                self.write(slot, timeout)
+
+    def flush(self, settlements: bool = True) -> None:
+        """Hand every partial batch over and write everything queued."""
+        with self.lock:
+            self.core.hand_over_dirty(settlements)
+            self.write_all()
+
+    def wants_work(self, slot: WorkerSlot) -> bool:
+        """Should a partial batch go now? Yes if the worker has taken all it was given,
+        unless that means waking it again within p.WAKE_INTERVAL.
+
+        A worker that is behind will find the batch grown when it catches up; one that is
+        awake and caught up takes it for the price of a ring write. Waking a sleeping
+        worker costs a context switch, far more than the messages handed over, so
+        wake-ups are capped and, under load, batches grow instead. A lone message after a
+        quiet spell goes at once.
+        """
+        commands = self.handles[slot.index].rings.outbound
+        if not commands.reader_caught_up():
+            return False
+        return (not commands.reader_parked()
+                or time.monotonic() - self._handed_over_at[slot.index] > p.WAKE_INTERVAL)
+
+    def mark_dirty(self, link: Any) -> None:
+        """`link` holds a partial batch: hand it over at the next wait, or after LINGER."""
+        if self.core.mark_dirty(link):
+            self.linger.wake()
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def pump(self, timeout: float | None) -> None:
+        """Apply every event the workers published; wait up to `timeout` for the first."""
+        if not self._drain() and timeout != 0:
+            self._park(timeout)
+            self._drain()
+        self._check_workers()
+
+    def take_events(self) -> None:
+        """Take what the workers published, without waiting, at most every LINGER.
+
+        A sender calls this as it hands a batch over: outcomes are then taken as they
+        come, a few at a time, instead of a window's worth at once when the window
+        fills, which stalled that send for milliseconds (about 5 us an outcome event).
+        At most every LINGER, so that a firehose does not pay for it per hand-over."""
+        now = time.monotonic()
+        if now - self._events_taken_at >= LINGER and self._has_events():
+            self._events_taken_at = now
+            self.pump(0)
+
+    def _has_events(self) -> bool:
+        return any(h.rings.inbound.has_data() for h in self.handles if not h.dead)
+
+    def _drain(self) -> bool:
+        """Hand each record to the core whole; True if there was any."""
+        core = self.core
+        got = False
+        error: BaseException | None = None
+        for handle, slot in zip(self.handles, core.slots, strict=True):
+            if handle.dead:
+                continue
+            for record in handle.rings.inbound.read_batch():
+                got = True
+                try:
+                    core.handle_events(slot, p.decode_events(record))
+                except Exception as exc:  # keep reading: later records matter as much
+                    error = error or exc
+            self.supervisor.check_alive(handle)
+        if error is not None:
+            raise error
+        return got
+
+    def _park(self, timeout: float | None) -> None:
+        """Sleep until a worker publishes, dies, or the timeout passes (no lost wake-up)."""
+        fds: list[int] = []
+        live = [h for h in self.handles if not h.dead]
+        for handle in live:
+            if handle.rings.inbound.park():
+                for other in live:
+                    other.rings.inbound.unpark(drain=False)
+                return
+            fds.append(handle.rings.inbound.fileno())
+            if handle.pidfd is not None:
+                fds.append(handle.pidfd)
+        readable: list[int] = []
+        try:
+            if fds:
+                readable = select.select(fds, [], [], timeout)[0]
+                for handle in live:
+                    if handle.pidfd in readable:
+                        handle.exit_seen = True
+            elif timeout:
+                time.sleep(min(timeout, 0.05))
+        finally:
+            for handle in live:
+                inbound = handle.rings.inbound
+                inbound.unpark(drain=inbound.fileno() in readable)
+
+    def _check_workers(self) -> None:
+        for handle in self.handles:
+            if handle.dead and self.core.slots[handle.index].failure is None:
+                self._worker_died(handle)
+
+    def _worker_died(self, handle: WorkerHandle) -> None:
+        handle.dead = True
+        with contextlib.suppress(Exception):
+            handle.process.poll()
+        self.core.worker_died(self.core.slots[handle.index], handle.process.returncode)
+
+    def _wait_ready(self) -> None:
+        ready: set[int] = set()
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(ready) < len(self.handles):
+            for handle in self.handles:
+                if handle.dead:
+                    continue
+                for record in handle.rings.inbound.read_batch():
+                    if any(type(e) is p.Ready for e in p.decode_events(record)):
+                        ready.add(handle.index)
+                self.supervisor.check_alive(handle)
+            dead = [h for h in self.handles if h.dead]
+            if dead:
+                raise WorkerDied(f"worker {dead[0].index} exited during start-up "
+                                 f"(exit code {dead[0].process.returncode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers did not start within {START_TIMEOUT} s")
+            if len(ready) < len(self.handles):
+                self._park(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    # ---- waiting --------------------------------------------------------------------------
+
+    def wait(self, ready: Callable[[], bool], timeout: float | None, what: str,
+             settlements: bool = True) -> None:
+        """Pump events until `ready()`; TimeoutError naming `what` after `timeout` seconds.
+
+        First the partial batches are handed over; settlements only if `settlements`:
+        waiting for messages needs none, and the linger thread takes them within LINGER,
+        which spares the worker a wake-up per message received."""
+        self.check_open()
+        self.flush(settlements)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not ready():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            self.pump(1.0 if remaining is None else min(remaining, 1.0))
+            self.check_open()
+
+    # ---- closing --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Hand over what is batched, stop the linger thread and the workers."""
+        if self.closed:
+            return
+        self.linger.stop()
+        with self.lock:
+            # Settlements and sends still batched go first: the peer must not see the
+            # connection close with messages this side already took care of.
+            with contextlib.suppress(TimeoutError, OSError):
+                self.core.hand_over_dirty()
+                self.write_all(timeout=1.0)
+            self.closed = True
+            self.core.close(ContainerClosed("the Container is closed"))
+            self.supervisor.stop()
+
+
+def _split(commands: list[p.Command]) -> list[list[p.Command]]:
+    """Two or more smaller groups whose records are smaller: halves of the list, or of the
+    payloads or ids of its one command."""
+    if len(commands) > 1:
+        half = len(commands) // 2
+        return [commands[:half], commands[half:]]
+    command = commands[0]
+    if type(command) is p.Send and len(command.payloads) > 1:
+        half = len(command.payloads) // 2
+        return [[p.Send(command.link, command.first_seq, command.payloads[:half],
+                        command.settled)],
+                [p.Send(command.link, command.first_seq + half, command.payloads[half:],
+                        command.settled)]]
+    if type(command) is p.Settle and len(command.ids) > 1:
+        half = len(command.ids) // 2
+        return [[_settle_part(command, command.ids[:half])],
+                [_settle_part(command, command.ids[half:])]]
+    raise AssertionError(f"a command too large for any ring record: {type(command).__name__}")
+
+
+def _settle_part(command: p.Settle, ids: list[int]) -> p.Settle:
+    return p.Settle(command.link, ids, command.state, command.condition,
+                    command.delivery_failed, command.undeliverable_here, command.annotations)
+
+
+class _Linger:
+    """Hands over partial batches about LINGER seconds after they were started.
+
+    The hot path batches sends and settlements; a send batch goes as soon as its worker
+    has caught up, settlements ride with the next batch or wait for this thread, so a
+    message costs no wake-up of its own in either direction. It sleeps on an Event while
+    nothing is pending, so it costs nothing when idle and never spins beside the engines.
+    It holds the driver weakly: a Container dropped without close() can still be collected.
+    """
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = weakref.ref(driver)
+        self._pending = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        if not self._pending.is_set():
+            self._pending.set()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=_linger_loop, args=(self._driver, self._pending, self),
+                    name="amqscale-linger", daemon=True)
+                self._thread.start()
+
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._pending.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
+def _linger_loop(driver_ref: weakref.ref[Driver], pending: threading.Event,
+                 linger: _Linger) -> None:
+    while True:
+        pending.wait()
+        if linger.stopped():
+            return
+        time.sleep(LINGER)
+        pending.clear()  # what is marked from now on waits for the next pass
+        driver = driver_ref()
+        if driver is None or linger.stopped():
+            return
+        try:
+            with driver.lock:
+                if driver.closed:
+                    return
+                driver.core.hand_over_dirty()
+                driver.write_all(timeout=0.05)
+        except TimeoutError:  # a full ring: what did not fit goes with the next pass
+            pending.set()
+        except Exception:  # never die: the calls that wait see the state this left
+            traceback.print_exc()
+        del driver

@@ -1,0 +1,875 @@
+"""The client's state and policy, sans I/O: worker events in, commands out.
+
+Everything the faces (the blocking API today; asyncio and handlers next) share lives here
+in plain objects: connections and their shards, links, windows, credit, send batches and
+their outcome runs, arrivals of received messages, routing, ids, placement and what a dead
+worker means. Nothing here touches a ring, a thread, a lock, a clock or a socket, in the
+manner of h11's ``Connection``: the driver (``amqscale._driver``) feeds events in with
+:meth:`ClientCore.handle_events` and writes what :attr:`WorkerSlot.queued` holds; a face
+asks questions (``has_room``, ``settled``) and waits with its own means. So every state
+machine here is tested in memory with scripted events (``amqscale.testing.core``).
+
+The caller serialises calls (the driver's lock); nothing here is thread-safe by itself.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple
+
+from . import codec
+from .errors import ConnectionFailed, LinkDetached, MessageTooLarge, WorkerDied
+from .message import Message
+from .url import URL
+from .workers import protocol as p
+
+# Messages decoded a list at a time, in C when the codec's C fast path is on; None means
+# "not handled here" (the caller decodes one by one).
+decode_messages: Callable[[list[bytes]], list[Message] | None] = (
+    (lambda payloads: None) if codec._ccodec is None else codec._ccodec.decode_messages)
+
+SEND_BATCH = 128  # messages per Send command when the worker is busy
+SETTLE_BATCH = 128
+
+
+def condition_text(cond: p.Condition | None) -> str:
+    return f": {cond.name}: {cond.description}" if cond else ""
+
+
+def link_failure(kind: str, address: str | None, cond: p.Condition | None) -> LinkDetached:
+    return LinkDetached(f"{kind} {address!r} detached{condition_text(cond)}",
+                        cond.name if cond else None, cond.description if cond else "")
+
+
+def worker_failure(index: int, code: int | None) -> WorkerDied:
+    return WorkerDied(
+        f"worker {index} died (exit code {code}); its unsettled messages are kept",
+        "amqscale:worker-died",
+    )
+
+
+class WorkerSlot:
+    """The core's side of one worker: the commands queued for it, and whether it died."""
+
+    __slots__ = ("index", "queued", "failure")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.queued: list[p.Command] = []  # in order; the driver writes and clears them
+        self.failure: WorkerDied | None = None
+
+    def queue(self, command: p.Command) -> None:
+        self.queued.append(command)
+
+
+# ---- sending ----------------------------------------------------------------------------
+
+
+class Result(NamedTuple):
+    """How a sent message ended. Accepted and pre-settled are shared constants."""
+
+    state: int | None
+    condition: p.Condition | None = None
+    delivery_failed: bool = False
+    undeliverable_here: bool = False
+    annotations: dict[Any, Any] | None = None
+
+
+ACCEPTED = Result(p.ACCEPTED)
+SENT_SETTLED = Result(None)
+
+
+class Batch:
+    """Consecutive messages of one link, handed over together, and their results.
+
+    Results are kept per batch, not per message: peers mostly settle in order with one
+    outcome, so the usual state is "the first `done` messages ended as `head`", which
+    costs nothing per message. A per-message list is made only when outcomes differ or
+    come out of order.
+    """
+
+    __slots__ = ("link", "first", "size", "payloads", "done", "head", "results", "pending")
+
+    def __init__(self, link: SenderLink, first: int, payloads: list[bytes]) -> None:
+        self.link = link
+        self.first = first  # the seq of payloads[0]
+        self.size = len(payloads)
+        # Kept until every message is settled, so that unsettled ones can be sent again.
+        self.payloads: list[bytes] | None = payloads
+        self.done = 0
+        self.head: Result | None = None
+        self.results: list[Result | None] | None = None
+        self.pending = len(payloads)  # messages not settled yet
+
+    def result(self, index: int) -> Result | None:
+        results = self.results
+        if results is None:
+            return self.head if index < self.done else None
+        return results[index]
+
+    def settle(self, lo: int, hi: int, result: Result) -> int:
+        """Record `result` for messages lo..hi-1 (indexes); returns how many were pending."""
+        results = self.results
+        if results is None:
+            if lo == self.done and (lo == 0 or result is self.head):
+                self.done = hi
+                self.head = result
+                self.pending -= hi - lo
+                return hi - lo
+            results = self.results = [self.head] * self.done + [None] * (self.size - self.done)
+        newly = results[lo:hi].count(None)
+        results[lo:hi] = [result] * (hi - lo)
+        self.pending -= newly
+        return newly
+
+
+def _first_seq(batch: Batch) -> int:
+    return batch.first
+
+
+class SenderLink:
+    """One shard's link of a Sender: its window, its batches, its outcomes."""
+
+    __slots__ = ("id", "slot", "sender", "next_seq", "batches", "open", "unsettled",
+                 "opened", "closed", "failure", "remote_target", "dirty", "remote_max")
+
+    def __init__(self, link_id: int, slot: WorkerSlot, sender: SenderState) -> None:
+        self.id = link_id
+        self.slot = slot
+        self.sender = sender
+        self.next_seq = 0  # the seq of the next message taken
+        self.batches: deque[Batch] = deque()  # with unsettled messages, in seq order
+        self.open: Batch | None = None  # the batch send() adds to, not handed over yet
+        self.unsettled = 0  # messages taken and not settled: the window's fill
+        self.opened = False
+        self.closed = False  # the detach is complete (ours or the peer's)
+        self.failure: Exception | None = None
+        self.remote_target: p.Terminus | None = None
+        self.dirty = False  # a partial batch waits for the linger pass
+        self.remote_max = 0  # the peer's max-message-size (0: none)
+
+    def take(self, payloads: list[bytes]) -> Batch:
+        """Number `payloads` as the link's next messages, in a new batch."""
+        batch = Batch(self, self.next_seq, payloads)
+        self.next_seq += len(payloads)
+        self.unsettled += len(payloads)
+        self.batches.append(batch)
+        return batch
+
+    def add(self, payload: bytes) -> tuple[Batch, int]:
+        """Add one message to the open batch (a new one if none); its batch and index."""
+        batch = self.open
+        if batch is None:
+            batch = self.open = self.take([payload])
+            return batch, 0
+        index = batch.size
+        batch.payloads.append(payload)  # type: ignore[union-attr]
+        batch.size = batch.pending = index + 1
+        self.next_seq += 1
+        self.unsettled += 1
+        return batch, index
+
+    def hand_over(self) -> None:
+        """Queue the open batch as one Send command for the shard's worker."""
+        self.dirty = False
+        batch = self.open
+        if batch is not None:
+            self.open = None
+            assert batch.payloads is not None
+            self.slot.queue(p.Send(self.id, batch.first, batch.payloads,
+                                   self.sender.presettled))
+
+    def send_chunk(self, payloads: list[bytes]) -> Batch:
+        """Hand over `payloads` as one Send after what send() batched (order is kept)."""
+        self.hand_over()
+        batch = self.take(payloads)
+        self.slot.queue(p.Send(self.id, batch.first, payloads, self.sender.presettled))
+        return batch
+
+    def parts(self, payload: bytes, fragment: int) -> tuple[Batch, Iterator[p.SendPart]]:
+        """Take a message too large for one record; its batch, and its parts to queue one
+        at a time (memoryview slices: the payload is not copied)."""
+        self.hand_over()
+        batch = self.take([payload])
+        view = memoryview(payload)
+        link_id, seq, settled = self.id, batch.first, self.sender.presettled
+
+        def parts() -> Iterator[p.SendPart]:
+            for start in range(0, len(view), fragment):
+                chunk = view[start:start + fragment]
+                last = start + fragment >= len(view)
+                yield p.SendPart(link_id, seq, chunk, last, settled)  # type: ignore[arg-type]
+
+        return batch, parts()
+
+    def unsettled_batches(self) -> Iterator[tuple[Batch, int]]:
+        for batch in self.batches:
+            for i in range(batch.size):
+                if batch.result(i) is None:
+                    yield batch, i
+
+    def on_event(self, event: p.Event) -> None:
+        kind = type(event)
+        if kind is p.Outcomes:
+            self._on_outcomes(event)  # type: ignore[arg-type]
+        elif kind is p.LinkOpened:
+            self.opened = True
+            self.remote_target = event.remote_target  # type: ignore[union-attr]
+            self.remote_max = event.remote_max_message_size  # type: ignore[union-attr]
+        elif kind is p.LinkClosed:
+            self.closed = True
+            if self.failure is None:
+                self.failure = link_failure("sender to", self.sender.address,
+                                            event.condition)  # type: ignore[union-attr]
+
+    def _on_outcomes(self, event: p.Outcomes) -> None:
+        state = event.state
+        if state == p.ACCEPTED:
+            result = ACCEPTED
+        elif state == p.SENT_SETTLED:
+            result = SENT_SETTLED
+        else:
+            result = Result(
+                state, event.condition, event.delivery_failed, event.undeliverable_here,
+                codec.decode(event.annotations) if event.annotations else None)
+        runs = event.runs
+        for i in range(0, len(runs), 2):
+            self._settle_run(runs[i], runs[i + 1], result)
+        batches = self.batches
+        while batches and batches[0].pending == 0 and batches[0] is not self.open:
+            batches.popleft().payloads = None
+        counts = self.sender.counts
+        counts[state] = counts.get(state, 0) + p.run_length(runs)
+
+    def _settle_run(self, start: int, end: int, result: Result) -> None:
+        """Record `result` for seqs start..end-1; seqs of no unsettled batch are ignored."""
+        batches = self.batches
+        i = bisect.bisect_right(batches, start, key=_first_seq) - 1
+        while start < end and 0 <= i < len(batches):
+            batch = batches[i]
+            size = batch.size
+            lo = start - batch.first
+            if lo >= size:
+                return
+            hi = min(end - batch.first, size)
+            self.unsettled -= batch.settle(lo, hi, result)
+            start = batch.first + hi
+            i += 1
+
+
+class SenderState:
+    """A Sender's links (one per shard), which one takes messages, and its counters."""
+
+    __slots__ = ("address", "window", "presettled", "links", "current", "counts", "closed",
+                 "max_message_size", "waiter")
+
+    def __init__(self, address: str | None, window: int, presettled: bool,
+                 max_message_size: int) -> None:
+        self.address = address
+        self.window = window
+        self.presettled = presettled
+        self.max_message_size = max_message_size  # ours: 0 for none
+        self.links: list[SenderLink] = []
+        self.current = 0  # the link taking messages until its batch is handed over
+        self.counts: dict[int, int] = {}
+        self.closed = False
+        self.waiter: Any = None  # what the face waits with (opaque here)
+
+    def rotate(self) -> None:
+        self.current = (self.current + 1) % len(self.links)
+
+    def pick(self) -> SenderLink | None:
+        """The next live link with room in its window, or None (wait for room).
+
+        A failed link is skipped: one failed shard does not stop the others. When every
+        link failed, the first failure is raised."""
+        links = self.links
+        live = False
+        for _ in range(len(links)):
+            link = links[self.current]
+            if link.failure is None:
+                live = True
+                if link.unsettled < self.window:
+                    return link
+            self.rotate()
+        if not live:
+            raise self.failure()
+        return None
+
+    def has_room(self) -> bool:
+        """A live link has room in its window, or none is live (pick() then raises)."""
+        live = [x for x in self.links if x.failure is None]
+        return not live or any(x.unsettled < self.window for x in live)
+
+    def failure(self) -> Exception:
+        """The failure to report when no link can take messages."""
+        for link in self.links:
+            if link.failure is not None:
+                return link.failure
+        return LinkDetached(f"sender to {self.address!r} is closed")
+
+    def check_size(self, payload: bytes) -> None:
+        """MessageTooLarge if the message exceeds our limit or the peer's."""
+        size = len(payload)
+        limit = self.max_message_size
+        if limit and size > limit:
+            raise MessageTooLarge(
+                f"message of {size} bytes encoded is larger than this sender's "
+                f"max_message_size of {limit} bytes")
+        link = self.links[self.current]
+        if link.remote_max and size > link.remote_max:
+            raise MessageTooLarge(
+                f"message of {size} bytes encoded is larger than the {link.remote_max} "
+                f"bytes the peer accepts (its max-message-size) on {self.address!r}")
+
+    def all_settled(self) -> bool:
+        return all(not x.unsettled or x.failure for x in self.links)
+
+    def failed_with_unsettled(self) -> list[SenderLink]:
+        return [x for x in self.links if x.unsettled and x.failure is not None]
+
+
+# ---- receiving --------------------------------------------------------------------------
+
+
+class Arrival:
+    """The messages of one Deliveries event, as the user takes them.
+
+    Deliveries point into it by index, and settled flags and decoded messages are kept
+    here, so taking a batch of messages costs no object per message.
+    """
+
+    __slots__ = ("link", "first_id", "payloads", "settled", "messages")
+
+    def __init__(self, link: ReceiverLink, first_id: int, payloads: list[bytes],
+                 settled: Iterable[int] | None) -> None:
+        self.link = link
+        self.first_id = first_id
+        self.payloads = payloads
+        self.settled = bytearray(len(payloads))  # 1: settled (by us or pre-settled)
+        for index in settled or ():
+            self.settled[index] = 1
+        self.messages: list[Message | None] | None = None  # decoded on first use
+
+    def message(self, index: int) -> Message:
+        messages = self.messages
+        if messages is None:
+            messages = self.messages = [None] * len(self.payloads)
+        message = messages[index]
+        if message is None:
+            message = messages[index] = Message.decode(self.payloads[index])
+        return message
+
+    def messages_in(self, lo: int, hi: int) -> list[Message]:
+        """Messages lo..hi-1, decoded (a list at a time in C when none is yet)."""
+        messages = self.messages
+        if messages is None:
+            messages = self.messages = [None] * len(self.payloads)
+        if messages[lo:hi].count(None) == hi - lo:
+            decoded = decode_messages(self.payloads[lo:hi])
+            if decoded is not None:
+                messages[lo:hi] = decoded
+                return decoded
+        return [self.message(index) for index in range(lo, hi)]
+
+    def take_unsettled(self, lo: int, hi: int) -> list[int]:
+        """Mark messages lo..hi-1 settled; returns the delivery ids of those that were not."""
+        flags = self.settled
+        first = self.first_id
+        if flags.count(1, lo, hi):
+            ids = [first + i for i in range(lo, hi) if not flags[i]]
+        else:
+            ids = list(range(first + lo, first + hi))
+        flags[lo:hi] = b"\x01" * (hi - lo)
+        return ids
+
+
+class ReceiverLink:
+    """One shard's link of a Receiver (or an inbound link of a Listener)."""
+
+    __slots__ = ("id", "slot", "receiver", "credit", "consumed", "settling", "opened",
+                 "closed", "failure", "remote_source", "parts", "dirty")
+
+    def __init__(self, link_id: int, slot: WorkerSlot, receiver: ReceiverState,
+                 credit: int) -> None:
+        self.id = link_id
+        self.slot = slot
+        self.receiver = receiver
+        self.credit = credit
+        self.consumed = 0  # taken by the user since credit was last granted
+        self.settling: dict[int, list[int]] = {}  # state -> delivery ids, not handed over
+        self.opened = False
+        self.closed = False
+        self.failure: Exception | None = None
+        self.remote_source: p.Terminus | None = None
+        self.parts: list[bytes] = []  # a large message arriving in DeliveryParts
+        self.dirty = False
+
+    def on_event(self, event: p.Event) -> None:
+        kind = type(event)
+        if kind is p.Deliveries:
+            self.receiver.buffer.append(Arrival(
+                self, event.first_id, event.payloads, event.settled))  # type: ignore
+        elif kind is p.DeliveryPart:
+            self._on_part(event)  # type: ignore[arg-type]
+        elif kind is p.LinkOpened:
+            self.opened = True
+            self.remote_source = event.remote_source  # type: ignore[union-attr]
+        elif kind is p.LinkClosed:
+            self.closed = True
+            self.parts = []
+            if self.failure is None:
+                self.failure = link_failure("receiver from", self.receiver.address,
+                                            event.condition)  # type: ignore[union-attr]
+            self.receiver.on_link_closed(self)
+
+    def _on_part(self, event: p.DeliveryPart) -> None:
+        if event.aborted:
+            self.parts = []
+            return
+        self.parts.append(event.chunk)
+        if event.last:
+            payload = b"".join(self.parts)
+            self.parts = []
+            self.receiver.buffer.append(
+                Arrival(self, event.id, [payload], (0,) if event.settled else None))
+
+    def grant(self) -> None:
+        """Grant as much credit as the user took deliveries since the last grant (the
+        face grants in batches: credit only as the user takes, never ahead of it)."""
+        self.hand_over()  # settle first: a broker may count unsettled against us
+        self.slot.queue(p.Flow(self.id, self.consumed))
+        self.consumed = 0
+
+    def settle_later(self, delivery_id: int, state: int) -> bool:
+        """Batch a plain disposition; True when the batch is full and was queued."""
+        ids = self.settling.get(state)
+        if ids is None:
+            ids = self.settling[state] = []
+        ids.append(delivery_id)
+        if len(ids) >= SETTLE_BATCH:
+            self.hand_over()
+            return True
+        return False
+
+    def settle_now(self, command: p.Settle) -> None:
+        self.hand_over()
+        self.slot.queue(command)
+
+    def hand_over(self) -> None:
+        self.dirty = False
+        if self.settling and self.failure is None:
+            for state, ids in self.settling.items():
+                self.slot.queue(p.Settle(self.id, ids, state))
+        self.settling = {}
+
+
+class ReceiverState:
+    """A Receiver's links and the arrivals buffered for the user, in arrival order."""
+
+    __slots__ = ("address", "credit", "auto_accept", "endless", "links", "buffer",
+                 "position", "closed", "waiter")
+
+    def __init__(self, address: str | None, credit: int, auto_accept: bool = False,
+                 endless: bool = False) -> None:
+        self.address = address
+        self.credit = credit
+        self.auto_accept = auto_accept
+        # A listener's receiver: links come and go, it only ends when closed.
+        self.endless = endless
+        self.links: dict[int, ReceiverLink] = {}
+        self.buffer: deque[Arrival] = deque()
+        self.position = 0  # how many of the buffer's first arrival were taken
+        self.closed = False
+        self.waiter: Any = None
+
+    def on_link_closed(self, link: ReceiverLink) -> None:
+        # An inbound link leaves its Listener once nothing of it is left to take.
+        if self.endless and not any(a.link is link for a in self.buffer):
+            self.links.pop(link.id, None)
+
+    def all_failed(self) -> bool:
+        if self.endless:
+            return self.closed
+        return bool(self.links) and all(x.failure for x in self.links.values())
+
+    def failure(self) -> Exception:
+        for link in self.links.values():
+            if link.failure is not None:
+                return link.failure
+        return LinkDetached(f"the receiver from {self.address!r} is closed")
+
+    def take(self) -> tuple[Arrival, int]:
+        """The next buffered delivery (the buffer must not be empty)."""
+        arrival = self.buffer[0]
+        position = self.position
+        if position + 1 == len(arrival.payloads):
+            self.buffer.popleft()
+            self.position = 0
+            self._forget_if_closed(arrival.link)
+        else:
+            self.position = position + 1
+        return arrival, position
+
+    def take_many(self, limit: int) -> list[tuple[Arrival, int, int]]:
+        """Up to `limit` buffered deliveries, a slice of each arrival at a time."""
+        parts: list[tuple[Arrival, int, int]] = []
+        buffer = self.buffer
+        room = limit
+        while buffer and room:
+            arrival = buffer[0]
+            position = self.position
+            end = min(len(arrival.payloads), position + room)
+            parts.append((arrival, position, end))
+            room -= end - position
+            if end == len(arrival.payloads):
+                buffer.popleft()
+                self.position = 0
+                self._forget_if_closed(arrival.link)
+            else:
+                self.position = end
+        return parts
+
+    def _forget_if_closed(self, link: ReceiverLink) -> None:
+        if self.endless and link.closed:
+            self.on_link_closed(link)
+
+    def untaken(self) -> dict[ReceiverLink, list[int]]:
+        """The ids of buffered deliveries not yet taken and not settled, by link; they
+        are marked settled (the caller releases them)."""
+        by_link: dict[ReceiverLink, list[int]] = {}
+        position = self.position
+        for arrival in self.buffer:
+            ids = arrival.take_unsettled(position, len(arrival.payloads))
+            if ids:
+                by_link.setdefault(arrival.link, []).extend(ids)
+            position = 0
+        self.buffer.clear()
+        self.position = 0
+        return by_link
+
+
+# ---- connections, listeners and the core itself -------------------------------------------
+
+
+class Shard:
+    """One AMQP connection of a (possibly sharded) Connection."""
+
+    __slots__ = ("id", "slot", "opened", "closed", "failure")
+
+    def __init__(self, shard_id: int, slot: WorkerSlot) -> None:
+        self.id = shard_id
+        self.slot = slot
+        self.opened = False
+        self.closed = False
+        self.failure: Exception | None = None
+
+    def on_event(self, event: p.Event) -> None:
+        if type(event) is p.ConnectionOpened:
+            self.opened = True
+        elif type(event) is p.ConnectionClosed:
+            self.closed = True
+            cond = event.condition
+            if self.failure is None:
+                self.failure = ConnectionFailed(
+                    "connection closed" + condition_text(cond),
+                    cond.name if cond else None, cond.description if cond else "")
+
+
+class ConnectionState:
+    __slots__ = ("url", "shards", "closed")
+
+    def __init__(self, url: URL) -> None:
+        self.url = url
+        self.shards: list[Shard] = []
+        self.closed = False
+
+    def check_usable(self) -> None:
+        if self.closed:
+            raise ConnectionFailed(f"the connection to {self.url} is closed")
+        failures = [s.failure for s in self.shards if s.failure is not None]
+        if failures and len(failures) == len(self.shards):
+            raise failures[0]
+
+
+class ListenerState:
+    __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
+                 "receiver", "closed")
+
+    def __init__(self, listener_id: int, host: str, credit: int,
+                 max_message_size: int) -> None:
+        self.id = listener_id
+        self.host = host
+        self.port: int | None = None
+        self.credit = credit
+        self.max_message_size = max_message_size
+        self.failure: Exception | None = None
+        self.pending = 0  # workers yet to confirm they adopt its connections
+        self.receiver = ReceiverState(None, credit, endless=True)
+        self.closed = False
+
+    def on_event(self, event: p.Event) -> None:
+        if type(event) is p.Listening:
+            if self.port is None:
+                self.port = event.port
+            else:
+                self.pending -= 1
+        elif type(event) is p.ListenFailed:
+            cond = event.condition
+            self.failure = ConnectionFailed(cond.description, cond.name)
+
+
+class ClientCore:
+    """All client state of one Container; worker events in, commands out.
+
+    >>> core = ClientCore(workers=2, container_id="c", fragment=1 << 20)
+    >>> conn = core.open_connection(URL("amqp", "127.0.0.1", 5672), shards=2)
+    >>> [type(c).__name__ for s in core.slots for c in s.queued]
+    ['OpenConnection', 'OpenConnection']
+    """
+
+    def __init__(self, workers: int, container_id: str, fragment: int) -> None:
+        self.container_id = container_id
+        self.slots = [WorkerSlot(i) for i in range(workers)]
+        self.fragment = fragment  # messages larger than this cross in SendParts
+        self._ids = itertools.count(1)
+        self._placement = itertools.count()
+        self.routes: dict[int, Any] = {}  # connection and link ids -> their state
+        self.listeners: dict[int, ListenerState] = {}
+        self.stats: dict[int, p.WorkerStats] = {}
+        self.dirty: set[SenderLink | ReceiverLink] = set()  # partial batches waiting
+        self.closed = False
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def live_slots(self) -> list[WorkerSlot]:
+        return [s for s in self.slots if s.failure is None]
+
+    def place(self) -> WorkerSlot:
+        """The next live worker, round-robin; WorkerDied when none is left."""
+        for _ in range(len(self.slots)):
+            slot = self.slots[next(self._placement) % len(self.slots)]
+            if slot.failure is None:
+                return slot
+        raise WorkerDied("every worker of this Container died", "amqscale:worker-died")
+
+    # ---- opening and closing --------------------------------------------------------------
+
+    def open_connection(self, url: URL, shards: int, **options: Any) -> ConnectionState:
+        connection = ConnectionState(url)
+        for _ in range(shards):
+            shard = Shard(self.next_id(), self.place())
+            self.routes[shard.id] = shard
+            connection.shards.append(shard)
+            shard.slot.queue(p.OpenConnection(
+                shard.id, url.host, url.port, self.container_id, **options))
+        return connection
+
+    def close_connection(self, connection: ConnectionState) -> None:
+        connection.closed = True
+        for shard in connection.shards:
+            if shard.failure is None and not shard.closed:
+                shard.slot.queue(p.CloseConnection(shard.id))
+
+    def forget_connection(self, connection: ConnectionState) -> None:
+        for shard in connection.shards:
+            if shard.failure is None:
+                shard.failure = ConnectionFailed(f"the connection to {connection.url} is closed")
+            self.routes.pop(shard.id, None)
+
+    def open_sender(self, connection: ConnectionState, address: str | None, window: int,
+                    presettled: bool, name: str | None, max_message_size: int,
+                    target: p.Terminus | None = None) -> SenderState:
+        sender = SenderState(address, window, presettled, max_message_size)
+        for shard in self._usable_shards(connection):
+            link = SenderLink(self.next_id(), shard.slot, sender)
+            sender.links.append(link)
+            self._open_link(shard, link, True, address, name, presettled, 0, 0, target)
+        return sender
+
+    def open_receiver(self, connection: ConnectionState, address: str | None, credit: int,
+                      name: str | None, auto_accept: bool, max_message_size: int,
+                      source: p.Terminus | None = None) -> ReceiverState:
+        receiver = ReceiverState(address, credit, auto_accept)
+        shards = self._usable_shards(connection)
+        per_link = max(1, credit // len(shards))
+        for shard in shards:
+            link = ReceiverLink(self.next_id(), shard.slot, receiver, per_link)
+            receiver.links[link.id] = link
+            self._open_link(shard, link, False, address, name, False, per_link,
+                            max_message_size, source)
+        return receiver
+
+    @staticmethod
+    def _usable_shards(connection: ConnectionState) -> list[Shard]:
+        connection.check_usable()
+        return [s for s in connection.shards if s.failure is None]
+
+    def _open_link(self, shard: Shard, link: SenderLink | ReceiverLink, is_sender: bool,
+                   address: str | None, name: str | None, presettled: bool, credit: int,
+                   max_message_size: int, terminus: p.Terminus | None) -> None:
+        self.routes[link.id] = link
+        link_name = f"{name or address or 'link'}-{'s' if is_sender else 'r'}-{link.id}"
+        terminus = terminus or p.Terminus(address=address)
+        shard.slot.queue(p.OpenLink(
+            link.id, shard.id, link_name, is_sender,
+            source=p.Terminus() if is_sender else terminus,
+            target=terminus if is_sender else p.Terminus(),
+            snd_settle_mode=p.SND_SETTLED if presettled else p.SND_UNSETTLED,
+            credit=credit, max_message_size=max_message_size,
+        ))
+
+    def close_links(self, links: Iterable[SenderLink | ReceiverLink]) -> None:
+        """Detach `links`; each is closed once the worker confirms (LinkClosed)."""
+        for link in links:
+            self.dirty.discard(link)
+            link.hand_over()  # what was batched goes before the detach
+            if link.failure is None:
+                link.slot.queue(p.CloseLink(link.id))
+                link.failure = LinkDetached("closed by the user")
+            elif link.slot.failure is not None:
+                link.closed = True  # its worker is gone: nothing will confirm
+
+    def forget_links(self, links: Iterable[SenderLink | ReceiverLink]) -> None:
+        for link in links:
+            self.routes.pop(link.id, None)
+
+    def release_untaken(self, receiver: ReceiverState) -> None:
+        """Release what was prefetched but not taken (before the receiver detaches)."""
+        for link, ids in receiver.untaken().items():
+            if link.failure is None:
+                link.settle_now(p.Settle(link.id, ids, p.RELEASED))
+
+    def listen(self, host: str, port: int, credit: int, max_message_size: int
+               ) -> ListenerState:
+        """Worker 0 binds and accepts; `adopt` (after Listening) tells the others."""
+        listener = ListenerState(self.next_id(), host, credit, max_message_size)
+        self.listeners[listener.id] = listener
+        self.slots[0].queue(p.Listen(listener.id, host, port, self.container_id, credit,
+                                     max_message_size=max_message_size))
+        return listener
+
+    def adopt(self, listener: ListenerState) -> None:
+        """Ask every other live worker to take the connections worker 0 deals it."""
+        for slot in self.slots[1:]:
+            if slot.failure is None:
+                listener.pending += 1
+                slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
+                                    self.container_id, listener.credit, adopt_only=True,
+                                    max_message_size=listener.max_message_size))
+
+    def close_listener(self, listener: ListenerState) -> None:
+        listener.closed = True
+        for slot in self.live_slots():
+            slot.queue(p.CloseListener(listener.id))
+        self.listeners.pop(listener.id, None)
+
+    def ask_stats(self) -> list[WorkerSlot]:
+        self.stats = {}
+        live = self.live_slots()
+        for slot in live:
+            slot.queue(p.Stats())
+        return live
+
+    # ---- events in -------------------------------------------------------------------------
+
+    def handle_events(self, slot: WorkerSlot, events: list[p.Event]) -> None:
+        """Apply one record's events in order. An event that fails to apply does not stop
+        the others (an event read is never dropped); the first error is raised after."""
+        error: BaseException | None = None
+        for event in events:
+            try:
+                self._route(slot, event)
+            except Exception as exc:  # a bug here must not lose the record's other events
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _route(self, slot: WorkerSlot, event: p.Event) -> None:
+        kind = type(event)
+        link_id = getattr(event, "link", None)
+        if link_id is not None:
+            target = self.routes.get(link_id)
+            if target is not None:
+                target.on_event(event)
+                if kind is p.LinkClosed and type(target) is ReceiverLink \
+                        and target.receiver.endless:
+                    del self.routes[link_id]  # an inbound link: gone for good
+            elif kind is p.LinkOpened and event.inbound:  # type: ignore[union-attr]
+                self._on_inbound(slot, event)  # type: ignore[arg-type]
+            return
+        if kind is p.WorkerStats:
+            self.stats[event.index] = event  # type: ignore[union-attr,assignment]
+        elif kind is p.Listening or kind is p.ListenFailed:
+            listener = self.listeners.get(event.listener)  # type: ignore[union-attr]
+            if listener is not None:
+                listener.on_event(event)
+        else:
+            target = self.routes.get(getattr(event, "conn", 0))
+            if target is not None:
+                target.on_event(event)
+
+    def _on_inbound(self, slot: WorkerSlot, event: p.LinkOpened) -> None:
+        """A remote peer attached a link to a listener; a remote sender's messages go to
+        the listener's receiver. One attached after the listener closed is detached."""
+        listener = self.listeners.get(event.conn)
+        if listener is None:
+            slot.queue(p.CloseLink(event.link, p.Condition(
+                "amqp:resource-deleted", "the listener is closed")))
+            return
+        if event.is_sender:
+            return  # a remote receiver: nothing to offer it yet, its link stays idle
+        link = ReceiverLink(event.link, slot, listener.receiver, listener.credit)
+        link.opened = True
+        listener.receiver.links[event.link] = link
+        self.routes[event.link] = link
+
+    def worker_died(self, slot: WorkerSlot, code: int | None) -> None:
+        """Everything on a dead worker fails with WorkerDied; unsettled messages stay."""
+        if slot.failure is not None:
+            return
+        failure = slot.failure = worker_failure(slot.index, code)
+        slot.queued.clear()
+        for target in self.routes.values():
+            if target.slot is slot and target.failure is None:
+                target.failure = failure
+        for listener in self.listeners.values():
+            if slot.index == 0 and listener.failure is None:
+                listener.failure = failure
+
+    def close(self, failure: Exception) -> None:
+        """The Container closed: every connection, link and listener fails with `failure`
+        (what a later call on any of them raises)."""
+        self.closed = True
+        for target in self.routes.values():
+            if target.failure is None:
+                target.failure = failure
+        for listener in self.listeners.values():
+            listener.failure = listener.failure or failure
+            listener.receiver.closed = True
+
+    # ---- batching ---------------------------------------------------------------------------
+
+    def mark_dirty(self, link: SenderLink | ReceiverLink) -> bool:
+        """`link` holds a partial batch; True if it was not marked yet."""
+        if link.dirty:
+            return False
+        link.dirty = True
+        self.dirty.add(link)
+        return True
+
+    def hand_over_dirty(self, settlements: bool = True) -> None:
+        """Queue partial batches: all, or (settlements False) only messages to send."""
+        dirty = self.dirty
+        if settlements:
+            while dirty:
+                dirty.pop().hand_over()
+            return
+        for link in [x for x in dirty if type(x) is SenderLink]:
+            dirty.discard(link)
+            link.hand_over()
+
