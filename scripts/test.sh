@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian/Ubuntu machine, as root: installs what it needs
-# (scripts/setup.sh), then ruff, mypy and pytest over tests/ (the brokers are started by the
-# pytest fixtures in amqscale.testing.fixtures). Every step runs even if an earlier one failed,
-# so one run reports all of them; the exit code is non-zero if any failed, and a pytest run
-# that collected no tests (exit code 5) counts as a failure. Arguments go to pytest.
+# (scripts/setup.sh), then ruff, mypy, the import layering (lint-imports) and pytest over
+# tests/ (the brokers are started by the pytest fixtures in amqscale.testing.fixtures).
+# Every step runs even if an earlier one failed, so one run reports all of them; the exit
+# code is non-zero if any failed, and a pytest run that collected no tests (exit code 5)
+# counts as a failure. Arguments go to pytest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 START=$SECONDS
@@ -16,6 +17,8 @@ echo "test.sh: ruff check ." >&2
 .venv/bin/ruff check . || failed+=(ruff)
 echo "test.sh: mypy" >&2
 .venv/bin/mypy || failed+=(mypy)
+echo "test.sh: lint-imports (the layering contract in pyproject.toml)" >&2
+.venv/bin/lint-imports || failed+=(lint-imports)
 echo "test.sh: pytest" >&2
 .venv/bin/python -m pytest -p no:cacheprovider tests "$@"
 rc=$?
