@@ -22,6 +22,7 @@ from .container import Connection, Container, Listener
 from .errors import (
     AMQPError,
     ConnectionFailed,
+    ContainerClosed,
     LinkDetached,
     MessageTooLarge,
     URLError,
@@ -57,10 +58,11 @@ from .types import (
 
 __all__ = [
     "AMQPError", "AmqpSequence", "AmqpValue", "Array", "Connection", "ConnectionFailed",
-    "Container", "DataSections", "DecodeError", "Deliveries", "Delivery", "Described",
-    "LinkDetached", "Listener", "Message", "MessageTooLarge", "Receiver", "RecordTooLarge",
-    "Sender", "SequenceSections", "Tracker", "Trackers", "TypeCode", "UNDESCRIBED", "URLError",
-    "WorkerDied", "byte", "char", "decimal32", "decimal64", "decimal128", "float32", "int32",
-    "short", "symbol", "timestamp", "ubyte", "uint", "ulong", "ushort",
+    "Container", "ContainerClosed", "DataSections", "DecodeError", "Deliveries", "Delivery",
+    "Described", "LinkDetached", "Listener", "Message", "MessageTooLarge", "Receiver",
+    "RecordTooLarge", "Sender", "SequenceSections", "Tracker", "Trackers", "TypeCode",
+    "UNDESCRIBED", "URLError", "WorkerDied", "byte", "char", "decimal32", "decimal64",
+    "decimal128", "float32", "int32", "short", "symbol", "timestamp", "ubyte", "uint",
+    "ulong", "ushort",
 ]
 __version__ = "0.1.0"
