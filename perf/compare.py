@@ -177,14 +177,15 @@ def expand(path: str, families: list[str], settings: Settings) -> Iterator[Case]
 class Peer:
     """A peer process: its stdout read line by line with deadlines, its stderr in a file."""
 
-    def __init__(self, argv: list[str], logdir: Path, name: str, stdout_lines: bool = True):
+    def __init__(self, argv: list[str], logdir: Path, name: str, stdout_lines: bool = True,
+                 root: Path = REPO_ROOT):
         self.name = name
         self.log = logdir / f"{name}.log"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+            [str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(
-                argv, cwd=REPO_ROOT, env=env, stdin=subprocess.PIPE,
+                argv, cwd=root, env=env, stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE if stdout_lines else subprocess.DEVNULL, stderr=err,
                 start_new_session=True)
         self.started = time.monotonic()
@@ -265,9 +266,11 @@ class Broker:
 
 
 def peer_argv(role: str, case: Case, url: str, address: str, count: int, rate: float,
-              listen: bool) -> list[str]:
+              listen: bool, root: Path = REPO_ROOT) -> list[str]:
+    """The command line of one peer, from the source tree `root` (perf/ab.py runs two)."""
     base, extra = FAMILIES[case.family]
-    argv = [sys.executable, str(PEERS), f"{base}-{role}", "--url", url, "--address", address,
+    peers = root / PEERS.relative_to(REPO_ROOT)
+    argv = [sys.executable, str(peers), f"{base}-{role}", "--url", url, "--address", address,
             "--count", str(count), "--size", str(case.size), "--idle", str(IDLE)] + extra
     if case.presettled:
         argv.append("--presettled")
@@ -281,8 +284,9 @@ def peer_argv(role: str, case: Case, url: str, address: str, count: int, rate: f
 
 
 def run_pair(case: Case, count: int, rate: float, broker: Broker | None,
-             logdir: Path) -> dict[str, Any]:
-    """One run of a Python pair: receiver, then sender; returns both reports."""
+             logdir: Path, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """One run of a Python pair (from the source tree `root`): receiver, then sender;
+    returns both reports."""
     if broker is None:
         from amqscale.testing import free_port
 
@@ -290,16 +294,16 @@ def run_pair(case: Case, count: int, rate: float, broker: Broker | None,
     else:
         url, address, listen = broker.url, broker.fresh_address(), False
     tag = f"{case.id.replace('/', '_')}-{uuid.uuid4().hex[:6]}"
-    receiver = Peer(peer_argv("recv", case, url, address, count, rate, listen), logdir,
-                    f"{tag}-recv")
+    receiver = Peer(peer_argv("recv", case, url, address, count, rate, listen, root), logdir,
+                    f"{tag}-recv", root=root)
     sender: Peer | None = None
     try:
         line = receiver.read_line(READY_TIMEOUT)
         if line != "ready":
             raise RuntimeError(f"receiver said {line!r}, not ready")
         broker_cpu0 = broker.cpu_seconds() if broker else 0.0
-        sender = Peer(peer_argv("send", case, url, address, count, rate, False), logdir,
-                      f"{tag}-send")
+        sender = Peer(peer_argv("send", case, url, address, count, rate, False, root),
+                      logdir, f"{tag}-send", root=root)
         budget = 120 + count / 200
         sent = sender.read_json(budget)
         received = receiver.read_json(IDLE + 60)
