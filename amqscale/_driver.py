@@ -75,9 +75,32 @@ class Driver:
         if self.closed:
             raise ContainerClosed("the Container is closed")
         slot.queued = []
-        handle = self.handles[slot.index]
         record = self._record
-        groups = [queued]
+        p.encode_into(queued, record)
+        if len(record) > self.max_record_size:
+            self._write_split(slot, queued, timeout)
+        else:
+            self._write_record(slot, record, queued, timeout)
+        self._handed_over_at[slot.index] = time.monotonic()
+
+    def _write_record(self, slot: WorkerSlot, record: bytearray, commands: list[p.Command],
+                      timeout: float | None) -> bool:
+        """One record of `commands`; False if the worker is dead (reported to the core)."""
+        try:
+            self.handles[slot.index].rings.outbound.write(record, timeout=timeout)
+        except TimeoutError:
+            slot.queued = commands + slot.queued
+            raise
+        except PeerDied:
+            self._worker_died(self.handles[slot.index])
+            return False
+        return True
+
+    def _write_split(self, slot: WorkerSlot, commands: list[p.Command],
+                     timeout: float | None) -> None:
+        """`commands` as several records, each as large as fits, in order."""
+        record = self._record
+        groups = [commands]
         while groups:
             group = groups.pop()
             p.encode_into(group, record)
@@ -85,14 +108,11 @@ class Driver:
                 groups += reversed(_split(group))
                 continue
             try:
-                handle.rings.outbound.write(record, timeout=timeout)
-            except TimeoutError:
-                slot.queued = [c for g in (group, *reversed(groups)) for c in g] + slot.queued
+                if not self._write_record(slot, record, group, timeout):
+                    return
+            except TimeoutError:  # the rest goes after what _write_record put back
+                slot.queued[len(group):len(group)] = [c for g in reversed(groups) for c in g]
                 raise
-            except PeerDied:
-                self._worker_died(handle)
-                return
-        self._handed_over_at[slot.index] = time.monotonic()
 
     def write_all(self, timeout: float | None = None) -> None:
         for slot in self.core.slots:
