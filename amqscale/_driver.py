@@ -181,7 +181,8 @@ class Driver:
             for record in handle.rings.inbound.read_batch():
                 got = True
                 try:
-                    core.handle_events(slot, p.decode_events(record))
+                    with self.lock:  # the linger thread queues commands meanwhile
+                        core.handle_events(slot, p.decode_events(record))
                 except Exception as exc:  # keep reading: later records matter as much
                     error = error or exc
             self.supervisor.check_alive(handle)
@@ -215,10 +216,21 @@ class Driver:
                 inbound = handle.rings.inbound
                 inbound.unpark(drain=inbound.fileno() in readable)
 
+    def refresh(self) -> None:
+        """Apply what the workers published and notice any that exited (without waiting):
+        before placing new work, so that none goes to a dead worker."""
+        pidfds = [h.pidfd for h in self.handles if not h.dead and h.pidfd is not None]
+        exited = select.select(pidfds, [], [], 0)[0] if pidfds else []
+        for handle in self.handles:
+            if handle.pidfd in exited:
+                handle.exit_seen = True
+        self.pump(0)
+
     def _check_workers(self) -> None:
         for handle in self.handles:
             if handle.dead and self.core.slots[handle.index].failure is None:
-                self._worker_died(handle)
+                with self.lock:
+                    self._worker_died(handle)
 
     def _worker_died(self, handle: WorkerHandle) -> None:
         handle.dead = True

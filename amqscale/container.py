@@ -107,7 +107,7 @@ class Container:
         _check_positive(shards, "shards")
         if parsed.tls:
             raise NotImplementedError("amqps:// (TLS) is not supported yet")
-        driver.pump(0)  # notice workers that died since the last call: place none there
+        driver.refresh()  # notice workers that died since the last call: place none there
         with driver.lock:
             state = self._core.open_connection(
                 parsed, shards, virtual_host=virtual_host, user=user or parsed.user,
@@ -140,7 +140,7 @@ class Container:
         parsed = parse_url(url)
         _check_positive(credit, "credit")
         limit = _check_limit(max_message_size)
-        driver.pump(0)
+        driver.refresh()
         core = self._core
         if core.slots[0].failure is not None:
             raise core.slots[0].failure  # the accepting worker is gone

@@ -122,7 +122,11 @@ def test_worker_killed_mid_stream_the_other_shard_goes_on() -> None:
         assert (failure is None) == (not lost)
         assert failure is None or f"{len(lost)} message(s) unsettled" in str(failure)
         assert all(not t.settled and t.payload for t in lost)
-        assert all(t.accepted for t in trackers)  # every one after the kill: shard 1
+        # Sent after the kill: accepted over shard 1, or (handed to worker 0 before its
+        # death was noticed) listed for replay.
+        listed = {(t._batch, t._index) for t in lost}
+        assert all(t.accepted or (t._batch, t._index) in listed for t in trackers)
+        assert sum(t.accepted for t in trackers) >= 1500
         container.close()
         assert wait_gone(pids) == []
         assert shm_segments() == set()
