@@ -173,7 +173,9 @@ def run(config: BenchConfig) -> BenchResult:
 
 
 def _send(config: BenchConfig, url: str) -> BenchResult:
-    result = BenchResult(config=asdict(config))
+    # The URL as str(URL) has it: what a report or its JSON shows, never the password.
+    shown = str(parse_url(config.url)) if config.url else None
+    result = BenchResult(config=dict(asdict(config), url=shown))
     filler = b"x" * max(0, config.size - (0 if config.messages else _SEQ.size))
     with Container(workers=config.workers) as container:
         user = psutil.Process()
