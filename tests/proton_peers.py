@@ -160,10 +160,11 @@ class Sink(_Peer):
     """Listens; grants `credit` to each sender that attaches and never settles (unless
     `accept`). Records each message it got (`messages`, in order of arrival)."""
 
-    def __init__(self, credit: int = 1000, accept: bool = False, port: int | None = None
-                 ) -> None:
+    def __init__(self, credit: int = 1000, accept: bool = False, port: int | None = None,
+                 max_message_size: int = 0) -> None:
         super().__init__(prefetch=0, auto_accept=False)
         self.credit = credit
+        self.max_message_size = max_message_size  # announced in the attach; 0: none
         self.accept_all = accept
         self.port = port or free_port()
         self.messages: list[Message] = []
@@ -180,6 +181,8 @@ class Sink(_Peer):
         self.mirror(event.link)
         if event.link.is_receiver:
             self.links_opened += 1
+            if self.max_message_size:
+                event.link.max_message_size = self.max_message_size
             event.link.flow(self.credit)
 
     def on_message(self, event: Any) -> None:
