@@ -42,7 +42,10 @@ class _Peer(MessagingHandler):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._stopping = False
+        self._stop_by = 0.0
         self._thread: threading.Thread | None = None
+        self.acceptor: Any = None
+        self.connections: list[Any] = []
         self.error: BaseException | None = None
         self.started = threading.Event()
 
@@ -69,9 +72,24 @@ class _Peer(MessagingHandler):  # type: ignore[misc]
     def begin(self, container: Any) -> None:
         raise NotImplementedError
 
+    def on_connection_opened(self, event: Any) -> None:
+        self.connections.append(event.connection)
+
     def on_timer_task(self, event: Any) -> None:
         if self._stopping:
-            event.container.stop()
+            # Close cleanly first (proton's stop() alone leaves the sockets open).
+            if not self._stop_by:
+                self._stop_by = time.monotonic() + 3
+                if self.acceptor is not None:
+                    self.acceptor.close()
+                for conn in self.connections:
+                    if not conn.state & Endpoint.LOCAL_CLOSED:
+                        conn.close()
+            if time.monotonic() > self._stop_by or all(
+                    c.state & Endpoint.REMOTE_CLOSED for c in self.connections):
+                event.container.stop()
+                return
+            event.container.schedule(TICK, self)
             return
         self.tick()
         event.container.schedule(TICK, self)
@@ -80,9 +98,13 @@ class _Peer(MessagingHandler):  # type: ignore[misc]
         pass
 
     def stop(self) -> None:
+        """End the reactor; raises what failed in the peer's own code, if anything did."""
         self._stopping = True
         if self._thread is not None:
             self._thread.join(10)
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise RuntimeError(f"the {type(self).__name__} peer failed") from error
 
     def __enter__(self) -> Any:
         return self.start()
@@ -120,7 +142,7 @@ class Source(_Peer):
         return f"amqp://127.0.0.1:{self.port}"
 
     def begin(self, container: Any) -> None:
-        container.listen(f"127.0.0.1:{self.port}")
+        self.acceptor = container.listen(f"127.0.0.1:{self.port}")
 
     def on_link_opening(self, event: Any) -> None:
         self.mirror(event.link)
@@ -160,12 +182,13 @@ class Sink(_Peer):
     """Listens; grants `credit` to each sender that attaches and never settles (unless
     `accept`). Records each message it got (`messages`, in order of arrival)."""
 
-    def __init__(self, credit: int = 1000, accept: bool = False, port: int | None = None,
-                 max_message_size: int = 0) -> None:
+    def __init__(self, credit: int = 1000, accept: bool | Callable[[Message], bool] = False,
+                 port: int | None = None, max_message_size: int = 0) -> None:
         super().__init__(prefetch=0, auto_accept=False)
         self.credit = credit
         self.max_message_size = max_message_size  # announced in the attach; 0: none
-        self.accept_all = accept
+        # True: accept every message; a callable: accept those it says yes to.
+        self.accept_if = accept if callable(accept) else (lambda message: accept)
         self.port = port or free_port()
         self.messages: list[Message] = []
         self.links_opened = 0
@@ -175,7 +198,7 @@ class Sink(_Peer):
         return f"amqp://127.0.0.1:{self.port}"
 
     def begin(self, container: Any) -> None:
-        container.listen(f"127.0.0.1:{self.port}")
+        self.acceptor = container.listen(f"127.0.0.1:{self.port}")
 
     def on_link_opening(self, event: Any) -> None:
         self.mirror(event.link)
@@ -187,7 +210,7 @@ class Sink(_Peer):
 
     def on_message(self, event: Any) -> None:
         self.messages.append(event.message)
-        if self.accept_all:
+        if self.accept_if(event.message):
             self.accept(event.delivery)
 
 
