@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from proton import Delivery, Endpoint, Message
+from proton import Condition, Delivery, Endpoint, Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
@@ -126,9 +126,12 @@ class Source(_Peer):
     (`sent`), each message's outcome by id (`outcomes`), and whether the link was closed.
     """
 
-    def __init__(self, count: int, body: bytes = b"x", port: int | None = None) -> None:
+    def __init__(self, count: int, body: bytes = b"x", port: int | None = None,
+                 close_with: str | None = None) -> None:
         super().__init__(prefetch=0, auto_accept=False, auto_settle=True)
         self.count = count
+        # Detach once every message is settled: "" cleanly, else with this condition.
+        self.close_with = close_with
         self.body = body
         self.port = port or free_port()
         self.sent = 0
@@ -168,6 +171,10 @@ class Source(_Peer):
     def _outcome(self, event: Any) -> None:
         delivery = event.delivery
         self.outcomes[delivery.tag_id] = _STATES.get(delivery.remote_state, "?")
+        if self.close_with is not None and len(self.outcomes) == self.count:
+            if self.close_with:
+                event.link.condition = Condition(self.close_with, "closed by the test")
+            event.link.close()
 
     on_accepted = on_rejected = on_released = on_modified = _outcome
 
