@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from proton import Condition, Delivery, Endpoint, Message
 from proton.handlers import MessagingHandler
@@ -36,7 +36,10 @@ _STATES = {Delivery.ACCEPTED: "accepted", Delivery.REJECTED: "rejected",
            Delivery.RELEASED: "released", Delivery.MODIFIED: "modified"}
 
 
-class _Peer(MessagingHandler):  # type: ignore[misc]
+_P = TypeVar("_P", bound="_Peer")
+
+
+class _Peer(MessagingHandler):
     """A reactor in a thread; `stop()` ends it at its next tick."""
 
     def __init__(self, **kwargs: Any) -> None:
@@ -49,7 +52,7 @@ class _Peer(MessagingHandler):  # type: ignore[misc]
         self.error: BaseException | None = None
         self.started = threading.Event()
 
-    def start(self) -> _Peer:
+    def start(self: _P) -> _P:
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=type(self).__name__)
         self._thread.start()
@@ -106,7 +109,7 @@ class _Peer(MessagingHandler):  # type: ignore[misc]
             error, self.error = self.error, None
             raise RuntimeError(f"the {type(self).__name__} peer failed") from error
 
-    def __enter__(self) -> Any:
+    def __enter__(self: _P) -> _P:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -165,7 +168,7 @@ class Source(_Peer):
         self.credit_seen.append(link.credit)
         while link.credit > 0 and self.sent < self.count:
             delivery = link.send(Message(id=self.sent, body=self.body))
-            delivery.tag_id = self.sent  # type: ignore[attr-defined]
+            delivery.tag_id = self.sent
             self.sent += 1
 
     def _outcome(self, event: Any) -> None:
@@ -254,7 +257,7 @@ class ClientSender(_Peer):
         self.credit_seen.append(link.credit)
         while link.credit > 0 and self.sent < self.count:
             delivery = link.send(Message(id=self.sent, body=b"from proton"))
-            delivery.tag_id = self.sent  # type: ignore[attr-defined]
+            delivery.tag_id = self.sent
             self.sent += 1
 
     def _outcome(self, event: Any) -> None:

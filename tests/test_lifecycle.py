@@ -248,12 +248,12 @@ def test_receiver_close_gives_prefetched_back_to_rabbitmq(rabbitmq: RabbitMQ,
             delivery.accept()
         first.close()
         second = conn.open_receiver(address, credit=100)
-        ids = []
+        ids: list[object] = []
         while len(ids) < 17:
             delivery = second.receive(timeout=20)
             ids.append(delivery.message.id)
             delivery.accept()
-        assert sorted(ids) == list(range(3, 20))
+        assert sorted(int(i) for i in ids) == list(range(3, 20))  # type: ignore[call-overload]
         with pytest.raises(TimeoutError):
             second.receive(timeout=1)
 

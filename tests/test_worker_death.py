@@ -13,21 +13,26 @@ import threading
 import time
 
 import pytest
+from proton import Message
 from proton_peers import Sink, Source, wait_for
 from support import wait_gone
 
 import amqscale
 
 
-def _ids(sink: Sink) -> list[object]:
-    return [m.id for m in list(sink.messages)]
+def _id(message: Message) -> int:
+    return int(message.id)  # type: ignore[arg-type]
+
+
+def _ids(sink: Sink) -> list[int]:
+    return [_id(m) for m in list(sink.messages)]
 
 
 def test_worker_died_lists_every_unsettled_message_for_a_resend() -> None:
     """300 messages reach a peer that settles only ids below 100; the worker is killed.
     Sender.unsettled lists exactly the other 200; resent through a new Container, every
     id arrives exactly once."""
-    with Sink(credit=10_000, accept=lambda m: m.id < 100) as first, \
+    with Sink(credit=10_000, accept=lambda m: _id(m) < 100) as first, \
             Sink(credit=10_000, accept=True) as second:
         container = amqscale.Container(workers=1)
         try:
