@@ -13,6 +13,7 @@ Faces wait with :meth:`Driver.wait`: a predicate over core state and a deadline.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import threading
 import time
@@ -52,6 +53,7 @@ class Driver:
             self.supervisor.stop()
             raise
         self.linger = _Linger(self)
+        self.watcher = _Watcher(self)
 
     # ---- writing --------------------------------------------------------------------------
 
@@ -172,23 +174,36 @@ class Driver:
 
     def _drain(self) -> bool:
         """Hand each record to the core whole; True if there was any."""
-        core = self.core
         got = False
         error: BaseException | None = None
-        for handle, slot in zip(self.handles, core.slots, strict=True):
+        for handle in self.handles:
             if handle.dead:
                 continue
-            for record in handle.rings.inbound.read_batch():
-                got = True
+            # Under the lock: the linger thread queues commands meanwhile, and the
+            # watcher takes a dead worker's last records (one reader at a time).
+            with self.lock:
                 try:
-                    with self.lock:  # the linger thread queues commands meanwhile
-                        core.handle_events(slot, p.decode_events(record))
+                    got = self._apply(handle) or got
                 except Exception as exc:  # keep reading: later records matter as much
                     error = error or exc
-            self.supervisor.check_alive(handle)
+                self.supervisor.check_alive(handle)
         if error is not None:
             raise error
         return got
+
+    def _apply(self, handle: WorkerHandle) -> bool:
+        """Apply what `handle`'s worker published (the caller holds the lock)."""
+        slot = self.core.slots[handle.index]
+        error: BaseException | None = None
+        records = handle.rings.inbound.read_batch()
+        for record in records:
+            try:
+                self.core.handle_events(slot, p.decode_events(record))
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+        return bool(records)
 
     def _park(self, timeout: float | None) -> None:
         """Sleep until a worker publishes, dies, or the timeout passes (no lost wake-up)."""
@@ -267,6 +282,8 @@ class Driver:
         First the partial batches are handed over; settlements only if `settlements`:
         waiting for messages needs none, and the linger thread takes them within LINGER,
         which spares the worker a wake-up per message received."""
+        if ready():  # what is known already is answered, even after close()
+            return
         self.check_open()
         self.flush(settlements)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -280,10 +297,11 @@ class Driver:
     # ---- closing --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Hand over what is batched, stop the linger thread and the workers."""
+        """Hand over what is batched, stop the threads and the workers."""
         if self.closed:
             return
         self.linger.stop()
+        self.watcher.stop()
         with self.lock:
             # Settlements and sends still batched go first: the peer must not see the
             # connection close with messages this side already took care of.
@@ -291,7 +309,7 @@ class Driver:
                 self.core.hand_over_dirty()
                 self.write_all(timeout=1.0)
             self.closed = True
-            self.core.close(ContainerClosed("the Container is closed"))
+            self.core.close()
             self.supervisor.stop()
 
 
@@ -377,4 +395,55 @@ def _linger_loop(driver_ref: weakref.ref[Driver], pending: threading.Event,
             pending.set()
         except Exception:  # never die: the calls that wait see the state this left
             traceback.print_exc()
+        del driver
+
+
+class _Watcher:
+    """Notices a worker's exit as it happens: a thread asleep on the workers' pidfds.
+
+    Without it a death is seen only when a call next waits, and a sender would go on
+    handing messages to the dead worker's ring in the meantime (they would be kept, but
+    not sent). On an exit it applies what the worker published last, then reports it dead
+    to the core, under the driver's lock, so that no new work goes to it. Asleep in
+    select() it costs nothing; it holds the driver weakly.
+    """
+
+    def __init__(self, driver: Driver) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        pidfds = {h.pidfd: h.index for h in driver.handles if h.pidfd is not None}
+        self._thread = threading.Thread(
+            target=_watch, args=(weakref.ref(driver), pidfds, self._wake_r),
+            name="amqscale-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        os.write(self._wake_w, b"x")
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+
+def _watch(driver_ref: weakref.ref[Driver], pidfds: dict[int, int], wake_fd: int) -> None:
+    while pidfds:
+        try:
+            ready = select.select([wake_fd, *pidfds], [], [])[0]
+        except OSError:  # a pidfd closed under us: the Container is stopping
+            return
+        driver = driver_ref()
+        if wake_fd in ready or driver is None:
+            return
+        for fd in ready:
+            handle = driver.handles[pidfds.pop(fd)]
+            handle.exit_seen = True
+            with driver.lock:
+                if driver.closed or handle.dead:
+                    continue
+                try:
+                    driver._apply(handle)  # its last words first
+                except Exception:
+                    traceback.print_exc()
+                driver.supervisor.check_alive(handle)
+                if handle.dead:
+                    driver._worker_died(handle)
         del driver

@@ -214,6 +214,7 @@ class Connection:
         _check_positive(window, "window")
         limit = _check_limit(max_message_size)
         driver = self._driver
+        self._state.check_usable()
         driver.check_open()
         with driver.lock:
             state = driver.core.open_sender(self._state, address, window, presettled, name,
@@ -233,6 +234,7 @@ class Connection:
         _check_positive(credit, "credit")
         limit = _check_limit(max_message_size)
         driver = self._driver
+        self._state.check_usable()
         driver.check_open()
         with driver.lock:
             state = driver.core.open_receiver(self._state, address, credit, name,
@@ -318,14 +320,15 @@ class Listener:
         return len(self._state.receiver.links)
 
     def close(self) -> None:
-        """Stop accepting; connections already accepted stay until they close."""
+        """Stop accepting and close the receiver: what was delivered and not taken is
+        released, the inbound links are detached; accepted connections stay open until
+        their peers close them."""
         state = self._state
         if state.closed:
             return
         driver = self._driver
-        state.receiver.closed = True
         if driver.closed:
-            state.closed = True
+            state.closed = state.receiver.closed = True
             return
         with driver.lock:
             driver.core.close_listener(state)

@@ -471,7 +471,7 @@ class ReceiverState:
     """A Receiver's links and the arrivals buffered for the user, in arrival order."""
 
     __slots__ = ("address", "credit", "auto_accept", "endless", "links", "buffer",
-                 "position", "closed", "waiter")
+                 "position", "closed", "ended", "waiter")
 
     def __init__(self, address: str | None, credit: int, auto_accept: bool = False,
                  endless: bool = False) -> None:
@@ -484,6 +484,7 @@ class ReceiverState:
         self.buffer: deque[Arrival] = deque()
         self.position = 0  # how many of the buffer's first arrival were taken
         self.closed = False
+        self.ended: Exception | None = None  # a listener's: why nothing more can come
         self.waiter: Any = None
 
     def on_link_closed(self, link: ReceiverLink) -> None:
@@ -493,10 +494,12 @@ class ReceiverState:
 
     def all_failed(self) -> bool:
         if self.endless:
-            return self.closed
+            return self.closed or self.ended is not None
         return bool(self.links) and all(x.failure for x in self.links.values())
 
     def failure(self) -> Exception:
+        if self.ended is not None:
+            return self.ended
         for link in self.links.values():
             if link.failure is not None:
                 return link.failure
@@ -763,7 +766,11 @@ class ClientCore:
                                     max_message_size=listener.max_message_size))
 
     def close_listener(self, listener: ListenerState) -> None:
-        listener.closed = True
+        """Stop accepting; release what was delivered and not taken, detach the inbound
+        links (remote senders): the listener's receiver is closed with it."""
+        listener.closed = listener.receiver.closed = True
+        self.release_untaken(listener.receiver)
+        self.close_links(list(listener.receiver.links.values()))
         for slot in self.live_slots():
             slot.queue(p.CloseListener(listener.id))
         self.listeners.pop(listener.id, None)
@@ -838,19 +845,21 @@ class ClientCore:
             if target.slot is slot and target.failure is None:
                 target.failure = failure
         for listener in self.listeners.values():
-            if slot.index == 0 and listener.failure is None:
-                listener.failure = failure
+            if slot.index == 0 and listener.failure is None:  # the accepting worker
+                listener.failure = listener.receiver.ended = failure
 
-    def close(self, failure: Exception) -> None:
-        """The Container closed: every connection, link and listener fails with `failure`
-        (what a later call on any of them raises)."""
+    def close(self) -> None:
+        """The Container closed: every connection, link and listener is closed, and a
+        later call on one raises what a call on a closed one raises."""
         self.closed = True
         for target in self.routes.values():
             if target.failure is None:
-                target.failure = failure
+                target.failure = (
+                    ConnectionFailed("the connection is closed: its Container closed")
+                    if type(target) is Shard else
+                    LinkDetached("the link is closed: its Container closed"))
         for listener in self.listeners.values():
-            listener.failure = listener.failure or failure
-            listener.receiver.closed = True
+            listener.closed = listener.receiver.closed = True
 
     # ---- batching ---------------------------------------------------------------------------
 

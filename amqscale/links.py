@@ -455,6 +455,8 @@ class Sender:
         Raises the failure of a link (shard) that ended with messages unsettled (they
         stay in `unsettled`); the other links' messages are waited for first."""
         state = self._state
+        if state.closed:
+            raise LinkDetached(f"sender to {self.address!r} is closed")
         self._driver.wait(state.all_settled, timeout,
                           f"every message to {self.address!r} to be settled")
         failed = state.failed_with_unsettled()

@@ -155,9 +155,8 @@ def test_inbound_links_leave_the_listener_when_closed_remotely() -> None:
         wait_for(settled, 10, "the server's connections to end")
         with pytest.raises(TimeoutError):
             listener.receiver.receive(timeout=0.5)  # it pumps the closes in
-        # The Listener's receiver keeps no link of a closed connection (private name;
-        # adjust if the rebuild renames it).
-        assert len(listener.receiver._links) == 0
+        # The Listener keeps no link of a closed connection.
+        assert listener.links == 0
 
 
 def test_listen_on_a_port_in_use_fails_at_the_call() -> None:
