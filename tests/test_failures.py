@@ -98,7 +98,7 @@ def test_messages_larger_than_the_ring_cross_in_parts_both_ways() -> None:
 
 
 def test_worker_killed_mid_stream_the_other_shard_goes_on() -> None:
-    receiver = ChildReceiver(None, "kill", 10**9, idle=5)
+    receiver = ChildReceiver(None, "kill", 10**9, idle=30)
     try:
         container = amqscale.Container(workers=2)
         pids = container.worker_pids()
