@@ -26,7 +26,10 @@ from ..ipc.ring import RingPair, RingPairHandles, RingReader, RingWriter
 from . import protocol as p
 from .engine import Connection, Engine, Listener
 
-RECORD_BUDGET = 256 * 1024  # seal an event record once its payloads pass this size
+# What an event costs in a record besides its payload bytes (msgpack headers, ids), a bound
+# for the budget; events with no payloads are sized by encoding them (they are rare).
+PAYLOAD_OVERHEAD = 8
+EVENT_OVERHEAD = 64
 SHUTDOWN_GRACE = 2.0  # seconds to close connections cleanly on Shutdown
 TICK_INTERVAL = 0.1  # idle timeouts are checked this often (AMQP heartbeats are seconds)
 PR_SET_PDEATHSIG = 1
@@ -37,7 +40,12 @@ class Worker:
         self.index = index
         self.commands = commands
         self.events = events
-        self.engine = Engine(index, self._emit)
+        max_record = events.max_record_size
+        # Records are sealed at `budget` bytes; one more event of at most `event_limit`
+        # bytes then still fits (see p.record_budget).
+        self.budget = p.record_budget(max_record)
+        self.event_limit = p.fragment_size(max_record)
+        self.engine = Engine(index, self._emit, fragment=self.event_limit)
         self.selector = selectors.DefaultSelector()
         self.masks: dict[int, int] = {}
         self.pending: list[p.Event] = []
@@ -52,11 +60,32 @@ class Worker:
     # ---- events out ----------------------------------------------------------------------
 
     def _emit(self, event: p.Event) -> None:
+        """Add an event to the pass's record; seal the record once it reaches the budget."""
+        if isinstance(event, p.Deliveries):  # once per batch, not per message
+            payloads = event.payloads
+            size = sum(map(len, payloads)) + PAYLOAD_OVERHEAD * len(payloads)
+            if size > self.event_limit and len(payloads) > 1:
+                for piece in split_deliveries(event, self.event_limit):
+                    self._emit(piece)
+                return
+        else:
+            size = self._event_size(event)
         self.pending.append(event)
-        if type(event) is p.Deliveries:
-            self.pending_bytes += sum(map(len, event.payloads))
-        if self.pending_bytes >= RECORD_BUDGET:
+        self.pending_bytes += size
+        if self.pending_bytes >= self.budget:
             self._seal()
+
+    @staticmethod
+    def _event_size(event: p.Event) -> int:
+        """A bound on what an event adds to a record."""
+        if isinstance(event, p.Outcomes):
+            annotations = len(event.annotations) if event.annotations else 0
+            return PAYLOAD_OVERHEAD * len(event.runs) + EVENT_OVERHEAD + annotations
+        if isinstance(event, p.DeliveryPart):
+            return len(event.chunk) + EVENT_OVERHEAD
+        if isinstance(event, p.Credit):
+            return EVENT_OVERHEAD
+        return len(p.encode(event))  # rare; conditions and addresses come from peers
 
     def _seal(self) -> None:
         if self.pending:
@@ -225,6 +254,30 @@ class Worker:
             self.masks[key] = want
         else:
             self.masks.pop(key, None)
+
+
+def split_deliveries(event: p.Deliveries, limit: int) -> list[p.Deliveries]:
+    """`event` as consecutive Deliveries of at most `limit` bytes each (one payload over
+    the limit goes alone: the engine never gathers one larger than the limit)."""
+    pieces: list[p.Deliveries] = []
+    settled = set(event.settled or ())
+    start = size = 0
+    payloads = event.payloads
+    for i, payload in enumerate(payloads):
+        cost = len(payload) + PAYLOAD_OVERHEAD
+        if size and size + cost > limit:
+            pieces.append(_deliveries_slice(event, start, i, settled))
+            start, size = i, 0
+        size += cost
+    pieces.append(_deliveries_slice(event, start, len(payloads), settled))
+    return pieces
+
+
+def _deliveries_slice(event: p.Deliveries, start: int, end: int,
+                      settled: set[int]) -> p.Deliveries:
+    positions = [i - start for i in range(start, end) if i in settled]
+    return p.Deliveries(event.link, event.first_id + start, event.payloads[start:end],
+                        positions or None)
 
 
 def _die_with_parent(parent_pid: int) -> None:
