@@ -3,8 +3,11 @@
 proton-python's MessagingHandler spends ~350 Python calls per message on event dispatch and
 wrapper objects; this module calls the C functions that python-qpid-proton ships
 (`cproton_ffi.lib`) with pre-allocated buffers instead: about ten C calls per message. It is
-sans-IO towards the rings: commands come in through `handle()`, events go out through the
-`emit` callback; sockets are its own, and `worker.py` tells it which are ready.
+sans-IO: commands come in through `handle()`, events go out through the `emit` callback,
+and each connection's bytes go in through `push()` and out through `peek()`/`pop()`. What
+needs the network (connect, listen, a dropped connection's socket) it leaves in request
+lists that `network.Network` takes; it owns no socket and resolves no name, so a unit test
+drives it with bytes.
 
 One collector serves every connection of the worker. cffi pointers hash by address, so the
 dicts below map C objects (connections, links, deliveries) to their Python state.
@@ -12,10 +15,7 @@ dicts below map C objects (connections, links, deliveries) to their Python state
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import socket
 import sys
 import traceback
 from collections import deque
@@ -198,39 +198,36 @@ class Link:
 
 
 class Connection:
-    """One AMQP connection: its socket, transport, session and links."""
+    """One AMQP connection: its transport, session and links; `io` is the network's."""
 
     __slots__ = (
-        "id", "sock", "ptr", "transport", "session", "links", "connecting", "closed_sent",
-        "listener", "want_write", "opened", "stalled", "address",
+        "id", "io", "ptr", "transport", "session", "links", "closed_sent",
+        "listener", "opened", "stalled", "address",
     )
 
-    def __init__(self, conn_id: int, sock: socket.socket, listener: int | None) -> None:
+    def __init__(self, conn_id: int, listener: int | None, address: str = "") -> None:
         self.id = conn_id
-        self.sock = sock
+        self.io: Any = None
         self.ptr: Any = ffi.NULL
         self.transport: Any = ffi.NULL
         self.session: Any = ffi.NULL
         self.links: dict[Any, Link] = {}
-        self.connecting = False
         self.closed_sent = False
         self.listener = listener
-        self.want_write = False
         self.opened = False
         # Links whose message in parts waits for the transport to take bytes.
         self.stalled: set[Link] = set()
-        self.address = ""  # the peer's host:port, for error messages
+        self.address = address  # the peer's host:port, for error messages
 
 
 class Listener:
-    """A listener's settings; `sock` only on the worker that accepts (worker 0)."""
+    """A listener's settings (the network holds its socket, on the worker that accepts)."""
 
-    __slots__ = ("id", "sock", "container_id", "credit", "max_message_size")
+    __slots__ = ("id", "container_id", "credit", "max_message_size")
 
-    def __init__(self, listener_id: int, sock: socket.socket | None, container_id: str,
-                 credit: int, max_message_size: int = 0):
+    def __init__(self, listener_id: int, container_id: str, credit: int,
+                 max_message_size: int = 0):
         self.id = listener_id
-        self.sock = sock
         self.container_id = container_id
         self.credit = credit
         self.max_message_size = max_message_size
@@ -257,14 +254,18 @@ class Engine:
         self.next_inbound_conn = -1  # inbound connections get negative ids
         self.sent = 0  # messages written to the engine, for WorkerStats
         self.received = 0  # messages taken from it
-        # Accepted connections are dealt round-robin over the workers (see accept()).
-        self.handoff: list[socket.socket] = []
-        self.next_handoff = 0
-        self._in = bytearray(IO_CHUNK)
-        self._in_c = ffi.from_buffer(self._in)
+        # For the network: connections to make, listeners to bind or close, dropped
+        # connections whose sockets it closes. It takes them after each step.
+        self.connect_requests: list[tuple[Connection, p.OpenConnection]] = []
+        self.listen_requests: list[p.Listen] = []
+        self.closed_listeners: list[int] = []
+        self.dropped: list[Connection] = []
+        # The network reads sockets into input_buffer and sends from output.
+        self.input_buffer = bytearray(IO_CHUNK)
+        self._in_c = ffi.from_buffer(self.input_buffer)
         self._out = bytearray(IO_CHUNK)
         self._out_c = ffi.from_buffer(self._out)
-        self._out_view = memoryview(self._out)
+        self.output = memoryview(self._out)
         self._recv = bytearray(RECV_BUFFER)
         self._recv_c = ffi.from_buffer(self._recv)
         self._recv_view = memoryview(self._recv)
@@ -272,10 +273,6 @@ class Engine:
         self._tag = ffi.new("pn_bytes_t *", (8, self._tag_buf))[0]
         # Links with deliveries or outcomes gathered in this pump (see flush_events).
         self._dirty: list[Link] = []
-        # Sockets to (re)register with the loop. A dropped connection's socket comes here
-        # still open: the loop unregisters it, then closes it (a closed socket cannot be
-        # unregistered, and its fd number would stay in the selector's map).
-        self.socket_changes: list[Connection] = []
         self._handlers: dict[type, Callable[[Any], None]] = {
             p.Send: self._send, p.SendPart: self._send, p.Settle: self._settle,
             p.Flow: self._flow,
@@ -330,32 +327,15 @@ class Engine:
             log_internal(exc, "clean-up failed")
 
     def _open_connection(self, cmd: p.OpenConnection) -> None:
-        try:
-            family, _, _, _, addr = socket.getaddrinfo(
-                cmd.host, cmd.port, type=socket.SOCK_STREAM
-            )[0]
-        except OSError as exc:
-            self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
-                "amqp:connection:failed", f"cannot resolve {cmd.host!r}: {exc}")))
-            return
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(cmd.conn, sock, None)
-        conn.address = f"{cmd.host}:{cmd.port}"
-        rc = sock.connect_ex(addr)
-        if rc not in (0, errno.EINPROGRESS):
-            sock.close()
-            self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
-                "amqp:connection:failed",
-                f"cannot connect to {cmd.host}:{cmd.port}: {errno.errorcode.get(rc, rc)}")))
-            return
-        conn.connecting = rc == errno.EINPROGRESS
+        """Set the connection up; the network resolves, connects and then moves bytes
+        (proton buffers what it writes meanwhile)."""
+        conn = Connection(cmd.conn, None, f"{cmd.host}:{cmd.port}")
         self._start_transport(conn, cmd.container_id, server=False,
                               configure=lambda: self._configure_client(conn, cmd))
         lib.pn_connection_open(conn.ptr)
         conn.session = lib.pn_session(conn.ptr)
         lib.pn_session_open(conn.session)
+        self.connect_requests.append((conn, cmd))
 
     @staticmethod
     def _configure_client(conn: Connection, cmd: p.OpenConnection) -> None:
@@ -391,84 +371,35 @@ class Engine:
         lib.pn_transport_bind(conn.transport, conn.ptr)
         self.connections[conn.id] = conn
         self.by_ptr[conn.ptr] = conn
-        self.socket_changes.append(conn)
 
     def _listen(self, cmd: p.Listen) -> None:
-        if cmd.adopt_only:
-            self.listeners[cmd.listener] = Listener(
-                cmd.listener, None, cmd.container_id, cmd.credit, cmd.max_message_size)
-            self.emit(p.Listening(cmd.listener, cmd.port))
-            return
-        try:
-            family, _, _, _, addr = socket.getaddrinfo(
-                cmd.host, cmd.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError as exc:
-            self.emit(p.ListenFailed(cmd.listener, p.Condition(
-                "amqscale:listen-failed", f"cannot listen on {cmd.host}:{cmd.port}: {exc}")))
-            return
+        """Keep the listener's settings; the network binds (unless adopt_only) and then
+        calls listening() or listen_failed()."""
         self.listeners[cmd.listener] = Listener(
-            cmd.listener, sock, cmd.container_id, cmd.credit, cmd.max_message_size)
-        self.emit(p.Listening(cmd.listener, sock.getsockname()[1]))
+            cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size)
+        if cmd.adopt_only:
+            self.emit(p.Listening(cmd.listener, cmd.port))
+        else:
+            self.listen_requests.append(cmd)
 
-    def accept(self, listener: Listener) -> None:
-        """Take every pending inbound connection and deal them round-robin over the workers.
+    def listening(self, listener_id: int, port: int) -> None:
+        self.emit(p.Listening(listener_id, port))
 
-        The kernel's SO_REUSEPORT spreads connections by a hash, which leaves workers idle
-        when there are few connections; dealing them keeps every core's share equal.
-        """
-        assert listener.sock is not None
-        while True:
-            try:
-                sock, _ = listener.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            turn = self.next_handoff
-            self.next_handoff = (turn + 1) % (len(self.handoff) + 1)
-            if turn and self._hand_off(self.handoff[turn - 1], listener.id, sock):
-                continue
-            self._adopt(listener, sock)
+    def listen_failed(self, listener_id: int, description: str) -> None:
+        self.listeners.pop(listener_id, None)
+        self.emit(p.ListenFailed(listener_id, p.Condition("amqscale:listen-failed",
+                                                          description)))
 
-    @staticmethod
-    def _hand_off(channel: socket.socket, listener_id: int, sock: socket.socket) -> bool:
-        try:
-            socket.send_fds(channel, [listener_id.to_bytes(8, "little")], [sock.fileno()])
-        except OSError:
-            return False  # that worker is gone: keep the connection here
-        sock.close()
-        return True
-
-    def adopt_handed(self, channel: socket.socket) -> bool:
-        """Take the connections worker 0 dealt us; False once worker 0 is gone."""
-        try:
-            data, fds, _, _ = socket.recv_fds(channel, 8, 16)
-        except (BlockingIOError, InterruptedError):
-            return True
-        if not data:
-            return False
-        listener = self.listeners.get(int.from_bytes(data[:8], "little"))
-        for fd in fds:
-            sock = socket.socket(fileno=fd)
-            if listener is None:
-                sock.close()  # closed meanwhile
-            else:
-                self._adopt(listener, sock)
-        return True
-
-    def _adopt(self, listener: Listener, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(self.next_inbound_conn, sock, listener.id)
-        with contextlib.suppress(OSError):
-            host, port = sock.getpeername()[:2]
-            conn.address = f"{host}:{port}"
+    def adopt(self, listener_id: int, address: str) -> Connection | None:
+        """An inbound connection arrived for a listener: a server transport for it (None
+        if the listener was closed meanwhile)."""
+        listener = self.listeners.get(listener_id)
+        if listener is None:
+            return None
+        conn = Connection(self.next_inbound_conn, listener.id, address)
         self.next_inbound_conn -= 1
         self._start_transport(conn, listener.container_id, server=True)
+        return conn
 
     def _open_link(self, cmd: p.OpenLink) -> None:
         conn = self.connections.get(cmd.conn)
@@ -652,9 +583,8 @@ class Engine:
             lib.pn_connection_close(conn.ptr)
 
     def _close_listener(self, listener_id: int) -> None:
-        listener = self.listeners.pop(listener_id, None)
-        if listener is not None and listener.sock is not None:
-            listener.sock.close()
+        if self.listeners.pop(listener_id, None) is not None:
+            self.closed_listeners.append(listener_id)
 
     def close_all(self) -> None:
         for listener_id in list(self.listeners):
@@ -662,72 +592,42 @@ class Engine:
         for conn in list(self.connections.values()):
             self._close_connection(p.CloseConnection(conn.id))
 
-    # ---- socket I/O ----------------------------------------------------------------------
+    # ---- bytes in and out (the network calls these) ------------------------------------
 
-    def on_connected(self, conn: Connection) -> None:
-        """A non-blocking connect finished: succeeded, or failed with SO_ERROR."""
-        conn.connecting = False
-        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.fail(conn, f"cannot connect: {errno.errorcode.get(err, err)} "
-                             f"({os.strerror(err)})")
+    def capacity(self, conn: Connection) -> int:
+        """How many bytes the transport takes now; below 0: its input is closed."""
+        return int(lib.pn_transport_capacity(conn.transport))
 
-    def read(self, conn: Connection) -> None:
-        """Move what the socket has into the transport, a slice at a time."""
+    def push(self, conn: Connection, n: int) -> None:
+        """Feed the first `n` bytes of `input_buffer` (at most capacity()) and act on them."""
+        lib.pn_transport_push(conn.transport, self._in_c, n)
+        self.process()
+
+    def close_input(self, conn: Connection) -> None:
+        """The peer closed its side (EOF)."""
+        lib.pn_transport_close_tail(conn.transport)
+        self.process()
+
+    def peek(self, conn: Connection) -> int:
+        """Put up to IO_CHUNK bytes to send in `output`; returns how many (0: nothing to
+        send; -1: the output is closed, nothing more will come)."""
         transport = conn.transport
-        buf_c = self._in_c
-        for _ in range(64):
-            capacity = lib.pn_transport_capacity(transport)
-            if capacity < 0:
-                return  # the tail is closed; the transport will report why
-            if capacity == 0:
-                break  # the engine is full: don't mistake this for EOF
-            wanted = min(capacity, IO_CHUNK)
-            try:
-                n = conn.sock.recv_into(self._in, wanted)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.fail(conn, f"connection lost: {exc}")
-                return
-            if n == 0:
-                lib.pn_transport_close_tail(transport)
-                break
-            lib.pn_transport_push(transport, buf_c, n)
-            self.process()
-            if n < wanted:
-                break  # the socket is drained (the engine takes ~4 KiB at a time)
+        pending = lib.pn_transport_pending(transport)
+        if pending <= 0:
+            return -1 if pending < 0 else 0
+        return int(lib.pn_transport_peek(transport, self._out_c, min(pending, IO_CHUNK)))
 
-    def write(self, conn: Connection) -> None:
-        """Send what the transport has, popping only what the socket took."""
-        transport = conn.transport
-        if transport == ffi.NULL or conn.connecting:
-            return
-        while True:
-            pending = lib.pn_transport_pending(transport)
-            if pending < 0:
-                self._head_closed(conn)
-                return
-            if pending == 0:
-                conn.want_write = False
-                return
-            n = lib.pn_transport_peek(transport, self._out_c, min(pending, IO_CHUNK))
-            try:
-                sent = conn.sock.send(self._out_view[:n])
-            except (BlockingIOError, InterruptedError):
-                conn.want_write = True
-                return
-            except OSError as exc:
-                self.fail(conn, f"connection lost: {exc}")
-                return
-            lib.pn_transport_pop(transport, sent)
-            if sent < n:
-                conn.want_write = True
-                return
+    def pop(self, conn: Connection, n: int) -> None:
+        """The socket took `n` bytes of `output`."""
+        lib.pn_transport_pop(conn.transport, n)
+        if conn.stalled:
+            self.resume_stalled(conn)
 
-    def write_all(self) -> None:
-        for conn in list(self.connections.values()):
-            self.write(conn)
+    def output_closed(self, conn: Connection) -> None:
+        """peek() returned -1 and the network shut its socket's write side: once the input
+        is closed too, the connection is over."""
+        if lib.pn_transport_capacity(conn.transport) < 0:
+            self._drop(conn)
 
     def tick(self, now: float) -> float | None:
         """Idle-timeout processing; returns seconds until the next tick is due."""
@@ -739,12 +639,6 @@ class Engine:
                 wait = max(0.0, (deadline - now_ms) / 1000)
                 soonest = wait if soonest is None else min(soonest, wait)
         return soonest
-
-    def _head_closed(self, conn: Connection) -> None:
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_WR)
-        if lib.pn_transport_capacity(conn.transport) < 0:
-            self._drop(conn)
 
     def fail(self, conn: Connection, description: str,
              name: str = "amqp:connection:failed") -> None:
@@ -774,7 +668,7 @@ class Engine:
                 self.emit(p.ConnectionClosed(conn.id, condition))
         self.connections.pop(conn.id, None)
         self.by_ptr.pop(conn.ptr, None)
-        self.socket_changes.append(conn)
+        self.dropped.append(conn)
 
     def _drop(self, conn: Connection) -> None:
         """Forget a connection whose transport is closed at both ends."""
@@ -786,7 +680,7 @@ class Engine:
             self._connection_ended(conn, condition)
         del self.connections[conn.id]
         del self.by_ptr[conn.ptr]
-        self.socket_changes.append(conn)
+        self.dropped.append(conn)
         lib.pn_transport_unbind(conn.transport)
         lib.pn_decref(conn.transport)
         lib.pn_connection_release(conn.ptr)

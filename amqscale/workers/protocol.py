@@ -121,6 +121,9 @@ class OpenConnection(msgspec.Struct, tag=1, array_like=True):
     tls_verify: bool = True
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Seconds to resolve the host, connect and receive the peer's open; 0: no limit.
+    # On expiry the connection ends with condition "amqscale:connect-timeout".
+    connect_timeout: float = 30.0
 
     def __repr__(self) -> str:  # the password never reaches a log or a traceback
         return (f"OpenConnection(conn={self.conn}, host={self.host!r}, port={self.port}, "
