@@ -202,7 +202,7 @@ class Connection:
 
     __slots__ = (
         "id", "io", "ptr", "transport", "session", "links", "closed_sent",
-        "listener", "opened", "stalled", "address",
+        "listener", "opened", "stalled", "address", "dropped",
     )
 
     def __init__(self, conn_id: int, listener: int | None, address: str = "") -> None:
@@ -218,6 +218,7 @@ class Connection:
         # Links whose message in parts waits for the transport to take bytes.
         self.stalled: set[Link] = set()
         self.address = address  # the peer's host:port, for error messages
+        self.dropped = False  # its transport is gone: the byte methods do nothing
 
 
 class Listener:
@@ -516,7 +517,7 @@ class Engine:
                 self._mark(link)
             return
         link.unsettled[delivery] = part.seq
-        if _remote_state(delivery) or lib.pn_delivery_remote_settled(delivery):
+        if _remote_state(delivery) or lib.pn_delivery_settled(delivery):
             self._on_outcome(link, delivery)  # the peer decided before the last part
 
     def resume_stalled(self, conn: Connection) -> None:
@@ -526,7 +527,13 @@ class Engine:
             conn.stalled.clear()
             for link in stalled:
                 if not link.closed:
-                    self._pump_sender(link)
+                    try:
+                        self._pump_sender(link)
+                    except Exception as exc:  # called from the network: end the link only
+                        log_internal(exc, "sending parts failed")
+                        self._contain(partial(self._end_link, link, p.Condition(
+                            INTERNAL_ERROR, f"link {link.id} on {describe(conn)}: sending "
+                            f"failed: {type(exc).__name__}: {exc}")))
 
     def _settle(self, cmd: p.Settle) -> None:
         link = self.links.get(cmd.link)
@@ -594,31 +601,58 @@ class Engine:
 
     # ---- bytes in and out (the network calls these) ------------------------------------
 
+    # A dropped connection's transport is gone: these then do nothing (what the network
+    # does with the socket of a connection that just ended must not reach proton).
+
     def capacity(self, conn: Connection) -> int:
         """How many bytes the transport takes now; below 0: its input is closed."""
-        return int(lib.pn_transport_capacity(conn.transport))
+        return -1 if conn.dropped else int(lib.pn_transport_capacity(conn.transport))
 
     def push(self, conn: Connection, n: int) -> None:
         """Feed the first `n` bytes of `input_buffer` (at most capacity()) and act on them."""
-        lib.pn_transport_push(conn.transport, self._in_c, n)
-        self.process()
+        if not conn.dropped:
+            lib.pn_transport_push(conn.transport, self._in_c, n)
+            self.process()
 
     def close_input(self, conn: Connection) -> None:
         """The peer closed its side (EOF)."""
-        lib.pn_transport_close_tail(conn.transport)
-        self.process()
+        if not conn.dropped:
+            lib.pn_transport_close_tail(conn.transport)
+            self.process()
 
     def peek(self, conn: Connection) -> int:
         """Put up to IO_CHUNK bytes to send in `output`; returns how many (0: nothing to
         send; -1: the output is closed, nothing more will come)."""
+        if conn.dropped:
+            return -1
         transport = conn.transport
         pending = lib.pn_transport_pending(transport)
         if pending <= 0:
-            return -1 if pending < 0 else 0
+            if pending < 0:
+                return -1
+            if lib.pn_transport_capacity(transport) < 0:
+                return self._stuck(conn)
+            return 0
         return int(lib.pn_transport_peek(transport, self._out_c, min(pending, IO_CHUNK)))
+
+    def _stuck(self, conn: Connection) -> int:
+        """The input ended and nothing more will be written, yet proton keeps the
+        transport open (it does when the input ends inside a frame header): end it."""
+        cond = lib.pn_transport_condition(conn.transport)
+        if not lib.pn_condition_get_name(cond):
+            lib.pn_condition_set_name(cond, b"amqp:connection:framing-error")
+            lib.pn_condition_set_description(
+                cond, f"{describe(conn)}: the input ended inside a frame".encode())
+        lib.pn_transport_close_head(conn.transport)
+        self.process()
+        if not conn.dropped:
+            self._drop(conn)
+        return -1
 
     def pop(self, conn: Connection, n: int) -> None:
         """The socket took `n` bytes of `output`."""
+        if conn.dropped:
+            return
         lib.pn_transport_pop(conn.transport, n)
         if conn.stalled:
             self.resume_stalled(conn)
@@ -626,7 +660,7 @@ class Engine:
     def output_closed(self, conn: Connection) -> None:
         """peek() returned -1 and the network shut its socket's write side: once the input
         is closed too, the connection is over."""
-        if lib.pn_transport_capacity(conn.transport) < 0:
+        if not conn.dropped and lib.pn_transport_capacity(conn.transport) < 0:
             self._drop(conn)
 
     def tick(self, now: float) -> float | None:
@@ -669,6 +703,7 @@ class Engine:
         self.connections.pop(conn.id, None)
         self.by_ptr.pop(conn.ptr, None)
         self.dropped.append(conn)
+        conn.dropped = True  # its proton objects are left as they are: they may be broken
 
     def _drop(self, conn: Connection) -> None:
         """Forget a connection whose transport is closed at both ends."""
@@ -685,6 +720,7 @@ class Engine:
         lib.pn_decref(conn.transport)
         lib.pn_connection_release(conn.ptr)
         conn.transport = ffi.NULL
+        conn.dropped = True
 
     def _connection_ended(self, conn: Connection, condition: p.Condition | None) -> None:
         conn.closed_sent = True
