@@ -254,3 +254,21 @@ def test_split_deliveries_keeps_ids_and_settled_positions() -> None:
     assert [(e.first_id, len(e.payloads), e.settled) for e in pieces] == [
         (10, 2, [1]), (12, 2, [1])]
     assert [m for e in pieces for m in e.payloads] == event.payloads
+
+
+def test_news_of_an_earlier_delivery_does_not_end_a_message_in_parts() -> None:
+    pair = Pair(fragment=FRAGMENT)
+    inbound = pair.open_sender(1, pair.connect())
+    engine = pair.client.engine
+    engine.handle(p.Send(1, 0, [b"first"]))
+    engine.handle(p.SendPart(1, 1, b"a" * 3 * FRAGMENT, last=False))
+    pair.pump()
+    assert pair.server.of(p.DeliveryPart)  # the second message is being streamed
+    (first,) = [d for d, seq in engine.links[1].unsettled.items() if seq == 0]
+    lib.pn_delivery_settle(first)  # the sender settles the first on its own
+    pair.pump()
+    assert not any(e.last for e in pair.server.of(p.DeliveryPart))
+    engine.handle(p.SendPart(1, 1, b"b" * 10, last=True))
+    pair.pump()
+    assert [m for _, m, _ in received(pair.server.events, inbound)] == [
+        b"first", b"a" * 3 * FRAGMENT + b"b" * 10]

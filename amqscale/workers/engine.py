@@ -882,7 +882,7 @@ class Engine:
         lib.pn_terminus_copy(lib.pn_link_target(ptr), lib.pn_link_remote_target(ptr))
         lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
         lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
-        listener = self.listeners.get(conn.listener)  # type: ignore[arg-type]
+        listener = self.listeners.get(conn.listener) if conn.listener is not None else None
         limit = listener.max_message_size if listener is not None else 0
         link = self._new_link(self.next_inbound_link, ptr, conn, is_sender, limit)
         self.next_inbound_link += 1
@@ -1024,6 +1024,8 @@ class Engine:
             link.next_delivery_id += 1
             link.part_size = 0
             link.fast_limit = -1  # every event of the link comes here until it ends
+        elif delivery != lib.pn_link_current(link.ptr):
+            return  # a state change of an earlier delivery, not news of this message
         self._stream(link, delivery)
 
     def _stream(self, link: Link, delivery: Any) -> None:
