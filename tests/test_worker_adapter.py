@@ -272,3 +272,19 @@ def test_news_of_an_earlier_delivery_does_not_end_a_message_in_parts() -> None:
     pair.pump()
     assert [m for _, m, _ in received(pair.server.events, inbound)] == [
         b"first", b"a" * 3 * FRAGMENT + b"b" * 10]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_aborted_transfer_gives_its_credit_back(streamed: bool) -> None:
+    pair = Pair(fragment=FRAGMENT, listen=p.Listen(LISTENER, "", 0, "server", credit=1,
+                                                   adopt_only=True))
+    inbound = pair.open_sender(1, pair.connect())
+    engine = pair.client.engine
+    engine.handle(p.SendPart(1, 0, b"a" * (3 * FRAGMENT if streamed else 100), last=False))
+    pair.pump()
+    link = engine.links[1]
+    lib.pn_delivery_abort(link.out)
+    link.out = None
+    engine.handle(p.Send(1, 1, [b"next"]))  # needs the credit the aborted one used
+    pair.pump()
+    assert [m for _, m, _ in received(pair.server.events, inbound)] == [b"next"]

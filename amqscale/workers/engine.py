@@ -1079,13 +1079,11 @@ class Engine:
     def _on_recv_error(self, link: Link, delivery: Any, code: int) -> None:
         """pn_link_recv failed: the sender aborted the transfer (PN_ABORTED), or proton is
         in a state it should not be (any other code). Drop the delivery; an aborted one
-        gets its credit back (the user never takes it)."""
-        streamed = link.part_id >= 0
+        gets its credit back here (the user side neither takes nor settles it)."""
         self._abort_stream(link)
         _settle(delivery)  # also advances the link past it
         if code == PN_ABORTED:
-            if not streamed:
-                lib.pn_link_flow(link.ptr, 1)
+            lib.pn_link_flow(link.ptr, 1)
             return
         self._end_link(link, p.Condition(
             "amqscale:internal-error",
