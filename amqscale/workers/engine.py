@@ -809,9 +809,18 @@ class Engine:
                 conn = self.by_ptr.get(lib.pn_transport_connection(lib.pn_event_transport(event)))
                 if conn is not None:
                     pop(collector)
-                    self._drop(conn)
+                    self._drop_popped(conn)
                     continue
             pop(collector)
+
+    def _drop_popped(self, conn: Connection) -> None:
+        """_drop() for an event already popped: a failure must not be blamed on the
+        connection of the next event (see _event_failed)."""
+        try:
+            self._drop(conn)
+        except Exception as exc:
+            log_internal(exc, f"ending {describe(conn)} failed")
+            self._forget(conn, p.Condition(INTERNAL_ERROR, f"{describe(conn)}: {exc}"))
 
     def _on_connection_open(self, ptr: Any) -> None:
         conn = self.by_ptr.get(ptr)
