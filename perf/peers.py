@@ -361,7 +361,7 @@ def run_proton_receiver(cfg: Config) -> Report:
     return report
 
 
-# ---- the engine's limit: amqscale's Engine in a selectors loop, no rings, no workers --------
+# ---- the engine's limit: amqscale's Engine on the worker's network module, no rings --------
 
 
 class EngineLoop:

@@ -109,8 +109,12 @@ def test_send_parts_are_fed_to_proton_only_as_the_transport_takes_them() -> None
     # Nothing moved to the peer yet: proton holds about two parts, the rest waits queued.
     assert lib.pn_delivery_pending(link.out) <= 3 * FRAGMENT
     assert len(link.pending) >= 95
+    written = sum(e.count for e in pair.client.of(p.PartsWritten))
+    assert written == 100 - len(link.pending)  # a sender paces its parts by these
     pair.pump()
     assert not link.pending and link.out is None
+    assert sum(e.count for e in pair.client.of(p.PartsWritten)) == 100
+    assert {e.seq for e in pair.client.of(p.PartsWritten)} == {0}
     assert len(b"".join(e.chunk for e in pair.server.of(p.DeliveryPart))) == 100 * FRAGMENT
 
 
@@ -288,3 +292,26 @@ def test_an_aborted_transfer_gives_its_credit_back(streamed: bool) -> None:
     engine.handle(p.Send(1, 1, [b"next"]))  # needs the credit the aborted one used
     pair.pump()
     assert [m for _, m, _ in received(pair.server.events, inbound)] == [b"next"]
+
+
+def test_parts_ahead_of_the_socket_stay_bounded() -> None:
+    """Proton frames a whole delivery at once when the peer's window allows; what the
+    worker feeds it must still wait for the socket, not for proton's delivery buffer."""
+    pair = Pair(fragment=FRAGMENT)
+    pair.open_sender(1, pair.connect())
+    engine = pair.client.engine
+    parts, window = 200, 4
+    sent = 0
+    most_ahead = 0
+    while True:
+        written = sum(e.count for e in pair.client.of(p.PartsWritten))
+        while sent < parts and sent - written < window:
+            engine.handle(p.SendPart(1, 0, b"w" * FRAGMENT, last=sent == parts - 1))
+            sent += 1
+        pair.pump(rounds=1, limit=FRAGMENT // 2)  # a slow socket
+        written = sum(e.count for e in pair.client.of(p.PartsWritten))
+        arrived = sum(len(e.chunk) for e in pair.server.of(p.DeliveryPart))
+        most_ahead = max(most_ahead, written * FRAGMENT - arrived)
+        if arrived == parts * FRAGMENT:
+            break
+    assert most_ahead <= 4 * FRAGMENT

@@ -29,9 +29,11 @@ from . import protocol as p
 
 IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
 RECV_BUFFER = p.MAX_FRAGMENT  # a whole small message, or one part of a large one
-# An outgoing message in parts is fed to proton only while its buffered bytes are below
-# this many parts: a huge message then never piles up in the worker, and the transport
-# interleaves other links' frames with its frames.
+# An outgoing message in parts is fed to proton only while less than this many parts of
+# it are unsent: a huge message then never piles up in the worker, and the transport
+# interleaves other links' frames with its frames. (Proton frames a whole delivery into an
+# unbounded buffer when the peer's session window allows, so its buffered bytes are not
+# visible; the connection counts part bytes fed minus bytes the socket took instead.)
 SEND_AHEAD_PARTS = 2
 NO_LIMIT = 1 << 64
 PN_EOS = -1
@@ -202,7 +204,7 @@ class Connection:
 
     __slots__ = (
         "id", "io", "ptr", "transport", "session", "links", "closed_sent",
-        "listener", "opened", "stalled", "address", "dropped",
+        "listener", "opened", "stalled", "address", "dropped", "unsent_parts",
     )
 
     def __init__(self, conn_id: int, listener: int | None, address: str = "") -> None:
@@ -217,6 +219,7 @@ class Connection:
         self.opened = False
         # Links whose message in parts waits for the transport to take bytes.
         self.stalled: set[Link] = set()
+        self.unsent_parts = 0  # bytes of parts fed to proton, less the bytes written since
         self.address = address  # the peer's host:port, for error messages
         self.dropped = False  # its transport is gone: the byte methods do nothing
 
@@ -488,22 +491,31 @@ class Engine:
         delivery (it needs credit); the last advances it. False: stopped for room."""
         ptr = link.ptr
         pending = link.pending
-        while pending and type(pending[0]) is p.SendPart:
-            part = pending[0]
-            if link.out is None:
-                if lib.pn_link_credit(ptr) <= 0:
-                    return True  # no credit: _pump_sender stops
-                ffi.memmove(self._tag_buf, part.seq.to_bytes(8, "little"), 8)
-                link.out = lib.pn_delivery(ptr, self._tag)
-            elif _pending(link.out) >= SEND_AHEAD_PARTS * self.fragment:
-                link.conn.stalled.add(link)
-                return False
-            pending.popleft()
-            if part.chunk:
-                lib.pn_link_send(ptr, part.chunk, len(part.chunk))
-            if part.last:
-                self._end_parts(link, part)
-        return True
+        written = 0
+        try:
+            while pending and type(pending[0]) is p.SendPart:
+                part = pending[0]
+                if link.out is None:
+                    if lib.pn_link_credit(ptr) <= 0:
+                        return True  # no credit: _pump_sender stops
+                    ffi.memmove(self._tag_buf, part.seq.to_bytes(8, "little"), 8)
+                    link.out = lib.pn_delivery(ptr, self._tag)
+                elif link.conn.unsent_parts >= SEND_AHEAD_PARTS * self.fragment:
+                    link.conn.stalled.add(link)
+                    return False
+                pending.popleft()
+                if part.chunk:
+                    lib.pn_link_send(ptr, part.chunk, len(part.chunk))
+                    link.conn.unsent_parts += len(part.chunk)
+                written += 1
+                if part.last:
+                    self.emit(p.PartsWritten(link.id, part.seq, written))
+                    written = 0
+                    self._end_parts(link, part)
+            return True
+        finally:
+            if written:
+                self.emit(p.PartsWritten(link.id, part.seq, written))
 
     def _end_parts(self, link: Link, part: p.SendPart) -> None:
         delivery = link.out
@@ -654,6 +666,8 @@ class Engine:
         if conn.dropped:
             return
         lib.pn_transport_pop(conn.transport, n)
+        if conn.unsent_parts:
+            conn.unsent_parts = max(0, conn.unsent_parts - n)
         if conn.stalled:
             self.resume_stalled(conn)
 

@@ -306,6 +306,16 @@ class DeliveryPart(msgspec.Struct, tag=112, array_like=True):
     aborted: bool = False
 
 
+class PartsWritten(msgspec.Struct, tag=113, array_like=True):
+    """`count` more SendParts of message `seq` on `link` went to the engine (the last one
+    included). The worker queues every part it is sent, so a sender that keeps only a few
+    parts in flight by these bounds what a large message costs the worker."""
+
+    link: int
+    seq: int
+    count: int
+
+
 class Outcomes(msgspec.Struct, tag=109, array_like=True):
     """The remote's settled outcome for sent messages (by seq), all with one state.
 
@@ -360,7 +370,7 @@ class Credit(msgspec.Struct, tag=110, array_like=True):
 
 Event = (
     Ready | ConnectionOpened | ConnectionClosed | Listening | ListenFailed | LinkOpened
-    | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats | DeliveryPart
+    | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats | DeliveryPart | PartsWritten
 )
 
 _command_encoder = msgspec.msgpack.Encoder()
