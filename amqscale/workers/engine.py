@@ -487,8 +487,9 @@ class Engine:
 
     def _send_parts(self, link: Link) -> bool:
         """Write the queued parts of the message at the head of `link.pending`, while
-        proton buffers less than SEND_AHEAD_PARTS parts of it. The first part makes the
-        delivery (it needs credit); the last advances it. False: stopped for room."""
+        less than SEND_AHEAD_PARTS parts are unsent on the connection. The first part
+        makes the delivery (it needs credit); the last advances it. False: stopped for
+        room (pop() resumes it)."""
         ptr = link.ptr
         pending = link.pending
         written = 0
