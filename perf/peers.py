@@ -8,8 +8,9 @@ Roles (ROLE):
 * ``proton-send`` / ``proton-recv``: python-qpid-proton's MessagingHandler, written as the
   Qpid examples and Quiver's Python arrow are (credit/prefetch 1000; the receiver does
   ``container.listen`` peer-to-peer, or attaches to ``--address`` through a broker).
-* ``engine-send`` / ``engine-recv``: amqscale's own ``amqscale.workers.engine.Engine`` in a
-  minimal selectors loop in this process: no rings, no workers. The engine's limit.
+* ``engine-send`` / ``engine-recv``: amqscale's own ``amqscale.workers.engine.Engine``
+  driven by the worker's network module in this process: no rings, no workers. The
+  engine's limit.
 * ``amqscale-send`` / ``amqscale-recv``: the amqscale API with ``--workers`` workers (and as
   many shards); bytes in and out, or with ``--messages`` an ``amqscale.Message`` with an id
   and 3 application properties built by the sender and read by the receiver. With
@@ -360,19 +361,20 @@ def run_proton_receiver(cfg: Config) -> Report:
     return report
 
 
-# ---- the engine's limit: amqscale's Engine in a selectors loop, no rings, no workers --------
+# ---- the engine's limit: amqscale's Engine on the worker's network module, no rings --------
 
 
 class EngineLoop:
-    """The smallest loop that drives an Engine: what `workers/worker.py` does minus rings."""
+    """An Engine driven by the worker's own network module (`workers/network.py`), minus
+    the rings: what a worker does, in this process."""
 
     def __init__(self) -> None:
         from amqscale.workers.engine import Engine
+        from amqscale.workers.network import Network
 
         self.events: list[Any] = []
         self.engine = Engine(0, self.events.append)
-        self.selector = selectors.DefaultSelector()
-        self.masks: dict[int, int] = {}
+        self.network = Network(self.engine)
 
     def take_events(self) -> list[Any]:
         events = self.events[:]
@@ -381,58 +383,7 @@ class EngineLoop:
 
     def pump(self, timeout: float) -> None:
         """Let the engine act, write, wait up to `timeout` for sockets, read."""
-        engine = self.engine
-        engine.process()
-        engine.write_all()
-        engine.flush_events()
-        self._register_all()
-        for key, mask in self.selector.select(timeout):
-            self._dispatch(key.data, mask)
-        engine.process()
-        engine.write_all()
-        engine.flush_events()
-
-    def _dispatch(self, target: Any, mask: int) -> None:
-        from amqscale.workers.engine import Listener
-
-        engine = self.engine
-        if isinstance(target, Listener):
-            engine.accept(target)
-            return
-        if target.id not in engine.connections:
-            return
-        if target.connecting and mask & selectors.EVENT_WRITE:
-            engine.on_connected(target)
-        if mask & selectors.EVENT_READ and target.id in engine.connections:
-            engine.read(target)
-        if mask & selectors.EVENT_WRITE and target.id in engine.connections:
-            engine.write(target)
-
-    def _register_all(self) -> None:
-        engine = self.engine
-        for conn in engine.socket_changes:
-            if conn.id not in engine.connections:  # dropped: unregister, then close
-                if self.masks.pop(id(conn), None) is not None:
-                    self.selector.unregister(conn.sock)
-                conn.sock.close()
-        engine.socket_changes.clear()
-        for conn in engine.connections.values():
-            want = selectors.EVENT_READ
-            if conn.want_write or conn.connecting:
-                want |= selectors.EVENT_WRITE
-            self._register(conn.sock, want, conn)
-        for listener in engine.listeners.values():
-            self._register(listener.sock, selectors.EVENT_READ, listener)
-
-    def _register(self, sock: Any, want: int, data: Any) -> None:
-        have = self.masks.get(id(data), 0)
-        if have == want:
-            return
-        if have:
-            self.selector.modify(sock, want, data)
-        else:
-            self.selector.register(sock, want, data)
-        self.masks[id(data)] = want
+        self.network.pump(timeout)
 
     def pump_until(self, done: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -3,8 +3,11 @@
 proton-python's MessagingHandler spends ~350 Python calls per message on event dispatch and
 wrapper objects; this module calls the C functions that python-qpid-proton ships
 (`cproton_ffi.lib`) with pre-allocated buffers instead: about ten C calls per message. It is
-sans-IO towards the rings: commands come in through `handle()`, events go out through the
-`emit` callback; sockets are its own, and `worker.py` tells it which are ready.
+sans-IO: commands come in through `handle()`, events go out through the `emit` callback,
+and each connection's bytes go in through `push()` and out through `peek()`/`pop()`. What
+needs the network (connect, listen, a dropped connection's socket) it leaves in request
+lists that `network.Network` takes; it owns no socket and resolves no name, so a unit test
+drives it with bytes.
 
 One collector serves every connection of the worker. cffi pointers hash by address, so the
 dicts below map C objects (connections, links, deliveries) to their Python state.
@@ -12,12 +15,12 @@ dicts below map C objects (connections, links, deliveries) to their Python state
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import socket
+import sys
+import traceback
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from cproton_ffi import ffi, lib
@@ -25,7 +28,17 @@ from cproton_ffi import ffi, lib
 from . import protocol as p
 
 IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
-RECV_BUFFER = 1024 * 1024
+RECV_BUFFER = p.MAX_FRAGMENT  # a whole small message, or one part of a large one
+# An outgoing message in parts is fed to proton only while less than this many parts of
+# it are unsent: a huge message then never piles up in the worker, and the transport
+# interleaves other links' frames with its frames. (Proton frames a whole delivery into an
+# unbounded buffer when the peer's session window allows, so its buffered bytes are not
+# visible; the connection counts part bytes fed minus bytes the socket took instead.)
+SEND_AHEAD_PARTS = 2
+NO_LIMIT = 1 << 64
+PN_EOS = -1
+PN_ABORTED = -11
+MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
 RX_BATCH = 1024  # deliveries per Deliveries event at most
 CREDENTIAL_MECHANISMS = "SCRAM-SHA-512 SCRAM-SHA-256 SCRAM-SHA-1 PLAIN"
 
@@ -36,6 +49,7 @@ _pending = lib.pn_delivery_pending
 _partial = lib.pn_delivery_partial
 _recv = lib.pn_link_recv
 _advance = lib.pn_link_advance
+_aborted = lib.pn_delivery_aborted
 _unpack = ffi.unpack
 
 # Event types we act on, bound once.
@@ -62,6 +76,31 @@ _EXPIRY = {
     "connection-close": lib.PN_EXPIRE_WITH_CONNECTION,
     "never": lib.PN_EXPIRE_NEVER,
 }
+
+
+INTERNAL_ERROR = "amqscale:internal-error"
+_logged: set[tuple[str, str, int]] = set()
+
+
+def log_internal(exc: BaseException, what: str) -> None:
+    """Report a worker-internal error on stderr, with its traceback the first time only:
+    a fault hit by every message must not flood the log."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = frames[-1] if frames else None
+    key = (type(exc).__name__, where.filename if where else "", where.lineno or 0 if where else 0)
+    if key in _logged:
+        return
+    _logged.add(key)
+    print(f"amqscale worker {os.getpid()}: {what}: {exc!r} (contained; reported once)",
+          file=sys.stderr, flush=True)
+    traceback.print_exception(exc, file=sys.stderr)
+
+
+def describe(conn: Connection) -> str:
+    """A connection, for error messages: its id, direction and peer address."""
+    if conn.listener is not None:
+        return f"inbound connection from {conn.address or '?'} (listener {conn.listener})"
+    return f"connection {conn.id} to {conn.address or '?'}"
 
 
 def _text(c_string: Any) -> str | None:
@@ -121,6 +160,7 @@ class Link:
         "id", "ptr", "conn", "is_sender", "pending", "unsettled", "deliveries",
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
+        "fast_limit", "max_message_size", "part_id", "part_size", "out",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -130,7 +170,7 @@ class Link:
         self.is_sender = is_sender
         # Sender: Send commands waiting for credit (the head sent up to sent_in_head);
         # unsettled delivery -> seq.
-        self.pending: deque[p.Send] = deque()
+        self.pending: deque[p.Send | p.SendPart] = deque()
         self.sent_in_head = 0
         self.unsettled: dict[Any, int] = {}
         self.settle_on_send = False
@@ -147,49 +187,65 @@ class Link:
         self.accepted: list[int] = []  # runs of seqs (see p.Outcomes)
         self.sent_settled: list[int] = []  # runs of seqs
         self.dirty = False
+        # Receiver: a complete message of at most fast_limit bytes takes the hot path;
+        # -1 while a message is being streamed in parts (delivery part_id, part_size
+        # bytes so far). max_message_size: ours, 0 for none.
+        self.fast_limit = 0
+        self.max_message_size = 0
+        self.part_id = -1
+        self.part_size = 0
+        # Sender: the delivery being written in parts (SendPart); it is tracked for its
+        # outcome (in `unsettled`) from its last part on.
+        self.out: Any = None
 
 
 class Connection:
-    """One AMQP connection: its socket, transport, session and links."""
+    """One AMQP connection: its transport, session and links; `io` is the network's."""
 
     __slots__ = (
-        "id", "sock", "ptr", "transport", "session", "links", "connecting", "closed_sent",
-        "listener", "want_write", "opened",
+        "id", "io", "ptr", "transport", "session", "links", "closed_sent",
+        "listener", "opened", "stalled", "address", "dropped", "unsent_parts",
     )
 
-    def __init__(self, conn_id: int, sock: socket.socket, listener: int | None) -> None:
+    def __init__(self, conn_id: int, listener: int | None, address: str = "") -> None:
         self.id = conn_id
-        self.sock = sock
+        self.io: Any = None
         self.ptr: Any = ffi.NULL
         self.transport: Any = ffi.NULL
         self.session: Any = ffi.NULL
         self.links: dict[Any, Link] = {}
-        self.connecting = False
         self.closed_sent = False
         self.listener = listener
-        self.want_write = False
         self.opened = False
+        # Links whose message in parts waits for the transport to take bytes.
+        self.stalled: set[Link] = set()
+        self.unsent_parts = 0  # bytes of parts fed to proton, less the bytes written since
+        self.address = address  # the peer's host:port, for error messages
+        self.dropped = False  # its transport is gone: the byte methods do nothing
 
 
 class Listener:
-    """A listener's settings; `sock` only on the worker that accepts (worker 0)."""
+    """A listener's settings (the network holds its socket, on the worker that accepts)."""
 
-    __slots__ = ("id", "sock", "container_id", "credit")
+    __slots__ = ("id", "container_id", "credit", "max_message_size")
 
-    def __init__(self, listener_id: int, sock: socket.socket | None, container_id: str,
-                 credit: int):
+    def __init__(self, listener_id: int, container_id: str, credit: int,
+                 max_message_size: int = 0):
         self.id = listener_id
-        self.sock = sock
         self.container_id = container_id
         self.credit = credit
+        self.max_message_size = max_message_size
 
 
 class Engine:
     """All connections, links and listeners of one worker."""
 
-    def __init__(self, worker_index: int, emit: Callable[[p.Event], None]) -> None:
+    def __init__(self, worker_index: int, emit: Callable[[p.Event], None],
+                 fragment: int = p.MAX_FRAGMENT) -> None:
         self.worker_index = worker_index
         self.emit = emit
+        # Received messages larger than this go to the user in DeliveryParts of this size.
+        self.fragment = min(fragment, RECV_BUFFER)
         self.collector = lib.pn_collector()
         self.connections: dict[int, Connection] = {}
         self.by_ptr: dict[Any, Connection] = {}
@@ -202,14 +258,18 @@ class Engine:
         self.next_inbound_conn = -1  # inbound connections get negative ids
         self.sent = 0  # messages written to the engine, for WorkerStats
         self.received = 0  # messages taken from it
-        # Accepted connections are dealt round-robin over the workers (see accept()).
-        self.handoff: list[socket.socket] = []
-        self.next_handoff = 0
-        self._in = bytearray(IO_CHUNK)
-        self._in_c = ffi.from_buffer(self._in)
+        # For the network: connections to make, listeners to bind or close, dropped
+        # connections whose sockets it closes. It takes them after each step.
+        self.connect_requests: list[tuple[Connection, p.OpenConnection]] = []
+        self.listen_requests: list[p.Listen] = []
+        self.closed_listeners: list[int] = []
+        self.dropped: list[Connection] = []
+        # The network reads sockets into input_buffer and sends from output.
+        self.input_buffer = bytearray(IO_CHUNK)
+        self._in_c = ffi.from_buffer(self.input_buffer)
         self._out = bytearray(IO_CHUNK)
         self._out_c = ffi.from_buffer(self._out)
-        self._out_view = memoryview(self._out)
+        self.output = memoryview(self._out)
         self._recv = bytearray(RECV_BUFFER)
         self._recv_c = ffi.from_buffer(self._recv)
         self._recv_view = memoryview(self._recv)
@@ -217,12 +277,9 @@ class Engine:
         self._tag = ffi.new("pn_bytes_t *", (8, self._tag_buf))[0]
         # Links with deliveries or outcomes gathered in this pump (see flush_events).
         self._dirty: list[Link] = []
-        # Sockets to (re)register with the loop. A dropped connection's socket comes here
-        # still open: the loop unregisters it, then closes it (a closed socket cannot be
-        # unregistered, and its fd number would stay in the selector's map).
-        self.socket_changes: list[Connection] = []
         self._handlers: dict[type, Callable[[Any], None]] = {
-            p.Send: self._send, p.Settle: self._settle, p.Flow: self._flow,
+            p.Send: self._send, p.SendPart: self._send, p.Settle: self._settle,
+            p.Flow: self._flow,
             p.OpenLink: self._open_link, p.OpenConnection: self._open_connection,
             p.Listen: self._listen, p.CloseLink: self._close_link,
             p.CloseConnection: self._close_connection,
@@ -232,37 +289,57 @@ class Engine:
     # ---- commands ------------------------------------------------------------------------
 
     def handle(self, cmd: p.Command) -> None:
+        """Act on a command. A command that fails ends at most its link or connection."""
         handler = self._handlers.get(type(cmd))
-        if handler is None:
-            raise ValueError(f"unexpected command {cmd!r}")
-        handler(cmd)
+        try:
+            if handler is None:
+                raise ValueError(f"unexpected command {type(cmd).__name__}")
+            handler(cmd)
+        except Exception as exc:  # a bug or a bad command must not end the worker
+            self._command_failed(cmd, exc)
+
+    def _command_failed(self, cmd: p.Command, exc: Exception) -> None:
+        log_internal(exc, f"{type(cmd).__name__} failed")
+        reason = f"{type(cmd).__name__} failed in the worker: {type(exc).__name__}: {exc}"
+        link_id = getattr(cmd, "link", None)
+        conn_id = getattr(cmd, "conn", None)
+        if isinstance(cmd, p.Listen):
+            self.listeners.pop(cmd.listener, None)
+            self.emit(p.ListenFailed(cmd.listener, p.Condition(
+                INTERNAL_ERROR, f"listener {cmd.listener} on {cmd.host}:{cmd.port}: {reason}")))
+        elif link_id is not None:
+            link = self.links.get(link_id)
+            conn = link.conn if link is not None else self.connections.get(conn_id or 0)
+            where = describe(conn) if conn is not None else "no connection"
+            condition = p.Condition(INTERNAL_ERROR, f"link {link_id} on {where}: {reason}")
+            if link is not None:
+                self._contain(lambda: self._end_link(link, condition))
+            else:
+                self.emit(p.LinkClosed(link_id, condition))
+        elif conn_id is not None:
+            conn = self.connections.get(conn_id)
+            if conn is not None:
+                self.fail(conn, f"{describe(conn)}: {reason}", INTERNAL_ERROR)
+            else:
+                self.emit(p.ConnectionClosed(conn_id, p.Condition(INTERNAL_ERROR, reason)))
+
+    def _contain(self, action: Callable[[], None]) -> None:
+        """Run a clean-up step that must not fail in turn (log it if it does)."""
+        try:
+            action()
+        except Exception as exc:
+            log_internal(exc, "clean-up failed")
 
     def _open_connection(self, cmd: p.OpenConnection) -> None:
-        try:
-            family, _, _, _, addr = socket.getaddrinfo(
-                cmd.host, cmd.port, type=socket.SOCK_STREAM
-            )[0]
-        except OSError as exc:
-            self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
-                "amqp:connection:failed", f"cannot resolve {cmd.host!r}: {exc}")))
-            return
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(cmd.conn, sock, None)
-        rc = sock.connect_ex(addr)
-        if rc not in (0, errno.EINPROGRESS):
-            sock.close()
-            self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
-                "amqp:connection:failed",
-                f"cannot connect to {cmd.host}:{cmd.port}: {errno.errorcode.get(rc, rc)}")))
-            return
-        conn.connecting = rc == errno.EINPROGRESS
+        """Set the connection up; the network resolves, connects and then moves bytes
+        (proton buffers what it writes meanwhile)."""
+        conn = Connection(cmd.conn, None, f"{cmd.host}:{cmd.port}")
         self._start_transport(conn, cmd.container_id, server=False,
                               configure=lambda: self._configure_client(conn, cmd))
         lib.pn_connection_open(conn.ptr)
         conn.session = lib.pn_session(conn.ptr)
         lib.pn_session_open(conn.session)
+        self.connect_requests.append((conn, cmd))
 
     @staticmethod
     def _configure_client(conn: Connection, cmd: p.OpenConnection) -> None:
@@ -298,82 +375,35 @@ class Engine:
         lib.pn_transport_bind(conn.transport, conn.ptr)
         self.connections[conn.id] = conn
         self.by_ptr[conn.ptr] = conn
-        self.socket_changes.append(conn)
 
     def _listen(self, cmd: p.Listen) -> None:
-        if cmd.adopt_only:
-            self.listeners[cmd.listener] = Listener(
-                cmd.listener, None, cmd.container_id, cmd.credit)
-            self.emit(p.Listening(cmd.listener, cmd.port))
-            return
-        try:
-            family, _, _, _, addr = socket.getaddrinfo(
-                cmd.host, cmd.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError as exc:
-            self.emit(p.ListenFailed(cmd.listener, p.Condition(
-                "amqscale:listen-failed", f"cannot listen on {cmd.host}:{cmd.port}: {exc}")))
-            return
+        """Keep the listener's settings; the network binds (unless adopt_only) and then
+        calls listening() or listen_failed()."""
         self.listeners[cmd.listener] = Listener(
-            cmd.listener, sock, cmd.container_id, cmd.credit
-        )
-        self.emit(p.Listening(cmd.listener, sock.getsockname()[1]))
+            cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size)
+        if cmd.adopt_only:
+            self.emit(p.Listening(cmd.listener, cmd.port))
+        else:
+            self.listen_requests.append(cmd)
 
-    def accept(self, listener: Listener) -> None:
-        """Take every pending inbound connection and deal them round-robin over the workers.
+    def listening(self, listener_id: int, port: int) -> None:
+        self.emit(p.Listening(listener_id, port))
 
-        The kernel's SO_REUSEPORT spreads connections by a hash, which leaves workers idle
-        when there are few connections; dealing them keeps every core's share equal.
-        """
-        assert listener.sock is not None
-        while True:
-            try:
-                sock, _ = listener.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            turn = self.next_handoff
-            self.next_handoff = (turn + 1) % (len(self.handoff) + 1)
-            if turn and self._hand_off(self.handoff[turn - 1], listener.id, sock):
-                continue
-            self._adopt(listener, sock)
+    def listen_failed(self, listener_id: int, description: str) -> None:
+        self.listeners.pop(listener_id, None)
+        self.emit(p.ListenFailed(listener_id, p.Condition("amqscale:listen-failed",
+                                                          description)))
 
-    @staticmethod
-    def _hand_off(channel: socket.socket, listener_id: int, sock: socket.socket) -> bool:
-        try:
-            socket.send_fds(channel, [listener_id.to_bytes(8, "little")], [sock.fileno()])
-        except OSError:
-            return False  # that worker is gone: keep the connection here
-        sock.close()
-        return True
-
-    def adopt_handed(self, channel: socket.socket) -> bool:
-        """Take the connections worker 0 dealt us; False once worker 0 is gone."""
-        try:
-            data, fds, _, _ = socket.recv_fds(channel, 8, 16)
-        except (BlockingIOError, InterruptedError):
-            return True
-        if not data:
-            return False
-        listener = self.listeners.get(int.from_bytes(data[:8], "little"))
-        for fd in fds:
-            sock = socket.socket(fileno=fd)
-            if listener is None:
-                sock.close()  # closed meanwhile
-            else:
-                self._adopt(listener, sock)
-        return True
-
-    def _adopt(self, listener: Listener, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(self.next_inbound_conn, sock, listener.id)
+    def adopt(self, listener_id: int, address: str) -> Connection | None:
+        """An inbound connection arrived for a listener: a server transport for it (None
+        if the listener was closed meanwhile)."""
+        listener = self.listeners.get(listener_id)
+        if listener is None:
+            return None
+        conn = Connection(self.next_inbound_conn, listener.id, address)
         self.next_inbound_conn -= 1
         self._start_transport(conn, listener.container_id, server=True)
+        return conn
 
     def _open_link(self, cmd: p.OpenLink) -> None:
         conn = self.connections.get(cmd.conn)
@@ -387,21 +417,19 @@ class Engine:
         _write_terminus(lib.pn_link_target(ptr), cmd.target)
         lib.pn_link_set_snd_settle_mode(ptr, cmd.snd_settle_mode)
         lib.pn_link_set_rcv_settle_mode(ptr, cmd.rcv_settle_mode)
-        link = Link(cmd.link, ptr, conn, cmd.is_sender)
+        link = self._new_link(cmd.link, ptr, conn, cmd.is_sender, cmd.max_message_size)
         link.settle_on_send = cmd.snd_settle_mode == p.SND_SETTLED
-        conn.links[ptr] = link
-        self.links[cmd.link] = link
-        self.link_by_ptr[ptr] = link
         lib.pn_link_open(ptr)
         if not cmd.is_sender and cmd.credit:
             lib.pn_link_flow(ptr, cmd.credit)
 
-    def _send(self, cmd: p.Send) -> None:
+    def _send(self, cmd: p.Send | p.SendPart) -> None:
         link = self.links.get(cmd.link)
-        if link is None or link.closed:
+        if link is None or link.closed or not link.is_sender:
             return  # the user side already knows the link ended (LinkClosed was sent)
         link.pending.append(cmd)
-        link.settle_on_send = cmd.settled or link.settle_on_send
+        if type(cmd) is p.Send:
+            link.settle_on_send = cmd.settled or link.settle_on_send
         self._pump_sender(link)
 
     def _pump_sender(self, link: Link) -> None:
@@ -409,8 +437,15 @@ class Engine:
         ptr = link.ptr
         credit = lib.pn_link_credit(ptr)
         pending = link.pending
-        while credit > 0 and pending:
+        while pending and (credit > 0 or link.out is not None):
             cmd = pending[0]
+            if not isinstance(cmd, p.Send):  # a SendPart
+                if not self._send_parts(link):
+                    return  # proton holds enough of it: more once the socket took some
+                credit = lib.pn_link_credit(ptr)
+                continue
+            if link.out is not None:
+                return  # the rest of a message in parts comes first
             start = link.sent_in_head
             end = min(len(cmd.payloads), start + credit)
             self._transfer(link, cmd.payloads, start, end, cmd.first_seq)
@@ -449,6 +484,69 @@ class Engine:
             link_send(ptr, payload, len(payload))
             _advance(ptr)
             seq += 1
+
+    def _send_parts(self, link: Link) -> bool:
+        """Write the queued parts of the message at the head of `link.pending`, while
+        less than SEND_AHEAD_PARTS parts are unsent on the connection. The first part
+        makes the delivery (it needs credit); the last advances it. False: stopped for
+        room (pop() resumes it)."""
+        ptr = link.ptr
+        pending = link.pending
+        written = 0
+        try:
+            while pending and type(pending[0]) is p.SendPart:
+                part = pending[0]
+                if link.out is None:
+                    if lib.pn_link_credit(ptr) <= 0:
+                        return True  # no credit: _pump_sender stops
+                    ffi.memmove(self._tag_buf, part.seq.to_bytes(8, "little"), 8)
+                    link.out = lib.pn_delivery(ptr, self._tag)
+                elif link.conn.unsent_parts >= SEND_AHEAD_PARTS * self.fragment:
+                    link.conn.stalled.add(link)
+                    return False
+                pending.popleft()
+                if part.chunk:
+                    lib.pn_link_send(ptr, part.chunk, len(part.chunk))
+                    link.conn.unsent_parts += len(part.chunk)
+                written += 1
+                if part.last:
+                    self.emit(p.PartsWritten(link.id, part.seq, written))
+                    written = 0
+                    self._end_parts(link, part)
+            return True
+        finally:
+            if written:
+                self.emit(p.PartsWritten(link.id, part.seq, written))
+
+    def _end_parts(self, link: Link, part: p.SendPart) -> None:
+        delivery = link.out
+        link.out = None
+        _advance(link.ptr)
+        self.sent += 1
+        if part.settled or link.settle_on_send:
+            _settle(delivery)
+            p.add_to_runs(link.sent_settled, part.seq, part.seq + 1)
+            if not link.dirty:
+                self._mark(link)
+            return
+        link.unsettled[delivery] = part.seq
+        if _remote_state(delivery) or lib.pn_delivery_settled(delivery):
+            self._on_outcome(link, delivery)  # the peer decided before the last part
+
+    def resume_stalled(self, conn: Connection) -> None:
+        """The transport took bytes: feed the messages in parts that waited for room."""
+        if conn.stalled:
+            stalled = list(conn.stalled)
+            conn.stalled.clear()
+            for link in stalled:
+                if not link.closed:
+                    try:
+                        self._pump_sender(link)
+                    except Exception as exc:  # called from the network: end the link only
+                        log_internal(exc, "sending parts failed")
+                        self._contain(partial(self._end_link, link, p.Condition(
+                            INTERNAL_ERROR, f"link {link.id} on {describe(conn)}: sending "
+                            f"failed: {type(exc).__name__}: {exc}")))
 
     def _settle(self, cmd: p.Settle) -> None:
         link = self.links.get(cmd.link)
@@ -505,9 +603,8 @@ class Engine:
             lib.pn_connection_close(conn.ptr)
 
     def _close_listener(self, listener_id: int) -> None:
-        listener = self.listeners.pop(listener_id, None)
-        if listener is not None and listener.sock is not None:
-            listener.sock.close()
+        if self.listeners.pop(listener_id, None) is not None:
+            self.closed_listeners.append(listener_id)
 
     def close_all(self) -> None:
         for listener_id in list(self.listeners):
@@ -515,72 +612,71 @@ class Engine:
         for conn in list(self.connections.values()):
             self._close_connection(p.CloseConnection(conn.id))
 
-    # ---- socket I/O ----------------------------------------------------------------------
+    # ---- bytes in and out (the network calls these) ------------------------------------
 
-    def on_connected(self, conn: Connection) -> None:
-        """A non-blocking connect finished: succeeded, or failed with SO_ERROR."""
-        conn.connecting = False
-        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._fail(conn, f"cannot connect: {errno.errorcode.get(err, err)} "
-                             f"({os.strerror(err)})")
+    # A dropped connection's transport is gone: these then do nothing (what the network
+    # does with the socket of a connection that just ended must not reach proton).
 
-    def read(self, conn: Connection) -> None:
-        """Move what the socket has into the transport, a slice at a time."""
-        transport = conn.transport
-        buf_c = self._in_c
-        for _ in range(64):
-            capacity = lib.pn_transport_capacity(transport)
-            if capacity < 0:
-                return  # the tail is closed; the transport will report why
-            if capacity == 0:
-                break  # the engine is full: don't mistake this for EOF
-            wanted = min(capacity, IO_CHUNK)
-            try:
-                n = conn.sock.recv_into(self._in, wanted)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self._fail(conn, f"connection lost: {exc}")
-                return
-            if n == 0:
-                lib.pn_transport_close_tail(transport)
-                break
-            lib.pn_transport_push(transport, buf_c, n)
+    def capacity(self, conn: Connection) -> int:
+        """How many bytes the transport takes now; below 0: its input is closed."""
+        return -1 if conn.dropped else int(lib.pn_transport_capacity(conn.transport))
+
+    def push(self, conn: Connection, n: int) -> None:
+        """Feed the first `n` bytes of `input_buffer` (at most capacity()) and act on them."""
+        if not conn.dropped:
+            lib.pn_transport_push(conn.transport, self._in_c, n)
             self.process()
-            if n < wanted:
-                break  # the socket is drained (the engine takes ~4 KiB at a time)
 
-    def write(self, conn: Connection) -> None:
-        """Send what the transport has, popping only what the socket took."""
+    def close_input(self, conn: Connection) -> None:
+        """The peer closed its side (EOF)."""
+        if not conn.dropped:
+            lib.pn_transport_close_tail(conn.transport)
+            self.process()
+
+    def peek(self, conn: Connection) -> int:
+        """Put up to IO_CHUNK bytes to send in `output`; returns how many (0: nothing to
+        send; -1: the output is closed, nothing more will come)."""
+        if conn.dropped:
+            return -1
         transport = conn.transport
-        if transport == ffi.NULL or conn.connecting:
-            return
-        while True:
-            pending = lib.pn_transport_pending(transport)
+        pending = lib.pn_transport_pending(transport)
+        if pending <= 0:
             if pending < 0:
-                self._head_closed(conn)
-                return
-            if pending == 0:
-                conn.want_write = False
-                return
-            n = lib.pn_transport_peek(transport, self._out_c, min(pending, IO_CHUNK))
-            try:
-                sent = conn.sock.send(self._out_view[:n])
-            except (BlockingIOError, InterruptedError):
-                conn.want_write = True
-                return
-            except OSError as exc:
-                self._fail(conn, f"connection lost: {exc}")
-                return
-            lib.pn_transport_pop(transport, sent)
-            if sent < n:
-                conn.want_write = True
-                return
+                return -1
+            if lib.pn_transport_capacity(transport) < 0:
+                return self._stuck(conn)
+            return 0
+        return int(lib.pn_transport_peek(transport, self._out_c, min(pending, IO_CHUNK)))
 
-    def write_all(self) -> None:
-        for conn in list(self.connections.values()):
-            self.write(conn)
+    def _stuck(self, conn: Connection) -> int:
+        """The input ended and nothing more will be written, yet proton keeps the
+        transport open (it does when the input ends inside a frame header): end it."""
+        cond = lib.pn_transport_condition(conn.transport)
+        if not lib.pn_condition_get_name(cond):
+            lib.pn_condition_set_name(cond, b"amqp:connection:framing-error")
+            lib.pn_condition_set_description(
+                cond, f"{describe(conn)}: the input ended inside a frame".encode())
+        lib.pn_transport_close_head(conn.transport)
+        self.process()
+        if not conn.dropped:
+            self._drop(conn)
+        return -1
+
+    def pop(self, conn: Connection, n: int) -> None:
+        """The socket took `n` bytes of `output`."""
+        if conn.dropped:
+            return
+        lib.pn_transport_pop(conn.transport, n)
+        if conn.unsent_parts:
+            conn.unsent_parts = max(0, conn.unsent_parts - n)
+        if conn.stalled:
+            self.resume_stalled(conn)
+
+    def output_closed(self, conn: Connection) -> None:
+        """peek() returned -1 and the network shut its socket's write side: once the input
+        is closed too, the connection is over."""
+        if not conn.dropped and lib.pn_transport_capacity(conn.transport) < 0:
+            self._drop(conn)
 
     def tick(self, now: float) -> float | None:
         """Idle-timeout processing; returns seconds until the next tick is due."""
@@ -593,21 +689,36 @@ class Engine:
                 soonest = wait if soonest is None else min(soonest, wait)
         return soonest
 
-    def _head_closed(self, conn: Connection) -> None:
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_WR)
-        if lib.pn_transport_capacity(conn.transport) < 0:
+    def fail(self, conn: Connection, description: str,
+             name: str = "amqp:connection:failed") -> None:
+        """End a connection at once (its socket failed, or processing it did)."""
+        if conn.id not in self.connections:
+            return
+        try:
+            cond = lib.pn_transport_condition(conn.transport)
+            if not lib.pn_condition_get_name(cond):
+                lib.pn_condition_set_name(cond, name.encode())
+                lib.pn_condition_set_description(cond, description.encode())
+            lib.pn_transport_close_tail(conn.transport)
+            lib.pn_transport_close_head(conn.transport)
+            self.process()
             self._drop(conn)
+        except Exception as exc:  # forget it whatever state proton is in
+            log_internal(exc, f"ending {describe(conn)} failed")
+            self._forget(conn, p.Condition(name, description))
 
-    def _fail(self, conn: Connection, description: str) -> None:
-        cond = lib.pn_transport_condition(conn.transport)
-        if not lib.pn_condition_get_name(cond):
-            lib.pn_condition_set_name(cond, b"amqp:connection:failed")
-            lib.pn_condition_set_description(cond, description.encode())
-        lib.pn_transport_close_tail(conn.transport)
-        lib.pn_transport_close_head(conn.transport)
-        self.process()
-        self._drop(conn)
+    def _forget(self, conn: Connection, condition: p.Condition) -> None:
+        """The last resort: drop a connection's state without asking proton anything."""
+        if not conn.closed_sent:
+            conn.closed_sent = True
+            for link in list(conn.links.values()):
+                self._contain(partial(self._link_ended, link, condition))
+            if conn.listener is None:
+                self.emit(p.ConnectionClosed(conn.id, condition))
+        self.connections.pop(conn.id, None)
+        self.by_ptr.pop(conn.ptr, None)
+        self.dropped.append(conn)
+        conn.dropped = True  # its proton objects are left as they are: they may be broken
 
     def _drop(self, conn: Connection) -> None:
         """Forget a connection whose transport is closed at both ends."""
@@ -619,11 +730,12 @@ class Engine:
             self._connection_ended(conn, condition)
         del self.connections[conn.id]
         del self.by_ptr[conn.ptr]
-        self.socket_changes.append(conn)
+        self.dropped.append(conn)
         lib.pn_transport_unbind(conn.transport)
         lib.pn_decref(conn.transport)
         lib.pn_connection_release(conn.ptr)
         conn.transport = ffi.NULL
+        conn.dropped = True
 
     def _connection_ended(self, conn: Connection, condition: p.Condition | None) -> None:
         conn.closed_sent = True
@@ -636,7 +748,10 @@ class Engine:
         if link.closed:
             return
         self.flush_events()  # what the link received comes before the news it ended
+        self._abort_stream(link)
         link.closed = True
+        link.out = None
+        link.conn.stalled.discard(link)
         link.pending.clear()
         link.deliveries.clear()
         self.links.pop(link.id, None)
@@ -646,7 +761,28 @@ class Engine:
     # ---- the collector -------------------------------------------------------------------
 
     def process(self) -> None:
-        """Drain the collector, acting on each event."""
+        """Drain the collector, acting on each event. An event whose handling fails ends
+        its connection, not the worker."""
+        while True:
+            try:
+                self._process()
+                return
+            except Exception as exc:
+                self._event_failed(exc)
+
+    def _event_failed(self, exc: Exception) -> None:
+        log_internal(exc, "processing a connection's events failed")
+        event = lib.pn_collector_peek(self.collector)
+        if not event:
+            return
+        conn = self.by_ptr.get(lib.pn_event_connection(event))
+        kind = _text(lib.pn_event_type_name(lib.pn_event_type(event)))
+        lib.pn_collector_pop(self.collector)
+        if conn is not None:
+            self.fail(conn, f"{describe(conn)}: the worker failed on its {kind}: "
+                            f"{type(exc).__name__}: {exc}", INTERNAL_ERROR)
+
+    def _process(self) -> None:
         collector = self.collector
         peek = lib.pn_collector_peek
         pop = lib.pn_collector_pop
@@ -662,11 +798,12 @@ class Engine:
             if kind == E_DELIVERY:  # the hot path: one per message each way
                 delivery = event_delivery(event)
                 link = link_by_ptr.get(delivery_link(delivery))
-                if link is not None:
-                    if link.is_sender:
-                        self._on_outcome(link, delivery)
-                    else:
-                        self._on_transfer(link, delivery)
+                if link is None:
+                    _settle(delivery)  # its link ended: proton may free it (and its bytes)
+                elif link.is_sender:
+                    self._on_outcome(link, delivery)
+                else:
+                    self._on_transfer(link, delivery)
             elif kind == E_LINK_FLOW:
                 self._on_flow(lib.pn_event_link(event))
             elif kind == E_LINK_REMOTE_OPEN:
@@ -687,9 +824,18 @@ class Engine:
                 conn = self.by_ptr.get(lib.pn_transport_connection(lib.pn_event_transport(event)))
                 if conn is not None:
                     pop(collector)
-                    self._drop(conn)
+                    self._drop_popped(conn)
                     continue
             pop(collector)
+
+    def _drop_popped(self, conn: Connection) -> None:
+        """_drop() for an event already popped: a failure must not be blamed on the
+        connection of the next event (see _event_failed)."""
+        try:
+            self._drop(conn)
+        except Exception as exc:
+            log_internal(exc, f"ending {describe(conn)} failed")
+            self._forget(conn, p.Condition(INTERNAL_ERROR, f"{describe(conn)}: {exc}"))
 
     def _on_connection_open(self, ptr: Any) -> None:
         conn = self.by_ptr.get(ptr)
@@ -748,6 +894,7 @@ class Engine:
             link.id, conn.listener if conn.listener is not None else conn.id,
             _text(lib.pn_link_name(ptr)) or "", link.is_sender, source, target,
             inbound=conn.listener is not None,
+            remote_max_message_size=lib.pn_link_remote_max_message_size(ptr),
         ))
         if link.is_sender:
             self._pump_sender(link)
@@ -759,17 +906,25 @@ class Engine:
         lib.pn_terminus_copy(lib.pn_link_target(ptr), lib.pn_link_remote_target(ptr))
         lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
         lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
-        link = Link(self.next_inbound_link, ptr, conn, is_sender)
+        listener = self.listeners.get(conn.listener) if conn.listener is not None else None
+        limit = listener.max_message_size if listener is not None else 0
+        link = self._new_link(self.next_inbound_link, ptr, conn, is_sender, limit)
         self.next_inbound_link += 1
-        conn.links[ptr] = link
-        self.links[link.id] = link
-        self.link_by_ptr[ptr] = link
         lib.pn_link_open(ptr)
         if not is_sender:
-            assert conn.listener is not None
-            credit = self.listeners[conn.listener].credit if conn.listener in \
-                self.listeners else 1000
-            lib.pn_link_flow(ptr, credit)
+            lib.pn_link_flow(ptr, listener.credit if listener is not None else 1000)
+        return link
+
+    def _new_link(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool,
+                  max_message_size: int) -> Link:
+        link = Link(link_id, ptr, conn, is_sender)
+        if max_message_size:
+            lib.pn_link_set_max_message_size(ptr, max_message_size)  # in our attach
+        link.max_message_size = max_message_size
+        link.fast_limit = min(self.fragment, max_message_size or NO_LIMIT)
+        conn.links[ptr] = link
+        self.links[link_id] = link
+        self.link_by_ptr[ptr] = link
         return link
 
     def _on_link_close(self, ptr: Any) -> None:
@@ -792,22 +947,32 @@ class Engine:
         state = _remote_state(delivery)
         if state == p.ACCEPTED:  # the common case, checked first
             seq = link.unsettled.pop(delivery, None)
+            if seq is None:
+                self._untracked_outcome(link, delivery)
+                return
             _settle(delivery)
-            if seq is not None:
-                runs = link.accepted  # p.add_to_runs, inlined: once per message
-                if runs and runs[-1] == seq:
-                    runs[-1] = seq + 1
-                else:
-                    runs += (seq, seq + 1)
-                if not link.dirty:
-                    self._mark(link)
+            runs = link.accepted  # p.add_to_runs, inlined: once per message
+            if runs and runs[-1] == seq:
+                runs[-1] = seq + 1
+            else:
+                runs += (seq, seq + 1)
+            if not link.dirty:
+                self._mark(link)
             return
         if not (p.ACCEPTED < state <= p.MODIFIED or lib.pn_delivery_settled(delivery)):
             return  # a non-terminal state (received): wait for the outcome
         seq = link.unsettled.pop(delivery, None)
+        if seq is None:
+            self._untracked_outcome(link, delivery)
+            return
         _settle(delivery)
-        if seq is not None:
-            self._emit_outcome(link, delivery, seq, state)
+        self._emit_outcome(link, delivery, seq, state)
+
+    def _untracked_outcome(self, link: Link, delivery: Any) -> None:
+        """An outcome for a delivery with no seq: settle it, unless it is the message
+        still being written in parts (its last part looks at the outcome)."""
+        if link.out is None or delivery != link.out:
+            _settle(delivery)
 
     def _emit_outcome(self, link: Link, delivery: Any, seq: int, state: int) -> None:
         """A rejected, released or modified outcome, with its details."""
@@ -831,18 +996,20 @@ class Engine:
     def _on_transfer(self, link: Link, delivery: Any) -> None:
         """Bytes arrived for a delivery: take the message once it is complete.
 
-        A delivery event with nothing pending is a state change of one already taken.
+        The hot path takes a complete message of at most `link.fast_limit` bytes whole;
+        anything else (nothing pending: a state change of one already taken; a partial,
+        large, oversized or aborted one; a message being streamed) goes the slow way.
         """
         size = _pending(delivery)
-        if not size or _partial(delivery):
+        if not size or size > link.fast_limit or _partial(delivery):
+            self._on_transfer_slow(link, delivery, size)
             return
         ptr = link.ptr
-        if size <= RECV_BUFFER:
-            payload = _unpack(self._recv_c, _recv(ptr, self._recv_c, RECV_BUFFER))
-        else:
-            chunk = bytearray(size)
-            n = _recv(ptr, ffi.from_buffer(chunk), size)
-            payload = bytes(chunk[:n])
+        n = _recv(ptr, self._recv_c, RECV_BUFFER)
+        if n < 0:
+            self._on_recv_error(link, delivery, n)
+            return
+        payload = _unpack(self._recv_c, n)
         _advance(ptr)
         delivery_id = link.next_delivery_id
         link.next_delivery_id = delivery_id + 1
@@ -861,6 +1028,105 @@ class Engine:
         rx.append(payload)
         if len(rx) >= RX_BATCH:
             self._flush_link(link)  # bound a record's size
+
+    def _on_transfer_slow(self, link: Link, delivery: Any, size: int) -> None:
+        if link.part_id < 0:  # not streaming yet
+            if not size:
+                if _aborted(delivery):
+                    self._on_recv_error(link, delivery, PN_ABORTED)
+                return  # a state change of a delivery already taken
+            if link.max_message_size and size > link.max_message_size:
+                self._too_large(link, delivery, size)
+                return
+            if size < self.fragment and _partial(delivery):
+                return  # small so far: wait for the rest, then take it whole
+            if _aborted(delivery):
+                self._on_recv_error(link, delivery, PN_ABORTED)
+                return
+            self._flush_link(link)  # the deliveries gathered before it go first
+            link.part_id = link.next_delivery_id
+            link.next_delivery_id += 1
+            link.part_size = 0
+            link.fast_limit = -1  # every event of the link comes here until it ends
+        elif delivery != lib.pn_link_current(link.ptr):
+            return  # a state change of an earlier delivery, not news of this message
+        self._stream(link, delivery)
+
+    def _stream(self, link: Link, delivery: Any) -> None:
+        """Pass what proton holds of a large message on in parts of `fragment` bytes (the
+        last one shorter), so that the worker never holds much more than a part of it."""
+        ptr = link.ptr
+        fragment = self.fragment
+        while True:
+            more = _partial(delivery)
+            if more and _pending(delivery) < fragment:
+                return  # wait for a whole part
+            n = _recv(ptr, self._recv_c, fragment)
+            if n == PN_EOS:
+                n = 0  # complete, and everything was passed on already
+            elif n < 0:
+                self._on_recv_error(link, delivery, n)
+                return
+            link.part_size += n
+            if link.max_message_size and link.part_size > link.max_message_size:
+                self._too_large(link, delivery, link.part_size)
+                return
+            last = not more and not _pending(delivery)
+            chunk = _unpack(self._recv_c, n)
+            if last:
+                self._end_stream(link, delivery, chunk)
+                return
+            self.emit(p.DeliveryPart(link.id, link.part_id, chunk, False))
+
+    def _end_stream(self, link: Link, delivery: Any, chunk: bytes) -> None:
+        settled = link.may_presettle and bool(lib.pn_delivery_settled(delivery))
+        if settled:
+            _settle(delivery)  # also advances the link
+        else:
+            _advance(link.ptr)
+            link.deliveries[link.part_id] = delivery
+        self.received += 1
+        self.emit(p.DeliveryPart(link.id, link.part_id, chunk, True, settled=settled))
+        self._reset_stream(link)
+
+    def _reset_stream(self, link: Link) -> None:
+        link.part_id = -1
+        link.part_size = 0
+        link.fast_limit = min(self.fragment, link.max_message_size or NO_LIMIT)
+
+    def _abort_stream(self, link: Link) -> None:
+        """Tell the user that the message it has parts of will not be completed."""
+        if link.part_id >= 0:
+            self.emit(p.DeliveryPart(link.id, link.part_id, b"", True, aborted=True))
+            self._reset_stream(link)
+
+    def _on_recv_error(self, link: Link, delivery: Any, code: int) -> None:
+        """pn_link_recv failed: the sender aborted the transfer (PN_ABORTED), or proton is
+        in a state it should not be (any other code). Drop the delivery; an aborted one
+        gets its credit back here (the user side neither takes nor settles it)."""
+        self._abort_stream(link)
+        _settle(delivery)  # also advances the link past it
+        if code == PN_ABORTED:
+            lib.pn_link_flow(link.ptr, 1)
+            return
+        self._end_link(link, p.Condition(
+            "amqscale:internal-error",
+            f"link {link.id}: pn_link_recv returned {code} on {describe(link.conn)}"))
+
+    def _too_large(self, link: Link, delivery: Any, size: int) -> None:
+        """A message over our max-message-size: the link ends (AMQP 1.0, 2.7.3), not more."""
+        self._abort_stream(link)
+        _settle(delivery)  # proton ignores the rest of a settled delivery's frames
+        self._end_link(link, p.Condition(MESSAGE_SIZE_EXCEEDED, (
+            f"link {link.id} on {describe(link.conn)}: a message of {size} bytes or "
+            f"more exceeds the link's max-message-size of {link.max_message_size}")))
+
+    def _end_link(self, link: Link, condition: p.Condition) -> None:
+        """Detach a link with `condition` and tell the user at once."""
+        if lib.pn_link_state(link.ptr) & LOCAL_CLOSED == 0:
+            _set_condition(lib.pn_link_condition(link.ptr), condition)
+            lib.pn_link_close(link.ptr)
+        self._link_ended(link, condition)
 
     def _mark(self, link: Link) -> None:
         link.dirty = True

@@ -121,6 +121,9 @@ class OpenConnection(msgspec.Struct, tag=1, array_like=True):
     tls_verify: bool = True
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Seconds to resolve the host, connect and receive the peer's open; 0: no limit.
+    # On expiry the connection ends with condition "amqscale:connect-timeout".
+    connect_timeout: float = 30.0
 
     def __repr__(self) -> str:  # the password never reaches a log or a traceback
         return (f"OpenConnection(conn={self.conn}, host={self.host!r}, port={self.port}, "
@@ -311,6 +314,16 @@ class DeliveryPart(msgspec.Struct, tag=112, array_like=True):
                 f"last={self.last}, aborted={self.aborted})")
 
 
+class PartsWritten(msgspec.Struct, tag=113, array_like=True):
+    """`count` more SendParts of message `seq` on `link` went to the engine (the last one
+    included). The worker queues every part it is sent, so a sender that keeps only a few
+    parts in flight by these bounds what a large message costs the worker."""
+
+    link: int
+    seq: int
+    count: int
+
+
 class Outcomes(msgspec.Struct, tag=109, array_like=True):
     """The remote's settled outcome for sent messages (by seq), all with one state.
 
@@ -365,7 +378,7 @@ class Credit(msgspec.Struct, tag=110, array_like=True):
 
 Event = (
     Ready | ConnectionOpened | ConnectionClosed | Listening | ListenFailed | LinkOpened
-    | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats | DeliveryPart
+    | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats | DeliveryPart | PartsWritten
 )
 
 _command_encoder = msgspec.msgpack.Encoder()

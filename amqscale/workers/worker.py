@@ -2,8 +2,10 @@
 
 The loop, once per wake-up: take every command from the command ring, let the engine act
 on them and on every ready socket, then publish the events of the whole pass as one ring
-record. It parks on a selector that watches the sockets, the command ring's eventfd and the
-parent's pidfd, so a dead parent ends the worker at once (PR_SET_PDEATHSIG backs that up).
+record. It parks on the network's selector, which watches the sockets, the command ring's
+eventfd and the parent's pidfd, so a dead parent ends the worker at once (PR_SET_PDEATHSIG
+backs that up). The engine (the proton adapter) and the network (sockets) are separate
+modules; this loop only joins them to the rings.
 
 While the event ring is full the worker stops reading sockets: the peers then stop being
 granted credit's worth of traffic, which is how backpressure reaches the network.
@@ -13,33 +15,40 @@ from __future__ import annotations
 
 import ctypes
 import os
-import selectors
 import signal
 import socket
 import sys
 import time
-from typing import Any
 
 import msgspec
 
 from ..ipc.ring import RingPair, RingPairHandles, RingReader, RingWriter
 from . import protocol as p
-from .engine import Connection, Engine, Listener
+from .engine import Engine, log_internal
+from .network import Network
 
-RECORD_BUDGET = 256 * 1024  # seal an event record once its payloads pass this size
+# What an event costs in a record besides its payload bytes (msgpack headers, ids), a bound
+# for the budget; events with no payloads are sized by encoding them (they are rare).
+PAYLOAD_OVERHEAD = 8
+EVENT_OVERHEAD = 64
 SHUTDOWN_GRACE = 2.0  # seconds to close connections cleanly on Shutdown
 TICK_INTERVAL = 0.1  # idle timeouts are checked this often (AMQP heartbeats are seconds)
 PR_SET_PDEATHSIG = 1
 
 
 class Worker:
-    def __init__(self, index: int, commands: RingReader, events: RingWriter) -> None:
+    def __init__(self, index: int, commands: RingReader, events: RingWriter,
+                 handoff: list[socket.socket] | None = None) -> None:
         self.index = index
         self.commands = commands
         self.events = events
-        self.engine = Engine(index, self._emit)
-        self.selector = selectors.DefaultSelector()
-        self.masks: dict[int, int] = {}
+        max_record = events.max_record_size
+        # Records are sealed at `budget` bytes; one more event of at most `event_limit`
+        # bytes then still fits (see p.record_budget).
+        self.budget = p.record_budget(max_record)
+        self.event_limit = p.fragment_size(max_record)
+        self.engine = Engine(index, self._emit, fragment=self.event_limit)
+        self.network = Network(self.engine, handoff, deals=index == 0)
         self.pending: list[p.Event] = []
         self.pending_bytes = 0
         self.outbox: list[bytes] = []
@@ -52,11 +61,32 @@ class Worker:
     # ---- events out ----------------------------------------------------------------------
 
     def _emit(self, event: p.Event) -> None:
+        """Add an event to the pass's record; seal the record once it reaches the budget."""
+        if isinstance(event, p.Deliveries):  # once per batch, not per message
+            payloads = event.payloads
+            size = sum(map(len, payloads)) + PAYLOAD_OVERHEAD * len(payloads)
+            if size > self.event_limit and len(payloads) > 1:
+                for piece in split_deliveries(event, self.event_limit):
+                    self._emit(piece)
+                return
+        else:
+            size = self._event_size(event)
         self.pending.append(event)
-        if type(event) is p.Deliveries:
-            self.pending_bytes += sum(map(len, event.payloads))
-        if self.pending_bytes >= RECORD_BUDGET:
+        self.pending_bytes += size
+        if self.pending_bytes >= self.budget:
             self._seal()
+
+    @staticmethod
+    def _event_size(event: p.Event) -> int:
+        """A bound on what an event adds to a record."""
+        if isinstance(event, p.Outcomes):
+            annotations = len(event.annotations) if event.annotations else 0
+            return PAYLOAD_OVERHEAD * len(event.runs) + EVENT_OVERHEAD + annotations
+        if isinstance(event, p.DeliveryPart):
+            return len(event.chunk) + EVENT_OVERHEAD
+        if isinstance(event, p.Credit):
+            return EVENT_OVERHEAD
+        return len(p.encode(event))  # rare; conditions and addresses come from peers
 
     def _seal(self) -> None:
         if self.pending:
@@ -89,23 +119,30 @@ class Worker:
     # ---- the loop ------------------------------------------------------------------------
 
     def run(self) -> None:
-        self.selector.register(self.commands.fileno(), selectors.EVENT_READ, "commands")
+        network = self.network
+        network.watch(self.commands.fileno(), "commands")
         peer = self.commands.peer_fileno()
         if peer is not None:
-            self.selector.register(peer, selectors.EVENT_READ, "parent")
-        if self.index != 0:
-            for channel in self.engine.handoff:
-                self.selector.register(channel, selectors.EVENT_READ, "handoff")
+            network.watch(peer, "parent")
         self._emit(p.Ready(os.getpid()))
         self._publish()
         while not self._finished():
-            self._take_commands()
-            self.engine.process()
-            self.engine.write_all()
-            self._publish()
-            self._update_registrations()
-            if self._wait_and_dispatch():
-                return  # the parent is gone
+            try:
+                if self._pass():
+                    return  # the parent is gone
+            except Exception as exc:  # whatever went wrong, the other connections go on
+                log_internal(exc, "the worker's loop failed")
+                time.sleep(0.001)  # a fault that recurs each pass must not spin a core
+
+    def _pass(self) -> bool:
+        self._take_commands()
+        self.engine.process()
+        self.network.sync()
+        self.network.write_all()
+        self._publish()
+        self.network.update(reading=not self.outbox or self.held_until is not None)
+        self._watch_room()
+        return self._wait_and_dispatch()
 
     def _finished(self) -> bool:
         if self.stopping_since is None:
@@ -116,7 +153,12 @@ class Worker:
     def _take_commands(self) -> None:
         handle = self.engine.handle
         for record in self.commands.read_batch():
-            for command in p.decode_commands(record):
+            try:
+                commands = p.decode_commands(record)
+            except msgspec.DecodeError as exc:  # a bug on the user side; nothing to end
+                log_internal(exc, "a command record could not be decoded (dropped)")
+                continue
+            for command in commands:
                 if type(command) is p.Shutdown:
                     self.engine.close_all()
                     self.stopping_since = time.monotonic()
@@ -125,7 +167,7 @@ class Worker:
                     self._emit(p.WorkerStats(self.index, os.getpid(), len(engine.connections),
                                              engine.sent, engine.received))
                 else:
-                    handle(command)
+                    handle(command)  # contained: a failure ends its link or connection
 
     def _wait_and_dispatch(self) -> bool:
         timeout = self._tick()
@@ -141,90 +183,62 @@ class Worker:
         waiting_for_room = (bool(self.outbox) and not held
                             and not self.events.park(len(self.outbox[0])))
         may_sleep = parked and (waiting_for_room or held or not self.outbox)
-        ready = self.selector.select(timeout if may_sleep else 0.0)
+        ready = self.network.select(timeout if may_sleep else 0.0)
         # Reset an eventfd only when it woke us: a read of an empty one is a wasted syscall.
         if parked:
             self.commands.unpark(drain=False)
         if waiting_for_room:
             self.events.unpark(drain=False)
-        for key, mask in ready:
-            target: Any = key.data
+        for target in ready:
             if target == "commands":
                 self.commands.unpark()  # the next pass reads the ring
-                continue
-            if target == "space":
+            elif target == "space":
                 self.events.unpark()
-                continue
-            if target == "parent":
+            elif target == "parent":
                 return True
-            if target == "handoff" and not self.engine.adopt_handed(
-                    key.fileobj):  # type: ignore[arg-type]
-                self.selector.unregister(key.fileobj)  # worker 0 is gone
-            if isinstance(target, Connection):
-                self._on_socket(target, mask)
-            elif isinstance(target, Listener):
-                self.engine.accept(target)
         return False
 
     def _tick(self) -> float:
-        """Idle-timeout work, at most every TICK_INTERVAL; seconds the loop may sleep."""
+        """Timer work, at most every TICK_INTERVAL; seconds the loop may sleep."""
         now = time.monotonic()
         if now >= self.next_tick:
-            due = self.engine.tick(now)
+            due = self.network.tick(now)
             self.next_tick = now + (TICK_INTERVAL if due is None else min(due, TICK_INTERVAL))
         return max(0.0, self.next_tick - now)
 
-    def _on_socket(self, conn: Connection, mask: int) -> None:
-        if conn.id not in self.engine.connections:
-            return
-        if conn.connecting and mask & selectors.EVENT_WRITE:
-            self.engine.on_connected(conn)
-        if mask & selectors.EVENT_READ and conn.id in self.engine.connections:
-            self.engine.read(conn)
-        if mask & selectors.EVENT_WRITE and conn.id in self.engine.connections:
-            self.engine.write(conn)
-
-    def _update_registrations(self) -> None:
-        """Keep the selector in step with sockets, listeners and the event ring's room."""
-        engine = self.engine
-        # A full event ring: stop taking input from the network.
+    def _watch_room(self) -> None:
+        """While the event ring is full, watch for room in it (and read no sockets)."""
         reading = not self.outbox or self.held_until is not None
-        for conn in engine.socket_changes:
-            if conn.id not in engine.connections:  # dropped: unregister, then close
-                if self.masks.pop(id(conn), None) is not None:
-                    self.selector.unregister(conn.sock)
-                conn.sock.close()
-        engine.socket_changes.clear()
-        for conn in engine.connections.values():
-            want = selectors.EVENT_READ if reading else 0
-            if conn.want_write or conn.connecting:
-                want |= selectors.EVENT_WRITE
-            self._register(conn.sock, want, conn)
-        for listener in engine.listeners.values():
-            if listener.sock is not None:
-                self._register(listener.sock, selectors.EVENT_READ if reading else 0, listener)
-        if reading != self.reading:  # watch for room in the event ring while it is full
+        if reading != self.reading:
             self.reading = reading
             if reading:
-                self.selector.unregister(self.events.fileno())
+                self.network.unwatch(self.events.fileno())
             else:
-                self.selector.register(self.events.fileno(), selectors.EVENT_READ, "space")
+                self.network.watch(self.events.fileno(), "space")
 
-    def _register(self, sock: Any, want: int, data: Any) -> None:
-        key = id(data)
-        have = self.masks.get(key, 0)
-        if want == have:
-            return
-        if have and want:
-            self.selector.modify(sock, want, data)
-        elif want:
-            self.selector.register(sock, want, data)
-        else:
-            self.selector.unregister(sock)
-        if want:
-            self.masks[key] = want
-        else:
-            self.masks.pop(key, None)
+
+def split_deliveries(event: p.Deliveries, limit: int) -> list[p.Deliveries]:
+    """`event` as consecutive Deliveries of at most `limit` bytes each (one payload over
+    the limit goes alone: the engine never gathers one larger than the limit)."""
+    pieces: list[p.Deliveries] = []
+    settled = set(event.settled or ())
+    start = size = 0
+    payloads = event.payloads
+    for i, payload in enumerate(payloads):
+        cost = len(payload) + PAYLOAD_OVERHEAD
+        if size and size + cost > limit:
+            pieces.append(_deliveries_slice(event, start, i, settled))
+            start, size = i, 0
+        size += cost
+    pieces.append(_deliveries_slice(event, start, len(payloads), settled))
+    return pieces
+
+
+def _deliveries_slice(event: p.Deliveries, start: int, end: int,
+                      settled: set[int]) -> p.Deliveries:
+    positions = [i - start for i in range(start, end) if i in settled]
+    return p.Deliveries(event.link, event.first_id + start, event.payloads[start:end],
+                        positions or None)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -245,8 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the parent's to handle
     rings = RingPair.attach(RingPairHandles.decode(spec.rings))
     try:
-        worker = Worker(spec.index, rings.inbound, rings.outbound)
-        worker.engine.handoff = [socket.socket(fileno=fd) for fd in spec.handoff]
+        handoff = [socket.socket(fileno=fd) for fd in spec.handoff]
+        worker = Worker(spec.index, rings.inbound, rings.outbound, handoff)
         worker.run()
     finally:
         rings.close()
