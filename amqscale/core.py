@@ -32,6 +32,9 @@ decode_messages: Callable[[list[bytes]], list[Message] | None] = (
     (lambda payloads: None) if codec._ccodec is None else codec._ccodec.decode_messages)
 
 SEND_BATCH = 128  # messages per Send command when the worker is busy
+# Parts of a large message handed to a worker and not yet given to its engine, at most:
+# the worker keeps what it is sent, so this bounds what the message costs it.
+PARTS_IN_FLIGHT = 4
 SETTLE_BATCH = 128
 
 
@@ -134,7 +137,8 @@ class SenderLink:
     """One shard's link of a Sender: its window, its batches, its outcomes."""
 
     __slots__ = ("id", "slot", "sender", "next_seq", "batches", "open", "unsettled",
-                 "opened", "closed", "failure", "remote_target", "dirty", "remote_max")
+                 "opened", "closed", "failure", "remote_target", "dirty", "remote_max",
+                 "parts_seq", "parts_written")
 
     def __init__(self, link_id: int, slot: WorkerSlot, sender: SenderState) -> None:
         self.id = link_id
@@ -150,6 +154,9 @@ class SenderLink:
         self.remote_target: p.Terminus | None = None
         self.dirty = False  # a partial batch waits for the linger pass
         self.remote_max = 0  # the peer's max-message-size (0: none)
+        # How many parts of the large message `parts_seq` the worker gave the engine.
+        self.parts_seq = -1
+        self.parts_written = 0
 
     def take(self, payloads: list[bytes]) -> Batch:
         """Number `payloads` as the link's next messages, in a new batch."""
@@ -189,6 +196,10 @@ class SenderLink:
         self.slot.queue(p.Send(self.id, batch.first, payloads, self.sender.presettled))
         return batch
 
+    def parts_done(self, seq: int, count: int) -> bool:
+        """Has the worker given `count` parts of message `seq` to its engine?"""
+        return self.parts_seq == seq and self.parts_written >= count
+
     def parts(self, payload: bytes, fragment: int) -> tuple[Batch, Iterator[p.SendPart]]:
         """Take a message too large for one record; its batch, and its parts to queue one
         at a time (memoryview slices: the payload is not copied)."""
@@ -215,6 +226,10 @@ class SenderLink:
         kind = type(event)
         if kind is p.Outcomes:
             self._on_outcomes(event)  # type: ignore[arg-type]
+        elif kind is p.PartsWritten:
+            if event.seq != self.parts_seq:  # type: ignore[union-attr]
+                self.parts_seq, self.parts_written = event.seq, 0  # type: ignore[union-attr]
+            self.parts_written += event.count  # type: ignore[union-attr]
         elif kind is p.LinkOpened:
             self.opened = True
             self.remote_target = event.remote_target  # type: ignore[union-attr]
@@ -311,19 +326,28 @@ class SenderState:
                 return link.failure
         return LinkDetached(f"sender to {self.address!r} is closed")
 
-    def check_size(self, payload: bytes) -> None:
-        """MessageTooLarge if the message exceeds our limit or the peer's."""
+    def check_size(self, payload: bytes, link: SenderLink | None = None) -> None:
+        """MessageTooLarge if the message exceeds our limit or the peer's on `link` (the
+        current one by default)."""
         size = len(payload)
         limit = self.max_message_size
         if limit and size > limit:
             raise MessageTooLarge(
                 f"message of {size} bytes encoded is larger than this sender's "
                 f"max_message_size of {limit} bytes")
-        link = self.links[self.current]
+        link = link or self.links[self.current]
         if link.remote_max and size > link.remote_max:
             raise MessageTooLarge(
                 f"message of {size} bytes encoded is larger than the {link.remote_max} "
                 f"bytes the peer accepts (its max-message-size) on {self.address!r}")
+
+    def check_sizes(self, payloads: list[bytes]) -> None:
+        """check_size for a batch, on every link (a batch may go over several): nothing
+        of it is sent if one message is too large."""
+        if payloads and (self.max_message_size or any(x.remote_max for x in self.links)):
+            largest = max(payloads, key=len)
+            for link in self.links:
+                self.check_size(largest, link)
 
     def all_settled(self) -> bool:
         return all(not x.unsettled or x.failure for x in self.links)

@@ -25,6 +25,7 @@ from . import codec
 from ._driver import Driver
 from .core import (
     ACCEPTED,
+    PARTS_IN_FLIGHT,
     SEND_BATCH,
     Arrival,
     Batch,
@@ -358,19 +359,26 @@ class Sender:
         return Tracker(batch, index)
 
     def _send_parts(self, payload: bytes, timeout: float | None) -> Tracker:
-        """A message too large for one record: its parts, in order, one record each."""
+        """A message too large for one record: its parts, in order, one record each, with
+        at most PARTS_IN_FLIGHT of them waiting in the worker (it reports PartsWritten)."""
         link = self._pick_link(timeout)
         self._state.check_size(payload)
         driver = self._driver
         with driver.lock:
             batch, parts = link.parts(payload, self._fragment)
             driver.write(link.slot)  # what send() batched before it goes first
-        for part in parts:
+        seq = batch.first
+        for sent, part in enumerate(parts):
+            if sent >= PARTS_IN_FLIGHT:
+                done = sent - PARTS_IN_FLIGHT + 1
+                driver.wait(lambda done=done: link.parts_done(seq, done)  # type: ignore[misc]
+                            or link.failure is not None,
+                            None, f"part {sent} of message {seq} to go out")
+            if link.failure is not None:
+                break  # the message stays unsettled, with its payload, for a resend
             with driver.lock:
                 link.slot.queue(part)
                 driver.write(link.slot)  # a dead worker ends this: the link then fails
-            if link.failure is not None:
-                break
         self._state.rotate()
         driver.take_events()
         return Tracker(batch, 0)
@@ -392,6 +400,7 @@ class Sender:
         payloads = encode_payloads(items, self._fragment)
         if payloads is None:  # one by one (and a bad one raises here)
             payloads = [self._encode(m) for m in items]
+        state.check_sizes(payloads)
         batches: list[Batch] = []
         done = 0
         driver = self._driver

@@ -220,3 +220,22 @@ def test_split_keeps_every_message_and_its_seq() -> None:
     assert all(c.condition == settle.condition for c in parts)  # type: ignore[union-attr]
     with pytest.raises(AssertionError, match="too large"):
         _split([p.Send(7, 0, [b"x"])])
+
+
+def test_parts_written_are_counted_per_message() -> None:
+    core, workers = _core(workers=1, fragment=4)
+    sender = _sender(core, workers, shards=1)
+    link = sender.links[0]
+    workers.emit(0, p.PartsWritten(link.id, 0, 2))
+    assert link.parts_done(0, 2) and not link.parts_done(0, 3)
+    workers.emit(0, p.PartsWritten(link.id, 1, 1))  # the next message starts again
+    assert link.parts_done(1, 1) and not link.parts_done(0, 1)
+
+
+def test_a_batch_with_one_message_over_a_peers_limit_is_refused_whole() -> None:
+    core, workers = _core(workers=2)
+    sender = _sender(core, workers, shards=2)
+    sender.links[1].remote_max = 10
+    with pytest.raises(MessageTooLarge, match="the 10 bytes the peer accepts"):
+        sender.check_sizes([b"ok", b"x" * 11])
+    sender.check_sizes([b"ok", b"x" * 10])
