@@ -1,5 +1,5 @@
-"""A real worker process driven through its rings, without the user-side API: commands in
-with `WorkerHandle.queue()/flush()`, events out with `Supervisor.poll()`."""
+"""A real worker process driven through its rings, without the user-side API: commands
+written to its command ring as records, events read from its event ring."""
 
 from __future__ import annotations
 
@@ -23,14 +23,14 @@ class Driven:
         return self.worker.process.pid
 
     def send(self, *commands: p.Command) -> None:
-        for command in commands:
-            self.worker.queue(command)
-        self.worker.flush(timeout=10)
+        self.worker.rings.outbound.write(p.encode(list(commands)), timeout=10)
 
     def poll(self, timeout: float = 0.05) -> None:
-        for _, event in self.supervisor.poll(timeout):
-            self.events.append(event)
-        assert not self.worker.dead, f"the worker died: {self.worker.process.poll()}"
+        inbound = self.worker.rings.inbound
+        if inbound.wait(timeout):
+            for record in inbound.read_batch():
+                self.events += p.decode_events(record)
+        assert self.alive(), f"the worker died: {self.worker.process.poll()}"
 
     def wait(self, done: Callable[[list[Any]], Any], timeout: float = 20.0,
              what: str = "") -> Any:
