@@ -5,7 +5,9 @@ large for one record is split; nothing is written half), reads every record the 
 publish and hands each whole to the core (an event read is never dropped), parks on the
 event rings' eventfds and the workers' pidfds with a deadline, and maps a dead worker to
 WorkerDied in the core. It owns the one lock that serialises the core and the rings
-between the user's threads and the linger thread (the rings are single-producer).
+between the user's thread and its own two (the linger thread, which hands partial batches
+over, and the watcher, which notices a worker's exit): each ring has one writer and one
+reader at a time.
 
 Faces wait with :meth:`Driver.wait`: a predicate over core state and a deadline.
 """
