@@ -49,6 +49,7 @@ class Driver:
             self.closed = False
             self._record = bytearray()  # reused: a fresh 100 KB bytes per write costs faults
             self._handed_over_at = [0.0] * workers
+            self._outbound = [h.rings.outbound for h in self.handles]
             self._events_taken_at = 0.0
             self._wait_ready()
         except BaseException:
@@ -139,7 +140,7 @@ class Driver:
         wake-ups are capped and, under load, batches grow instead. A lone message after a
         quiet spell goes at once.
         """
-        commands = self.handles[slot.index].rings.outbound
+        commands = self._outbound[slot.index]
         if not commands.reader_caught_up():
             return False
         return (not commands.reader_parked()

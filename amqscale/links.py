@@ -346,7 +346,15 @@ class Sender:
             state.check_size(payload)
         driver = self._driver
         with driver.lock:
-            batch, index = link.add(payload)
+            batch = link.open
+            if batch is None:
+                batch, index = link.add(payload)
+            else:  # SenderLink.add, inlined: this runs once per message
+                index = batch.size
+                batch.payloads.append(payload)  # type: ignore[union-attr]
+                batch.size = batch.pending = index + 1
+                link.next_seq += 1
+                link.unsettled += 1
             handed_over = index + 1 >= SEND_BATCH or driver.wants_work(link.slot)
             if handed_over:
                 link.hand_over()

@@ -7,8 +7,10 @@ A change that touches the hot path is judged by this: each case (one message per
 batches, by body size and workers a side) runs from the tree at `--before` and from the
 tree at `--after` (default: this working tree) in alternating order, run after run, so that
 the machine's drift from minute to minute falls on both alike. Figures are medians of
-`--runs`; the ratio is after / before in msg/s. Trees other than this one are checked out
-with `git worktree` in a temporary directory and their C extensions built there.
+`--runs`; the ratios are after / before, of msg/s and of the CPU the sending and the
+receiving user process spend per message less the harness's own work (the library's
+share: less noisy than msg/s on a shared machine). Trees other than this one are checked
+out with `git worktree` in a temporary directory and their C extensions built there.
 """
 
 from __future__ import annotations
@@ -47,12 +49,17 @@ def source_tree(rev: str | None, scratch: Path) -> Iterator[Path]:
                         str(path)], check=False)
 
 
-def measure(case: compare.Case, count: int, root: Path, logdir: Path) -> float:
+FIGURES = ("msg/s", "sender us", "receiver us")
+
+
+def measure(case: compare.Case, count: int, root: Path, logdir: Path) -> tuple[float, ...]:
+    """msg/s and the library's CPU us per message in the sending and receiving process."""
     raw = compare.run_pair(case, count, 0.0, None, logdir, root=root)
     figures = report.run_figures(count, raw)
     if figures["lost"] or figures["duplicates"] or figures["error"]:
         raise RuntimeError(f"{case.id} from {root}: {figures}")
-    return float(figures["msg_per_s"])
+    library = figures["library_us_per_msg"]
+    return float(figures["msg_per_s"]), library["sender"], library["receiver"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     cases = [compare.Case(family, "p2p", int(size), False, int(workers))
              for family in args.families for size in args.sizes.split(",")
              for workers in args.workers.split(",")]
-    rates: dict[tuple[str, str], list[float]] = {}
+    results: dict[tuple[str, str], list[tuple[float, ...]]] = {}
     with tempfile.TemporaryDirectory(prefix="amqscale-ab-") as scratch, \
             source_tree(args.before, Path(scratch)) as before, \
             source_tree(args.after, Path(scratch)) as after:
@@ -80,14 +87,18 @@ def main(argv: list[str] | None = None) -> None:
                 count = args.count if case.size <= compare.LARGE_BODY else args.count // 4
                 order = ["before", "after"] if run % 2 == 0 else ["after", "before"]
                 for side in order:
-                    rate = measure(case, count, trees[side], logdir)
-                    rates.setdefault((case.id, side), []).append(rate)
-                    print(f"run {run + 1} {case.id} {side}: {rate:,.0f} msg/s", flush=True)
-    print(f"\n{'case':<45} {'before':>10} {'after':>10} {'ratio':>6}")
+                    got = measure(case, count, trees[side], logdir)
+                    results.setdefault((case.id, side), []).append(got)
+                    print(f"run {run + 1} {case.id} {side}: {got[0]:,.0f} msg/s, library "
+                          f"{got[1]:.2f} / {got[2]:.2f} us", flush=True)
+    print(f"\n{'case':<45} " + "  ".join(f"{f + ' before/after/ratio':>30}" for f in FIGURES))
     for case in cases:
-        old = statistics.median(rates[(case.id, "before")])
-        new = statistics.median(rates[(case.id, "after")])
-        print(f"{case.id:<45} {old:>10,.0f} {new:>10,.0f} {new / old:>6.3f}")
+        row = []
+        for i in range(len(FIGURES)):
+            old = statistics.median(r[i] for r in results[(case.id, "before")])
+            new = statistics.median(r[i] for r in results[(case.id, "after")])
+            row.append(f"{old:>11,.2f} {new:>11,.2f} {new / old:>6.3f}")
+        print(f"{case.id:<45} " + "  ".join(row))
 
 
 if __name__ == "__main__":
