@@ -216,7 +216,8 @@ class SenderLink:
 
         return batch, parts()
 
-    def unsettled_batches(self) -> Iterator[tuple[Batch, int]]:
+    def unsettled_messages(self) -> Iterator[tuple[Batch, int]]:
+        """(batch, index) of every message taken and not settled, in seq order."""
         for batch in self.batches:
             for i in range(batch.size):
                 if batch.result(i) is None:

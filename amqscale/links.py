@@ -464,7 +464,7 @@ class Sender:
     def unsettled(self) -> list[Tracker]:
         """Trackers of messages not yet settled, across every shard."""
         return [Tracker(batch, i) for link in self._state.links
-                for batch, i in link.unsettled_batches()]
+                for batch, i in link.unsettled_messages()]
 
     def flush(self, timeout: float | None = None) -> None:
         """Hand over every batched message and wait until each is settled.

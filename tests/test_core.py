@@ -69,7 +69,7 @@ def test_one_failed_shard_leaves_the_others_taking_messages() -> None:
     workers.die(first.slot.index)
     assert isinstance(first.failure, WorkerDied)
     assert sender.pick() is second  # skipped, not raised
-    assert [b.first for b, _ in first.unsettled_batches()] == [0, 0]  # both still listed
+    assert [b.first for b, _ in first.unsettled_messages()] == [0, 0]  # both still listed
     assert sender.failed_with_unsettled() == [first]
     workers.die(second.slot.index)
     with pytest.raises(WorkerDied):
