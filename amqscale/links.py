@@ -405,9 +405,12 @@ class Sender:
         if state.closed:
             raise LinkDetached(f"sender to {self.address!r} is closed")
         items = messages if type(messages) is list else list(messages)
-        payloads = encode_payloads(items, self._fragment)
+        fragment = self._fragment
+        payloads = encode_payloads(items, fragment)  # None if one is larger than a part
+        large = payloads is None
         if payloads is None:  # one by one (and a bad one raises here)
             payloads = [self._encode(m) for m in items]
+            large = max(map(len, payloads), default=0) > fragment
         state.check_sizes(payloads)
         batches: list[Batch] = []
         done = 0
@@ -420,10 +423,10 @@ class Sender:
                 raise
             room = state.window - link.unsettled
             chunk = payloads[done:done + room] if done or room < len(payloads) else payloads
-            large = [i for i, x in enumerate(chunk) if len(x) > self._fragment]
             if large:  # the messages before the first large one go together, then it
-                chunk = chunk[:large[0]] or chunk[:1]
-            if len(chunk) == 1 and len(chunk[0]) > self._fragment:
+                first = next((i for i, x in enumerate(chunk) if len(x) > fragment), len(chunk))
+                chunk = chunk[:first] or chunk[:1]
+            if len(chunk) == 1 and len(chunk[0]) > fragment:
                 batches.append(self._send_parts(chunk[0], timeout)._batch)
             else:
                 with driver.lock:
