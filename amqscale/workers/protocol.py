@@ -36,10 +36,14 @@ def fragment_size(max_record_size: int) -> int:
     return min(MAX_FRAGMENT, max_record_size // 4)
 
 
+RECORD_BUDGET = 256 * 1024
+
+
 def record_budget(max_record_size: int) -> int:
     """Seal a record once its payload bytes reach this: what is added after it (one more
-    payload of at most fragment_size(), the framing) still fits."""
-    return max_record_size // 2
+    payload of at most fragment_size(), the framing) still fits. At most RECORD_BUDGET:
+    the reader copies each record out, and records that stay in the caches cost less."""
+    return min(RECORD_BUDGET, max_record_size // 2)
 
 
 # Link ids at or above this are assigned by workers to inbound links (listeners).
