@@ -3,9 +3,10 @@
 Thin handles: the Container owns a driver (``amqscale._driver``: the worker processes and
 their rings) and the client core (``amqscale.core``: every connection's and link's state).
 All event handling happens inside API calls: a call that waits pumps the event rings while
-it waits, and a send takes what has come as it hands a batch over. The one thread beside
-the user's, the linger thread, sleeps unless a partial batch waits, and then only hands it
-over. See docs/design.md for the thread and error models.
+it waits, and a send takes what has come as it hands a batch over. Beside the user's
+thread the driver runs two that sleep unless there is work: the linger thread hands
+partial batches over, the watcher notices a worker's exit. Every handle keeps its
+Container alive. See docs/design.md for the thread and error models.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class Connection:
     """A connection to one peer: `shards` AMQP connections placed over the workers."""
 
     def __init__(self, container: Container, state: ConnectionState) -> None:
-        self._container = container
+        self._container = container  # it lives as long as this connection does
         self._driver = container._driver
         self._state = state
         self.url: URL = state.url
@@ -220,7 +221,7 @@ class Connection:
             state = driver.core.open_sender(self._state, address, window, presettled, name,
                                             limit)
             driver.write_all()
-        sender = Sender(driver, state)
+        sender = Sender(driver, state, owner=self)
         self._await_links(state.links, timeout, f"sender to {address!r}")
         return sender
 
@@ -240,7 +241,7 @@ class Connection:
             state = driver.core.open_receiver(self._state, address, credit, name,
                                               auto_accept, limit)
             driver.write_all()
-        receiver = Receiver(driver, state)
+        receiver = Receiver(driver, state, owner=self)
         self._await_links(list(state.links.values()), timeout, f"receiver from {address!r}")
         return receiver
 
@@ -295,11 +296,12 @@ class Listener:
     """Inbound connections on one port, spread over the workers."""
 
     def __init__(self, container: Container, state: ListenerState) -> None:
+        self._container = container  # it lives as long as this listener does
         self._driver = container._driver
         self._state = state
         self.id = state.id
         self.host = state.host
-        self.receiver = Receiver(self._driver, state.receiver)
+        self.receiver = Receiver(self._driver, state.receiver, owner=self)
 
     @property
     def port(self) -> int | None:

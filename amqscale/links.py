@@ -288,9 +288,10 @@ class Trackers(_Parts[Tracker]):
 class Sender:
     """Sends messages to one address over every shard of a connection."""
 
-    def __init__(self, driver: Driver, state: SenderState) -> None:
+    def __init__(self, driver: Driver, state: SenderState, owner: object = None) -> None:
         self._driver = driver
         self._state = state
+        self._owner = owner  # its Connection: the Container lives as long as this does
         state.waiter = driver
         self.address = state.address
         self.presettled = state.presettled
@@ -658,9 +659,10 @@ class Deliveries(_Parts[Delivery]):
 class Receiver:
     """Receives from one address over every shard; iterate it for Deliveries."""
 
-    def __init__(self, driver: Driver, state: ReceiverState) -> None:
+    def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
         self._driver = driver
         self._state = state
+        self._owner = owner  # its Connection or Listener: the Container lives as long
         state.waiter = driver
         self.address = state.address
         self.credit = state.credit

@@ -347,3 +347,15 @@ def test_proton_client_disconnecting_mid_stream_leaves_the_listener_working() ->
             listener.receiver.receive(timeout=20).accept()
         wait_for(lambda: len(again.outcomes) == 5, 20, "the second peer's outcomes")
         again.stop()
+
+
+def test_a_sender_keeps_its_container_alive() -> None:
+    """Only the Sender is kept: its Container must not be collected under it."""
+    with amqscale.Container(workers=1) as server:
+        listener = server.listen("amqp://127.0.0.1:0")
+        sender = amqscale.Container(workers=1).connect(listener.url).open_sender("kept")
+        gc.collect()
+        tracker = sender.send(b"still here")
+        listener.receiver.receive(timeout=20).accept()
+        assert tracker.wait(20).accepted
+        sender.close()
