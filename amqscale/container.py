@@ -301,7 +301,9 @@ class Listener:
         self._state = state
         self.id = state.id
         self.host = state.host
-        self.receiver = Receiver(self._driver, state.receiver, owner=self)
+        # Its owner is the Container, not this Listener: no cycle, so a dropped Container
+        # goes as soon as nothing refers to it, without waiting for the cycle collector.
+        self.receiver = Receiver(self._driver, state.receiver, owner=container)
 
     @property
     def port(self) -> int | None:

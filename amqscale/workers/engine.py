@@ -591,8 +591,21 @@ class Engine:
         if link is None:
             return
         if lib.pn_link_state(link.ptr) & LOCAL_CLOSED == 0:
+            if not link.is_sender:
+                self._release_unsettled(link)
             _set_condition(lib.pn_link_condition(link.ptr), cmd.condition)
             lib.pn_link_close(link.ptr)
+
+    def _release_unsettled(self, link: Link) -> None:
+        """Before a receiving link detaches, give back what the user did not settle (also
+        what is still on its way to the user): a broker may keep a detached link's
+        unsettled deliveries from every other receiver until the connection ends."""
+        link.rx = []
+        link.rx_settled = None
+        for delivery in link.deliveries.values():
+            lib.pn_delivery_update(delivery, p.RELEASED)
+            _settle(delivery)
+        link.deliveries.clear()
 
     def _close_connection(self, cmd: p.CloseConnection) -> None:
         conn = self.connections.get(cmd.conn)
