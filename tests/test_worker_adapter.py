@@ -315,3 +315,18 @@ def test_parts_ahead_of_the_socket_stay_bounded() -> None:
         if arrived == parts * FRAGMENT:
             break
     assert most_ahead <= 4 * FRAGMENT
+
+
+def test_a_receiving_link_releases_what_the_user_did_not_settle_before_it_detaches() -> None:
+    """Settled by the user: its outcome; the rest, taken or still on its way: released."""
+    pair = Pair(fragment=FRAGMENT)
+    inbound = pair.open_sender(1, pair.connect())
+    pair.client.engine.handle(p.Send(1, 0, [b"m%d" % i for i in range(5)]))
+    pair.pump()
+    assert len(received(pair.server.events, inbound)) == 5
+    pair.server.engine.handle(p.Settle(inbound, [0, 1]))
+    pair.server.engine.handle(p.CloseLink(inbound))
+    pair.pump()
+    outcomes = {(e.state, tuple(e.runs)) for e in pair.client.of(p.Outcomes)}
+    assert outcomes == {(p.ACCEPTED, (0, 2)), (p.RELEASED, (2, 3)), (p.RELEASED, (3, 4)),
+                        (p.RELEASED, (4, 5))}
