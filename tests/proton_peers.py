@@ -122,7 +122,20 @@ class _Peer(MessagingHandler):
         link.target.copy(link.remote_target)
 
 
-class Source(_Peer):
+class _Listening(_Peer):
+    """A peer that listens on 127.0.0.1:`port` (set by the subclass)."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"amqp://127.0.0.1:{self.port}"
+
+    def begin(self, container: Any) -> None:
+        self.acceptor = container.listen(f"127.0.0.1:{self.port}")
+
+
+class Source(_Listening):
     """Listens; offers `count` messages (id i, body `body`) to each receiver that attaches.
 
     Records every credit value it sees on the link (`credit_seen`), how many it sent
@@ -142,13 +155,6 @@ class Source(_Peer):
         self.outcomes: dict[int, str] = {}
         self.link_closed = False
         self._link: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"amqp://127.0.0.1:{self.port}"
-
-    def begin(self, container: Any) -> None:
-        self.acceptor = container.listen(f"127.0.0.1:{self.port}")
 
     def on_link_opening(self, event: Any) -> None:
         self.mirror(event.link)
@@ -188,7 +194,7 @@ class Source(_Peer):
         self.link_closed = True
 
 
-class Sink(_Peer):
+class Sink(_Listening):
     """Listens; grants `credit` to each sender that attaches and never settles (unless
     `accept`). Records each message it got (`messages`, in order of arrival)."""
 
@@ -202,13 +208,6 @@ class Sink(_Peer):
         self.port = port or free_port()
         self.messages: list[Message] = []
         self.links_opened = 0
-
-    @property
-    def url(self) -> str:
-        return f"amqp://127.0.0.1:{self.port}"
-
-    def begin(self, container: Any) -> None:
-        self.acceptor = container.listen(f"127.0.0.1:{self.port}")
 
     def on_link_opening(self, event: Any) -> None:
         self.mirror(event.link)
