@@ -42,9 +42,9 @@ class Driver:
         self.supervisor = Supervisor(workers, ring_capacity)
         self.handles = self.supervisor.workers
         try:
-            max_record = self.handles[0].rings.outbound.max_record_size
-            self.core = ClientCore(workers, container_id, p.fragment_size(max_record))
-            self.max_record_size = max_record
+            self.max_record_size = self.supervisor.max_record_size
+            self.core = ClientCore(workers, container_id,
+                                   p.fragment_size(self.max_record_size))
             self.lock = threading.Lock()
             self.closed = False
             self._record = bytearray()  # reused: a fresh 100 KB bytes per write costs faults

@@ -669,7 +669,6 @@ class ClientCore:
         self.listeners: dict[int, ListenerState] = {}
         self.stats: dict[int, p.WorkerStats] = {}
         self.dirty: set[SenderLink | ReceiverLink] = set()  # partial batches waiting
-        self.closed = False
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -876,7 +875,6 @@ class ClientCore:
     def close(self) -> None:
         """The Container closed: every connection, link and listener is closed, and a
         later call on one raises what a call on a closed one raises."""
-        self.closed = True
         for target in self.routes.values():
             if target.failure is None:
                 target.failure = (
