@@ -669,6 +669,10 @@ class ClientCore:
         self.listeners: dict[int, ListenerState] = {}
         self.stats: dict[int, p.WorkerStats] = {}
         self.dirty: set[SenderLink | ReceiverLink] = set()  # partial batches waiting
+        # Called after each event is applied, with the state it was applied to (a Shard,
+        # SenderLink, ReceiverLink or ListenerState), for faces that react to events
+        # (asyncio futures, handler callbacks); with (slot, None) when a worker died.
+        self.observer: Callable[[Any, p.Event | None], None] | None = None
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -831,33 +835,39 @@ class ClientCore:
                         and target.receiver.endless:
                     del self.routes[link_id]  # an inbound link: gone for good
             elif kind is p.LinkOpened and event.inbound:  # type: ignore[union-attr]
-                self._on_inbound(slot, event)  # type: ignore[arg-type]
+                target = self._on_inbound(slot, event)  # type: ignore[arg-type]
+            if target is not None and self.observer is not None:
+                self.observer(target, event)
             return
         if kind is p.WorkerStats:
             self.stats[event.index] = event  # type: ignore[union-attr,assignment]
-        elif kind is p.Listening or kind is p.ListenFailed:
-            listener = self.listeners.get(event.listener)  # type: ignore[union-attr]
-            if listener is not None:
-                listener.on_event(event)
+            return
+        if kind is p.Listening or kind is p.ListenFailed:
+            target = self.listeners.get(event.listener)  # type: ignore[union-attr]
         else:
             target = self.routes.get(getattr(event, "conn", 0))
-            if target is not None:
-                target.on_event(event)
+        if target is not None:
+            target.on_event(event)
+            if self.observer is not None:
+                self.observer(target, event)
 
-    def _on_inbound(self, slot: WorkerSlot, event: p.LinkOpened) -> None:
+    def _on_inbound(self, slot: WorkerSlot, event: p.LinkOpened) -> ReceiverLink | None:
         """A remote peer attached a link to a listener; a remote sender's messages go to
-        the listener's receiver. One attached after the listener closed is detached."""
+        the listener's receiver (its new link is returned). One attached after the
+        listener closed is detached."""
         listener = self.listeners.get(event.conn)
         if listener is None:
             slot.queue(p.CloseLink(event.link, p.Condition(
                 "amqp:resource-deleted", "the listener is closed")))
-            return
+            return None
         if event.is_sender:
-            return  # a remote receiver: nothing to offer it yet, its link stays idle
+            return None  # a remote receiver: nothing to offer it yet, its link stays idle
         link = ReceiverLink(event.link, slot, listener.receiver, listener.credit)
         link.opened = True
+        link.remote_source = event.remote_source
         listener.receiver.links[event.link] = link
         self.routes[event.link] = link
+        return link
 
     def worker_died(self, slot: WorkerSlot, code: int | None) -> None:
         """Everything on a dead worker fails with WorkerDied; unsettled messages stay."""
@@ -871,6 +881,8 @@ class ClientCore:
         for listener in self.listeners.values():
             if slot.index == 0 and listener.failure is None:  # the accepting worker
                 listener.failure = listener.receiver.ended = failure
+        if self.observer is not None:
+            self.observer(slot, None)
 
     def close(self) -> None:
         """The Container closed: every connection, link and listener is closed, and a

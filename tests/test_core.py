@@ -239,3 +239,30 @@ def test_a_batch_with_one_message_over_a_peers_limit_is_refused_whole() -> None:
     with pytest.raises(MessageTooLarge, match="the 10 bytes the peer accepts"):
         sender.check_sizes([b"ok", b"x" * 11])
     sender.check_sizes([b"ok", b"x" * 10])
+
+
+def test_the_observer_sees_each_event_with_the_state_it_changed() -> None:
+    core, workers = _core(workers=2)
+    seen: list[tuple[str, str | None]] = []
+    core.observer = lambda target, event: seen.append(
+        (type(target).__name__, None if event is None else type(event).__name__))
+    sender = _sender(core, workers, shards=1)
+    link = sender.links[0]
+    link.send_chunk([b"a"])
+    workers.settle(link.id, 0, 1)
+    workers.emit(0, p.WorkerStats(0, 1, 0, 0, 0))  # no state of a face: not observed
+    workers.die(1)
+    assert seen == [("Shard", "ConnectionOpened"), ("SenderLink", "LinkOpened"),
+                    ("SenderLink", "Outcomes"), ("WorkerSlot", None)]
+
+
+def test_the_observer_sees_an_inbound_link_attach_to_a_listener() -> None:
+    core, workers = _core(workers=1)
+    listener = core.listen("127.0.0.1", 0, 10, 0)
+    workers.emit(0, p.Listening(listener.id, 5672))
+    seen: list[object] = []
+    core.observer = lambda target, event: seen.append(target)
+    workers.emit(0, p.LinkOpened(77, listener.id, "in", False, inbound=True,
+                                 remote_source=p.Terminus(address="a")))
+    assert seen == [listener.receiver.links[77]]
+    assert listener.receiver.links[77].remote_source == p.Terminus(address="a")
