@@ -16,12 +16,10 @@ import os
 import uuid
 from typing import Any
 
-import msgspec
-
+from . import _ops
 from ._driver import Driver
 from ._supervisor import DEFAULT_RING_CAPACITY
 from .core import ConnectionState, ListenerState
-from .errors import ConnectionFailed
 from .links import CLOSE_TIMEOUT, Receiver, Sender
 from .url import URL, parse_url
 
@@ -35,17 +33,33 @@ def default_worker_count() -> int:
         return os.cpu_count() or 1
 
 
-def _check_positive(value: object, what: str) -> None:
+def check_positive(value: object, what: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{what} must be a positive int, not {value!r}")
 
 
-def _check_limit(value: object) -> int:
+def check_limit(value: object) -> int:
     """A max_message_size argument as the protocol takes it (0: no limit)."""
     if value is None:
         return 0
-    _check_positive(value, "max_message_size")
+    check_positive(value, "max_message_size")
     return value  # type: ignore[return-value]
+
+
+def connect_options(url: str, shards: int, *, user: str | None, password: str | None,
+                    sasl_mechanisms: str | None, virtual_host: str | None,
+                    idle_timeout: float) -> tuple[URL, dict[str, Any]]:
+    """`connect()`'s arguments checked, as the URL and the OpenConnection options."""
+    parsed = parse_url(url)
+    if parsed.port == 0:
+        raise ValueError(f"cannot connect to port 0 in {url!r}")
+    check_positive(shards, "shards")
+    if parsed.tls:
+        raise NotImplementedError("amqps:// (TLS) is not supported yet")
+    return parsed, {
+        "virtual_host": virtual_host, "user": user or parsed.user,
+        "password": password if password is not None else parsed.password,
+        "sasl_mechanisms": sasl_mechanisms, "idle_timeout": idle_timeout}
 
 
 class Container:
@@ -80,14 +94,7 @@ class Container:
 
         How evenly the work is spread over the cores shows here.
         """
-        driver, core = self._driver, self._core
-        driver.check_open()
-        with driver.lock:
-            live = core.ask_stats()
-            driver.write_all()
-        driver.wait(lambda: len(core.stats) >= len(core.live_slots())
-                    or any(s.failure for s in live), timeout, "the workers' counters")
-        return [msgspec.structs.asdict(core.stats[i]) for i in sorted(core.stats)]
+        return _ops.run(self._driver, _ops.worker_stats(self._driver), timeout)
 
     # ---- opening ------------------------------------------------------------------------
 
@@ -102,31 +109,12 @@ class Container:
         """
         driver = self._driver
         driver.check_open()
-        parsed = parse_url(url)
-        if parsed.port == 0:
-            raise ValueError(f"cannot connect to port 0 in {url!r}")
-        _check_positive(shards, "shards")
-        if parsed.tls:
-            raise NotImplementedError("amqps:// (TLS) is not supported yet")
-        driver.refresh()  # notice workers that died since the last call: place none there
-        with driver.lock:
-            state = self._core.open_connection(
-                parsed, shards, virtual_host=virtual_host, user=user or parsed.user,
-                password=password if password is not None else parsed.password,
-                sasl_mechanisms=sasl_mechanisms, idle_timeout=idle_timeout)
-            driver.write_all()
-        connection = Connection(self, state)
-        try:
-            driver.wait(lambda: all(s.opened or s.failure for s in state.shards),
-                        timeout, f"connection to {parsed}")
-            for shard in state.shards:
-                if shard.failure is not None:
-                    raise ConnectionFailed(f"cannot connect to {parsed}: {shard.failure}",
-                                           getattr(shard.failure, "condition", None))
-        except BaseException:
-            connection.close()
-            raise
-        return connection
+        parsed, options = connect_options(url, shards, user=user, password=password,
+                                          sasl_mechanisms=sasl_mechanisms,
+                                          virtual_host=virtual_host,
+                                          idle_timeout=idle_timeout)
+        state = _ops.run(driver, _ops.connect(driver, parsed, shards, **options), timeout)
+        return Connection(self, state)
 
     def listen(self, url: str, *, credit: int = 1000, max_message_size: int | None = None,
                timeout: float | None = OPEN_TIMEOUT) -> Listener:
@@ -136,35 +124,12 @@ class Container:
         on `Listener.receiver`; each inbound link is granted `credit` and told our
         `max_message_size` (a larger message ends its link).
         """
-        driver = self._driver
-        driver.check_open()
         parsed = parse_url(url)
-        _check_positive(credit, "credit")
-        limit = _check_limit(max_message_size)
-        driver.refresh()
-        core = self._core
-        if core.slots[0].failure is not None:
-            raise core.slots[0].failure  # the accepting worker is gone
-        with driver.lock:
-            state = core.listen(parsed.host, parsed.port, credit, limit)
-            driver.write_all()
-        listener = Listener(self, state)
-        try:
-            driver.wait(lambda: state.port is not None or state.failure is not None,
-                        timeout, f"listening on {parsed}")
-            if state.failure is None:
-                with driver.lock:
-                    core.adopt(state)
-                    driver.write_all()
-                driver.wait(lambda: state.pending <= 0 or state.failure is not None,
-                            timeout, f"listening on {parsed}")
-        except BaseException:
-            listener.close()
-            raise
-        if state.failure is not None:
-            listener.close()
-            raise state.failure
-        return listener
+        check_positive(credit, "credit")
+        limit = check_limit(max_message_size)
+        state = _ops.run(self._driver, _ops.listen(self._driver, parsed, credit, limit),
+                         timeout)
+        return Listener(self, state)
 
     # ---- closing ------------------------------------------------------------------------
 
@@ -212,18 +177,12 @@ class Connection:
         message larger than `max_message_size`, or than the peer accepts, raises
         MessageTooLarge at send(). Shards that failed get no link.
         """
-        _check_positive(window, "window")
-        limit = _check_limit(max_message_size)
+        check_positive(window, "window")
+        limit = check_limit(max_message_size)
         driver = self._driver
-        self._state.check_usable()
-        driver.check_open()
-        with driver.lock:
-            state = driver.core.open_sender(self._state, address, window, presettled, name,
-                                            limit)
-            driver.write_all()
-        sender = Sender(driver, state, owner=self)
-        self._await_links(state.links, timeout, f"sender to {address!r}")
-        return sender
+        state = _ops.run(driver, _ops.open_sender(driver, self._state, address, window,
+                                                  presettled, name, limit), timeout)
+        return Sender(driver, state, owner=self)
 
     def open_receiver(self, address: str | None, *, credit: int = 1000,
                       auto_accept: bool = False, name: str | None = None,
@@ -232,58 +191,16 @@ class Connection:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
 
         `max_message_size` is announced to the peer (a larger message ends the link)."""
-        _check_positive(credit, "credit")
-        limit = _check_limit(max_message_size)
+        check_positive(credit, "credit")
+        limit = check_limit(max_message_size)
         driver = self._driver
-        self._state.check_usable()
-        driver.check_open()
-        with driver.lock:
-            state = driver.core.open_receiver(self._state, address, credit, name,
-                                              auto_accept, limit)
-            driver.write_all()
-        receiver = Receiver(driver, state, owner=self)
-        self._await_links(list(state.links.values()), timeout, f"receiver from {address!r}")
-        return receiver
-
-    def _await_links(self, links: list[Any], timeout: float | None, what: str) -> None:
-        driver = self._driver
-        try:
-            driver.wait(lambda: all(x.opened or x.failure for x in links), timeout, what)
-        except BaseException:
-            self._abandon(links)
-            raise
-        failed = [x for x in links if x.failure is not None]
-        if failed:
-            self._abandon(links)
-            raise failed[0].failure
-
-    def _abandon(self, links: list[Any]) -> None:
-        driver = self._driver
-        if driver.closed:
-            return
-        with driver.lock:
-            driver.core.close_links(links)
-            driver.write_all()
-        driver.core.forget_links(links)
+        state = _ops.run(driver, _ops.open_receiver(driver, self._state, address, credit,
+                                                    auto_accept, name, limit), timeout)
+        return Receiver(driver, state, owner=self)
 
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Close every shard and wait (up to `timeout`) for the peer to confirm."""
-        state = self._state
-        if state.closed:
-            return
-        driver = self._driver
-        core = driver.core
-        if driver.closed:
-            state.closed = True
-            return
-        with driver.lock:
-            core.hand_over_dirty()
-            core.close_connection(state)
-            driver.write_all()
-        with contextlib.suppress(TimeoutError):
-            driver.wait(lambda: all(s.closed or s.slot.failure for s in state.shards),
-                        timeout, f"the connection to {self.url} to close")
-        core.forget_connection(state)
+        _ops.run(self._driver, _ops.close_connection(self._driver, self._state), timeout)
 
     def __enter__(self) -> Connection:
         return self
@@ -327,16 +244,7 @@ class Listener:
         """Stop accepting and close the receiver: what was delivered and not taken is
         released, the inbound links are detached; accepted connections stay open until
         their peers close them."""
-        state = self._state
-        if state.closed:
-            return
-        driver = self._driver
-        if driver.closed:
-            state.closed = state.receiver.closed = True
-            return
-        with driver.lock:
-            driver.core.close_listener(state)
-            driver.write_all()
+        _ops.close_listener(self._driver, self._state)
 
     def __enter__(self) -> Listener:
         return self

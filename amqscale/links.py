@@ -21,11 +21,10 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
-from . import codec
+from . import _ops, codec
 from ._driver import Driver
 from .core import (
     ACCEPTED,
-    PARTS_IN_FLIGHT,
     SEND_BATCH,
     Arrival,
     Batch,
@@ -170,14 +169,9 @@ class Tracker:
 
     def wait(self, timeout: float | None = None) -> Tracker:
         """Block until the peer settles this message; raises if its link fails first."""
-        link = self._batch.link
-        link.sender.waiter.wait(
-            lambda: self.settled or link.failure is not None, timeout,
-            f"message {self.seq} to be settled",
-        )
-        if not self.settled:
-            assert link.failure is not None
-            raise link.failure
+        batch = self._batch
+        _ops.run(batch.link.sender.waiter, _ops.settled(
+            [batch], lambda: self.settled, f"message {self.seq} to be settled"), timeout)
         return self
 
     def __repr__(self) -> str:
@@ -269,16 +263,10 @@ class Trackers(_Parts[Tracker]):
 
     def wait(self, timeout: float | None = None) -> Trackers:
         """Block until every message is settled; raises if a link fails first."""
-        if not self._batches:
-            return self
-        links = {batch.link for batch in self._batches}
-        self._batches[0].link.sender.waiter.wait(
-            lambda: self.settled or any(link.failure for link in links), timeout,
-            f"{len(self)} messages to be settled",
-        )
-        for batch in self._batches:
-            if batch.pending and batch.link.failure is not None:
-                raise batch.link.failure
+        if self._batches:
+            _ops.run(self._batches[0].link.sender.waiter, _ops.settled(
+                self._batches, lambda: self.settled, f"{len(self)} messages to be settled"),
+                timeout)
         return self
 
     def __repr__(self) -> str:
@@ -368,29 +356,11 @@ class Sender:
         return Tracker(batch, index)
 
     def _send_parts(self, payload: bytes, timeout: float | None) -> Tracker:
-        """A message too large for one record: its parts, in order, one record each, with
-        at most PARTS_IN_FLIGHT of them waiting in the worker (it reports PartsWritten)."""
+        """A message too large for one record, in parts (see _ops.send_parts)."""
         link = self._pick_link(timeout)
         self._state.check_size(payload)
-        driver = self._driver
-        with driver.lock:
-            batch, parts = link.parts(payload, self._fragment)
-            driver.write(link.slot)  # what send() batched before it goes first
-        seq = batch.first
-        for sent, part in enumerate(parts):
-            if sent >= PARTS_IN_FLIGHT:
-                done = sent - PARTS_IN_FLIGHT + 1
-                driver.wait(lambda done=done: link.parts_done(seq, done)  # type: ignore[misc]
-                            or link.failure is not None,
-                            None, f"part {sent} of message {seq} to go out")
-            if link.failure is not None:
-                break  # the message stays unsettled, with its payload, for a resend
-            with driver.lock:
-                link.slot.queue(part)
-                driver.write(link.slot)  # a dead worker ends this: the link then fails
-        self._state.rotate()
-        driver.take_events()
-        return Tracker(batch, 0)
+        return Tracker(_ops.run(self._driver, _ops.send_parts(self._driver, link, payload),
+                                None), 0)
 
     def send_many(self, messages: Iterable[Message | bytes | bytearray | memoryview],
                   timeout: float | None = None) -> Trackers:
@@ -456,13 +426,7 @@ class Sender:
 
     def _pick_link(self, timeout: float | None) -> SenderLink:
         """The next shard's link with room in its window, waiting for room if none has."""
-        state = self._state
-        link = state.pick()
-        while link is None:
-            self._driver.wait(state.has_room, timeout,
-                              f"room in the window of the sender to {self.address!r}")
-            link = state.pick()
-        return link
+        return _ops.run(self._driver, _ops.room(self._state), timeout)
 
     @property
     def unsettled(self) -> list[Tracker]:
@@ -478,16 +442,7 @@ class Sender:
         state = self._state
         if state.closed:
             raise LinkDetached(f"sender to {self.address!r} is closed")
-        self._driver.wait(state.all_settled, timeout,
-                          f"every message to {self.address!r} to be settled")
-        failed = state.failed_with_unsettled()
-        if failed:
-            failure: Any = failed[0].failure
-            count = sum(x.unsettled for x in failed)
-            raise type(failure)(
-                f"{count} message(s) unsettled: {failure}",
-                getattr(failure, "condition", None),
-            )
+        _ops.run(self._driver, _ops.flush(state), timeout)
 
     def close(self, timeout: float | None = None) -> None:
         """Flush (waiting up to `timeout` for the outcomes), then detach every link and
@@ -500,31 +455,15 @@ class Sender:
                 self.flush(timeout)
         finally:
             state.closed = True
-            _close_links(self._driver, list(state.links),
-                         CLOSE_TIMEOUT if timeout is None else timeout,
-                         f"the sender to {self.address!r} to detach")
+            _ops.run(self._driver, _ops.close_links(
+                self._driver, list(state.links), f"the sender to {self.address!r} to detach"),
+                CLOSE_TIMEOUT if timeout is None else timeout)
 
     def __enter__(self) -> Sender:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _close_links(driver: Driver, links: list[Any], timeout: float | None, what: str) -> None:
-    """Detach `links`, wait (up to `timeout`) until the worker confirms, forget them."""
-    core = driver.core
-    if driver.closed:
-        return
-    with driver.lock:
-        core.close_links(links)
-        driver.write_all()
-    try:
-        driver.wait(lambda: all(x.closed or x.slot.failure for x in links), timeout, what)
-    except TimeoutError:
-        pass
-    finally:
-        core.forget_links(links)
 
 
 class Delivery:
@@ -733,17 +672,8 @@ class Receiver:
 
     def _await_buffer(self, timeout: float | None) -> None:
         """Return once a delivery is buffered; raise if none can come."""
-        state = self._state
-        if state.buffer:
-            return
-        if state.closed:
-            raise LinkDetached(f"the receiver from {self.address!r} is closed")
-        self._driver.wait(
-            lambda: bool(state.buffer) or state.all_failed(), timeout,
-            f"a message from {self.address!r}", settlements=False,
-        )
-        if not state.buffer:
-            raise state.failure()
+        if not self._state.buffer:
+            _ops.run(self._driver, _ops.buffered(self._state), timeout)
 
     def __iter__(self) -> Iterator[Delivery]:
         """Deliveries as they come; ends when every link closed cleanly, raises on error."""
@@ -761,17 +691,7 @@ class Receiver:
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Release what was received but not taken, detach every link and wait (up to
         `timeout`) for the peer to confirm: nothing on its way is lost from view."""
-        state = self._state
-        if state.closed:
-            return
-        state.closed = True
-        driver = self._driver
-        if driver.closed:
-            return
-        with driver.lock:
-            driver.core.release_untaken(state)
-        _close_links(driver, list(state.links.values()), timeout,
-                     f"the receiver from {self.address!r} to detach")
+        _ops.run(self._driver, _ops.close_receiver(self._driver, self._state), timeout)
 
     def __enter__(self) -> Receiver:
         return self

@@ -1,0 +1,339 @@
+"""What every face does, written once as steps: each face only decides how to wait.
+
+An operation (opening a connection, a link or a listener, closing one, sending a message
+in parts, waiting for outcomes) is a generator. It queues commands through the driver and,
+whenever it needs the workers to answer, yields a :class:`Wait`: a predicate over the
+core's state and what it waits for. A face runs it: the blocking face with
+:func:`run` (``Driver.wait``, one deadline for the whole operation), the asyncio face with
+futures on its loop (``amqscale.aio``). The handler face needs no waits: it reacts to the
+events themselves.
+
+An operation that is abandoned (its deadline passed, its task cancelled) gets the exception
+thrown in at its yield: it undoes what it started, without waiting, and re-raises. Closing
+operations swallow a TimeoutError: they give up waiting for the peer's confirmation, not the
+close.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator
+from typing import Any, NamedTuple, TypeVar
+
+import msgspec
+
+from ._driver import Driver
+from .core import (
+    PARTS_IN_FLIGHT,
+    Batch,
+    ConnectionState,
+    ListenerState,
+    ReceiverLink,
+    ReceiverState,
+    SenderLink,
+    SenderState,
+)
+from .errors import ConnectionFailed, LinkDetached
+from .url import URL
+
+T = TypeVar("T")
+
+
+class Wait(NamedTuple):
+    """Wait until `ready()`; `what` names it in a TimeoutError."""
+
+    ready: Callable[[], bool]
+    what: str
+    # Hand batched settlements over before waiting (waiting for messages needs none).
+    settlements: bool = True
+    # False: not bound by the operation's deadline (the rest of a message in parts).
+    bounded: bool = True
+
+
+Steps = Generator[Wait, None, T]
+
+
+def run(driver: Driver, steps: Steps[T], timeout: float | None) -> T:
+    """Run `steps` in the calling thread, all of it within `timeout` seconds."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    outcome: tuple[bool, Any] = (True, None)  # (ok, the value sent or the error thrown)
+    while True:
+        try:
+            ok, value = outcome
+            wait = steps.send(value) if ok else steps.throw(value)
+        except StopIteration as done:
+            return done.value
+        try:
+            remaining = None
+            if deadline is not None and wait.bounded:
+                remaining = max(0.0, deadline - time.monotonic())
+            driver.wait(wait.ready, remaining, wait.what, wait.settlements)
+            outcome = (True, None)
+        except TimeoutError:
+            outcome = (False, TimeoutError(
+                f"timed out after {timeout} s waiting for {wait.what}"))
+        except BaseException as exc:
+            outcome = (False, exc)
+
+
+# ---- connections ----------------------------------------------------------------------------
+
+
+def connect(driver: Driver, url: URL, shards: int, **options: Any) -> Steps[ConnectionState]:
+    """Open `shards` connections to `url` on live workers; raise ConnectionFailed (and
+    close the others) if one cannot be opened."""
+    driver.refresh()  # notice workers that died since the last call: place none there
+    with driver.lock:
+        state = driver.core.open_connection(url, shards, **options)
+        driver.write_all()
+    try:
+        yield Wait(lambda: all(s.opened or s.failure for s in state.shards),
+                   f"connection to {url}")
+        for shard in state.shards:
+            if shard.failure is not None:
+                raise ConnectionFailed(f"cannot connect to {url}: {shard.failure}",
+                                       getattr(shard.failure, "condition", None))
+    except BaseException:
+        abandon_connection(driver, state)
+        raise
+    return state
+
+
+def abandon_connection(driver: Driver, state: ConnectionState) -> None:
+    """Close every shard without waiting for the peer, and forget them."""
+    if driver.closed or state.closed:
+        state.closed = True
+        return
+    with driver.lock:
+        driver.core.close_connection(state)
+        driver.write_all()
+    driver.core.forget_connection(state)
+
+
+def close_connection(driver: Driver, state: ConnectionState) -> Steps[None]:
+    """Close every shard; wait for the peer to confirm (giving up at the deadline)."""
+    if state.closed:
+        return
+    if driver.closed:
+        state.closed = True
+        return
+    core = driver.core
+    with driver.lock:
+        core.hand_over_dirty()
+        core.close_connection(state)
+        driver.write_all()
+    try:
+        yield Wait(lambda: all(s.closed or s.slot.failure for s in state.shards),
+                   f"the connection to {state.url} to close")
+    except TimeoutError:
+        pass
+    finally:
+        core.forget_connection(state)
+
+
+# ---- links ----------------------------------------------------------------------------------
+
+
+def open_sender(driver: Driver, connection: ConnectionState, address: str | None,
+                window: int, presettled: bool, name: str | None,
+                max_message_size: int) -> Steps[SenderState]:
+    connection.check_usable()
+    driver.check_open()
+    with driver.lock:
+        state = driver.core.open_sender(connection, address, window, presettled, name,
+                                        max_message_size)
+        driver.write_all()
+    yield from _links_opened(driver, state.links, f"sender to {address!r}")
+    return state
+
+
+def open_receiver(driver: Driver, connection: ConnectionState, address: str | None,
+                  credit: int, auto_accept: bool, name: str | None,
+                  max_message_size: int) -> Steps[ReceiverState]:
+    connection.check_usable()
+    driver.check_open()
+    with driver.lock:
+        state = driver.core.open_receiver(connection, address, credit, name, auto_accept,
+                                          max_message_size)
+        driver.write_all()
+    yield from _links_opened(driver, list(state.links.values()),
+                             f"receiver from {address!r}")
+    return state
+
+
+def _links_opened(driver: Driver, links: list[Any], what: str) -> Steps[None]:
+    """Every link attached; the first refusal is raised (and every link detached)."""
+    try:
+        yield Wait(lambda: all(x.opened or x.failure for x in links), what)
+    except BaseException:
+        abandon_links(driver, links)
+        raise
+    failed = [x for x in links if x.failure is not None]
+    if failed:
+        abandon_links(driver, links)
+        raise failed[0].failure
+
+
+def abandon_links(driver: Driver, links: list[Any]) -> None:
+    """Detach `links` without waiting for the peer, and forget them."""
+    if driver.closed:
+        return
+    with driver.lock:
+        driver.core.close_links(links)
+        driver.write_all()
+    driver.core.forget_links(links)
+
+
+def close_links(driver: Driver, links: list[SenderLink] | list[ReceiverLink],
+                what: str) -> Steps[None]:
+    """Detach `links`; wait for the worker to confirm (giving up at the deadline)."""
+    core = driver.core
+    if driver.closed:
+        return
+    with driver.lock:
+        core.close_links(links)
+        driver.write_all()
+    try:
+        yield Wait(lambda: all(x.closed or x.slot.failure for x in links), what)
+    except TimeoutError:
+        pass
+    finally:
+        core.forget_links(links)
+
+
+def close_receiver(driver: Driver, state: ReceiverState) -> Steps[None]:
+    """Release what was received and not taken, then detach every link."""
+    if state.closed:
+        return
+    state.closed = True
+    if driver.closed:
+        return
+    with driver.lock:
+        driver.core.release_untaken(state)
+    yield from close_links(driver, list(state.links.values()),
+                           f"the receiver from {state.address!r} to detach")
+
+
+# ---- listening ------------------------------------------------------------------------------
+
+
+def listen(driver: Driver, url: URL, credit: int, max_message_size: int
+           ) -> Steps[ListenerState]:
+    """Worker 0 binds and accepts, then every other worker adopts the listener."""
+    driver.check_open()
+    driver.refresh()
+    core = driver.core
+    if core.slots[0].failure is not None:
+        raise core.slots[0].failure  # the accepting worker is gone
+    with driver.lock:
+        state = core.listen(url.host, url.port, credit, max_message_size)
+        driver.write_all()
+    try:
+        yield Wait(lambda: state.port is not None or state.failure is not None,
+                   f"listening on {url}")
+        if state.failure is None:
+            with driver.lock:
+                core.adopt(state)
+                driver.write_all()
+            yield Wait(lambda: state.pending <= 0 or state.failure is not None,
+                       f"listening on {url}")
+    except BaseException:
+        close_listener(driver, state)
+        raise
+    if state.failure is not None:
+        close_listener(driver, state)
+        raise state.failure
+    return state
+
+
+def close_listener(driver: Driver, state: ListenerState) -> None:
+    """Stop accepting; release what was delivered and not taken; detach inbound links."""
+    if state.closed:
+        return
+    if driver.closed:
+        state.closed = state.receiver.closed = True
+        return
+    with driver.lock:
+        driver.core.close_listener(state)
+        driver.write_all()
+
+
+# ---- sending and receiving ------------------------------------------------------------------
+
+
+def send_parts(driver: Driver, link: SenderLink, payload: bytes) -> Steps[Batch]:
+    """A message too large for one record: its parts in order, one record each, with at
+    most PARTS_IN_FLIGHT of them waiting in the worker (it reports PartsWritten). Once the
+    first part is handed over, the rest go whatever the deadline."""
+    with driver.lock:
+        batch, parts = link.parts(payload, driver.core.fragment)
+        driver.write(link.slot)  # what send() batched before it goes first
+    seq = batch.first
+    for sent, part in enumerate(parts):
+        if sent >= PARTS_IN_FLIGHT:
+            done = sent - PARTS_IN_FLIGHT + 1
+            yield Wait(lambda done=done: link.parts_done(seq, done)  # type: ignore[misc]
+                       or link.failure is not None,
+                       f"part {sent} of message {seq} to go out", bounded=False)
+        if link.failure is not None:
+            break  # the message stays unsettled, with its payload, for a resend
+        with driver.lock:
+            link.slot.queue(part)
+            driver.write(link.slot)  # a dead worker ends this: the link then fails
+    link.sender.rotate()
+    driver.take_events()
+    return batch
+
+
+def room(state: SenderState) -> Steps[SenderLink]:
+    """The next shard's link with room in its window, waiting for room if none has."""
+    link = state.pick()
+    while link is None:
+        yield Wait(state.has_room, f"room in the window of the sender to {state.address!r}")
+        link = state.pick()
+    return link
+
+
+def settled(batches: list[Batch], ready: Callable[[], bool], what: str) -> Steps[None]:
+    """Wait until `ready()` (the messages of `batches` are settled); raise the failure of
+    a link that ended with one of them unsettled."""
+    links = {batch.link for batch in batches}
+    yield Wait(lambda: ready() or any(link.failure for link in links), what)
+    if not ready():
+        for batch in batches:
+            if batch.pending and batch.link.failure is not None:
+                raise batch.link.failure
+
+
+def flush(state: SenderState) -> Steps[None]:
+    """Every message settled; then the failure of a link that left some unsettled."""
+    yield Wait(state.all_settled, f"every message to {state.address!r} to be settled")
+    failed = state.failed_with_unsettled()
+    if failed:
+        failure: Any = failed[0].failure
+        count = sum(x.unsettled for x in failed)
+        raise type(failure)(f"{count} message(s) unsettled: {failure}",
+                            getattr(failure, "condition", None))
+
+
+def buffered(state: ReceiverState) -> Steps[None]:
+    """A delivery is buffered; raise why if none can come."""
+    if state.buffer:
+        return
+    if state.closed:
+        raise LinkDetached(f"the receiver from {state.address!r} is closed")
+    yield Wait(lambda: bool(state.buffer) or state.all_failed(),
+               f"a message from {state.address!r}", settlements=False)
+    if not state.buffer:
+        raise state.failure()
+
+
+def worker_stats(driver: Driver) -> Steps[list[dict[str, int]]]:
+    core = driver.core
+    driver.check_open()
+    with driver.lock:
+        live = core.ask_stats()
+        driver.write_all()
+    yield Wait(lambda: len(core.stats) >= len(core.live_slots())
+               or any(s.failure for s in live), "the workers' counters")
+    return [msgspec.structs.asdict(core.stats[i]) for i in sorted(core.stats)]
