@@ -25,7 +25,9 @@ from .errors import (
     ContainerClosed,
     LinkDetached,
     MessageTooLarge,
+    SendFailed,
     URLError,
+    WindowFull,
     WorkerDied,
 )
 from .ipc.ring import RecordTooLarge
@@ -60,8 +62,8 @@ __all__ = [
     "AMQPError", "AmqpSequence", "AmqpValue", "Array", "Connection", "ConnectionFailed",
     "Container", "ContainerClosed", "DataSections", "DecodeError", "Deliveries", "Delivery",
     "Described", "LinkDetached", "Listener", "Message", "MessageTooLarge", "Receiver",
-    "RecordTooLarge", "Sender", "SequenceSections", "Tracker", "Trackers", "TypeCode",
-    "UNDESCRIBED", "URLError", "WorkerDied", "byte", "char", "decimal32", "decimal64",
+    "RecordTooLarge", "SendFailed", "Sender", "SequenceSections", "Tracker", "Trackers", "TypeCode",
+    "UNDESCRIBED", "URLError", "WindowFull", "WorkerDied", "byte", "char", "decimal32", "decimal64",
     "decimal128", "float32", "int32", "short", "symbol", "timestamp", "ubyte", "uint",
     "ulong", "ushort",
 ]

@@ -22,7 +22,7 @@ import time
 import traceback
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ._supervisor import DEFAULT_RING_CAPACITY, Supervisor, WorkerHandle
 from .core import ClientCore, WorkerSlot
@@ -38,7 +38,12 @@ class Driver:
     """Moves the core's commands to the workers and the workers' events to the core."""
 
     def __init__(self, workers: int, container_id: str,
-                 ring_capacity: int = DEFAULT_RING_CAPACITY) -> None:
+                 ring_capacity: int = DEFAULT_RING_CAPACITY, threads: bool = True) -> None:
+        """Start `workers` worker processes and wait until each is ready.
+
+        With `threads` False the linger and watcher threads are not started: an event
+        loop that runs this driver (``amqscale._loop``) installs its own `linger`, and
+        watches the pidfds itself."""
         self.supervisor = Supervisor(workers, ring_capacity)
         self.handles = self.supervisor.workers
         try:
@@ -55,8 +60,9 @@ class Driver:
         except BaseException:
             self.supervisor.stop()
             raise
-        self.linger = _Linger(self)
-        self.watcher = _Watcher(self)
+        self.linger: Linger = _Linger(self) if threads else _NoLinger()
+        self.watcher: _Watcher | None = _Watcher(self) if threads else None
+        self.binding: Any = None  # the event loop binding that runs this driver, if any
 
     # ---- writing --------------------------------------------------------------------------
 
@@ -304,7 +310,8 @@ class Driver:
         if self.closed:
             return
         self.linger.stop()
-        self.watcher.stop()
+        if self.watcher is not None:
+            self.watcher.stop()
         with self.lock:
             # Settlements and sends still batched go first: the peer must not see the
             # connection close with messages this side already took care of.
@@ -339,6 +346,22 @@ def _split(commands: list[p.Command]) -> list[list[p.Command]]:
 def _settle_part(command: p.Settle, ids: list[int]) -> p.Settle:
     return p.Settle(command.link, ids, command.state, command.condition,
                     command.delivery_failed, command.undeliverable_here, command.annotations)
+
+
+class Linger(Protocol):
+    """What hands partial batches over about LINGER seconds after they were started."""
+
+    def wake(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class _NoLinger:
+    def wake(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
 
 class _Linger:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AMQPError(Exception):
     """An error the peer or the engine reported, with its AMQP condition when there is one."""
@@ -34,3 +36,22 @@ class URLError(ValueError):
 
 class ContainerClosed(RuntimeError):
     """A call on a Container, or on anything opened on it, after the Container closed."""
+
+
+class WindowFull(Exception):
+    """A send that does not wait found every link's window full; nothing was sent."""
+
+
+class SendFailed(AMQPError):
+    """The peer settled a message with an outcome other than accepted (asked for with
+    ``check=True``); `tracker` has the outcome and the peer's condition."""
+
+    def __init__(self, tracker: Any) -> None:
+        condition = tracker.condition
+        super().__init__(
+            f"message {tracker.seq} was {tracker.outcome}"
+            + (f": {condition.name}: {condition.description}" if condition else ""),
+            condition.name if condition else None,
+            condition.description if condition else "")
+        self.tracker = tracker
+        self.outcome: str | None = tracker.outcome

@@ -276,8 +276,10 @@ class Trackers(_Parts[Tracker]):
 class Sender:
     """Sends messages to one address over every shard of a connection."""
 
-    def __init__(self, driver: Driver, state: SenderState, owner: object = None) -> None:
+    def __init__(self, driver: Driver, state: SenderState, owner: object = None,
+                 tracker: type[Tracker] = Tracker) -> None:
         self._driver = driver
+        self._tracker = tracker  # what send() returns (the asyncio face's is awaitable)
         self._state = state
         self._owner = owner  # its Connection: the Container lives as long as this does
         state.waiter = driver
@@ -331,6 +333,12 @@ class Sender:
         link = state.links[state.current]
         if link.failure is not None or link.unsettled >= state.window:
             link = self._pick_link(timeout)
+        return self._add(link, payload)
+
+    def _add(self, link: SenderLink, payload: bytes) -> Tracker:
+        """Take a message of at most a record's size on `link`, which has room: it joins
+        the link's open batch, handed over at once if the worker wants work."""
+        state = self._state
         if link.remote_max and len(payload) > link.remote_max:
             state.check_size(payload)
         driver = self._driver
@@ -353,7 +361,7 @@ class Sender:
             driver.take_events()
         elif not link.dirty:
             driver.mark_dirty(link)
-        return Tracker(batch, index)
+        return self._tracker(batch, index)
 
     def _send_parts(self, payload: bytes, timeout: float | None) -> Tracker:
         """A message too large for one record, in parts (see _ops.send_parts)."""
@@ -372,33 +380,47 @@ class Sender:
         seconds, TimeoutError is raised: its `trackers` are the messages already handed
         over (the rest were not sent).
         """
+        batches: list[Batch] = []
+        try:
+            _ops.run(self._driver, self._send_many(self._encode_many(messages), batches),
+                     timeout)
+        except TimeoutError as exc:
+            exc.trackers = Trackers(batches)  # type: ignore[attr-defined]
+            raise
+        return Trackers(batches)
+
+    def _encode_many(self, messages: Iterable[Message | bytes | bytearray | memoryview]
+                     ) -> list[bytes]:
+        """Every message encoded and checked for size: nothing is sent if one is bad."""
         state = self._state
         if state.closed:
             raise LinkDetached(f"sender to {self.address!r} is closed")
         items = messages if type(messages) is list else list(messages)
-        fragment = self._fragment
-        payloads = encode_payloads(items, fragment)  # None if one is larger than a part
-        large = payloads is None
+        payloads = encode_payloads(items, self._fragment)  # None if one is larger than a part
         if payloads is None:  # one by one (and a bad one raises here)
             payloads = [self._encode(m) for m in items]
-            large = max(map(len, payloads), default=0) > fragment
         state.check_sizes(payloads)
-        batches: list[Batch] = []
+        return payloads
+
+    def _send_many(self, payloads: list[bytes], batches: list[Batch]) -> _ops.Steps[None]:
+        """Hand `payloads` over as each link's window has room, a chunk per link and
+        command; a message larger than a record goes alone, in parts. `batches` gets
+        each chunk's batch as it is handed over."""
+        state = self._state
+        fragment = self._fragment
+        large = max(map(len, payloads), default=0) > fragment
         done = 0
         driver = self._driver
         while done < len(payloads):
-            try:
-                link = self._pick_link(timeout)
-            except TimeoutError as exc:
-                exc.trackers = Trackers(batches)  # type: ignore[attr-defined]
-                raise
+            link = yield from _ops.room(state)
             room = state.window - link.unsettled
             chunk = payloads[done:done + room] if done or room < len(payloads) else payloads
             if large:  # the messages before the first large one go together, then it
                 first = next((i for i, x in enumerate(chunk) if len(x) > fragment), len(chunk))
                 chunk = chunk[:first] or chunk[:1]
             if len(chunk) == 1 and len(chunk[0]) > fragment:
-                batches.append(self._send_parts(chunk[0], timeout)._batch)
+                state.check_size(chunk[0], link)
+                batches.append((yield from _ops.send_parts(driver, link, chunk[0])))
             else:
                 with driver.lock:
                     batches.append(link.send_chunk(chunk))
@@ -406,7 +428,6 @@ class Sender:
                 state.rotate()
             done += len(chunk)
         driver.take_events()
-        return Trackers(batches)
 
     def _encode(self, message: Message | bytes | bytearray | memoryview) -> bytes:
         state = self._state

@@ -1,0 +1,507 @@
+"""amqscale on asyncio: the same Container, Connection, Sender and Receiver, awaited.
+
+    import amqscale.aio as aio
+
+    async with aio.Container(workers=2) as container:
+        conn = await container.connect("amqp://127.0.0.1:5672", shards=2)
+        sender = await conn.open_sender("orders")
+        tracker = await sender.send(b"...")           # returns with the outcome
+        receiver = await conn.open_receiver("orders")
+        async for delivery in receiver:
+            delivery.accept()
+
+It runs on the running loop, asyncio's own or uvloop's (``uvloop.run(main())``, or
+``asyncio.run(main(), loop_factory=uvloop.new_event_loop)`` on Python 3.12+): the workers'
+eventfds are watched with ``loop.add_reader`` and deadlines with ``loop.call_at``, so no
+thread carries a message (a thread is used only to start and to stop the workers, which
+takes a few hundred milliseconds). A Container and what is opened on it belong to the
+loop that opened them.
+
+The names, arguments, defaults and errors are the blocking face's (``amqscale.Container``).
+What differs:
+
+- ``await sender.send(m)`` waits for room in the window and then for the outcome; it
+  returns the settled Tracker, and raises only if the link fails (``check=True`` raises
+  :class:`~amqscale.errors.SendFailed` for an outcome other than accepted).
+  ``sender.send_nowait(m)`` waits for nothing: it returns a Tracker (await it for the
+  outcome) or raises :class:`~amqscale.errors.WindowFull`. ``await sender.send_many(ms)``
+  waits for room only and returns Trackers: one awaitable for the whole batch.
+- Cancelling a wait ends only the wait: a message handed over stays in flight and its
+  outcome is still recorded; a receive that is cancelled takes nothing, so nothing is
+  lost or released that the user did not get.
+- ``aclose()`` in place of ``close()``; ``async with`` everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Generator, Iterable
+from typing import Any
+
+from . import _ops
+from ._driver import Driver
+from ._loop import LoopBinding, loop_binding
+from ._supervisor import DEFAULT_RING_CAPACITY
+from .container import (
+    OPEN_TIMEOUT,
+    check_limit,
+    check_positive,
+    connect_options,
+    default_worker_count,
+)
+from .core import ConnectionState, ListenerState, ReceiverState, SenderState
+from .errors import ContainerClosed, LinkDetached, MessageTooLarge, SendFailed, WindowFull
+from .links import (
+    _DATA8_PREFIXES,
+    CLOSE_TIMEOUT,
+    Deliveries,
+    Delivery,
+)
+from .links import Receiver as _BlockingReceiver
+from .links import Sender as _BlockingSender
+from .links import Tracker as _BlockingTracker
+from .links import Trackers as _BlockingTrackers
+from .message import Message
+from .url import URL, parse_url
+
+__all__ = ["Connection", "Container", "Deliveries", "Delivery", "Listener", "Receiver",
+           "Sender", "Tracker", "Trackers"]
+
+Sendable = Message | bytes | bytearray | memoryview
+
+
+class Tracker(_BlockingTracker):
+    """A sent message's state, as in the blocking face; ``await tracker`` (or
+    ``await tracker.wait(timeout)``) for its outcome."""
+
+    __slots__ = ()
+
+    async def wait(self, timeout: float | None = None) -> Tracker:  # type: ignore[override]
+        """Wait until the peer settles this message (up to `timeout` s); raises the
+        link's failure if it ends first. Cancelling this leaves the message in flight."""
+        batch = self._batch
+        binding = loop_binding(batch.link.sender.waiter)
+        await binding.run(_ops.settled([batch], lambda: self.settled,
+                                       f"message {self.seq} to be settled"),
+                          timeout, key=batch.link)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Tracker]:
+        return self.wait().__await__()
+
+
+class Trackers(_BlockingTrackers):
+    """The Trackers of a `send_many` batch; await it for every outcome."""
+
+    __slots__ = ()
+    _item = Tracker
+
+    async def wait(self, timeout: float | None = None) -> Trackers:  # type: ignore[override]
+        """Wait until every message is settled (up to `timeout` s); raises if a link
+        fails first. Cancelling this leaves the messages in flight."""
+        batches = self._batches
+        if batches:
+            binding = loop_binding(batches[0].link.sender.waiter)
+            key = batches[0].link if len({b.link for b in batches}) == 1 else None
+            await binding.run(_ops.settled(batches, lambda: self.settled,
+                                           f"{len(self)} messages to be settled"),
+                              timeout, key=key)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Trackers]:
+        return self.wait().__await__()
+
+
+class Container:
+    """Runs the worker processes and opens connections and listeners on them, for the
+    running asyncio loop. Start it with ``async with`` (or ``await start()``)."""
+
+    def __init__(self, workers: int | None = None, container_id: str | None = None,
+                 ring_capacity: int = DEFAULT_RING_CAPACITY) -> None:
+        check_positive(workers if workers is not None else 1, "workers")
+        self._workers = default_worker_count() if workers is None else workers
+        self._container_id = container_id
+        self._ring_capacity = ring_capacity
+        self._driver: Driver | None = None
+        self._binding: LoopBinding | None = None
+
+    async def start(self) -> Container:
+        """Start the workers (in a thread: it takes a moment) and bind them to the loop."""
+        if self._driver is not None:
+            return self
+        import uuid
+
+        self.container_id = self._container_id or f"amqscale-{uuid.uuid4()}"
+        loop = asyncio.get_running_loop()
+        driver = await loop.run_in_executor(
+            None, lambda: Driver(self._workers, self.container_id, self._ring_capacity,
+                                 threads=False))
+        self._driver = driver
+        self._binding = LoopBinding(driver, loop)
+        return self
+
+    @property
+    def _live(self) -> tuple[Driver, LoopBinding]:
+        if self._driver is None or self._binding is None:
+            raise ContainerClosed("the Container is not started: use `async with` or "
+                                  "`await container.start()`")
+        if self._binding.closed:
+            raise ContainerClosed("the Container is closed")
+        return self._driver, self._binding
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    @property
+    def closed(self) -> bool:
+        return self._binding is not None and self._binding.closed
+
+    def worker_pids(self) -> list[int]:
+        driver, _ = self._live
+        return [h.process.pid for h in driver.handles]
+
+    async def worker_stats(self, timeout: float | None = 10.0) -> list[dict[str, int]]:
+        """Each live worker's counters: index, pid, connections, messages sent and received."""
+        driver, binding = self._live
+        return await binding.run(_ops.worker_stats(driver), timeout)
+
+    async def connect(self, url: str, shards: int = 1, *, user: str | None = None,
+                      password: str | None = None, sasl_mechanisms: str | None = None,
+                      virtual_host: str | None = None, idle_timeout: float = 0.0,
+                      timeout: float | None = OPEN_TIMEOUT) -> Connection:
+        """Open `shards` AMQP connections to `url` (see amqscale.Container.connect)."""
+        driver, binding = self._live
+        parsed, options = connect_options(url, shards, user=user, password=password,
+                                          sasl_mechanisms=sasl_mechanisms,
+                                          virtual_host=virtual_host,
+                                          idle_timeout=idle_timeout)
+        state = await binding.run(_ops.connect(driver, parsed, shards, **options), timeout)
+        return Connection(self, state)
+
+    async def listen(self, url: str, *, credit: int = 1000,
+                     max_message_size: int | None = None,
+                     timeout: float | None = OPEN_TIMEOUT) -> Listener:
+        """Accept inbound AMQP connections on `url` (see amqscale.Container.listen)."""
+        driver, binding = self._live
+        parsed = parse_url(url)
+        check_positive(credit, "credit")
+        limit = check_limit(max_message_size)
+        state = await binding.run(_ops.listen(driver, parsed, credit, limit), timeout)
+        return Listener(self, state)
+
+    async def aclose(self) -> None:
+        """Close every connection and listener and stop the workers; every wait still
+        pending raises ContainerClosed."""
+        driver, binding = self._driver, self._binding
+        if driver is None or binding is None or binding.closed:
+            return
+        binding.detach()
+        await asyncio.get_running_loop().run_in_executor(None, driver.close)
+
+    async def __aenter__(self) -> Container:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        driver = self._driver
+        if driver is not None and not driver.closed:
+            with contextlib.suppress(Exception):
+                driver.close()
+
+
+class Connection:
+    """A connection to one peer: `shards` AMQP connections placed over the workers."""
+
+    def __init__(self, container: Container, state: ConnectionState) -> None:
+        self._container = container
+        self._driver, self._binding = container._live
+        self._state = state
+        self.url: URL = state.url
+
+    @property
+    def shards(self) -> int:
+        return len(self._state.shards)
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    async def open_sender(self, address: str | None, *, window: int = 1000,
+                          presettled: bool = False, name: str | None = None,
+                          max_message_size: int | None = None,
+                          timeout: float | None = OPEN_TIMEOUT) -> Sender:
+        """A Sender to `address`: one link per shard (see the blocking open_sender)."""
+        check_positive(window, "window")
+        limit = check_limit(max_message_size)
+        driver = self._driver
+        state = await self._binding.run(_ops.open_sender(
+            driver, self._state, address, window, presettled, name, limit), timeout)
+        return Sender(self, state)
+
+    async def open_receiver(self, address: str | None, *, credit: int = 1000,
+                            auto_accept: bool = False, name: str | None = None,
+                            max_message_size: int | None = None,
+                            timeout: float | None = OPEN_TIMEOUT) -> Receiver:
+        """A Receiver from `address`: one link per shard, `credit` shared among them."""
+        check_positive(credit, "credit")
+        limit = check_limit(max_message_size)
+        state = await self._binding.run(_ops.open_receiver(
+            self._driver, self._state, address, credit, auto_accept, name, limit), timeout)
+        return Receiver(self._driver, state, owner=self)
+
+    async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Close every shard and wait (up to `timeout`) for the peer to confirm."""
+        await self._binding.run(_ops.close_connection(self._driver, self._state), timeout)
+
+    async def __aenter__(self) -> Connection:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Sender:
+    """Sends messages to one address over every shard of a connection."""
+
+    def __init__(self, owner: Connection, state: SenderState) -> None:
+        self._binding = owner._binding
+        self._state = state
+        self._sender = _BlockingSender(owner._driver, state, owner, tracker=Tracker)
+        self.address = state.address
+        self.presettled = state.presettled
+        self._fragment = owner._driver.core.fragment
+
+    @property
+    def window(self) -> int:
+        return self._state.window
+
+    @window.setter
+    def window(self, value: int) -> None:
+        self._sender.window = value
+
+    @property
+    def counts(self) -> dict[int, int]:
+        return self._state.counts
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    @property
+    def failures(self) -> list[Exception]:
+        return self._sender.failures
+
+    @property
+    def unsettled(self) -> list[Tracker]:
+        return [Tracker(batch, i) for link in self._state.links
+                for batch, i in link.unsettled_messages()]
+
+    def send_nowait(self, message: Sendable) -> Tracker:
+        """Hand a message over without waiting; await the Tracker for its outcome.
+
+        Raises WindowFull (nothing sent) when every link's window is full, and
+        MessageTooLarge for a message larger than a ring record (send() takes those)."""
+        state = self._state
+        if type(message) is bytes and len(message) < 256 and not state.closed:
+            payload = _DATA8_PREFIXES[len(message)] + message
+        else:
+            payload = self._sender._encode(message)
+            if len(payload) > self._fragment:
+                raise MessageTooLarge(f"a message of {len(payload)} bytes encoded goes "
+                                      "in parts, which needs waits: await send() for it")
+        tracker = self._take(payload)
+        if tracker is None:
+            raise WindowFull(f"every link's window to {self.address!r} is full "
+                             "(nothing was sent)")
+        return tracker
+
+    def _take(self, payload: bytes) -> Tracker | None:
+        """Take a message of at most a record's size if a link has room, else None."""
+        state = self._state
+        link = state.links[state.current]
+        if link.failure is not None or link.unsettled >= state.window:
+            picked = state.pick()
+            if picked is None:
+                return None
+            link = picked
+        return self._sender._add(link, payload)  # type: ignore[return-value]
+
+    async def send(self, message: Sendable, *, timeout: float | None = None,
+                   check: bool = False) -> Tracker:
+        """Send a message and wait for its outcome; returns its settled Tracker.
+
+        Waits for room in the window first (backpressure). `timeout` bounds the whole
+        call: TimeoutError before the message was handed over means it was not sent;
+        after, it stays in flight (its Tracker is on `unsettled`). A rejected, released
+        or modified message raises SendFailed only with `check=True`."""
+        loop_time = self._binding.loop.time
+        deadline = None if timeout is None else loop_time() + timeout
+        tracker = await self._hand_over(message, timeout)
+        remaining = None if deadline is None else max(0.0, deadline - loop_time())
+        await tracker.wait(remaining)
+        if check and tracker.state is not None and not tracker.accepted:
+            raise SendFailed(tracker)
+        return tracker
+
+    async def _hand_over(self, message: Sendable, timeout: float | None) -> Tracker:
+        payload = self._sender._encode(message)
+        if len(payload) <= self._fragment:
+            tracker = self._take(payload)
+            if tracker is not None:
+                return tracker
+        state = self._state
+        link = await self._binding.run(_ops.room(state), timeout, key=state)
+        if len(payload) <= self._fragment:
+            return self._sender._add(link, payload)  # type: ignore[return-value]
+        state.check_size(payload, link)
+        batch = await self._binding.run(
+            _ops.send_parts(self._sender._driver, link, payload), None, key=link)
+        return Tracker(batch, 0)
+
+    async def send_many(self, messages: Iterable[Sendable],
+                        timeout: float | None = None) -> Trackers:
+        """Hand many messages over, waiting for room as needed; returns their Trackers
+        (await them for the outcomes). Every message is encoded first, so a bad one
+        raises before any is sent. TimeoutError carries `trackers`: those handed over."""
+        sender = self._sender
+        batches: list[Any] = []
+        steps = sender._send_many(sender._encode_many(messages), batches)
+        try:
+            await self._binding.run(steps, timeout, key=self._state)
+        except TimeoutError as exc:
+            exc.trackers = Trackers(batches)  # type: ignore[attr-defined]
+            raise
+        return Trackers(batches)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Hand over every batched message and wait until each is settled (see the
+        blocking Sender.flush)."""
+        state = self._state
+        if state.closed:
+            raise LinkDetached(f"sender to {self.address!r} is closed")
+        await self._binding.run(_ops.flush(state), timeout, key=state)
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Flush (up to `timeout`), then detach every link and wait for the peer."""
+        state = self._state
+        if state.closed:
+            return
+        try:
+            if not any(link.failure for link in state.links):
+                await self.flush(timeout)
+        finally:
+            state.closed = True
+            await self._binding.run(_ops.close_links(
+                self._sender._driver, list(state.links),
+                f"the sender to {self.address!r} to detach"),
+                CLOSE_TIMEOUT if timeout is None else timeout)
+
+    async def __aenter__(self) -> Sender:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Receiver:
+    """Receives from one address over every shard; ``async for`` it for Deliveries."""
+
+    def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
+        self._binding = loop_binding(driver)
+        self._state = state
+        self._receiver = _BlockingReceiver(driver, state, owner)
+        self.address = state.address
+        self.credit = state.credit
+        self.auto_accept = state.auto_accept
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    async def _buffered(self, timeout: float | None) -> None:
+        state = self._state
+        if not state.buffer:
+            await self._binding.run(_ops.buffered(state), timeout, key=state)
+
+    async def receive(self, timeout: float | None = None) -> Delivery:
+        """The next delivery; TimeoutError after `timeout` s, LinkDetached on failure.
+        Cancelled, it takes nothing."""
+        await self._buffered(timeout)
+        return self._receiver.receive(0)
+
+    async def receive_many(self, limit: int = 1024,
+                           timeout: float | None = None) -> Deliveries:
+        """Up to `limit` deliveries: what is buffered now, or waits for at least one."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be a positive int, not {limit!r}")
+        await self._buffered(timeout)
+        return self._receiver.receive_many(limit, 0)
+
+    def accept_many(self, deliveries: Iterable[Delivery]) -> None:
+        """Accept deliveries in bulk (one settle command per link)."""
+        self._receiver.accept_many(deliveries)
+
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
+        """Deliveries as they come; ends when every link closed cleanly, raises on error."""
+        while True:
+            try:
+                yield await self.receive()
+            except LinkDetached as exc:
+                if exc.condition is None:
+                    return
+                raise
+
+    async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Release what was received and not taken, detach every link and wait (up to
+        `timeout`) for the peer to confirm."""
+        driver = self._receiver._driver
+        await self._binding.run(_ops.close_receiver(driver, self._state), timeout)
+
+    async def __aenter__(self) -> Receiver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Listener:
+    """Inbound connections on one port, spread over the workers."""
+
+    def __init__(self, container: Container, state: ListenerState) -> None:
+        self._container = container
+        self._driver, _ = container._live
+        self._state = state
+        self.id = state.id
+        self.host = state.host
+        self.receiver = Receiver(self._driver, state.receiver, owner=container)
+
+    @property
+    def port(self) -> int | None:
+        return self._state.port
+
+    @property
+    def failure(self) -> Exception | None:
+        return self._state.failure
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"amqp://{host}:{self.port}"
+
+    @property
+    def links(self) -> int:
+        return len(self._state.receiver.links)
+
+    def close(self) -> None:
+        """Stop accepting and close the receiver (see the blocking Listener.close)."""
+        _ops.close_listener(self._driver, self._state)
+
+    async def __aenter__(self) -> Listener:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
