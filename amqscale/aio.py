@@ -342,7 +342,11 @@ class Sender:
         deadline = None if timeout is None else loop_time() + timeout
         tracker = await self._hand_over(message, timeout)
         remaining = None if deadline is None else max(0.0, deadline - loop_time())
-        await tracker.wait(remaining)
+        try:
+            await tracker.wait(remaining)
+        except TimeoutError:
+            raise TimeoutError(f"timed out after {timeout} s waiting for message "
+                               f"{tracker.seq} to be settled (it stays in flight)") from None
         if check and tracker.state is not None and not tracker.accepted:
             raise SendFailed(tracker)
         return tracker
