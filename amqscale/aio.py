@@ -23,9 +23,11 @@ What differs:
 - ``await sender.send(m)`` waits for room in the window and then for the outcome; it
   returns the settled Tracker, and raises only if the link fails (``check=True`` raises
   :class:`~amqscale.errors.SendFailed` for an outcome other than accepted).
-  ``sender.send_nowait(m)`` waits for nothing: it returns a Tracker (await it for the
-  outcome) or raises :class:`~amqscale.errors.WindowFull`. ``await sender.send_many(ms)``
-  waits for room only and returns Trackers: one awaitable for the whole batch.
+  As with ``asyncio.Queue``, ``await sender.put(m)`` waits only for room and returns the
+  Tracker (await it for the outcome), and ``sender.put_nowait(m)`` waits for nothing: it
+  returns a Tracker or raises :class:`~amqscale.errors.WindowFull`.
+  ``await sender.send_many(ms)`` waits for room only, like the blocking face's, and returns
+  Trackers: one awaitable for the whole batch.
 - Cancelling a wait ends only the wait: a message handed over stays in flight and its
   outcome is still recorded; a receive that is cancelled takes nothing, so nothing is
   lost or released that the user did not get.
@@ -300,7 +302,7 @@ class Sender:
         return [Tracker(batch, i) for link in self._state.links
                 for batch, i in link.unsettled_messages()]
 
-    def send_nowait(self, message: Sendable) -> Tracker:
+    def put_nowait(self, message: Sendable) -> Tracker:
         """Hand a message over without waiting; await the Tracker for its outcome.
 
         Raises WindowFull (nothing sent) when every link's window is full, and
@@ -340,7 +342,7 @@ class Sender:
         or modified message raises SendFailed only with `check=True`."""
         loop_time = self._binding.loop.time
         deadline = None if timeout is None else loop_time() + timeout
-        tracker = await self._hand_over(message, timeout)
+        tracker = await self.put(message, timeout)
         remaining = None if deadline is None else max(0.0, deadline - loop_time())
         try:
             await tracker.wait(remaining)
@@ -351,7 +353,10 @@ class Sender:
             raise SendFailed(tracker)
         return tracker
 
-    async def _hand_over(self, message: Sendable, timeout: float | None) -> Tracker:
+    async def put(self, message: Sendable, timeout: float | None = None) -> Tracker:
+        """Hand a message over, waiting only for room in the window (like the blocking
+        face's send()); returns its Tracker: await it for the outcome. TimeoutError after
+        `timeout` s means the message was not sent."""
         payload = self._sender._encode(message)
         if len(payload) <= self._fragment:
             tracker = self._take(payload)

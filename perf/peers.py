@@ -659,6 +659,110 @@ def receive_batches(cfg: Config, receiver: Any, tally: Tally) -> str | None:
     return None
 
 
+# ---- the asyncio face -------------------------------------------------------------------------
+
+
+def run_aio_sender(cfg: Config) -> Report:
+    """amqscale-send on the asyncio face: `await sender.put()` (room only) one by one,
+    or `await sender.send_many()`, then the outcomes; on uvloop."""
+    import asyncio
+
+    import uvloop
+
+    import amqscale.aio as aio
+
+    async def main() -> Report:
+        report = Report(cfg.role)
+        me = psutil.Process()
+        schedule = Schedule(cfg.rate)
+        filler = filler_for(cfg.size)
+        async with aio.Container(workers=cfg.workers) as container:
+            workers = [psutil.Process(pid) for pid in container.worker_pids()]
+            conn = await container.connect(cfg.url, shards=cfg.workers)
+            sender = await conn.open_sender(cfg.address, window=cfg.window,
+                                            presettled=cfg.presettled)
+            cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
+            report.start = report.first = time.monotonic()
+            schedule.begin()
+            seq = 0
+            while seq < cfg.count:
+                wait = schedule.wait_seconds(seq)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if cfg.batch:
+                    n = max(1, schedule.due_count(seq, min(cfg.batch, cfg.count - seq)))
+                    await sender.send_many([amqscale_payload(cfg, i, schedule.due(i), filler)
+                                            for i in range(seq, seq + n)])
+                    seq += n
+                else:
+                    await sender.put(amqscale_payload(cfg, seq, schedule.due(seq), filler))
+                    seq += 1
+            await sender.flush(timeout=IDLE_TIMEOUT + cfg.count / 1000)
+            report.last = time.monotonic()
+            report.cpu_process = cpu_seconds(me) - cpu0
+            report.cpu_workers = [cpu_seconds(w) - c
+                                  for w, c in zip(workers, wcpu0, strict=True)]
+            report.cpu_own = sender_own_cost(cfg, schedule, filler) * cfg.count
+            report.accepted = sender.counts.get(0x24, 0) + sender.counts.get(0, 0)
+            report.count = sum(sender.counts.values())
+            report.other_outcomes = report.count - report.accepted
+            await conn.aclose()
+        return report
+
+    return uvloop.run(main())
+
+
+def run_aio_receiver(cfg: Config) -> Report:
+    """amqscale-recv on the asyncio face: `async for` + accept() one by one, or
+    `await receiver.receive_many()` + accept; on uvloop."""
+    import asyncio
+
+    import uvloop
+
+    import amqscale.aio as aio
+
+    async def main() -> Report:
+        report = Report(cfg.role)
+        me = psutil.Process()
+        tally = Tally(cfg.count, cfg.rate > 0)
+        async with aio.Container(workers=cfg.workers) as container:
+            workers = [psutil.Process(pid) for pid in container.worker_pids()]
+            if cfg.listen:
+                receiver = (await container.listen(cfg.url, credit=cfg.credit)).receiver
+            else:
+                conn = await container.connect(cfg.url, shards=cfg.workers)
+                receiver = await conn.open_receiver(cfg.address, credit=cfg.credit)
+            cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
+            announce_ready()
+            read = read_message if cfg.messages else read_body
+            try:
+                while tally.received < cfg.count:
+                    if cfg.batch:
+                        deliveries = await receiver.receive_many(cfg.batch, timeout=cfg.idle)
+                        bodies = ([check_message(m) for m in deliveries.messages]
+                                  if cfg.messages else deliveries.bodies)
+                        for body in bodies:
+                            tally.add(body)
+                        deliveries.accept()
+                    else:
+                        delivery = await receiver.receive(timeout=cfg.idle)
+                        tally.add(read(delivery))
+                        delivery.accept()
+            except TimeoutError:
+                report.error = f"idle for {cfg.idle} s after {tally.received} messages"
+            report.cpu_process = cpu_seconds(me) - cpu0
+            report.cpu_workers = [cpu_seconds(w) - c
+                                  for w, c in zip(workers, wcpu0, strict=True)]
+            report.cpu_own = receiver_own_cost(cfg) * tally.received
+            tally.fill(report)
+            report.emit()  # now: the orchestrator can stop the clock while we linger
+            # Off the loop: it hands the last settlements over while this waits.
+            await asyncio.get_running_loop().run_in_executor(None, wait_for_stdin_eof)
+        return report
+
+    return uvloop.run(main())
+
+
 def read_body(delivery: Any) -> bytes:
     body: bytes = delivery.body
     return body
@@ -685,6 +789,8 @@ ROLES: dict[str, Callable[[Config], Report]] = {
     "engine-recv": run_engine_receiver,
     "amqscale-send": run_amqscale_sender,
     "amqscale-recv": run_amqscale_receiver,
+    "aio-send": run_aio_sender,
+    "aio-recv": run_aio_receiver,
 }
 
 
@@ -718,7 +824,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # report it as JSON: the orchestrator reads one line
         Report(cfg.role, error=f"{type(exc).__name__}: {exc}").emit()
         raise
-    if cfg.role != "amqscale-recv":  # that one reported before closing its container
+    if cfg.role not in ("amqscale-recv", "aio-recv"):  # these reported before closing
         report.emit()
         if cfg.role.endswith("-recv"):
             wait_for_stdin_eof()

@@ -104,14 +104,16 @@ def test_backpressure_send_waits_for_room_and_nowait_refuses() -> None:
     async def main() -> None:
         async for pair in _pair():
             sender = await pair.connection.open_sender("q", window=2)
-            first, second = sender.send_nowait(b"a"), sender.send_nowait(b"b")
+            first, second = sender.put_nowait(b"a"), sender.put_nowait(b"b")
             with pytest.raises(amqscale.WindowFull):
-                sender.send_nowait(b"c")
+                sender.put_nowait(b"c")
             with pytest.raises(TimeoutError, match="room in the window"):
                 await sender.send(b"c", timeout=0.2)
             assert len(sender.unsettled) == 2  # c was not taken
             consumer = asyncio.create_task(_consume(pair.listener.receiver, 3))
-            third = await sender.send(b"c", timeout=30)
+            third = await sender.put(b"c", timeout=30)
+            assert not third.settled
+            await third
             assert (await first).accepted and (await second).accepted and third.accepted
             assert await consumer == [b"a", b"b", b"c"]
 
@@ -188,7 +190,7 @@ def test_receive_times_out_and_a_large_message_crosses_in_parts() -> None:
             delivery.accept()
             assert (await sending).accepted
             with pytest.raises(amqscale.MessageTooLarge, match="await send"):
-                sender.send_nowait(body)
+                sender.put_nowait(body)
 
     run(main)
 
@@ -292,7 +294,7 @@ def test_through_the_proton_c_broker(proton_c_broker: ProtonCBroker, unique_name
         async with aio.Container(workers=1) as container, \
                 await container.connect(proton_c_broker.url) as connection:
             sender = await connection.open_sender(unique_name)
-            trackers = [sender.send_nowait(amqscale.Message(body={"n": i}))
+            trackers = [sender.put_nowait(amqscale.Message(body={"n": i}))
                         for i in range(50)]
             receiver = await connection.open_receiver(unique_name)
             bodies = [(await receiver.receive(timeout=30)) for _ in range(50)]

@@ -22,6 +22,13 @@ def test_peer_to_peer_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.split() == ["b'hi'", "accepted"]
 
 
+def test_asyncio_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "amqscale.aio" in b)
+    exec(compile(example, "README.md", "exec"), {})
+    assert capsys.readouterr().out.split() == ["b'hi'", "accepted"]
+
+
 def test_firehose_example_runs() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     example = next(b for b in blocks if "send_many(" in b)
