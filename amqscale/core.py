@@ -929,7 +929,7 @@ class ClientCore:
         Each link's `credit` is its share, at least 1 (the grant threshold's base)."""
         receiver = ReceiverState(address, credit, False)
         shards = self._usable_shards(connection)
-        for shard, share in zip(shards, shares(credit, len(shards))):
+        for shard, share in zip(shards, shares(credit, len(shards)), strict=True):
             link = ReceiverLink(self.next_id(), shard.slot, receiver, max(1, share))
             receiver.links[link.id] = link
             self._open_link(shard, link, False, address, name, False, share,
@@ -940,7 +940,7 @@ class ClientCore:
         """Grant `credit` more to the receiver's live links, shared as it divides (the
         links that get no share are still told with `drain`)."""
         live = [x for x in receiver.links.values() if x.failure is None]
-        for link, share in zip(live, shares(credit, len(live))):
+        for link, share in zip(live, shares(credit, len(live)), strict=True):
             if share or drain:
                 link.hand_over()  # settle first: a broker may count unsettled against us
                 link.slot.queue(p.Flow(link.id, share, drain))
