@@ -15,7 +15,8 @@ from typing import Any
 
 import psutil
 import pytest
-from proton_peers import Sink, Source, wait_for
+from proton import Condition as ProtonCondition
+from proton_peers import Sink, Source, _Listening, wait_for
 
 from amqscale import Message
 from amqscale.handlers import Handler, MessagingHandler, Reject, Release
@@ -550,3 +551,107 @@ def test_a_proton_sink_sees_what_a_sharded_sender_sends() -> None:
         assert handler.opened == ["sharded"]  # once for the three shards' links
         assert sorted(m.id for m in sink.messages) == list(range(30))
         assert sink.links_opened == 3
+
+
+class SendAndReceive(MessagingHandler):
+    """simple_send and simple_recv on two connections through a broker."""
+
+    def __init__(self, url: str, address: str, total: int, shards: int) -> None:
+        super().__init__()
+        self.url, self.address, self.total, self.shards = url, address, total, shards
+        self.sent = self.confirmed = 0
+        self.received: list[int] = []
+
+    def on_start(self, event: Any) -> None:
+        container = event.container
+        self.receiving = container.connect(self.url, shards=self.shards)
+        container.create_receiver(self.receiving, self.address)
+        self.sending = container.connect(self.url, shards=self.shards)
+        container.create_sender(self.sending, self.address)
+
+    def on_sendable(self, event: Any) -> None:
+        while event.sender.credit and self.sent < self.total:
+            event.sender.send(Message(id=self.sent, body=b"x" * 100))
+            self.sent += 1
+
+    def on_accepted(self, event: Any) -> None:
+        self.confirmed += 1
+        if self.confirmed == self.total:
+            event.connection.close()
+
+    def on_message(self, event: Any) -> None:
+        self.received.append(event.message.id)
+        if len(self.received) == self.total:
+            event.connection.close()
+
+
+def test_n_messages_through_rabbitmq_over_shards(rabbitmq: RabbitMQ, unique_name: str) -> None:
+    handler = SendAndReceive(rabbitmq.url, unique_name, 3000, shards=2)
+    Container(handler, workers=2).run()
+    assert handler.confirmed == 3000
+    assert sorted(handler.received) == list(range(3000))
+
+
+def test_an_address_rabbitmq_refuses_reaches_on_link_error(rabbitmq: RabbitMQ,
+                                                           unique_name: str) -> None:
+    class Refused(MessagingHandler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.errors: list[str] = []
+            self.closed = 0
+
+        def on_start(self, event: Any) -> None:
+            conn = event.container.connect(rabbitmq.url)
+            event.container.create_receiver(conn, f"/amq/queue/{unique_name}")  # none such
+
+        def on_link_error(self, event: Any) -> None:
+            self.errors.append(event.link.remote_condition.name)
+            super().on_link_error(event)  # closes the connection
+
+        def on_connection_closed(self, event: Any) -> None:
+            self.closed += 1
+
+    handler = Refused()
+    Container(handler, workers=1).run()
+    assert handler.errors == ["amqp:not-found"]
+    assert handler.closed == 1
+
+
+class ClosesConnections(_Listening):
+    """A proton peer that closes every connection with an error as soon as it opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
+
+    def on_connection_opened(self, event: Any) -> None:
+        super().on_connection_opened(event)
+        event.connection.condition = ProtonCondition("amqp:connection:forced", "go away")
+        event.connection.close()
+
+
+def test_a_peer_closing_the_connection_with_an_error_reaches_on_connection_error() -> None:
+    class Watch(MessagingHandler):
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+            self.seen: list[Any] = []
+
+        def on_start(self, event: Any) -> None:
+            event.container.connect(self.url)
+
+        def on_connection_error(self, event: Any) -> None:
+            condition = event.connection.remote_condition
+            self.seen.append((condition.name, condition.description))
+            super().on_connection_error(event)
+
+        def on_connection_closed(self, event: Any) -> None:
+            self.seen.append("closed")
+
+        def on_transport_error(self, event: Any) -> None:
+            self.seen.append("transport_error")
+
+    with ClosesConnections() as peer:
+        handler = Watch(peer.url)
+        Container(handler, workers=1).run()
+    assert handler.seen == [("amqp:connection:forced", "go away"), "closed"]
