@@ -1451,6 +1451,11 @@ class Container:
         self._acceptors.append(acceptor)
         return acceptor
 
+    def declare_transaction(self, context: Any, handler: Any = None,
+                            settle_before_discharge: bool = False) -> Any:
+        """Transactions are not built yet: NotImplementedError naming the issue."""
+        raise _not_yet("transactions (declare_transaction)")
+
     # ---- timers and injectors -------------------------------------------------------------
 
     def schedule(self, delay: float, handler: Any = None) -> Task:

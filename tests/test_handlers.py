@@ -485,6 +485,8 @@ def test_link_options_not_built_yet_raise_naming_the_issue(option: Any) -> None:
     assert type(option).__name__ in str(raised.value)
     with pytest.raises(NotImplementedError, match=r"dynamic=True.*#12"):
         container.create_receiver("amqp://127.0.0.1:1", dynamic=True)
+    with pytest.raises(NotImplementedError, match=r"transactions.*#12"):
+        container.declare_transaction(None)
     assert container.worker_pids() == []  # refused before anything was opened
 
 
