@@ -21,7 +21,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ._supervisor import DEFAULT_RING_CAPACITY, Supervisor, WorkerHandle
@@ -159,10 +159,13 @@ class Driver:
 
     # ---- reading --------------------------------------------------------------------------
 
-    def pump(self, timeout: float | None) -> None:
-        """Apply every event the workers published; wait up to `timeout` for the first."""
+    def pump(self, timeout: float | None, wake_fds: Sequence[int] = ()) -> None:
+        """Apply every event the workers published; wait up to `timeout` for the first.
+
+        The wait also ends when one of `wake_fds` is readable (a face's own pipes: the
+        event-driven face's injectors); reading them is the caller's business."""
         if not self._drain() and timeout != 0:
-            self._park(timeout)
+            self._park(timeout, wake_fds)
             self._drain()
         self._check_workers()
 
@@ -214,9 +217,10 @@ class Driver:
             raise error
         return bool(records)
 
-    def _park(self, timeout: float | None) -> None:
-        """Sleep until a worker publishes, dies, or the timeout passes (no lost wake-up)."""
-        fds: list[int] = []
+    def _park(self, timeout: float | None, wake_fds: Sequence[int] = ()) -> None:
+        """Sleep until a worker publishes, dies, one of `wake_fds` is readable, or the
+        timeout passes (no lost wake-up)."""
+        fds: list[int] = list(wake_fds)
         live = [h for h in self.handles if not h.dead]
         for handle in live:
             if handle.rings.inbound.park():

@@ -917,3 +917,42 @@ class ClientCore:
             dirty.discard(link)
             link.hand_over()
 
+
+    # ---- for the event-driven face (amqscale.reactor) ---------------------------------------
+
+    def open_receiver_exact(self, connection: ConnectionState, address: str | None,
+                            credit: int, name: str | None, max_message_size: int,
+                            source: p.Terminus | None = None) -> ReceiverState:
+        """open_receiver with exactly `credit` granted at the attach, shared among the
+        links as it divides (see `shares`), 0 included: a receiver whose user grants
+        credit (the handlers' ``prefetch=0`` and ``Receiver.flow``) starts with none.
+        Each link's `credit` is its share, at least 1 (the grant threshold's base)."""
+        receiver = ReceiverState(address, credit, False)
+        shards = self._usable_shards(connection)
+        for shard, share in zip(shards, shares(credit, len(shards)), strict=True):
+            link = ReceiverLink(self.next_id(), shard.slot, receiver, max(1, share))
+            receiver.links[link.id] = link
+            self._open_link(shard, link, False, address, name, False, share,
+                            max_message_size, source)
+        return receiver
+
+    def flow(self, receiver: ReceiverState, credit: int, drain: bool = False) -> None:
+        """Grant `credit` more to the receiver's live links, shared as it divides (the
+        links that get no share are still told with `drain`)."""
+        live = [x for x in receiver.links.values() if x.failure is None]
+        for link, share in zip(live, shares(credit, len(live)), strict=True):
+            if share or drain:
+                link.hand_over()  # settle first: a broker may count unsettled against us
+                link.slot.queue(p.Flow(link.id, share, drain))
+
+
+def shares(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` shares as even as can be, the larger ones first.
+
+    >>> shares(10, 4)
+    [3, 3, 2, 2]
+    """
+    if parts <= 0:
+        return []
+    each, extra = divmod(total, parts)
+    return [each + 1 if i < extra else each for i in range(parts)]

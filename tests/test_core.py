@@ -266,3 +266,46 @@ def test_the_observer_sees_an_inbound_link_attach_to_a_listener() -> None:
                                  remote_source=p.Terminus(address="a")))
     assert seen == [listener.receiver.links[77]]
     assert listener.receiver.links[77].remote_source == p.Terminus(address="a")
+
+
+# ---- for the event-driven face ------------------------------------------------------------
+
+
+def test_shares_split_as_evenly_as_can_be() -> None:
+    from amqscale.core import shares
+    assert shares(10, 4) == [3, 3, 2, 2]
+    assert shares(0, 3) == [0, 0, 0]
+    assert shares(1, 3) == [1, 0, 0]
+    assert shares(5, 0) == []
+
+
+def test_a_receiver_opened_with_no_credit_grants_none_until_flow() -> None:
+    core, workers = _core(workers=2)
+    connection = core.open_connection(URL_, 2)
+    workers.open_all()
+    receiver = core.open_receiver_exact(connection, "q", 0, None, 0)
+    opens = [c for c in workers.take() if type(c) is p.OpenLink]
+    assert [c.credit for c in opens] == [0, 0]
+    for command in opens:
+        workers.emit(workers.slot_of(command.link).index,
+                     p.LinkOpened(command.link, command.conn, command.name, False))
+    core.flow(receiver, 3)
+    flows = [c for c in workers.take() if type(c) is p.Flow]
+    assert sorted(c.credit for c in flows) == [1, 2]
+    assert {c.link for c in flows} == set(receiver.links)
+
+
+def test_flow_goes_to_live_links_only_and_settles_first() -> None:
+    core, workers = _core(workers=2)
+    connection = core.open_connection(URL_, 2)
+    workers.open_all()
+    receiver = core.open_receiver_exact(connection, "q", 4, None, 0)
+    opens = [c for c in workers.take() if type(c) is p.OpenLink]
+    assert [c.credit for c in opens] == [2, 2]
+    first, second = receiver.links.values()
+    first.settle_later(0, p.ACCEPTED)
+    workers.die(second.slot.index)
+    core.flow(receiver, 5)
+    commands = workers.take()
+    assert [type(c) for c in commands] == [p.Settle, p.Flow]
+    assert commands[1] == p.Flow(first.id, 5)

@@ -1,0 +1,1476 @@
+"""The event-driven face: AMQ Python's (Qpid Proton Python's) Container, in your thread.
+
+``Container(handler).run()`` runs a loop in the calling thread that sleeps on the worker
+processes' event rings (the driver's park), on the earliest timer and on the injectors'
+pipes, and turns what the client core applied into callbacks on the handlers
+(``amqscale.handlers``): ``on_start``, ``on_connection_opened``, ``on_sendable``,
+``on_message``, ``on_accepted`` ... It never spins: with nothing to do it sleeps until a
+worker publishes, a worker dies, a timer is due or an injector is triggered.
+
+Per pass of the loop: the driver applies every record the workers published to the core
+(whose observer queues what changed), the callbacks run in the order the events came,
+then ``on_sendable`` for each sender that has room, due timers, injected events; and what
+the callbacks did (messages sent, settlements, credit) goes to the workers as one batch
+per link, as the blocking face batches it.
+
+A connection opened with ``shards=K`` is K AMQP connections; its handler sees one
+Connection: ``on_connection_opened`` once every shard is open, ``on_sendable`` while any
+shard's link has room. ``docs/migrating-from-proton.md`` lists what differs from proton.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import select
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from . import links as _links
+from ._driver import Driver
+from .container import OPEN_TIMEOUT, default_worker_count
+from .core import (
+    SEND_BATCH,
+    Arrival,
+    ConnectionState,
+    ListenerState,
+    ReceiverLink,
+    ReceiverState,
+    SenderLink,
+    SenderState,
+    Shard,
+    WorkerSlot,
+)
+from .errors import LinkDetached
+from .handlers import MessagingHandler, Reject, Release, dispatch
+from .message import Message
+from .url import URL, parse_url
+from .workers import protocol as p
+
+log = logging.getLogger("amqscale.reactor")
+
+__all__ = [
+    "Acceptor", "ApplicationEvent", "AtLeastOnce", "AtMostOnce", "Condition", "Connection",
+    "Container", "Copy", "Delivery", "DurableSubscription", "DynamicNodeProperties", "Event",
+    "EventInjector", "Filter", "LinkOption", "Move", "ReceiverOption", "Receiver",
+    "Selector", "Sender", "SenderOption", "Session", "Task", "Tracker", "Transport",
+]
+
+# Endpoint states, with proton's bit values (Endpoint.LOCAL_ACTIVE ...).
+LOCAL_UNINIT, LOCAL_ACTIVE, LOCAL_CLOSED = 1, 2, 4
+REMOTE_UNINIT, REMOTE_ACTIVE, REMOTE_CLOSED = 8, 16, 32
+
+DEFAULT_WINDOW = 1000  # messages in flight per link (shard) of a Sender: its `credit`
+SHUTDOWN_TIMEOUT = 2.0  # seconds run() waits for the peers to confirm its closes
+# Condition names that mean the transport failed rather than the peer closing.
+_TRANSPORT_CONDITIONS = {"amqp:connection:failed", "amqp:connection:framing-error",
+                         "amqp:resource-limit-exceeded", "amqscale:worker-died",
+                         "amqscale:internal-error", "proton:io"}
+_OUTCOME_CALLBACKS = {p.ACCEPTED: "accepted", p.REJECTED: "rejected",
+                      p.RELEASED: "released", p.MODIFIED: "modified"}
+_AMQP_ISSUE = "issue #12 (AMQP completeness)"
+
+Condition = p.Condition  # name, description: what a peer or the transport gave as the reason
+
+
+def _not_yet(feature: str, issue: str = _AMQP_ISSUE) -> NotImplementedError:
+    return NotImplementedError(f"{feature} is not supported by amqscale yet ({issue})")
+
+
+def _normalise_url(url: str) -> str:
+    """proton takes `host:port/path`; amqscale's parser wants a scheme."""
+    if not isinstance(url, str):
+        raise TypeError(f"a URL must be a str, not {type(url).__name__}")
+    return url if "://" in url else "amqp://" + url
+
+
+def _address_of(url: URL) -> str | None:
+    return url.path.lstrip("/") or None
+
+
+# ---- events ---------------------------------------------------------------------------------
+
+
+class Transport:
+    """What ``event.transport`` gives: why the connection's transport ended, if it did."""
+
+    def __init__(self, connection: Connection | None,
+                 condition: p.Condition | None = None) -> None:
+        self.connection = connection
+        self.condition = condition
+
+
+class Event:
+    """What a callback gets: the event's `type` and the objects it concerns.
+
+    `connection`, `session`, `link` (`sender` / `receiver`), `delivery`, `message` (in
+    ``on_message``), `transport` (with `.condition` in ``on_transport_error``), `task`
+    (in ``on_timer_task``), and `container` on every event. Attributes may be added.
+    """
+
+    def __init__(self, type: str, container: Container | None = None,  # noqa: A002
+                 connection: Connection | None = None, link: Any = None,
+                 delivery: Any = None, message: Message | None = None,
+                 transport: Transport | None = None, task: Task | None = None,
+                 session: Session | None = None, subject: Any = None) -> None:
+        self.type = type
+        self.container = container
+        self.connection = connection if connection is not None else getattr(
+            link, "connection", None)
+        self.link = link
+        self.delivery = delivery
+        self.message = message
+        self.transport = transport
+        self.task = task
+        self._session = session
+        self.subject = subject
+
+    @property
+    def session(self) -> Session | None:
+        if self._session is not None:
+            return self._session
+        return self.connection.session() if self.connection is not None else None
+
+    @property
+    def sender(self) -> Sender | None:
+        return self.link if isinstance(self.link, Sender) else None
+
+    @property
+    def receiver(self) -> Receiver | None:
+        return self.link if isinstance(self.link, Receiver) else None
+
+    def __repr__(self) -> str:
+        return f"<Event {self.type}>"
+
+
+class ApplicationEvent(Event):
+    """An event of the application's own, for ``EventInjector.trigger``: the container
+    handlers' ``on_<typename>`` is called with it (``event.container`` is set)."""
+
+    def __init__(self, typename: str, connection: Connection | None = None,
+                 session: Session | None = None, link: Any = None, delivery: Any = None,
+                 subject: Any = None) -> None:
+        super().__init__(typename, None, connection, link, delivery, session=session,
+                         subject=subject)
+
+
+class EventInjector:
+    """Hands events to a running Container from any thread; register it with
+    ``container.selectable(injector)``. ``trigger`` and ``close`` are thread-safe; a
+    Container's run() goes on while an injector is registered and not closed."""
+
+    def __init__(self) -> None:
+        self._events: deque[Event] = deque()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self.closed = False
+        self._fds_closed = False
+
+    def trigger(self, event: Event) -> None:
+        """Queue `event` for the container's handlers (its ``on_<event.type>``)."""
+        if self.closed:
+            raise RuntimeError("the EventInjector is closed")
+        self._events.append(event)
+        self._wake()
+
+    def close(self) -> None:
+        """No more events: once those queued are dispatched, run() no longer waits for it."""
+        self.closed = True
+        self._wake()
+
+    def fileno(self) -> int:
+        return self._read
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._write, b"!")  # a full pipe already wakes the loop
+
+    def _take(self) -> list[Event]:
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._read, 4096):
+                pass
+        taken = []
+        while self._events:
+            taken.append(self._events.popleft())
+        return taken
+
+    def _close_fds(self) -> None:
+        if not self._fds_closed:
+            self._fds_closed = True
+            os.close(self._read)
+            os.close(self._write)
+
+
+class Task:
+    """A timer from ``container.schedule``: ``on_timer_task`` at its deadline, unless
+    cancelled."""
+
+    def __init__(self, container: Container, deadline: float, handler: Any) -> None:
+        self.container = container
+        self.deadline = deadline
+        self.handler = handler
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+# ---- link options ---------------------------------------------------------------------------
+
+
+class LinkOption:
+    """A link option for ``create_sender``/``create_receiver`` (``options=``)."""
+
+    def test(self, link: Any) -> bool:
+        return True
+
+
+class SenderOption(LinkOption):
+    def test(self, link: Any) -> bool:
+        return isinstance(link, Sender)
+
+
+class ReceiverOption(LinkOption):
+    def test(self, link: Any) -> bool:
+        return isinstance(link, Receiver)
+
+
+class AtMostOnce(LinkOption):
+    """Messages are sent pre-settled: no outcomes, no redelivery."""
+
+
+class AtLeastOnce(LinkOption):
+    """Messages are settled by the peer's outcome (the default)."""
+
+
+class _NotYet(LinkOption):
+    """An option whose terminus feature is not built yet: accepted as a name, refused
+    with NotImplementedError when a link is created with it."""
+
+    feature = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+
+class Selector(_NotYet, ReceiverOption):
+    feature = "the Selector link option (a source filter)"
+
+    def __init__(self, value: str, name: str = "selector") -> None:
+        super().__init__(value, name)
+
+
+class Filter(_NotYet, ReceiverOption):
+    feature = "the Filter link option (a source filter set)"
+
+
+class Copy(_NotYet, ReceiverOption):
+    feature = "the Copy link option (distribution mode copy: browsing)"
+
+
+class Move(_NotYet, ReceiverOption):
+    feature = "the Move link option (distribution mode move)"
+
+
+class DurableSubscription(_NotYet, ReceiverOption):
+    feature = "the DurableSubscription link option (durable source, never expires)"
+
+
+class DynamicNodeProperties(_NotYet, LinkOption):
+    feature = "the DynamicNodeProperties link option"
+
+
+def _check_options(options: Any, is_sender: bool) -> bool:
+    """Whether the link is pre-settled; NotImplementedError for what is not built yet."""
+    if options is None:
+        return False
+    presettled = False
+    for option in options if isinstance(options, (list, tuple)) else [options]:
+        if isinstance(option, _NotYet):
+            raise _not_yet(option.feature)
+        if isinstance(option, AtMostOnce):
+            presettled = True
+        elif isinstance(option, AtLeastOnce):
+            presettled = False
+        elif isinstance(option, LinkOption):
+            raise _not_yet(f"the custom link option {type(option).__name__} (link options "
+                           "that set terminus fields)")
+        else:
+            raise TypeError(f"options must be LinkOptions, not {type(option).__name__}")
+    return presettled
+
+
+# ---- deliveries -----------------------------------------------------------------------------
+
+
+class _DeliveryStates:
+    __slots__ = ()
+    RECEIVED = p.RECEIVED
+    ACCEPTED = p.ACCEPTED
+    REJECTED = p.REJECTED
+    RELEASED = p.RELEASED
+    MODIFIED = p.MODIFIED
+
+
+class Tracker(_links.Tracker, _DeliveryStates):
+    """A sent message (proton's sender-side Delivery): `tag`, `remote_state` (None until
+    the peer's outcome; Tracker.ACCEPTED ...), `settled` (the peer settled it), `link`.
+    Attributes may be added (kept with it until its callbacks ran)."""
+
+    __slots__ = ("link", "tag", "local_state", "__dict__")
+
+    link: Sender
+    tag: Any
+    local_state: int | None
+
+    @property
+    def remote_state(self) -> int | None:
+        state = self.state
+        return state or None  # SENT_SETTLED (pre-settled, written) is no outcome
+
+    @property
+    def remote_condition(self) -> p.Condition | None:
+        return self.condition
+
+    @property
+    def connection(self) -> Connection:
+        return self.link.connection
+
+    def update(self, state: int) -> None:
+        self.local_state = state
+
+    def settle(self) -> None:
+        """Nothing more to do: the worker settled it as soon as the peer's outcome came."""
+
+    def __repr__(self) -> str:
+        return f"<Tracker tag={self.tag!r} settled={self.settled} outcome={self.outcome}>"
+
+
+class Delivery(_links.Delivery, _DeliveryStates):
+    """A received message: settle it with accept() / reject() / release() / modify(),
+    or update(state) then settle(); `settled` (by us or pre-settled by the sender),
+    `link` (its Receiver), `tag`. Attributes may be added."""
+
+    __slots__ = ("link", "local_state", "__dict__")
+
+    link: Receiver
+    local_state: int | None
+
+    @property
+    def tag(self) -> bytes:
+        """The delivery's number on its link, as bytes (the wire tag stays in the worker)."""
+        return str(self.id).encode()
+
+    @property
+    def remote_state(self) -> None:
+        return None
+
+    @property
+    def connection(self) -> Connection | None:
+        return self.link.connection
+
+    def reject(self, condition: str | None = None, description: str = "") -> None:
+        if condition is None:
+            self._dispose(p.REJECTED, None)
+        else:
+            super().reject(condition, description)
+
+    def update(self, state: int) -> None:
+        self.local_state = state
+
+    def settle(self) -> None:
+        """Settle with the state given to update() (ACCEPTED if none)."""
+        state = self.local_state or p.ACCEPTED
+        if state == p.MODIFIED:
+            self.modify()
+        elif state in (p.ACCEPTED, p.REJECTED, p.RELEASED):
+            self._dispose(state, None)
+        else:
+            raise ValueError(f"cannot settle a received message with state {state!r}")
+
+    def __repr__(self) -> str:
+        return f"<Delivery id={self.id} settled={self.settled}>"
+
+
+# ---- endpoints ------------------------------------------------------------------------------
+
+
+class Session:
+    """The one session of a connection (every link of a connection shares it, as with
+    proton's Container): `connection`, `state`, close()."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    @property
+    def state(self) -> int:
+        return self.connection.state
+
+    def close(self) -> None:
+        """Close every link of the connection."""
+        for link in list(self.connection._links):
+            link.close()
+
+
+class Connection:
+    """A connection of the event-driven face (K AMQP connections with ``shards=K``).
+
+    `container`, `url`, `hostname`, `remote_container` (once open), `remote_condition`
+    (once the peer closed it with an error), `state` (proton's Endpoint bits), `shards`;
+    ``close()``. A listener's inbound link gets a Connection of its own that stands for
+    the peer's connection: closing it detaches the link (see the migration guide).
+    """
+
+    def __init__(self, container: Container, state: ConnectionState | None,
+                 url: URL | None, handler: Any) -> None:
+        self.container = container
+        self.handler = handler
+        self._state = state
+        self.url = str(url) if url is not None else None
+        self.hostname = url.host if url is not None else None
+        self.remote_container: str | None = None
+        self.remote_condition: p.Condition | None = None
+        self._links: list[Sender | Receiver] = []
+        self._session = Session(self)
+        self._closing = False  # closed locally
+        self._opened_fired = False
+        self._closing_fired = False
+        self._ended = False  # every shard closed or failed; callbacks done
+        self._transport_failed: set[Shard] = set()
+
+    @property
+    def shards(self) -> int:
+        return len(self._state.shards) if self._state is not None else 1
+
+    @property
+    def state(self) -> int:
+        local = LOCAL_CLOSED if self._closing else LOCAL_ACTIVE
+        if self._ended or (self._state is not None and any(
+                s.closed for s in self._state.shards)):
+            return local | REMOTE_CLOSED
+        return local | (REMOTE_ACTIVE if self._opened_fired else REMOTE_UNINIT)
+
+    def session(self) -> Session:
+        return self._session
+
+    def close(self) -> None:
+        """Close the connection (every shard); ``on_connection_closed`` follows once the
+        peer confirms. Inside on_message it takes effect once that message is settled."""
+        if self._closing:
+            return
+        self._closing = True
+        self.container._soon(self._close_now)
+
+    def _close_now(self) -> None:
+        state = self._state
+        driver = self.container._driver
+        if state is None:  # an inbound link's stand-in: detach its links
+            for link in list(self._links):
+                link._closing = True
+                link._close_now()
+            return
+        if driver is None or driver.closed:
+            return
+        with driver.lock:
+            driver.core.hand_over_dirty()
+            driver.core.close_connection(state)
+
+    def _finished(self) -> bool:
+        state = self._state
+        if state is None:
+            return all(link._ended for link in self._links)
+        return all(s.closed or s.slot.failure is not None for s in state.shards)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.url} shards={self.shards}>"
+
+
+class _Link:
+    is_sender = False
+    is_receiver = False
+
+    def __init__(self, connection: Connection, handler: Any, name: str | None) -> None:
+        self.connection = connection
+        self.container = connection.container
+        self.handler = handler
+        self.name = name
+        self.remote_condition: p.Condition | None = None
+        self._closing = False
+        self._opened_fired = False
+        self._closing_fired = False
+        self._ended = False
+        self._shard_of: dict[Any, Shard | None] = {}
+
+    @property
+    def session(self) -> Session:
+        return self.connection.session()
+
+    @property
+    def _core_links(self) -> list[Any]:
+        raise NotImplementedError
+
+    @property
+    def state(self) -> int:
+        local = LOCAL_CLOSED if self._closing else LOCAL_ACTIVE
+        links = self._core_links
+        if self._ended or any(x.closed for x in links):
+            return local | REMOTE_CLOSED
+        return local | (REMOTE_ACTIVE if self._opened_fired else REMOTE_UNINIT)
+
+    def close(self) -> None:
+        """Detach the link (every shard's); ``on_link_closed`` follows once the peer
+        confirms. Inside on_message it takes effect once that message is settled."""
+        if self._closing:
+            return
+        self._closing = True
+        self.container._soon(self._close_now)
+
+    def _close_now(self) -> None:
+        raise NotImplementedError
+
+    def _finished(self) -> bool:
+        return all(x.closed or x.slot.failure is not None for x in self._core_links)
+
+
+class Sender(_Link):
+    """Sends messages; ``send()`` returns a Tracker. `credit`: how many more messages the
+    window takes now (`window` per shard's link, less those in flight)."""
+
+    is_sender = True
+
+    def __init__(self, connection: Connection, state: SenderState, handler: Any,
+                 name: str | None, tags: Iterator[Any] | None) -> None:
+        super().__init__(connection, handler, name)
+        self._state = state
+        self.target = p.Terminus(address=state.address)
+        self.source = p.Terminus()
+        self._tags = tags
+        self._count = itertools.count(1)
+        self._trackers: dict[SenderLink, dict[int, Tracker]] = {}
+        self._detach_when_settled = False
+
+    @property
+    def _core_links(self) -> list[Any]:
+        return self._state.links
+
+    @property
+    def address(self) -> str | None:
+        return self._state.address
+
+    @property
+    def remote_target(self) -> p.Terminus | None:
+        return next((x.remote_target for x in self._state.links if x.opened), None)
+
+    @property
+    def window(self) -> int:
+        return self._state.window
+
+    @window.setter
+    def window(self, value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"window must be a positive int, not {value!r}")
+        self._state.window = value
+
+    @property
+    def credit(self) -> int:
+        if self._closing:
+            return 0
+        window = self._state.window
+        return sum(max(0, window - x.unsettled) for x in self._state.links
+                   if x.opened and x.failure is None)
+
+    @property
+    def unsettled(self) -> list[Tracker]:
+        """Messages sent and not settled yet (with a failed shard's, kept)."""
+        return [t for by_seq in self._trackers.values() for t in by_seq.values()]
+
+    def send(self, message: Message | bytes, tag: Any = None) -> Tracker:
+        """Send `message` (a Message, or bytes as the body); returns its Tracker.
+
+        It goes with the other messages sent in the same pass of the loop. A sender whose
+        window is full still takes it (as proton buffers beyond credit)."""
+        if self._closing:
+            raise LinkDetached(f"sender to {self.address!r} is closed")
+        container = self.container
+        driver = container._driver
+        assert driver is not None
+        state = self._state
+        if isinstance(message, Message):
+            payload = message.encode()
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            payload = _links.encode_body(message)
+        else:
+            raise TypeError(f"send() takes a Message or bytes, not {type(message).__name__}")
+        if len(payload) > driver.core.fragment:
+            raise _not_yet(f"a message larger than {driver.core.fragment} bytes encoded on "
+                           "the event-driven face (the blocking face sends it)",
+                           "issue #9")
+        with driver.lock:
+            link = state.pick()
+            if link is None:  # every window full: the current live link takes it anyway
+                link = next(x for x in state.links[state.current:] + state.links
+                            if x.failure is None)
+            state.check_size(payload, link)
+            batch, index = link.add(payload)
+            if index + 1 >= SEND_BATCH:
+                link.hand_over()
+                state.rotate()
+            else:
+                driver.core.mark_dirty(link)
+        tracker = Tracker(batch, index)
+        tracker.link = self
+        tracker.local_state = None
+        if tag is None:
+            tag = next(self._tags) if self._tags is not None else str(next(self._count))
+        tracker.tag = tag
+        if not state.presettled:
+            self._trackers.setdefault(link, {})[batch.first + index] = tracker
+        container._sent.add(self)
+        return tracker
+
+    def _close_now(self) -> None:
+        """Detach once every message sent is settled (as the blocking Sender.close()
+        flushes first): their outcomes still reach on_accepted ..., which a detach would
+        cut off (an amqscale listener cannot settle a message whose link is gone)."""
+        driver = self.container._driver
+        state = self._state
+        state.closed = True
+        if driver is None or driver.closed:
+            return
+        with driver.lock:
+            if not state.all_settled():
+                for link in state.links:
+                    link.hand_over()
+                self._detach_when_settled = True
+                return
+            self._detach_when_settled = False
+            driver.core.close_links(state.links)
+
+    def __repr__(self) -> str:
+        return f"<Sender to {self.address!r} credit={self.credit}>"
+
+
+class Receiver(_Link):
+    """Receives messages (``on_message``). With ``prefetch=0`` grant credit with
+    ``flow(n)``; otherwise the container keeps `prefetch` granted."""
+
+    is_receiver = True
+
+    def __init__(self, connection: Connection, state: ReceiverState, handler: Any,
+                 name: str | None, prefetch: int, auto_accept: bool,
+                 links: list[ReceiverLink] | None = None) -> None:
+        super().__init__(connection, handler, name)
+        self._state = state
+        # An inbound link's Receiver has that one link of the listener's shared state.
+        self._links = links
+        self.prefetch = prefetch
+        self.auto_accept = auto_accept
+        self.source = p.Terminus(address=state.address)
+        self.target = p.Terminus()
+
+    @property
+    def _core_links(self) -> list[Any]:
+        return self._links if self._links is not None else list(self._state.links.values())
+
+    @property
+    def address(self) -> str | None:
+        """The source address (an inbound link's: the address its peer sends to)."""
+        return self.source.address if self._links is None else self.target.address
+
+    @property
+    def remote_source(self) -> p.Terminus | None:
+        return next((x.remote_source for x in self._core_links if x.opened), None)
+
+    @property
+    def queued(self) -> int:
+        """Messages received and not dispatched yet."""
+        links = set(self._core_links)
+        return sum(len(a.payloads) for a in self._state.buffer if a.link in links)
+
+    def flow(self, n: int) -> None:
+        """Grant `n` more credit (shared among the shards' links)."""
+        self._grant(n, False)
+
+    def drain(self, n: int) -> None:
+        """Grant `n` more credit in drain mode: the peer sends what it has, then gives the
+        rest of the credit back. (The container's prefetch keeps topping up after it.)"""
+        self._grant(n, True)
+
+    def _grant(self, n: int, drain: bool) -> None:
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"credit must be a non-negative int, not {n!r}")
+        driver = self.container._driver
+        if self._closing or driver is None or driver.closed:
+            raise LinkDetached(f"the receiver from {self.address!r} is closed")
+        with driver.lock:
+            if self._links is None:
+                driver.core.flow(self._state, n, drain)
+            else:
+                for link in self._links:
+                    if link.failure is None:
+                        link.hand_over()
+                        link.slot.queue(p.Flow(link.id, n, drain))
+
+    def _close_now(self) -> None:
+        driver = self.container._driver
+        if driver is None or driver.closed:
+            return
+        links = self._core_links
+        with driver.lock:
+            if self._links is None:
+                self._state.closed = True
+                driver.core.release_untaken(self._state)
+            else:  # one inbound link of a listener: release what it has buffered
+                self._release_buffered(links)
+            driver.core.close_links(links)
+
+    def _release_buffered(self, links: list[ReceiverLink]) -> None:
+        state = self._state
+        kept: deque[Arrival] = deque()
+        position = state.position
+        for i, arrival in enumerate(state.buffer):
+            start = position if i == 0 else 0
+            if arrival.link in links:
+                ids = arrival.take_unsettled(start, len(arrival.payloads))
+                if ids and arrival.link.failure is None:
+                    arrival.link.settle_now(p.Settle(arrival.link.id, ids, p.RELEASED))
+                if i == 0:
+                    state.position = 0
+            else:
+                kept.append(arrival)
+        state.buffer = kept
+
+    def __repr__(self) -> str:
+        return f"<Receiver from {self.address!r}>"
+
+
+class Acceptor:
+    """What ``container.listen`` returns: `url`, `port`, ``close()``."""
+
+    def __init__(self, container: Container, state: ListenerState) -> None:
+        self.container = container
+        self._state = state
+        self.host = state.host
+        self.closed = False
+
+    @property
+    def port(self) -> int | None:
+        return self._state.port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"amqp://{host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop accepting; inbound links are detached (what they delivered and was not
+        dispatched is released)."""
+        if self.closed:
+            return
+        self.closed = True
+        driver = self.container._driver
+        if driver is None or driver.closed:
+            return
+        with driver.lock:
+            driver.core.close_listener(self._state)
+
+
+# ---- the container --------------------------------------------------------------------------
+
+
+def _messaging_handler(handlers: Iterable[Any]) -> MessagingHandler | None:
+    """The first MessagingHandler among `handlers` and their children: its options
+    (prefetch, auto_accept, peer_close_is_error) apply to the links it handles."""
+    for handler in handlers:
+        if isinstance(handler, MessagingHandler):
+            return handler
+        found = _messaging_handler(getattr(handler, "handlers", None) or ())
+        if found is not None:
+            return found
+    return None
+
+
+class Container:
+    """The event-driven Container: ``Container(handler).run()`` (proton.reactor's role).
+
+    `workers`: worker processes (default: one per core), started on the first connect()
+    or listen(). ``run()`` returns when ``stop()`` is called or nothing is left to do (no
+    open connection or listener, no timer, no open injector); it then closes what is still
+    open (waiting up to SHUTDOWN_TIMEOUT for the peers) and stops the workers. An
+    exception raised in a callback ends run() the same way, then propagates.
+    """
+
+    def __init__(self, *handlers: Any, workers: int | None = None,
+                 container_id: str | None = None) -> None:
+        for handler in handlers:
+            if isinstance(handler, str):
+                raise TypeError("Container(*handlers): pass the id as container_id=..., "
+                                f"not as a handler ({handler!r})")
+        self.handlers = list(handlers)
+        self.container_id = container_id or str(uuid.uuid4())
+        self._workers = workers
+        self._driver: Driver | None = None
+        self._observed: deque[tuple[Any, p.Event | None]] = deque()
+        self._loop_thread: int | None = None
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._timers: list[tuple[float, int, Task]] = []
+        self._timer_seq = itertools.count()
+        self._injectors: list[EventInjector] = []
+        self._connections: list[Connection] = []
+        self._acceptors: list[Acceptor] = []
+        self._by_shard: dict[Shard, Connection] = {}
+        self._senders: dict[SenderLink, Sender] = {}
+        self._receivers: dict[ReceiverLink, Receiver] = {}
+        self._inbound: list[Receiver] = []
+        self._sendable: dict[Sender, None] = {}  # senders to look at for on_sendable
+        self._sent: set[Sender] = set()  # senders that sent in this pass
+        self._stopping = False
+        self._dispatching_message = 0
+        self._deferred: list[Any] = []
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Dispatch events until stop() or nothing is left to do (see the class)."""
+        self._stopping = False
+        self._loop_thread = threading.get_ident()
+        try:
+            self._dispatch(self.handlers, "start", Event("start", self))
+            while not self._stopping:
+                self._pass()
+                if self._stopping or self._done():
+                    break
+                self._flush()
+                self._sleep()
+        finally:
+            self._loop_thread = None
+            self._shutdown()
+
+    def stop(self) -> None:
+        """End run() (from a callback, or any thread): what is open is then closed and
+        the workers stop, once the current callback returns."""
+        self._stopping = True
+        self._wake()
+
+    def _pass(self) -> None:
+        """One pass: callbacks for what the core applied, sendables, timers, injectors."""
+        observed = self._observed
+        while observed and not self._stopping:
+            target, event = observed.popleft()
+            self._apply(target, event)
+        for sender in list(self._sendable):
+            if self._stopping:
+                return
+            del self._sendable[sender]
+            if sender._opened_fired and not sender._closing and sender.credit > 0:
+                self._dispatch(self._handlers_of(sender), "sendable",
+                               Event("sendable", self, link=sender))
+        now = time.monotonic()
+        timers = self._timers
+        while timers and timers[0][0] <= now and not self._stopping:
+            task = heapq.heappop(timers)[2]
+            if not task.cancelled:
+                task.fired = True
+                handlers = [task.handler] if task.handler is not None else self.handlers
+                self._dispatch(handlers, "timer_task", Event("timer_task", self, task=task))
+        for injector in list(self._injectors):
+            for injected in injector._take():
+                if self._stopping:
+                    return
+                injected.container = self
+                self._dispatch(self.handlers, injected.type, injected)
+            if injector.closed and not injector._events:
+                self._injectors.remove(injector)
+                injector._close_fds()
+
+    def _done(self) -> bool:
+        if self._observed or self._sendable or self._injectors:
+            return False
+        if any(not task.cancelled for _, _, task in self._timers):
+            return False
+        if any(not a.closed and a._state.failure is None for a in self._acceptors):
+            return False
+        if any(not r._ended for r in self._inbound):
+            return False
+        return all(c._ended for c in self._connections)
+
+    def _flush(self) -> None:
+        """What the callbacks did goes to the workers: one batch per link."""
+        driver = self._driver
+        if driver is None or driver.closed:
+            return
+        for sender in self._sent:
+            if sender._state.links:
+                sender._state.rotate()  # the next pass's messages start on the next shard
+        self._sent.clear()
+        driver.flush()
+
+    def _sleep(self) -> None:
+        """Until a worker publishes or dies, the next timer, an injector or a wake-up."""
+        if self._observed or self._sendable or any(i._events or i.closed
+                                                   for i in self._injectors):
+            timeout: float | None = 0.0
+        elif self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic())
+        else:
+            timeout = None
+        fds = [self._wake_read] + [i.fileno() for i in self._injectors]
+        driver = self._driver
+        if driver is not None and not driver.closed:
+            driver.pump(timeout, fds)
+        elif timeout != 0:
+            select.select(fds, [], [], timeout)
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._wake_read, 4096):
+                pass
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_write, b"!")
+
+    def _shutdown(self) -> None:
+        """Close what is still open, wait (bounded) for the peers, stop the workers."""
+        driver = self._driver
+        try:
+            if driver is not None and not driver.closed:
+                with driver.lock:
+                    driver.core.hand_over_dirty()
+                    for acceptor in self._acceptors:
+                        if not acceptor.closed:
+                            acceptor.closed = True
+                            driver.core.close_listener(acceptor._state)
+                    for connection in self._connections:
+                        if connection._state is not None and not connection._finished():
+                            connection._closing = True
+                            driver.core.close_connection(connection._state)
+                with contextlib.suppress(Exception):
+                    driver.write_all(timeout=1.0)
+                deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+                while time.monotonic() < deadline and not all(
+                        c._finished() for c in self._connections):
+                    try:
+                        driver.pump(min(0.1, max(0.0, deadline - time.monotonic())))
+                    except Exception:  # stopping: what failed to apply no longer matters
+                        log.debug("while stopping", exc_info=True)
+        finally:
+            self._driver = None
+            if driver is not None:
+                driver.close()
+            self._observed.clear()
+            self._connections.clear()
+            self._acceptors.clear()
+            self._by_shard.clear()
+            self._senders.clear()
+            self._receivers.clear()
+            self._inbound.clear()
+            self._sendable.clear()
+            self._sent.clear()
+            self._deferred.clear()
+
+    def __del__(self) -> None:
+        driver = getattr(self, "_driver", None)
+        if driver is not None and not driver.closed:
+            with contextlib.suppress(Exception):
+                driver.close()
+        for fd in (getattr(self, "_wake_read", None), getattr(self, "_wake_write", None)):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    # ---- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self, handlers: Iterable[Any], name: str, event: Event) -> None:
+        for handler in handlers:
+            dispatch(handler, name, event)
+
+    def _handlers_of(self, endpoint: Any) -> list[Any]:
+        """A link's handler, else its connection's, else the container's (as proton)."""
+        handler = getattr(endpoint, "handler", None)
+        if handler is None and isinstance(endpoint, _Link):
+            handler = endpoint.connection.handler
+        return [handler] if handler is not None else self.handlers
+
+    def _soon(self, action: Any) -> None:
+        """Run `action` now, or after the message being dispatched is settled."""
+        if self._dispatching_message:
+            self._deferred.append(action)
+        else:
+            action()
+
+    def _observe(self, target: Any, event: p.Event | None) -> None:
+        """The core's observer (under the driver's lock; maybe in the watcher thread)."""
+        self._observed.append((target, event))
+        if threading.get_ident() != self._loop_thread:
+            self._wake()
+
+    def _apply(self, target: Any, event: p.Event | None) -> None:
+        kind = type(target)
+        if kind is Shard:
+            connection = self._by_shard.get(target)
+            if connection is not None:
+                self._on_shard(connection, target, event)
+        elif kind is SenderLink:
+            sender = self._senders.get(target)
+            if sender is not None:
+                self._on_sender(sender, target, event)
+        elif kind is ReceiverLink:
+            receiver = self._receivers.get(target)
+            if receiver is None and type(event) is p.LinkOpened and event.inbound:
+                receiver = self._on_inbound(target, event)
+            if receiver is not None:
+                self._on_receiver(receiver, target, event)
+        elif kind is WorkerSlot:
+            self._on_worker_died(target)
+
+    # ---- connections ----------------------------------------------------------------------
+
+    def _on_shard(self, connection: Connection, shard: Shard, event: p.Event | None) -> None:
+        handlers = self._handlers_of(connection)
+        if type(event) is p.ConnectionOpened:
+            connection.remote_container = event.remote_container
+            state = connection._state
+            assert state is not None
+            if not connection._opened_fired and all(
+                    s.opened or s.failure is not None for s in state.shards):
+                connection._opened_fired = True
+                self._dispatch(handlers, "connection_opened",
+                               Event("connection_opened", self, connection))
+                self._dispatch(handlers, "session_opened",
+                               Event("session_opened", self, connection))
+        elif type(event) is p.ConnectionClosed:
+            condition = event.condition
+            if not connection._closing and (
+                    not shard.opened
+                    or (condition is not None and condition.name in _TRANSPORT_CONDITIONS)):
+                self._transport_failed(connection, shard, condition or p.Condition(
+                    "amqp:connection:failed", "the connection failed"))
+            elif not connection._closing and not connection._closing_fired:
+                connection._closing_fired = True
+                settings = _messaging_handler(handlers)
+                as_error = condition is not None or (
+                    settings is not None and settings.peer_close_is_error)
+                connection.remote_condition = condition
+                name = "connection_error" if as_error else "connection_closing"
+                self._dispatch(handlers, name, Event(name, self, connection))
+            self._maybe_ended(connection)
+
+    def _transport_failed(self, connection: Connection, shard: Shard,
+                          condition: p.Condition) -> None:
+        if shard in connection._transport_failed:
+            return
+        connection._transport_failed.add(shard)
+        handlers = self._handlers_of(connection)
+        transport = Transport(connection, condition)
+        self._dispatch(handlers, "transport_error",
+                       Event("transport_error", self, connection, transport=transport))
+        self._dispatch(handlers, "disconnected",
+                       Event("disconnected", self, connection, transport=transport))
+
+    def _maybe_ended(self, connection: Connection) -> None:
+        state = connection._state
+        if connection._ended or state is None or not connection._finished():
+            return
+        connection._ended = True
+        for link in connection._links:
+            self._link_ended(link)
+        if len(connection._transport_failed) < len(state.shards):
+            handlers = self._handlers_of(connection)
+            self._dispatch(handlers, "connection_closed",
+                           Event("connection_closed", self, connection))
+        driver = self._driver
+        if driver is not None:
+            with driver.lock:
+                driver.core.forget_connection(state)
+        for shard in state.shards:
+            self._by_shard.pop(shard, None)
+
+    def _on_worker_died(self, slot: WorkerSlot) -> None:
+        condition = p.Condition("amqscale:worker-died",
+                                str(slot.failure) if slot.failure else "a worker died")
+        for connection in list(self._connections):
+            state = connection._state
+            if state is None or connection._ended:
+                continue
+            for shard in state.shards:
+                if shard.slot is slot and not shard.closed:
+                    self._transport_failed(connection, shard, condition)
+            self._maybe_ended(connection)
+        for receiver in list(self._inbound):
+            if not receiver._ended and any(x.slot is slot for x in receiver._core_links):
+                self._transport_failed(receiver.connection, None,  # type: ignore[arg-type]
+                                       condition)
+                self._link_ended(receiver)
+        for acceptor in self._acceptors:
+            if acceptor._state.failure is not None and not acceptor.closed:
+                log.warning("listener %s: %s", acceptor.url, acceptor._state.failure)
+
+    # ---- links ----------------------------------------------------------------------------
+
+    def _link_opened(self, link: _Link) -> None:
+        if link._opened_fired or link._closing:
+            return
+        links = link._core_links
+        if all(x.opened or x.failure is not None for x in links) and any(
+                x.opened for x in links):
+            link._opened_fired = True
+            self._dispatch(self._handlers_of(link), "link_opened",
+                           Event("link_opened", self, link=link))
+
+    def _link_closed(self, link: _Link, core_link: Any, event: p.LinkClosed) -> None:
+        shard = link._shard_of.get(core_link)
+        connection_gone = link.connection._closing or (shard is not None and shard.closed)
+        if not link._closing and not link._closing_fired and not connection_gone:
+            link._closing_fired = True
+            condition = event.condition
+            handlers = self._handlers_of(link)
+            settings = _messaging_handler(handlers)
+            as_error = condition is not None or (
+                settings is not None and settings.peer_close_is_error)
+            link.remote_condition = condition
+            name = "link_error" if as_error else "link_closing"
+            self._dispatch(handlers, name, Event(name, self, link=link))
+        if not link._ended and link._finished():
+            if not connection_gone:
+                self._dispatch(self._handlers_of(link), "link_closed",
+                               Event("link_closed", self, link=link))
+            self._link_ended(link)
+            if link.connection._state is None:  # an inbound link's stand-in
+                link.connection._ended = True
+
+    def _link_ended(self, link: _Link) -> None:
+        if link._ended:
+            return
+        link._ended = True
+        core_links = link._core_links
+        for core_link in core_links:
+            self._senders.pop(core_link, None)
+            self._receivers.pop(core_link, None)
+        driver = self._driver
+        if driver is not None and link.connection._state is not None:
+            driver.core.forget_links(core_links)
+        if link in self._inbound:
+            self._inbound.remove(link)
+
+    def _on_sender(self, sender: Sender, link: SenderLink, event: p.Event | None) -> None:
+        kind = type(event)
+        if kind is p.Outcomes:
+            by_seq = sender._trackers.get(link)
+            if by_seq:
+                name = _OUTCOME_CALLBACKS.get(event.state)  # type: ignore[union-attr]
+                handlers = self._handlers_of(sender)
+                runs = event.runs  # type: ignore[union-attr]
+                for i in range(0, len(runs), 2):
+                    for seq in range(runs[i], runs[i + 1]):
+                        tracker = by_seq.pop(seq, None)
+                        if tracker is None:
+                            continue
+                        if name is not None:
+                            self._dispatch(handlers, name, Event(
+                                name, self, link=sender, delivery=tracker))
+                        self._dispatch(handlers, "settled", Event(
+                            "settled", self, link=sender, delivery=tracker))
+            if sender._detach_when_settled and sender._state.all_settled():
+                sender._close_now()
+            self._sendable[sender] = None
+        elif kind is p.LinkOpened:
+            self._link_opened(sender)
+            self._sendable[sender] = None
+        elif kind is p.LinkClosed:
+            self._link_closed(sender, link, event)  # type: ignore[arg-type]
+
+    def _on_inbound(self, link: ReceiverLink, event: p.LinkOpened) -> Receiver:
+        """A remote sender attached to one of our listeners: a Receiver (and a stand-in
+        Connection) for it, handled by the container's handlers."""
+        state = link.receiver
+        connection = Connection(self, None, None, None)
+        settings = _messaging_handler(self.handlers)
+        receiver = Receiver(connection, state, None, None,
+                            settings.prefetch if settings else 0,
+                            settings.auto_accept if settings else False, links=[link])
+        # Our end mirrors the peer's: its target is the address it sends to.
+        receiver.source = event.remote_source or p.Terminus()
+        receiver.target = event.remote_target or p.Terminus()
+        connection._links.append(receiver)
+        connection._opened_fired = True
+        self._receivers[link] = receiver
+        self._inbound.append(receiver)
+        link.receiver.waiter = self._driver
+        self._dispatch(self.handlers, "link_opening", Event("link_opening", self, link=receiver))
+        return receiver
+
+    def _on_receiver(self, receiver: Receiver, link: ReceiverLink,
+                     event: p.Event | None) -> None:
+        kind = type(event)
+        if kind is p.Deliveries:
+            self._deliver(receiver, len(event.payloads))  # type: ignore[union-attr]
+        elif kind is p.DeliveryPart:
+            if event.last and not event.aborted:  # type: ignore[union-attr]
+                self._deliver(receiver, 1)
+        elif kind is p.LinkOpened:
+            self._link_opened(receiver)
+        elif kind is p.LinkClosed:
+            self._link_closed(receiver, link, event)  # type: ignore[arg-type]
+
+    def _deliver(self, receiver: Receiver, count: int) -> None:
+        """Dispatch the next `count` messages of the receiver's buffer (one event's)."""
+        state = receiver._state
+        while count and state.buffer and not self._stopping:
+            count -= 1
+            arrival, index = state.take()
+            owner = self._receivers.get(arrival.link, receiver)
+            self._message(owner, arrival, index)
+
+    def _message(self, receiver: Receiver, arrival: Arrival, index: int) -> None:
+        delivery = Delivery(arrival, index)
+        delivery.link = receiver
+        delivery.local_state = None
+        link = arrival.link
+        if receiver._closing:  # closed by the user: proton calls no on_message then
+            if receiver.auto_accept and not delivery.settled and link.failure is None:
+                delivery.release()
+            return
+        handlers = self._handlers_of(receiver)
+        self._dispatching_message += 1
+        try:
+            try:
+                message = delivery.message
+            except Exception as exc:
+                log.warning("rejected a message that does not decode: %s", exc)
+                delivery.reject("amqp:decode-error", str(exc))
+                return
+            try:
+                self._dispatch(handlers, "message",
+                               Event("message", self, link=receiver, delivery=delivery,
+                                     message=message))
+                if receiver.auto_accept and not delivery.settled and link.failure is None:
+                    delivery.accept()
+            except Reject:
+                if not delivery.settled and link.failure is None:
+                    delivery.reject()
+            except Release:
+                if not delivery.settled and link.failure is None:
+                    delivery.release()
+        finally:
+            self._dispatching_message -= 1
+            if not self._dispatching_message:
+                self._taken(receiver, link)
+                deferred, self._deferred = self._deferred, []
+                for action in deferred:
+                    action()
+
+    def _taken(self, receiver: Receiver, link: ReceiverLink) -> None:
+        """Keep the prefetch granted: top up in batches of half the link's share."""
+        if not receiver.prefetch or link.failure is not None:
+            return
+        link.consumed += 1
+        if link.consumed * 2 >= link.credit:
+            driver = self._driver
+            assert driver is not None
+            with driver.lock:
+                link.grant()
+
+    # ---- opening --------------------------------------------------------------------------
+
+    def _ensure_driver(self) -> Driver:
+        driver = self._driver
+        if driver is None:
+            workers = default_worker_count() if self._workers is None else self._workers
+            driver = self._driver = Driver(workers, self.container_id)
+            driver.core.observer = self._observe
+        return driver
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' pids (none before the first connect or listen)."""
+        driver = self._driver
+        return [h.process.pid for h in driver.handles] if driver is not None else []
+
+    def connect(self, url: str | None = None, urls: list[str] | None = None,
+                handler: Any = None, user: str | None = None, password: str | None = None,
+                sasl_mechanisms: str | None = None, virtual_host: str | None = None,
+                idle_timeout: float = 0, shards: int = 1, **kw: Any) -> Connection:
+        """Open a connection (`shards` AMQP connections) to `url`; returns at once.
+
+        ``on_connection_opened`` follows once every shard is open; a refused address or
+        a failed authentication reaches ``on_transport_error`` then ``on_disconnected``.
+        `handler` replaces the container's handlers for this connection's events.
+        ``heartbeat=`` is taken as idle_timeout, ``allowed_mechs=`` as sasl_mechanisms,
+        ``reconnect=False`` is what amqscale does (reconnect: issue #11)."""
+        if url is None:
+            if not urls:
+                raise ValueError("connect() needs url or urls (connect.json is not read)")
+            if len(urls) > 1:
+                raise _not_yet("failover over several urls", "issue #11 (reliability)")
+            url = urls[0]
+        if "heartbeat" in kw:
+            idle_timeout = kw.pop("heartbeat") or 0
+        if "allowed_mechs" in kw:
+            sasl_mechanisms = kw.pop("allowed_mechs")
+        if kw.pop("reconnect", None) not in (None, False):
+            raise _not_yet("reconnect", "issue #11 (reliability)")
+        if kw:
+            raise _not_yet(f"connect() option(s) {', '.join(sorted(kw))}")
+        if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
+            raise ValueError(f"shards must be a positive int, not {shards!r}")
+        parsed = parse_url(_normalise_url(url))
+        if parsed.port == 0:
+            raise ValueError(f"cannot connect to port 0 in {url!r}")
+        if parsed.tls:
+            raise _not_yet("amqps:// (TLS)", "issue #10 (security)")
+        driver = self._ensure_driver()
+        driver.refresh()
+        with driver.lock:
+            state = driver.core.open_connection(
+                parsed, shards, virtual_host=virtual_host, user=user or parsed.user,
+                password=password if password is not None else parsed.password,
+                sasl_mechanisms=sasl_mechanisms, idle_timeout=float(idle_timeout))
+        connection = Connection(self, state, parsed, handler)
+        self._connections.append(connection)
+        for shard in state.shards:
+            self._by_shard[shard] = connection
+        return connection
+
+    def _context(self, context: Any, handler: Any) -> tuple[Connection, str | None]:
+        """A Connection (or Session) as given, or a URL: a new connection to it, whose
+        path is the address."""
+        if isinstance(context, Session):
+            context = context.connection
+        if isinstance(context, Connection):
+            if context._state is None:
+                raise _not_yet("links opened on an inbound connection (a listener's peer)")
+            if context._closing or context._ended:
+                raise LinkDetached(f"the connection to {context.url} is closed")
+            return context, None
+        if isinstance(context, str):
+            parsed = parse_url(_normalise_url(context))
+            return self.connect(context), _address_of(parsed)
+        raise TypeError(f"a context must be a Connection or a URL, not {type(context).__name__}")
+
+    def create_sender(self, context: Any, target: str | None = None,
+                      source: str | None = None, name: str | None = None,
+                      handler: Any = None, tags: Any = None, options: Any = None) -> Sender:
+        """A Sender to `target` on `context` (a Connection, or a URL whose path is the
+        target); ``on_link_opened`` and ``on_sendable`` follow. `tags`: an iterator of
+        tags for the Trackers. Options: AtMostOnce, AtLeastOnce."""
+        presettled = _check_options(options, True)  # before anything is opened
+        if source is not None:
+            raise _not_yet("a sender's source address")
+        connection, path_address = self._context(context, handler)
+        address = target if target is not None else path_address
+        driver = self._ensure_driver()
+        state_conn = connection._state
+        assert state_conn is not None
+        shards = [s for s in state_conn.shards if s.failure is None]
+        with driver.lock:
+            state = driver.core.open_sender(state_conn, address, DEFAULT_WINDOW, presettled,
+                                            name, 0)
+        state.waiter = driver
+        sender = Sender(connection, state, handler, name, iter(tags) if tags else None)
+        sender._shard_of = dict(zip(state.links, shards, strict=False))
+        connection._links.append(sender)
+        for link in state.links:
+            self._senders[link] = sender
+        return sender
+
+    def create_receiver(self, context: Any, source: str | None = None,
+                        target: str | None = None, name: str | None = None,
+                        dynamic: bool = False, handler: Any = None,
+                        options: Any = None) -> Receiver:
+        """A Receiver from `source` on `context` (a Connection, or a URL whose path is the
+        source); its handler's `prefetch` is kept granted (0: ``receiver.flow(n)``)."""
+        if dynamic:
+            raise _not_yet("dynamic=True (a node the peer creates)")
+        _check_options(options, False)  # before anything is opened
+        if target is not None:
+            raise _not_yet("a receiver's target address")
+        connection, path_address = self._context(context, handler)
+        address = source if source is not None else path_address
+        handlers = [handler] if handler is not None else self._handlers_of(connection)
+        settings = _messaging_handler(handlers)
+        prefetch = settings.prefetch if settings is not None else 0
+        auto_accept = settings.auto_accept if settings is not None else False
+        driver = self._ensure_driver()
+        state_conn = connection._state
+        assert state_conn is not None
+        shards = [s for s in state_conn.shards if s.failure is None]
+        credit = max(prefetch, len(shards)) if prefetch else 0
+        with driver.lock:
+            state = driver.core.open_receiver_exact(state_conn, address, credit, name, 0)
+        state.waiter = driver
+        receiver = Receiver(connection, state, handler, name, prefetch, auto_accept)
+        receiver._shard_of = dict(zip(state.links.values(), shards, strict=False))
+        connection._links.append(receiver)
+        for link in state.links.values():
+            self._receivers[link] = receiver
+        return receiver
+
+    def listen(self, url: str) -> Acceptor:
+        """Accept inbound connections on `url` (port 0: any free port; see
+        ``Acceptor.url``). Remote senders' messages reach the container's handlers'
+        ``on_message``, with the prefetch of its MessagingHandler. Blocks until the port
+        is bound; raises ConnectionFailed if it cannot be."""
+        parsed = parse_url(_normalise_url(url))
+        settings = _messaging_handler(self.handlers)
+        credit = settings.prefetch if settings is not None else 0
+        driver = self._ensure_driver()
+        driver.refresh()
+        core = driver.core
+        if core.slots[0].failure is not None:
+            raise core.slots[0].failure
+        with driver.lock:
+            state = core.listen(parsed.host, parsed.port, credit, 0)
+            driver.write_all()
+        acceptor = Acceptor(self, state)
+        try:
+            driver.wait(lambda: state.port is not None or state.failure is not None,
+                        OPEN_TIMEOUT, f"listening on {parsed}")
+            if state.failure is None:
+                with driver.lock:
+                    core.adopt(state)
+                    driver.write_all()
+                driver.wait(lambda: state.pending <= 0 or state.failure is not None,
+                            OPEN_TIMEOUT, f"listening on {parsed}")
+        except BaseException:
+            acceptor.close()
+            raise
+        if state.failure is not None:
+            acceptor.close()
+            raise state.failure
+        state.receiver.waiter = driver
+        self._acceptors.append(acceptor)
+        return acceptor
+
+    def declare_transaction(self, context: Any, handler: Any = None,
+                            settle_before_discharge: bool = False) -> Any:
+        """Transactions are not built yet: NotImplementedError naming the issue."""
+        raise _not_yet("transactions (declare_transaction)")
+
+    # ---- timers and injectors -------------------------------------------------------------
+
+    def schedule(self, delay: float, handler: Any = None) -> Task:
+        """``on_timer_task`` on `handler` (default: the container's) after `delay` s."""
+        task = Task(self, time.monotonic() + max(0.0, float(delay)), handler)
+        heapq.heappush(self._timers, (task.deadline, next(self._timer_seq), task))
+        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
+            self._wake()
+        return task
+
+    def selectable(self, injector: EventInjector) -> EventInjector:
+        """Register an EventInjector: its events reach the container's handlers."""
+        if not isinstance(injector, EventInjector):
+            raise _not_yet(f"selectable({type(injector).__name__}): only EventInjectors")
+        if injector not in self._injectors:
+            self._injectors.append(injector)
+        self._wake()
+        return injector

@@ -1,0 +1,659 @@
+"""The event-driven face (amqscale.reactor, amqscale.handlers) against real peers.
+
+Each test runs a Container with real worker processes until it stops by itself: its
+handlers close what they opened when they have seen what they wait for, and run() returns
+once nothing is left to do. Peers: amqscale's own listener (Container.listen), RabbitMQ,
+and proton-python (tests/proton_peers.py) where an independent observer helps.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import psutil
+import pytest
+from proton import Condition as ProtonCondition
+from proton_peers import Sink, Source, _Listening, wait_for
+
+from amqscale import Message
+from amqscale.handlers import Handler, MessagingHandler, Reject, Release
+from amqscale.reactor import (
+    ApplicationEvent,
+    AtMostOnce,
+    Container,
+    Copy,
+    DurableSubscription,
+    DynamicNodeProperties,
+    EventInjector,
+    Filter,
+    Move,
+    Selector,
+)
+from amqscale.testing._process import free_port
+from amqscale.testing.brokers import RabbitMQ
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class HelloWorld(MessagingHandler):
+    """proton's helloworld: a receiver and a sender on one connection; one message."""
+
+    def __init__(self, url: str, address: str, shards: int = 1) -> None:
+        super().__init__()
+        self.url, self.address, self.shards = url, address, shards
+        self.seen: list[Any] = []
+
+    def on_start(self, event: Any) -> None:
+        conn = event.container.connect(self.url, shards=self.shards)
+        event.container.create_receiver(conn, self.address)
+        event.container.create_sender(conn, self.address)
+
+    def on_connection_opened(self, event: Any) -> None:
+        self.seen.append("connection_opened")
+
+    def on_sendable(self, event: Any) -> None:
+        event.sender.send(Message(body="Hello World!"))
+        event.sender.close()
+
+    def on_message(self, event: Any) -> None:
+        self.seen.append(event.message.body)
+        event.connection.close()
+
+    def on_connection_closed(self, event: Any) -> None:
+        self.seen.append("connection_closed")
+
+
+class HelloWorldDirect(MessagingHandler):
+    """proton's helloworld_direct: listens, sends itself one message, closes on accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[Any] = []
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        event.container.create_sender(self.acceptor.url + "/examples")
+
+    def on_sendable(self, event: Any) -> None:
+        event.sender.send(Message(body="Hello World!"))
+        event.sender.close()
+
+    def on_message(self, event: Any) -> None:
+        self.seen.append((event.message.body, event.receiver.address))
+
+    def on_accepted(self, event: Any) -> None:
+        self.seen.append("accepted")
+        event.connection.close()
+
+    def on_connection_closed(self, event: Any) -> None:
+        self.seen.append("connection_closed")
+        self.acceptor.close()
+
+
+def test_helloworld_through_our_own_listener() -> None:
+    handler = HelloWorldDirect()
+    Container(handler, workers=1).run()
+    assert handler.seen == [("Hello World!", "examples"), "accepted", "connection_closed"]
+
+
+def test_helloworld_through_rabbitmq(rabbitmq: RabbitMQ, unique_name: str) -> None:
+    handler = HelloWorld(rabbitmq.url, unique_name, shards=2)
+    Container(handler, workers=2).run()
+    # on_connection_opened once for the two shards; the message; the close confirmed.
+    assert handler.seen == ["connection_opened", "Hello World!", "connection_closed"]
+
+
+class Counting(MessagingHandler):
+    """simple_send and simple_recv in one: `total` messages, as credit allows, through a
+    listener of the same container; counts what each callback saw."""
+
+    def __init__(self, total: int, window: int, shards: int) -> None:
+        super().__init__()
+        self.total, self.window, self.shards = total, window, shards
+        self.sent = self.confirmed = 0
+        self.received: list[int] = []
+        self.sendables = 0
+        self.credit_seen: list[int] = []
+        self.opened = 0
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        conn = event.container.connect(self.acceptor.url, shards=self.shards)
+        self.sender = event.container.create_sender(conn, "counted")
+        self.sender.window = self.window
+
+    def on_connection_opened(self, event: Any) -> None:
+        self.opened += 1
+
+    def on_sendable(self, event: Any) -> None:
+        self.sendables += 1
+        self.credit_seen.append(event.sender.credit)
+        while event.sender.credit and self.sent < self.total:
+            event.sender.send(Message(id=self.sent, body={"sequence": self.sent}))
+            self.sent += 1
+
+    def on_message(self, event: Any) -> None:
+        self.received.append(event.message.id)
+
+    def on_accepted(self, event: Any) -> None:
+        self.confirmed += 1
+        if self.confirmed == self.total:
+            event.connection.close()
+            self.acceptor.close()
+
+
+def test_n_messages_as_credit_allows_over_two_shards() -> None:
+    handler = Counting(total=2000, window=50, shards=2)
+    Container(handler, workers=2).run()
+    assert handler.opened == 1
+    assert handler.confirmed == 2000
+    assert sorted(handler.received) == list(range(2000))
+    # The window (50 a shard) kept re-opening: on_sendable came back many times, and
+    # never with more credit than the two windows.
+    assert handler.sendables > 2000 // 100
+    assert max(handler.credit_seen) <= 100 and min(handler.credit_seen) > 0
+
+
+class Outcomes(MessagingHandler):
+    """Sends `total` messages to its own listener, whose handler settles them by id."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.outcomes: dict[int, str] = {}
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        event.container.create_sender(self.acceptor.url + "/outcomes",
+                                      handler=self.SenderSide(self))
+
+    def on_message(self, event: Any) -> None:  # the listener's side
+        kind = event.message.id % 4
+        if kind == 1:
+            raise Reject()
+        if kind == 2:
+            raise Release()
+        if kind == 3:
+            self.release(event.delivery, delivered=True)  # MODIFIED
+
+    class SenderSide(MessagingHandler):
+        def __init__(self, outer: Outcomes) -> None:
+            super().__init__()
+            self.outer = outer
+            self.sent = 0
+
+        def on_sendable(self, event: Any) -> None:
+            while event.sender.credit and self.sent < self.outer.total:
+                tracker = event.sender.send(Message(id=self.sent))
+                tracker.number = self.sent  # proton users hang their own data on it
+                self.sent += 1
+
+        def _record(self, event: Any, outcome: str) -> None:
+            outer = self.outer
+            outer.outcomes[event.delivery.number] = outcome
+            if len(outer.outcomes) == outer.total:
+                event.connection.close()
+                outer.acceptor.close()
+
+        def on_accepted(self, event: Any) -> None:
+            self._record(event, "accepted")
+
+        def on_rejected(self, event: Any) -> None:
+            self._record(event, "rejected")
+
+        def on_released(self, event: Any) -> None:
+            # Called for MODIFIED too (MessagingHandler.on_modified's default), as
+            # proton's docs say: tell them apart by remote_state.
+            modified = event.delivery.remote_state == event.delivery.MODIFIED
+            self._record(event, "modified" if modified else "released")
+
+
+def test_reject_and_release_raised_in_on_message_reach_the_sender() -> None:
+    handler = Outcomes(total=40)
+    Container(handler, workers=1).run()
+    expected = {i: ["accepted", "rejected", "released", "modified"][i % 4]
+                for i in range(40)}
+    assert handler.outcomes == expected
+
+
+class ManualCredit(MessagingHandler):
+    """prefetch=0: the receiver grants two credits at a time itself."""
+
+    def __init__(self, url: str, total: int) -> None:
+        super().__init__(prefetch=0)
+        self.url, self.total = url, total
+        self.received: list[int] = []
+
+    def on_start(self, event: Any) -> None:
+        event.container.create_receiver(self.url + "/manual")
+
+    def on_link_opened(self, event: Any) -> None:
+        event.receiver.flow(2)
+
+    def on_message(self, event: Any) -> None:
+        self.received.append(event.message.id)
+        if len(self.received) == self.total:
+            event.connection.close()
+        elif len(self.received) % 2 == 0:
+            event.receiver.flow(2)
+
+
+def test_prefetch_zero_takes_only_the_credit_the_handler_grants() -> None:
+    with Source(count=7) as source:
+        handler = ManualCredit(source.url, 7)
+        Container(handler, workers=1).run()
+        assert handler.received == list(range(7))
+        # The proton peer never saw more than the two credits granted at a time.
+        assert source.credit_seen and max(source.credit_seen) <= 2
+        wait_for(lambda: len(source.outcomes) == 7, 10, "the outcomes at the source")
+        assert set(source.outcomes.values()) == {"accepted"}
+
+
+class ManualAccept(MessagingHandler):
+    """auto_accept off: accepts even ids, rejects ids 1 mod 4 and releases the rest
+    (undelivered), by hand; raises Release once (RELEASED, not proton 0.40's MODIFIED)."""
+
+    def __init__(self, url: str, total: int) -> None:
+        super().__init__(auto_accept=False)
+        self.url, self.total = url, total
+        self.received = 0
+
+    def on_start(self, event: Any) -> None:
+        event.container.create_receiver(self.url + "/manual-accept")
+
+    def on_message(self, event: Any) -> None:
+        self.received += 1
+        done = self.received == self.total
+        if done:
+            event.connection.close()  # takes effect once this message is settled
+        number = event.message.id
+        if number == 3:
+            raise Release()
+        if number % 2 == 0:
+            self.accept(event.delivery)
+        elif number % 4 == 1:
+            self.reject(event.delivery)
+        else:
+            self.release(event.delivery, delivered=False)
+
+
+def test_manual_accept_reject_release_reach_the_peer() -> None:
+    with Source(count=8) as source:
+        handler = ManualAccept(source.url, 8)
+        Container(handler, workers=1).run()
+        wait_for(lambda: len(source.outcomes) == 8, 10, "the outcomes at the source")
+        assert source.outcomes == {0: "accepted", 1: "rejected", 2: "accepted",
+                                   3: "released", 4: "accepted", 5: "rejected",
+                                   6: "accepted", 7: "released"}
+
+
+class Timers(Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fired: list[str] = []
+
+    def on_start(self, event: Any) -> None:
+        container = event.container
+        self.first = container.schedule(0.01, self)
+        cancelled = container.schedule(0.02, self)
+        cancelled.cancel()
+        self.other = Handler()
+        self.other.on_timer_task = lambda e: self.fired.append("other")  # type: ignore
+        container.schedule(0.03, self.other)
+
+    def on_timer_task(self, event: Any) -> None:
+        self.fired.append("first" if event.task is self.first else "again")
+        if event.task is self.first:
+            event.container.schedule(0, self)
+
+
+def test_timers_fire_in_order_a_cancelled_one_never() -> None:
+    handler = Timers()
+    container = Container(handler)
+    container.run()  # ends by itself: no timer left
+    assert handler.fired == ["first", "again", "other"]
+    assert container.worker_pids() == []  # timers alone start no workers
+
+
+class Injected(MessagingHandler):
+    def __init__(self, injector: EventInjector) -> None:
+        super().__init__()
+        self.injector = injector
+        self.pings: list[Any] = []
+        self.containers: list[Any] = []
+
+    def on_start(self, event: Any) -> None:
+        event.container.selectable(self.injector)
+        threading.Thread(target=self.feed, daemon=True).start()
+
+    def feed(self) -> None:
+        for i in range(5):
+            self.injector.trigger(ApplicationEvent("ping", subject=i))
+        self.injector.close()
+
+    def on_ping(self, event: Any) -> None:  # not a MessagingHandler callback: by name
+        self.pings.append(event.subject)
+        self.containers.append(event.container)
+
+
+def test_event_injector_from_another_thread() -> None:
+    handler = Injected(EventInjector())
+    container = Container(handler)
+    container.run()  # ends once the injector is closed and drained
+    assert handler.pings == [0, 1, 2, 3, 4]
+    assert handler.containers == [container] * 5
+
+
+class Refused(MessagingHandler):
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.seen: list[Any] = []
+
+    def on_start(self, event: Any) -> None:
+        conn = event.container.connect(self.url)
+        event.container.create_sender(conn, "nowhere")
+
+    def on_transport_error(self, event: Any) -> None:
+        self.seen.append(("transport_error", event.transport.condition.name))
+        super().on_transport_error(event)
+
+    def on_disconnected(self, event: Any) -> None:
+        self.seen.append("disconnected")
+
+    def on_unhandled(self, name: str, event: Any) -> None:
+        self.seen.append(name)
+
+
+def test_a_refused_address_reaches_on_transport_error_not_run() -> None:
+    handler = Refused(f"amqp://127.0.0.1:{free_port()}")
+    Container(handler, workers=1).run()  # returns: nothing left to do
+    assert handler.seen == [("transport_error", "amqp:connection:failed"),
+                            "disconnected"]  # and no other callback
+
+
+class LinkError(MessagingHandler):
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.received = 0
+        self.errors: list[str] = []
+        self.closed: list[str] = []
+
+    def on_start(self, event: Any) -> None:
+        event.container.create_receiver(self.url + "/doomed")
+
+    def on_message(self, event: Any) -> None:
+        self.received += 1
+
+    def on_link_error(self, event: Any) -> None:
+        self.errors.append(event.link.remote_condition.name)
+        super().on_link_error(event)  # logs, closes the connection (proton's default)
+
+    def on_connection_closed(self, event: Any) -> None:
+        self.closed.append("connection")
+
+
+def test_a_peer_closing_a_link_with_an_error_reaches_on_link_error() -> None:
+    with Source(count=3, close_with="amqp:resource-deleted") as source:
+        handler = LinkError(source.url)
+        Container(handler, workers=1).run()
+    assert handler.received == 3
+    assert handler.errors == ["amqp:resource-deleted"]
+    assert handler.closed == ["connection"]
+
+
+class KilledWorker(MessagingHandler):
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.conditions: list[str] = []
+        self.disconnected = 0
+
+    def on_start(self, event: Any) -> None:
+        self.sender = event.container.create_sender(self.url + "/killed")
+
+    def on_link_opened(self, event: Any) -> None:
+        self.tracker = event.sender.send(Message(body="unsettled: the sink never settles"))
+        for pid in event.container.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+
+    def on_transport_error(self, event: Any) -> None:
+        self.conditions.append(event.transport.condition.name)
+
+    def on_disconnected(self, event: Any) -> None:
+        self.disconnected += 1
+
+
+def test_a_killed_worker_reaches_on_transport_error() -> None:
+    with Sink() as sink:
+        handler = KilledWorker(sink.url)
+        Container(handler, workers=1).run()  # ends: its one connection is gone
+    assert handler.conditions == ["amqscale:worker-died"]
+    assert handler.disconnected == 1
+    assert not handler.tracker.settled
+    assert handler.sender.unsettled == [handler.tracker]  # kept, with its payload
+
+
+class Raising(MessagingHandler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pids: list[int] = []
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        event.container.connect(self.acceptor.url)
+
+    def on_connection_opened(self, event: Any) -> None:
+        self.pids = event.container.worker_pids()
+        raise RuntimeError("a bug in the application")
+
+
+def test_a_callback_exception_ends_run_with_the_workers_stopped() -> None:
+    handler = Raising()
+    with pytest.raises(RuntimeError, match="a bug in the application"):
+        Container(handler, workers=2).run()
+    assert len(handler.pids) == 2
+    assert not any(psutil.pid_exists(pid) for pid in handler.pids)
+
+
+def test_stop_ends_run_and_closes_what_is_open() -> None:
+    class Stopper(MessagingHandler):
+        def on_start(self, event: Any) -> None:
+            acceptor = event.container.listen("127.0.0.1:0")
+            self.conn = event.container.connect(acceptor.url)
+
+        def on_connection_opened(self, event: Any) -> None:
+            self.pids = event.container.worker_pids()
+            event.container.stop()
+
+    handler = Stopper()
+    Container(handler, workers=1).run()
+    assert not any(psutil.pid_exists(pid) for pid in handler.pids)
+
+
+@pytest.mark.parametrize("option", [Selector("colour = 'green'"), Filter({}), Copy(), Move(),
+                                    DurableSubscription(), DynamicNodeProperties({})],
+                         ids=lambda o: type(o).__name__)
+def test_link_options_not_built_yet_raise_naming_the_issue(option: Any) -> None:
+    container = Container()
+    with pytest.raises(NotImplementedError, match=r"#12") as raised:
+        container.create_receiver("amqp://127.0.0.1:1/q", options=option)
+    assert type(option).__name__ in str(raised.value)
+    with pytest.raises(NotImplementedError, match=r"dynamic=True.*#12"):
+        container.create_receiver("amqp://127.0.0.1:1", dynamic=True)
+    with pytest.raises(NotImplementedError, match=r"transactions.*#12"):
+        container.declare_transaction(None)
+    assert container.worker_pids() == []  # refused before anything was opened
+
+
+def test_at_most_once_sends_pre_settled() -> None:
+    class AtMostOnceSend(MessagingHandler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bodies: list[Any] = []
+            self.outcomes = 0
+
+        def on_start(self, event: Any) -> None:
+            self.acceptor = event.container.listen("127.0.0.1:0")
+            self.sender = event.container.create_sender(self.acceptor.url + "/amo",
+                                                        options=AtMostOnce())
+
+        def on_sendable(self, event: Any) -> None:
+            for i in range(3):
+                event.sender.send(Message(body=i))
+            event.sender.close()
+
+        def on_message(self, event: Any) -> None:
+            self.bodies.append(event.message.body)
+            assert event.delivery.settled  # pre-settled by the sender
+            if len(self.bodies) == 3:
+                self.sender.connection.close()  # event.connection: the inbound one
+                self.acceptor.close()
+
+        def on_settled(self, event: Any) -> None:
+            self.outcomes += 1
+
+    handler = AtMostOnceSend()
+    Container(handler, workers=1).run()
+    assert handler.bodies == [0, 1, 2]
+    assert handler.outcomes == 0
+
+
+def test_a_proton_sink_sees_what_a_sharded_sender_sends() -> None:
+    class Send(MessagingHandler):
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+            self.sent = 0
+            self.opened: list[str] = []
+
+        def on_start(self, event: Any) -> None:
+            conn = event.container.connect(self.url, shards=3)
+            event.container.create_sender(conn, "sharded")
+
+        def on_link_opened(self, event: Any) -> None:
+            self.opened.append(event.link.target.address)
+
+        def on_sendable(self, event: Any) -> None:
+            while event.sender.credit and self.sent < 30:
+                event.sender.send(Message(id=self.sent))
+                self.sent += 1
+
+        def on_accepted(self, event: Any) -> None:
+            if not event.sender.unsettled and self.sent == 30:
+                event.connection.close()
+
+    with Sink(accept=True) as sink:
+        handler = Send(sink.url)
+        Container(handler, workers=2).run()
+        assert handler.opened == ["sharded"]  # once for the three shards' links
+        assert sorted(m.id for m in sink.messages) == list(range(30))
+        assert sink.links_opened == 3
+
+
+class SendAndReceive(MessagingHandler):
+    """simple_send and simple_recv on two connections through a broker."""
+
+    def __init__(self, url: str, address: str, total: int, shards: int) -> None:
+        super().__init__()
+        self.url, self.address, self.total, self.shards = url, address, total, shards
+        self.sent = self.confirmed = 0
+        self.received: list[int] = []
+
+    def on_start(self, event: Any) -> None:
+        container = event.container
+        self.receiving = container.connect(self.url, shards=self.shards)
+        container.create_receiver(self.receiving, self.address)
+        self.sending = container.connect(self.url, shards=self.shards)
+        container.create_sender(self.sending, self.address)
+
+    def on_sendable(self, event: Any) -> None:
+        while event.sender.credit and self.sent < self.total:
+            event.sender.send(Message(id=self.sent, body=b"x" * 100))
+            self.sent += 1
+
+    def on_accepted(self, event: Any) -> None:
+        self.confirmed += 1
+        if self.confirmed == self.total:
+            event.connection.close()
+
+    def on_message(self, event: Any) -> None:
+        self.received.append(event.message.id)
+        if len(self.received) == self.total:
+            event.connection.close()
+
+
+def test_n_messages_through_rabbitmq_over_shards(rabbitmq: RabbitMQ, unique_name: str) -> None:
+    handler = SendAndReceive(rabbitmq.url, unique_name, 3000, shards=2)
+    Container(handler, workers=2).run()
+    assert handler.confirmed == 3000
+    assert sorted(handler.received) == list(range(3000))
+
+
+def test_an_address_rabbitmq_refuses_reaches_on_link_error(rabbitmq: RabbitMQ,
+                                                           unique_name: str) -> None:
+    class Refused(MessagingHandler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.errors: list[str] = []
+            self.closed = 0
+
+        def on_start(self, event: Any) -> None:
+            conn = event.container.connect(rabbitmq.url)
+            event.container.create_receiver(conn, f"/amq/queue/{unique_name}")  # none such
+
+        def on_link_error(self, event: Any) -> None:
+            self.errors.append(event.link.remote_condition.name)
+            super().on_link_error(event)  # closes the connection
+
+        def on_connection_closed(self, event: Any) -> None:
+            self.closed += 1
+
+    handler = Refused()
+    Container(handler, workers=1).run()
+    assert handler.errors == ["amqp:not-found"]
+    assert handler.closed == 1
+
+
+class ClosesConnections(_Listening):
+    """A proton peer that closes every connection with an error as soon as it opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port = free_port()
+
+    def on_connection_opened(self, event: Any) -> None:
+        super().on_connection_opened(event)
+        event.connection.condition = ProtonCondition("amqp:connection:forced", "go away")
+        event.connection.close()
+
+
+def test_a_peer_closing_the_connection_with_an_error_reaches_on_connection_error() -> None:
+    class Watch(MessagingHandler):
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+            self.seen: list[Any] = []
+
+        def on_start(self, event: Any) -> None:
+            event.container.connect(self.url)
+
+        def on_connection_error(self, event: Any) -> None:
+            condition = event.connection.remote_condition
+            self.seen.append((condition.name, condition.description))
+            super().on_connection_error(event)
+
+        def on_connection_closed(self, event: Any) -> None:
+            self.seen.append("closed")
+
+        def on_transport_error(self, event: Any) -> None:
+            self.seen.append("transport_error")
+
+    with ClosesConnections() as peer:
+        handler = Watch(peer.url)
+        Container(handler, workers=1).run()
+    assert handler.seen == [("amqp:connection:forced", "go away"), "closed"]
