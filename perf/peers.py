@@ -580,7 +580,6 @@ def receiver_own_cost(cfg: Config) -> float:
 
 def send_batches(cfg: Config, sender: Any, schedule: Schedule, filler: bytes) -> None:
     """send_many() what is due, at most --batch at a time."""
-    import amqscale
 
     seq = 0
     while seq < cfg.count:
@@ -588,16 +587,21 @@ def send_batches(cfg: Config, sender: Any, schedule: Schedule, filler: bytes) ->
         if n == 0:
             time.sleep(max(schedule.wait_seconds(seq), 1e-5))
             continue
-        bodies = [body_of(i, schedule.due(i), filler) for i in range(seq, seq + n)]
-        if cfg.messages:
-            batch: list[Any] = [
-                amqscale.Message(id=i, body=body, properties={
+        sender.send_many(batch_payloads(cfg, seq, n, schedule, filler))
+        seq += n
+
+
+def batch_payloads(cfg: Config, seq: int, n: int, schedule: Schedule,
+                   filler: bytes) -> list[Any]:
+    """Messages seq..seq+n-1 for send_many: bytes bodies, or Messages (--messages)."""
+    import amqscale
+
+    bodies = [body_of(i, schedule.due(i), filler) for i in range(seq, seq + n)]
+    if cfg.messages:
+        return [amqscale.Message(id=i, body=body, properties={
                     "seq": i, "source": PROPS_SOURCE, "flag": True})
                 for i, body in enumerate(bodies, seq)]
-        else:
-            batch = bodies
-        sender.send_many(batch)
-        seq += n
+    return bodies
 
 
 def run_amqscale_receiver(cfg: Config) -> Report:
@@ -691,8 +695,7 @@ def run_aio_sender(cfg: Config) -> Report:
                     await asyncio.sleep(wait)
                 if cfg.batch:
                     n = max(1, schedule.due_count(seq, min(cfg.batch, cfg.count - seq)))
-                    await sender.send_many([amqscale_payload(cfg, i, schedule.due(i), filler)
-                                            for i in range(seq, seq + n)])
+                    await sender.send_many(batch_payloads(cfg, seq, n, schedule, filler))
                     seq += n
                 else:
                     await sender.put(amqscale_payload(cfg, seq, schedule.due(seq), filler))
