@@ -17,7 +17,7 @@ close.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 import msgspec
@@ -35,6 +35,7 @@ from .core import (
 )
 from .errors import ConnectionFailed, LinkDetached
 from .url import URL
+from .workers import protocol as p
 
 T = TypeVar("T")
 
@@ -262,27 +263,43 @@ def close_listener(driver: Driver, state: ListenerState) -> None:
 
 
 def send_parts(driver: Driver, link: SenderLink, payload: bytes) -> Steps[Batch]:
-    """A message too large for one record: its parts in order, one record each, with at
-    most PARTS_IN_FLIGHT of them waiting in the worker (it reports PartsWritten). Once the
-    first part is handed over, the rest go whatever the deadline."""
+    """A message too large for one record, on `link` (which has room): see
+    hand_over_parts."""
     with driver.lock:
         batch, parts = link.parts(payload, driver.core.fragment)
         driver.write(link.slot)  # what send() batched before it goes first
+    yield from hand_over_parts(driver, link, batch, parts)
+    return batch
+
+
+def hand_over_parts(driver: Driver, link: SenderLink, batch: Batch,
+                    parts: Iterator[p.SendPart]) -> Steps[None]:
+    """A large message's parts in order, one record each, with at most PARTS_IN_FLIGHT of
+    them waiting in the worker (it reports PartsWritten). Once the first part is handed
+    over, the rest go whatever the deadline. Meanwhile the link takes messages but hands
+    none over, so that nothing goes between the parts; they go after the last."""
     seq = batch.first
-    for sent, part in enumerate(parts):
-        if sent >= PARTS_IN_FLIGHT:
-            done = sent - PARTS_IN_FLIGHT + 1
-            yield Wait(lambda done=done: link.parts_done(seq, done)  # type: ignore[misc]
-                       or link.failure is not None,
-                       f"part {sent} of message {seq} to go out", bounded=False)
-        if link.failure is not None:
-            break  # the message stays unsettled, with its payload, for a resend
-        with driver.lock:
-            link.slot.queue(part)
-            driver.write(link.slot)  # a dead worker ends this: the link then fails
+    link.parts_busy = True
+    try:
+        for sent, part in enumerate(parts):
+            if sent >= PARTS_IN_FLIGHT:
+                done = sent - PARTS_IN_FLIGHT + 1
+                yield Wait(lambda done=done: link.parts_done(seq, done)  # type: ignore[misc]
+                           or link.failure is not None,
+                           f"part {sent} of message {seq} to go out", bounded=False)
+            if link.failure is not None:
+                break  # the message stays unsettled, with its payload, for a resend
+            with driver.lock:
+                link.slot.queue(part)
+                driver.write(link.slot)  # a dead worker ends this: the link then fails
+    finally:
+        link.parts_busy = False
+        if link.open is not None and link.failure is None and not driver.closed:
+            with driver.lock:
+                link.hand_over()
+                driver.write(link.slot)
     link.sender.rotate()
     driver.take_events()
-    return batch
 
 
 def room(state: SenderState) -> Steps[SenderLink]:

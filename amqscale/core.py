@@ -138,7 +138,7 @@ class SenderLink:
 
     __slots__ = ("id", "slot", "sender", "next_seq", "batches", "open", "unsettled",
                  "opened", "closed", "failure", "remote_target", "dirty", "remote_max",
-                 "parts_seq", "parts_written")
+                 "parts_seq", "parts_written", "parts_busy")
 
     def __init__(self, link_id: int, slot: WorkerSlot, sender: SenderState) -> None:
         self.id = link_id
@@ -157,6 +157,9 @@ class SenderLink:
         # How many parts of the large message `parts_seq` the worker gave the engine.
         self.parts_seq = -1
         self.parts_written = 0
+        # A message in parts is being handed over: nothing else may go between its parts
+        # (pick() passes this link by, hand_over() keeps the open batch for later).
+        self.parts_busy = False
 
     def take(self, payloads: list[bytes]) -> Batch:
         """Number `payloads` as the link's next messages, in a new batch."""
@@ -180,9 +183,12 @@ class SenderLink:
         return batch, index
 
     def hand_over(self) -> None:
-        """Queue the open batch as one Send command for the shard's worker."""
+        """Queue the open batch as one Send command for the shard's worker (not while a
+        message in parts is being handed over: it goes once that is done)."""
         self.dirty = False
         batch = self.open
+        if self.parts_busy:
+            return
         if batch is not None:
             self.open = None
             assert batch.payloads is not None
@@ -308,7 +314,7 @@ class SenderState:
             link = links[self.current]
             if link.failure is None:
                 live = True
-                if link.unsettled < self.window:
+                if link.unsettled < self.window and not link.parts_busy:
                     return link
             self.rotate()
         if not live:
@@ -318,7 +324,7 @@ class SenderState:
     def has_room(self) -> bool:
         """A live link has room in its window, or none is live (pick() then raises)."""
         live = [x for x in self.links if x.failure is None]
-        return not live or any(x.unsettled < self.window for x in live)
+        return not live or any(x.unsettled < self.window and not x.parts_busy for x in live)
 
     def failure(self) -> Exception:
         """The failure to report when no link can take messages."""

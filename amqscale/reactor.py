@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from . import _ops
 from . import links as _links
 from ._driver import Driver
 from .container import OPEN_TIMEOUT, default_worker_count
@@ -587,7 +588,7 @@ class Sender(_Link):
             return 0
         window = self._state.window
         return sum(max(0, window - x.unsettled) for x in self._state.links
-                   if x.opened and x.failure is None)
+                   if x.opened and x.failure is None and not x.parts_busy)
 
     @property
     def unsettled(self) -> list[Tracker]:
@@ -611,22 +612,30 @@ class Sender(_Link):
             payload = _links.encode_body(message)
         else:
             raise TypeError(f"send() takes a Message or bytes, not {type(message).__name__}")
-        if len(payload) > driver.core.fragment:
-            raise _not_yet(f"a message larger than {driver.core.fragment} bytes encoded on "
-                           "the event-driven face (the blocking face sends it)",
-                           "issue #9")
+        large = len(payload) > driver.core.fragment
         with driver.lock:
             link = state.pick()
-            if link is None:  # every window full: the current live link takes it anyway
-                link = next(x for x in state.links[state.current:] + state.links
-                            if x.failure is None)
+            if link is None:  # every window full: a live link takes it anyway
+                link = next((x for x in state.links[state.current:] + state.links
+                             if x.failure is None and not (large and x.parts_busy)), None)
+            if link is None:
+                raise (LinkDetached(f"sender to {self.address!r} has no live link")
+                       if all(x.failure for x in state.links) else
+                       RuntimeError("every link of this sender is handing a large message "
+                                    "over: send the next one from on_sendable"))
             state.check_size(payload, link)
-            batch, index = link.add(payload)
-            if index + 1 >= SEND_BATCH:
-                link.hand_over()
-                state.rotate()
+            if large:
+                batch, parts = link.parts(payload, driver.core.fragment)
+                index = 0
             else:
-                driver.core.mark_dirty(link)
+                batch, index = link.add(payload)
+                if index + 1 >= SEND_BATCH:
+                    link.hand_over()
+                    state.rotate()
+                else:
+                    driver.core.mark_dirty(link)
+        if large:  # its parts go as the worker takes them, from the loop's passes
+            container._start(_ops.hand_over_parts(driver, link, batch, parts))
         tracker = Tracker(batch, index)
         tracker.link = self
         tracker.local_state = None
@@ -836,6 +845,7 @@ class Container:
         self._inbound: list[Receiver] = []
         self._sendable: dict[Sender, None] = {}  # senders to look at for on_sendable
         self._sent: set[Sender] = set()  # senders that sent in this pass
+        self._steps: list[tuple[_ops.Steps[Any], _ops.Wait]] = []  # waiting for the workers
         self._stopping = False
         self._dispatching_message = 0
         self._deferred: list[Any] = []
@@ -870,6 +880,8 @@ class Container:
         while observed and not self._stopping:
             target, event = observed.popleft()
             self._apply(target, event)
+        if self._steps:
+            self._advance_steps()
         for sender in list(self._sendable):
             if self._stopping:
                 return
@@ -895,8 +907,25 @@ class Container:
                 self._injectors.remove(injector)
                 injector._close_fds()
 
+    def _start(self, steps: _ops.Steps[Any]) -> None:
+        """Run `steps` (``amqscale._ops``) from the loop's passes: each goes on once what
+        it waits for is ready; the loop does not wait for it otherwise."""
+        with contextlib.suppress(StopIteration):
+            self._steps.append((steps, next(steps)))
+
+    def _advance_steps(self) -> None:
+        waiting = []
+        for steps, wait in self._steps:
+            try:
+                while wait.ready():
+                    wait = steps.send(None)
+            except StopIteration:
+                continue
+            waiting.append((steps, wait))
+        self._steps = waiting
+
     def _done(self) -> bool:
-        if self._observed or self._sendable or self._injectors:
+        if self._observed or self._sendable or self._injectors or self._steps:
             return False
         if any(not task.cancelled for _, _, task in self._timers):
             return False
@@ -1186,6 +1215,8 @@ class Container:
             self._sendable[sender] = None
         elif kind is p.LinkOpened:
             self._link_opened(sender)
+            self._sendable[sender] = None
+        elif kind is p.PartsWritten:  # a large message's last parts free the link
             self._sendable[sender] = None
         elif kind is p.LinkClosed:
             self._link_closed(sender, link, event)  # type: ignore[arg-type]

@@ -305,3 +305,21 @@ def test_through_the_proton_c_broker(proton_c_broker: ProtonCBroker, unique_name
                 assert (await tracker.wait(30)).accepted
 
     run(main)
+
+
+def test_small_messages_put_while_a_large_one_goes_keep_their_order() -> None:
+    async def main() -> None:
+        async for pair in _pair():
+            sender = await pair.connection.open_sender("q")
+            large = os.urandom(5 * 1024 * 1024)
+            consumer = asyncio.create_task(_consume(pair.listener.receiver, 4))
+            sending = asyncio.create_task(sender.send(large))
+            await asyncio.sleep(0)  # the large one has started: its first parts are out
+            smalls = [sender.put_nowait(b"s%d" % i) for i in range(3)]
+            bodies = await consumer
+            assert bodies[0] == large and bodies[1:] == [b"s0", b"s1", b"s2"]
+            assert (await sending).accepted
+            for tracker in smalls:
+                assert (await tracker).accepted
+
+    run(main)

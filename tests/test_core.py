@@ -309,3 +309,19 @@ def test_flow_goes_to_live_links_only_and_settles_first() -> None:
     commands = workers.take()
     assert [type(c) for c in commands] == [p.Settle, p.Flow]
     assert commands[1] == p.Flow(first.id, 5)
+
+
+def test_nothing_goes_between_the_parts_of_a_large_message() -> None:
+    core, workers = _core(workers=1, fragment=4)
+    sender = _sender(core, workers, shards=1)
+    link = sender.links[0]
+    batch, parts = link.parts(b"0123456789", core.fragment)
+    link.parts_busy = True  # as _ops.hand_over_parts sets it while it hands the parts over
+    assert sender.pick() is None and not sender.has_room()
+    link.add(b"small")
+    link.hand_over()  # kept for after the last part
+    assert [type(c).__name__ for c in workers.take()] == []
+    link.parts_busy = False
+    link.hand_over()
+    [send] = workers.take()
+    assert type(send) is p.Send and send.first_seq == batch.first + 1

@@ -657,3 +657,44 @@ def test_a_peer_closing_the_connection_with_an_error_reaches_on_connection_error
         handler = Watch(peer.url)
         Container(handler, workers=1).run()
     assert handler.seen == [("amqp:connection:forced", "go away"), "closed"]
+
+
+class LargeThenSmall(MessagingHandler):
+    """Sends a message larger than a ring record, then small ones on the same link, to its
+    own listener: they arrive in the order sent, the large one whole."""
+
+    def __init__(self, large: bytes, small: int) -> None:
+        super().__init__()
+        self.large, self.small = large, small
+        self.bodies: list[Any] = []
+        self.accepted = 0
+        self.sent = False
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        event.container.create_sender(self.acceptor.url + "/big")
+
+    def on_sendable(self, event: Any) -> None:
+        if not self.sent:
+            self.sent = True
+            event.sender.send(self.large)
+            for i in range(self.small):  # these wait for the large one's last part
+                event.sender.send(b"small-%d" % i)
+
+    def on_message(self, event: Any) -> None:
+        self.bodies.append(event.message.body)
+
+    def on_accepted(self, event: Any) -> None:
+        self.accepted += 1
+        if self.accepted == self.small + 1:
+            event.connection.close()
+            self.acceptor.close()
+
+
+def test_a_message_larger_than_a_ring_record_goes_in_parts_and_keeps_its_place() -> None:
+    large = os.urandom(3 * 1024 * 1024)
+    handler = LargeThenSmall(large, 5)
+    Container(handler, workers=1).run()
+    assert handler.bodies[0] == large
+    assert handler.bodies[1:] == [b"small-%d" % i for i in range(5)]
+    assert handler.accepted == 6
