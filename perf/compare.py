@@ -68,6 +68,8 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
     # The firehose API: send_many / receive_many + accept, up to 1000 at a time.
     "amqscale-bytes-batch": ("amqscale", ["--batch", "1000"]),
     "amqscale-messages-batch": ("amqscale", ["--messages", "--batch", "1000"]),
+    # The event-driven face: proton's MessagingHandler pair, unchanged, on amqscale.reactor.
+    "amqscale-reactor": ("reactor", []),
     # The asyncio face (amqscale.aio on uvloop): put() one by one, and send_many.
     "amqscale-aio-bytes": ("aio", []),
     "amqscale-aio-bytes-batch": ("aio", ["--batch", "1000"]),
@@ -85,7 +87,8 @@ QUICK_DEFAULT = P2P_FAMILIES + ["codec", "ring"]
 FULL_COUNTS = {"proton": 50_000, "proton-msg": 50_000, "engine": 1_000_000,
                "amqscale-bytes": 300_000, "amqscale-messages": 200_000,
                "amqscale-bytes-batch": 300_000, "amqscale-messages-batch": 200_000,
-               "amqscale-aio-bytes": 300_000, "amqscale-aio-bytes-batch": 300_000,
+               "amqscale-reactor": 100_000, "amqscale-aio-bytes": 300_000,
+               "amqscale-aio-bytes-batch": 300_000,
                "c-examples": 200_000}
 BROKER_COUNT_FACTOR = {"p2p": 1.0, "proton-c-broker": 0.5, "rabbitmq": 0.4}
 LARGE_BODY = 1024  # bodies above this get a quarter of the count (full mode)

@@ -218,9 +218,44 @@ def proton_message(cfg: Config, seq: int, stamp: int, filler: bytes) -> Any:
     return proton.Message(body=body, inferred=True)
 
 
+def reactor_message(cfg: Config, seq: int, stamp: int, filler: bytes) -> Any:
+    import amqscale
+
+    body = body_of(seq, stamp, filler)
+    if cfg.messages:
+        return amqscale.Message(id=seq, body=body, properties={
+            "seq": seq, "source": PROPS_SOURCE, "flag": True})
+    return amqscale.Message(body=body)
+
+
+def handler_api(role: str) -> tuple[Any, Any, Any, Callable[..., Any]]:
+    """MessagingHandler, Container, AtMostOnce and the message maker of proton-python or,
+    for the reactor-* roles, of amqscale's event-driven face: the same handler code runs
+    on both."""
+    if role.startswith("reactor"):
+        from amqscale.handlers import MessagingHandler
+        from amqscale.reactor import AtMostOnce, Container
+        return MessagingHandler, Container, AtMostOnce, reactor_message
+    from proton.handlers import MessagingHandler as ProtonHandler
+    from proton.reactor import AtMostOnce as ProtonAtMostOnce
+    from proton.reactor import Container as ProtonContainer
+    return ProtonHandler, ProtonContainer, ProtonAtMostOnce, proton_message
+
+
+def make_container(cfg: Config, container_class: Any, handler: Any) -> Any:
+    if cfg.role.startswith("reactor"):
+        return container_class(handler, workers=cfg.workers)
+    return container_class(handler)
+
+
+def worker_cpu(container: Any) -> list[psutil.Process]:
+    """amqscale's workers of an event-driven Container (none for proton's)."""
+    pids = getattr(container, "worker_pids", None)
+    return [psutil.Process(pid) for pid in pids()] if pids is not None else []
+
+
 def run_proton_sender(cfg: Config) -> Report:
-    from proton.handlers import MessagingHandler
-    from proton.reactor import AtMostOnce, Container
+    MessagingHandler, Container, AtMostOnce, make_message = handler_api(cfg.role)
 
     report = Report(cfg.role)
     me = psutil.Process()
@@ -245,6 +280,8 @@ def run_proton_sender(cfg: Config) -> Report:
             if self.sent == 0 and not report.start:
                 report.start = report.first = time.monotonic()
                 self.cpu0 = cpu_seconds(me)
+                self.workers = worker_cpu(event.container)
+                self.wcpu0 = [cpu_seconds(w) for w in self.workers]
                 schedule.begin()
             self.send_due(event.container)
 
@@ -258,10 +295,11 @@ def run_proton_sender(cfg: Config) -> Report:
                 wait = schedule.wait_seconds(self.sent)
                 if wait > 0:
                     if self.timer is None:
-                        container.mark()  # schedule() counts from the reactor's last mark
+                        if hasattr(container, "mark"):
+                            container.mark()  # proton: schedule() counts from the last mark
                         self.timer = container.schedule(wait, self)
                     return
-                sender.send(proton_message(cfg, self.sent, schedule.due(self.sent), filler))
+                sender.send(make_message(cfg, self.sent, schedule.due(self.sent), filler))
                 self.sent += 1
             if cfg.presettled and self.sent == cfg.count and not self.finished:
                 report.count = report.accepted = self.sent
@@ -289,15 +327,16 @@ def run_proton_sender(cfg: Config) -> Report:
             self.finished = True
             report.last = time.monotonic()
             report.cpu_process = cpu_seconds(me) - self.cpu0
+            report.cpu_workers = [cpu_seconds(w) - c
+                                  for w, c in zip(self.workers, self.wcpu0, strict=True)]
             connection.close()
 
-    Container(Send()).run()
+    make_container(cfg, Container, Send()).run()
     return report
 
 
 def run_proton_receiver(cfg: Config) -> Report:
-    from proton.handlers import MessagingHandler
-    from proton.reactor import Container
+    MessagingHandler, Container, _, _ = handler_api(cfg.role)
 
     report = Report(cfg.role)
     me = psutil.Process()
@@ -313,8 +352,11 @@ def run_proton_receiver(cfg: Config) -> Report:
 
         def on_start(self, event: Any) -> None:
             self.cpu0 = cpu_seconds(me)
+            self.workers: list[psutil.Process] = []
             if cfg.listen:
                 self.acceptor = event.container.listen(cfg.url)
+                self.workers = worker_cpu(event.container)
+                self.wcpu0 = [cpu_seconds(w) for w in self.workers]
                 announce_ready()
             else:
                 conn = event.container.connect(cfg.url)
@@ -349,6 +391,8 @@ def run_proton_receiver(cfg: Config) -> Report:
 
         def finish(self, connection: Any) -> None:
             report.cpu_process = cpu_seconds(me) - self.cpu0
+            report.cpu_workers = [cpu_seconds(w) - c
+                                  for w, c in zip(self.workers, self.wcpu0, strict=True)]
             if self.idle_timer is not None:
                 self.idle_timer.cancel()
             if connection is not None:
@@ -356,7 +400,7 @@ def run_proton_receiver(cfg: Config) -> Report:
             if self.acceptor is not None:
                 self.acceptor.close()
 
-    Container(Receive()).run()
+    make_container(cfg, Container, Receive()).run()
     tally.fill(report)
     return report
 
@@ -792,6 +836,8 @@ ROLES: dict[str, Callable[[Config], Report]] = {
     "engine-recv": run_engine_receiver,
     "amqscale-send": run_amqscale_sender,
     "amqscale-recv": run_amqscale_receiver,
+    "reactor-send": run_proton_sender,  # the same handlers, on amqscale.reactor
+    "reactor-recv": run_proton_receiver,
     "aio-send": run_aio_sender,
     "aio-recv": run_aio_receiver,
 }
