@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 import uvloop
+from proton_peers import Source
 
 import amqscale
 import amqscale.aio as aio
@@ -321,5 +322,30 @@ def test_small_messages_put_while_a_large_one_goes_keep_their_order() -> None:
             assert (await sending).accepted
             for tracker in smalls:
                 assert (await tracker).accepted
+
+    run(main)
+
+
+def test_a_refused_address_and_a_peer_detaching_with_an_error(rabbitmq: RabbitMQ,
+                                                            unique_name: str) -> None:
+    async def main() -> None:
+        async with aio.Container(workers=1) as container:
+            connection = await container.connect(rabbitmq.url)
+            with pytest.raises(amqscale.LinkDetached, match="amqp:not-found") as refused:
+                await connection.open_receiver(f"/amq/queue/{unique_name}-missing",
+                                               timeout=30)
+            assert refused.value.condition == "amqp:not-found"
+            sender = await connection.open_sender(f"/queue/{unique_name}")
+            assert (await sender.send(b"the connection still works", timeout=30)).accepted
+            with Source(3, close_with="amqp:resource-deleted") as peer:
+                receiver = await (await container.connect(peer.url)).open_receiver("src")
+                seen = []
+                with pytest.raises(amqscale.LinkDetached,
+                                   match="amqp:resource-deleted") as detached:
+                    async for delivery in receiver:
+                        seen.append(delivery.message.id)
+                        delivery.accept()
+                assert seen == [0, 1, 2]
+                assert detached.value.condition == "amqp:resource-deleted"
 
     run(main)

@@ -29,6 +29,13 @@ def test_asyncio_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.split() == ["b'hi'", "accepted"]
 
 
+def test_event_driven_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "amqscale.reactor" in b)
+    exec(compile(example, "README.md", "exec"), {})
+    assert capsys.readouterr().out.split("\n")[0] == "Hello World!"
+
+
 def test_firehose_example_runs() -> None:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     example = next(b for b in blocks if "send_many(" in b)
