@@ -1,7 +1,10 @@
 """Sphinx configuration: the API reference from the docstrings, with the design notes and
 the migration guide beside it. Built by scripts/test.sh with warnings as errors
 (`python -m sphinx -W -n -b html docs docs/_build/html`), so a docstring that does not
-parse, or a reference that goes nowhere, fails the run."""
+parse, or a reference that goes nowhere, fails the run.
+
+Sphinx rather than mkdocstrings: the docstrings are written in reStructuredText (``literal``,
+:class: roles, tables), which autodoc reads as they are and docutils checks strictly."""
 
 from __future__ import annotations
 
