@@ -1,4 +1,4 @@
-"""amqscale on asyncio: the same Container, Connection, Sender and Receiver, awaited.
+"""amqscale on asyncio: the same Container, Connection, Sender and Receiver, awaited::
 
     import amqscale.aio as aio
 

@@ -10,22 +10,22 @@ proton folds them into a single ``body`` plus an ``inferred`` flag, which loses 
 (several data sections, a binary amqp-value). amqscale keeps ``Message.body`` lossless with
 these rules:
 
-==================================  =============================================
-``Message.body``                    encoded as
-==================================  =============================================
-``None``                            no body section
-``bytes`` (or bytearray/memoryview) one ``data`` section
-``DataSections([b1, b2, ...])``     one ``data`` section per item
-``AmqpSequence([...])``             one ``amqp-sequence`` section
-``SequenceSections([[..], [..]])``  one ``amqp-sequence`` section per item
-``AmqpValue(v)``                    one ``amqp-value`` section holding ``v``
-anything else                       one ``amqp-value`` section holding the value
-==================================  =============================================
+====================================  =============================================
+``Message.body``                      encoded as
+====================================  =============================================
+``None``                              no body section
+``bytes`` (or bytearray/memoryview)   one ``data`` section
+``DataSections([b1, b2, ...])``       one ``data`` section per item
+``AmqpSequence([...])``               one ``amqp-sequence`` section
+``SequenceSections([[..], [..]])``    one ``amqp-sequence`` section per item
+``AmqpValue(v)``                      one ``amqp-value`` section holding ``v``
+anything else                         one ``amqp-value`` section holding the value
+====================================  =============================================
 
-Decoding gives back the form that re-encodes to the same bytes: a single data section gives
-``bytes``; several give ``DataSections``; one amqp-sequence gives ``AmqpSequence``; several give
-``SequenceSections``; an amqp-value gives the plain value, except that a binary or null value
-is wrapped in ``AmqpValue`` (otherwise it would re-encode as a data section, or as no body).
+Decoding gives back the form that     re-encodes to the same bytes: a single data section gives
+``bytes``; several give ``DataSect    ions``; one amqp-sequence gives ``AmqpSequence``; several give
+``SequenceSections``; an amqp-valu    e gives the plain value, except that a binary or null value
+is wrapped in ``AmqpValue`` (other    wise it would re-encode as a data section, or as no body).
 """
 
 from __future__ import annotations

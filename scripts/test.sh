@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian/Ubuntu machine, as root: installs what it needs
-# (scripts/setup.sh), then ruff, mypy, the import layering (lint-imports) and pytest over
-# tests/ (the brokers are started by the pytest fixtures in amqscale.testing.fixtures).
+# (scripts/setup.sh), then ruff, mypy, the import layering (lint-imports), the API reference
+# (Sphinx over the docstrings, warnings as errors, into docs/_build) and pytest over tests/
+# (the brokers are started by the pytest fixtures in amqscale.testing.fixtures).
 # Every step runs even if an earlier one failed, so one run reports all of them; the exit
 # code is non-zero if any failed, and a pytest run that collected no tests (exit code 5)
 # counts as a failure. Arguments go to pytest.
@@ -19,6 +20,9 @@ echo "test.sh: mypy" >&2
 .venv/bin/mypy || failed+=(mypy)
 echo "test.sh: lint-imports (the layering contract in pyproject.toml)" >&2
 .venv/bin/lint-imports || failed+=(lint-imports)
+echo "test.sh: docs (the API reference from the docstrings; a warning fails it)" >&2
+rm -rf docs/_build
+.venv/bin/python -m sphinx -W --keep-going -n -q -b html docs docs/_build/html || failed+=(docs)
 echo "test.sh: pytest" >&2
 .venv/bin/python -m pytest -p no:cacheprovider tests "$@"
 rc=$?
