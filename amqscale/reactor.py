@@ -123,6 +123,8 @@ class Event:
                  session: Session | None = None, subject: Any = None) -> None:
         self.type = type
         self.container = container
+        if link is None:  # as proton: a delivery's link, a link's connection
+            link = getattr(delivery, "link", None)
         self.connection = connection if connection is not None else getattr(
             link, "connection", None)
         self.link = link
@@ -787,6 +789,11 @@ class Acceptor:
         if self.closed:
             return
         self.closed = True
+        # Inside on_message, after the message is settled (auto-accept goes first, as
+        # with proton), not before: a detached link could only release it.
+        self.container._soon(self._close_now)
+
+    def _close_now(self) -> None:
         driver = self.container._driver
         if driver is None or driver.closed:
             return
