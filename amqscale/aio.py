@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Generator, Iterable
 from typing import Any
 
@@ -132,8 +133,6 @@ class Container:
         """Start the workers (in a thread: it takes a moment) and bind them to the loop."""
         if self._driver is not None:
             return self
-        import uuid
-
         self.container_id = self._container_id or f"amqscale-{uuid.uuid4()}"
         loop = asyncio.get_running_loop()
         driver = await loop.run_in_executor(
@@ -307,19 +306,21 @@ class Sender:
 
         Raises WindowFull (nothing sent) when every link's window is full, and
         MessageTooLarge for a message larger than a ring record (send() takes those)."""
-        state = self._state
-        if type(message) is bytes and len(message) < 256 and not state.closed:
-            payload = _DATA8_PREFIXES[len(message)] + message
-        else:
-            payload = self._sender._encode(message)
-            if len(payload) > self._fragment:
-                raise MessageTooLarge(f"a message of {len(payload)} bytes encoded goes "
-                                      "in parts, which needs waits: await send() for it")
+        payload = self._payload(message)
+        if len(payload) > self._fragment:
+            raise MessageTooLarge(f"a message of {len(payload)} bytes encoded goes "
+                                  "in parts, which needs waits: await send() for it")
         tracker = self._take(payload)
         if tracker is None:
             raise WindowFull(f"every link's window to {self.address!r} is full "
                              "(nothing was sent)")
         return tracker
+
+    def _payload(self, message: Sendable) -> bytes:
+        """The message encoded (a short bytes body inline, the common case)."""
+        if type(message) is bytes and len(message) < 256 and not self._state.closed:
+            return _DATA8_PREFIXES[len(message)] + message
+        return self._sender._encode(message)
 
     def _take(self, payload: bytes) -> Tracker | None:
         """Take a message of at most a record's size if a link has room, else None."""
@@ -357,7 +358,7 @@ class Sender:
         """Hand a message over, waiting only for room in the window (like the blocking
         face's send()); returns its Tracker: await it for the outcome. TimeoutError after
         `timeout` s means the message was not sent."""
-        payload = self._sender._encode(message)
+        payload = self._payload(message)
         if len(payload) <= self._fragment:
             tracker = self._take(payload)
             if tracker is not None:
