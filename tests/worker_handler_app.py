@@ -48,8 +48,9 @@ class Recorder(MessagingHandler):
             self.ids = []
 
 
-class FailOn(Recorder):
-    """Raises on the message whose body is `bad`, once per worker process."""
+class FailOnce(Recorder):
+    """Raises on the message whose body is `bad`, the first time any worker sees it (a
+    marker file in `directory` says it was): released, it is then handled elsewhere."""
 
     def __init__(self, directory: str = "", bad: str = "boom") -> None:
         super().__init__(directory)
@@ -57,7 +58,15 @@ class FailOn(Recorder):
 
     def on_message(self, event: Any) -> None:
         if event.message.body == self.bad:
-            raise ValueError(f"cannot handle {self.bad!r}")
+            try:
+                fd = os.open(os.path.join(self.directory, "failed"),
+                             os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
+                self.flush()  # what it handled before stays recorded
+                raise ValueError(f"cannot handle {self.bad!r}")
         super().on_message(event)
 
 

@@ -589,6 +589,11 @@ class Engine:
         else:
             lib.pn_link_flow(link.ptr, cmd.credit)
 
+    def receiver_credit(self, link_id: int) -> int:
+        """The credit a receiving link has granted and not yet used (-1: no such link)."""
+        link = self.links.get(link_id)
+        return -1 if link is None or link.closed else int(lib.pn_link_credit(link.ptr))
+
     def _close_link(self, cmd: p.CloseLink) -> None:
         link = self.links.get(cmd.link)
         if link is None:

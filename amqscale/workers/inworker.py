@@ -44,6 +44,13 @@ _decode_list: Callable[[list[bytes]], list[Message] | None] = (
 
 # Events of a handler's link that this module takes from the worker's loop.
 WATCHED = frozenset((p.Deliveries, p.DeliveryPart, p.LinkOpened, p.LinkClosed))
+# A link being closed stops taking messages, then waits until nothing more can be on its
+# way before it detaches (its credit is used up, or nothing came for QUIET seconds, or
+# CLOSE_WAIT passed): its engine releases what it holds just before the detach, and
+# RabbitMQ keeps what reaches a detached link from every other receiver until the
+# connection ends. (Drain would say it at once, but RabbitMQ 3.10 fails on drain.)
+QUIET = 0.05
+CLOSE_WAIT = 2.0
 # Counts go to the user at most this often per worker (each record may wake the user's
 # process, which costs it tens of microseconds), and at once when a link ends.
 COUNTS_INTERVAL = 0.02
@@ -117,7 +124,10 @@ class Receiver:
         self.consumed = 0  # handled since credit was last granted
         self.counts = [0, 0, 0, 0, 0]  # handled, accepted, rejected, released, modified
         self.opened = False
-        self.closing = False  # detach asked for: what it was given is released
+        self.closing = False  # detach asked for: it holds what comes until it detaches
+        self.close_condition: p.Condition | None = None
+        self.last_arrival = 0.0
+        self.detach_by = 0.0
         self.closed = False
         self.failure: p.Condition | None = None
 
@@ -223,7 +233,7 @@ class Delivery:
         self.settled = True
         link = self.link
         if link.closing:
-            return  # released with the link's detach
+            return  # it holds what it has until its detach releases it
         ids = link.settling.get(state)
         if ids is None:
             ids = link.settling[state] = []
@@ -303,9 +313,11 @@ class InWorker:
     """
 
     def __init__(self, index: int, engine_handle: Callable[[p.Command], None],
-                 emit: Callable[[p.Event], None], write: Callable[[], None]) -> None:
+                 emit: Callable[[p.Event], None], write: Callable[[], None],
+                 credit_of: Callable[[int], int]) -> None:
         self.index = index
         self.engine_handle = engine_handle
+        self.credit_of = credit_of
         self.emit = emit
         self.write = write
         self.container = WorkerContainer(index)
@@ -316,11 +328,14 @@ class InWorker:
         self.dirty: dict[Receiver, None] = {}  # links with settlements to hand over
         self.moved: dict[Receiver, None] = {}  # links whose counts the user has not seen
         self.counts_due = 0.0
+        self.closing: dict[Receiver, None] = {}  # links waiting to detach
 
     def wait_time(self) -> float | None:
         """Seconds until run() has something to do (None: nothing is due)."""
         if self.ready:
             return 0.0
+        if self.closing:
+            return QUIET / 4
         if self.moved:
             return max(0.0, self.counts_due - time.monotonic())
         return None
@@ -379,7 +394,9 @@ class InWorker:
         link = self.links[event.link]
         kind = type(event)
         if kind is p.Deliveries:
-            if not link.closing:
+            if link.closing:
+                link.last_arrival = time.monotonic()  # held: released with the detach
+            else:
                 link.queue.append(event)
                 self.ready[link] = None
             return True
@@ -406,32 +423,44 @@ class InWorker:
         if event.last:
             payload = b"".join(link.parts)
             link.parts = []
-            if not link.closing:
+            if link.closing:
+                link.last_arrival = time.monotonic()
+            else:
                 link.queue.append(p.Deliveries(event.link, event.id, [payload],
                                                [0] if event.settled else None))
                 self.ready[link] = None
 
-    def closing(self, link_id: int) -> None:
-        """The user detaches a link (CloseLink): what it holds is released by the
-        engine, so nothing queued for it may reach the handler any more."""
-        link = self.links.get(link_id)
+    def user_close(self, cmd: p.CloseLink) -> None:
+        """The user detaches one of our links (CloseLink)."""
+        link = self.links.get(cmd.link)
         if link is not None:
-            self._stop(link)
+            self.close_link(link, cmd.condition)
 
-    def close_link(self, link: Receiver) -> None:
-        """The handler (or a failure) detaches its link."""
-        if not link.closing and not link.closed:
-            self._hand_over(link)
-            self._stop(link)
-            self.engine_handle(p.CloseLink(link.id, None if link.failure is None else
-                                           p.Condition(p.HANDLER_ERROR,
-                                                       "the receiver's handler failed")))
-
-    @staticmethod
-    def _stop(link: Receiver) -> None:
+    def close_link(self, link: Receiver, condition: p.Condition | None = None) -> None:
+        """Detach a link (the user, the handler or its failure asked): it stops taking
+        messages at once, settles what the handler settled, and detaches once nothing
+        more is on its way (see QUIET); what it holds unsettled is released then."""
+        if link.closing or link.closed:
+            return
+        self._hand_over(link)
         link.closing = True
-        link.settling = {}
+        link.close_condition = condition if link.failure is None else p.Condition(
+            p.HANDLER_ERROR, "the receiver's handler failed")
         link.queue = deque(e for e in link.queue if type(e) is not p.Deliveries)
+        link.last_arrival = now = time.monotonic()
+        link.detach_by = now + CLOSE_WAIT
+        self.closing[link] = None
+
+    def _detach_quiet(self) -> None:
+        """Detach the closing links that nothing more can reach."""
+        now = time.monotonic()
+        for link in list(self.closing):
+            if link.closed:
+                del self.closing[link]
+            elif (self.credit_of(link.id) <= 0 or now - link.last_arrival >= QUIET
+                    or now >= link.detach_by):
+                del self.closing[link]
+                self.engine_handle(p.CloseLink(link.id, link.close_condition))
 
     # ---- the pass -------------------------------------------------------------------------
 
@@ -454,6 +483,8 @@ class InWorker:
         for link in list(self.dirty):
             self._hand_over(link)
         self.dirty.clear()
+        if self.closing:
+            self._detach_quiet()
         if self.moved:
             now = time.monotonic()
             if now >= self.counts_due:
@@ -540,6 +571,7 @@ class InWorker:
         self.emit(p.LinkClosed(link.id, condition))
         self.links.pop(link.id, None)
         self.dirty.pop(link, None)
+        self.closing.pop(link, None)
         host.links.pop(link.id, None)
         link.connection.links.remove(link)
         if not link.connection.links:

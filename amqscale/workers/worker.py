@@ -52,7 +52,7 @@ class Worker:
         self.network = Network(self.engine, handoff, deals=index == 0)
         # Receivers whose messages a handler takes here (OpenLink.handler).
         self.inworker = InWorker(index, self.engine.handle, self._emit_up,
-                                 self.network.write_all)
+                                 self.network.write_all, self.engine.receiver_credit)
         self.pending: list[p.Event] = []
         self.pending_bytes = 0
         self.outbox: list[bytes] = []
@@ -193,9 +193,9 @@ class Worker:
                                              engine.sent, engine.received))
                 elif type(command) is p.OpenLink and command.handler is not None:
                     self._open_handled(command)
+                elif type(command) is p.CloseLink and command.link in self.inworker.links:
+                    self.inworker.user_close(command)  # it detaches once nothing can come
                 else:
-                    if type(command) is p.CloseLink and command.link in self.inworker.links:
-                        self.inworker.closing(command.link)  # the engine releases its messages
                     handle(command)  # contained: a failure ends its link or connection
 
     def _open_handled(self, command: p.OpenLink) -> None:
