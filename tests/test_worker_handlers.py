@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import worker_handler_app
@@ -190,3 +191,38 @@ def test_closing_releases_what_the_handlers_were_given(
         rest.close()
     _exactly_once(ids, count)
     assert os.path.isdir(tmp_path)
+
+
+def test_large_messages_reach_an_in_worker_handler_whole(
+        rabbitmq: RabbitMQ, unique_name: str, tmp_path: Path) -> None:
+    """Messages larger than a ring record come to the worker's handler in one piece."""
+    address = f"/queue/{unique_name}"
+    sizes = [3 << 20, 100, (1 << 20) + 7]
+    with amqscale.Container(workers=2) as container:
+        conn = container.connect(rabbitmq.url, shards=2)
+        sender = conn.open_sender(address)
+        for i, size in enumerate(sizes):
+            sender.send(amqscale.Message(id=str(i), body=b"x" * size))
+        sender.flush(timeout=60)
+        receiver = conn.open_receiver(address, handler=f"{APP}:Sizes", credit=10,
+                                      handler_args={"directory": str(tmp_path)})
+        receiver.wait(handled=len(sizes), timeout=60)
+        receiver.close()
+    assert sorted(_recorded(tmp_path)) == sorted(f"{i}:{n}" for i, n in enumerate(sizes))
+
+
+def test_pre_settled_deliveries_are_handled_and_take_no_settlement(
+        proton_c_broker: Any, unique_name: str, tmp_path: Path) -> None:
+    """The Proton C broker pre-settles everything it delivers: handled, nothing settled."""
+    count = 3000
+    with amqscale.Container(workers=2) as container:
+        conn = container.connect(proton_c_broker.url, shards=2)
+        _fill(conn, unique_name, count)
+        receiver = conn.open_receiver(unique_name, handler=f"{APP}:Recorder", credit=200,
+                                      handler_args={"directory": str(tmp_path)})
+        receiver.wait(handled=count, timeout=60)
+        receiver.close()
+        counts = receiver.counts()
+    assert sum(c["handled"] for c in counts.values()) == count
+    assert sum(c["accepted"] for c in counts.values()) == 0
+    _exactly_once(_recorded(tmp_path), count)

@@ -93,3 +93,10 @@ class Counter:
 def make_recorder(directory: str = "") -> Recorder:
     """A factory, named by path like a class."""
     return Recorder(directory)
+
+
+class Sizes(Recorder):
+    """Records "id:body length" for each message."""
+
+    def on_message(self, event: Any) -> None:
+        self.ids.append(f"{event.message.id}:{len(event.message.body)}")
