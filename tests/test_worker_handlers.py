@@ -226,3 +226,17 @@ def test_pre_settled_deliveries_are_handled_and_take_no_settlement(
     assert sum(c["handled"] for c in counts.values()) == count
     assert sum(c["accepted"] for c in counts.values()) == 0
     _exactly_once(_recorded(tmp_path), count)
+
+
+def test_handlers_hear_their_links_end_when_the_container_closes(
+        rabbitmq: RabbitMQ, unique_name: str, tmp_path: Path) -> None:
+    address = f"/queue/{unique_name}"
+    with amqscale.Container(workers=2) as container:
+        conn = container.connect(rabbitmq.url, shards=2)
+        _fill(conn, address, 500)
+        receiver = conn.open_receiver(address, handler=f"{APP}:Recorder", credit=50,
+                                      handler_args={"directory": str(tmp_path)})
+        receiver.wait(handled=500, timeout=60)
+    # Not closed by hand: the workers' shutdown ended the links, and on_link_closed ran
+    # (the Recorder writes its file there) before they exited.
+    _exactly_once(_recorded(tmp_path), 500)

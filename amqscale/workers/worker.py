@@ -172,7 +172,8 @@ class Worker:
     def _finished(self) -> bool:
         if self.stopping_since is None:
             return False
-        drained = not self.engine.connections and not self.outbox
+        # The handlers hear of their links' ends (on_link_closed) before the worker exits.
+        drained = not self.engine.connections and not self.outbox and not self.inworker.ready
         return drained or time.monotonic() - self.stopping_since > SHUTDOWN_GRACE
 
     def _take_commands(self) -> None:
