@@ -240,3 +240,82 @@ def test_handlers_hear_their_links_end_when_the_container_closes(
     # Not closed by hand: the workers' shutdown ended the links, and on_link_closed ran
     # (the Recorder writes its file there) before they exited.
     _exactly_once(_recorded(tmp_path), 500)
+
+
+# ---- the in-worker dispatcher alone, with the engine played by lists ---------------------
+
+
+class _Played:
+    """An InWorker whose engine and ring are lists."""
+
+    def __init__(self, handler: str, credit: int = 10, args: dict[str, Any] | None = None,
+                 remaining_credit: int = 5) -> None:
+        from amqscale.workers.inworker import InWorker
+
+        self.commands: list[Any] = []
+        self.events: list[Any] = []
+        self.writes = 0
+        self.remaining_credit = remaining_credit
+        self.inworker = InWorker(3, self.commands.append, self.events.append, self._write,
+                                 lambda link: self.remaining_credit)
+        self.inworker.open(p.OpenLink(7, 1, "r", False, p.Terminus("q"), p.Terminus(),
+                                      credit=credit, handler=handler, handler_args=args,
+                                      handler_group=6))
+
+    def _write(self) -> None:
+        self.writes += 1
+
+    def deliver(self, *bodies: Any, first: int = 0) -> None:
+        payloads = [amqscale.Message(id=str(first + i), body=b).encode()
+                    for i, b in enumerate(bodies)]
+        assert self.inworker.take(p.Deliveries(7, first, payloads))
+        self.inworker.run()
+
+    def settles(self) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {}
+        for cmd in self.commands:
+            if type(cmd) is p.Settle:
+                out.setdefault(cmd.state, []).extend(cmd.ids)
+        return out
+
+
+def test_inworker_applies_messaging_handler_rules_and_tops_up_credit() -> None:
+    played = _Played(f"{APP}:RejectOdd", credit=4)
+    assert type(played.commands[0]) is p.OpenLink  # the engine attaches it after on_start
+    assert played.inworker.take(p.LinkOpened(7, 1, "r", False)) is False  # the user sees it
+    played.deliver("a", "b", "c")
+    settles = played.settles()
+    assert settles == {p.ACCEPTED: [0, 2], p.REJECTED: [1]}
+    flows = [c for c in played.commands if type(c) is p.Flow]
+    assert [f.credit for f in flows] == [2]  # half the link's credit, handed over at once
+    assert played.writes == 1
+    counts = [e for e in played.events if type(e) is p.HandlerCounts]
+    assert counts == [p.HandlerCounts(7, 3, 2, 1, 0, 0)]
+
+
+def test_inworker_a_raising_handler_ends_its_link_with_the_traceback() -> None:
+    played = _Played(f"{APP}:FailOnce", args={"directory": "/nonexistent-dir-for-test"})
+    # FailOnce cannot create its marker there: the OSError is the handler's failure.
+    played.deliver("m", "boom", "m")
+    assert played.settles() == {p.ACCEPTED: [0]}  # the one before, not the rest
+    assert not [c for c in played.commands if type(c) is p.CloseLink]  # credit left: waits
+    played.remaining_credit = 0
+    played.inworker.run()
+    close = [c for c in played.commands if type(c) is p.CloseLink]
+    assert close == [p.CloseLink(7, p.Condition(p.HANDLER_ERROR,
+                                                "the receiver's handler failed"))]
+    assert played.inworker.take(p.LinkClosed(7, None))
+    played.inworker.run()
+    closed = [e for e in played.events if type(e) is p.LinkClosed]
+    assert len(closed) == 1 and closed[0].condition.name == p.HANDLER_ERROR
+    assert "FileNotFoundError" in closed[0].condition.description
+    assert "in on_message in worker 3" in closed[0].condition.description
+    assert played.inworker.links == {} and played.inworker.hosts == {}
+
+
+def test_inworker_a_handler_path_that_does_not_import_never_attaches() -> None:
+    played = _Played(f"{APP}:Missing")
+    assert played.commands == []
+    (closed,) = played.events
+    assert closed.condition.name == p.HANDLER_NOT_FOUND
+    assert f"'{APP}:Missing'" in closed.condition.description
