@@ -22,9 +22,9 @@ filled before each run (pre-settled, by a separate Container), then one case con
 it in a process of its own. Runs go interleaved (a run of every case, then the next), and
 each figure is the median over ``--runs``.
 * msg/s: messages / (last message handled - link attached), timed inside the consumer.
-* CPU us/msg: the consumer's process and its workers, from psutil over that same window;
-  RabbitMQ's process tree over the child's whole life (it is idle outside the window), as
-  its own column, and the total.
+* CPU us/msg: the consumer's process and its workers, and RabbitMQ's process tree as a
+  column of its own, from psutil over that same window (sampled by the consumer); and the
+  total. psutil counts in clock ticks (10 ms): use enough messages.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ CHILD_TIMEOUT = 900.0
 CREDIT = 1000  # per link
 
 
+BROKER: list[psutil.Process] = []  # the broker's processes, sampled by the consumer
+
+
 def _cpu(procs: list[psutil.Process]) -> float:
     total = 0.0
     for proc in procs:
@@ -74,15 +77,16 @@ def child_in_worker(url: str, address: str, count: int, workers: int,
         conn = container.connect(url, shards=workers)
         procs = [psutil.Process()] + [psutil.Process(s["pid"])
                                       for s in container.worker_stats()]
-        cpu0, t0 = _cpu(procs), time.monotonic()
+        cpu0, broker0, t0 = _cpu(procs), _cpu(BROKER), time.monotonic()
         receiver = conn.open_receiver(address, handler="handler_work:Work",
                                       handler_args={"spin_us": spin_us},
                                       credit=CREDIT * workers)
         receiver.wait(handled=count, timeout=CHILD_TIMEOUT)
-        t1, cpu1 = time.monotonic(), _cpu(procs)
+        t1, cpu1, broker1 = time.monotonic(), _cpu(procs), _cpu(BROKER)
         shares = {w: c["handled"] for w, c in receiver.counts().items()}
         receiver.close()
-    return {"seconds": t1 - t0, "cpu": cpu1 - cpu0, "shares": shares}
+    return {"seconds": t1 - t0, "cpu": cpu1 - cpu0, "broker_cpu": broker1 - broker0,
+            "shares": shares}
 
 
 def child_user_process(url: str, address: str, count: int, workers: int,
@@ -97,10 +101,11 @@ def child_user_process(url: str, address: str, count: int, workers: int,
     def opened(event: Any) -> None:
         procs = [psutil.Process()] + [psutil.Process(pid) for pid in container.worker_pids()]
         marks["procs"] = procs
-        marks["cpu0"], marks["t0"] = _cpu(procs), time.monotonic()
+        marks["cpu0"], marks["b0"], marks["t0"] = _cpu(procs), _cpu(BROKER), time.monotonic()
 
     def done(event: Any) -> None:
         marks["t1"], marks["cpu1"] = time.monotonic(), _cpu(marks["procs"])
+        marks["b1"] = _cpu(BROKER)
         event.container.stop()
 
     class Start(MessagingHandler):
@@ -111,7 +116,8 @@ def child_user_process(url: str, address: str, count: int, workers: int,
 
     container = Container(Start(), workers=workers)
     container.run()
-    return {"seconds": marks["t1"] - marks["t0"], "cpu": marks["cpu1"] - marks["cpu0"]}
+    return {"seconds": marks["t1"] - marks["t0"], "cpu": marks["cpu1"] - marks["cpu0"],
+            "broker_cpu": marks["b1"] - marks["b0"]}
 
 
 def child_proton(url: str, address: str, count: int, workers: int,
@@ -124,10 +130,10 @@ def child_proton(url: str, address: str, count: int, workers: int,
     me = psutil.Process()
 
     def opened(event: Any) -> None:
-        marks["cpu0"], marks["t0"] = _cpu([me]), time.monotonic()
+        marks["cpu0"], marks["b0"], marks["t0"] = _cpu([me]), _cpu(BROKER), time.monotonic()
 
     def done(event: Any) -> None:
-        marks["t1"], marks["cpu1"] = time.monotonic(), _cpu([me])
+        marks["t1"], marks["cpu1"], marks["b1"] = time.monotonic(), _cpu([me]), _cpu(BROKER)
         event.connection.close()
 
     work_class = proton_work_class()
@@ -140,7 +146,8 @@ def child_proton(url: str, address: str, count: int, workers: int,
                                                                spin_us))
 
     Container(Start()).run()
-    return {"seconds": marks["t1"] - marks["t0"], "cpu": marks["cpu1"] - marks["cpu0"]}
+    return {"seconds": marks["t1"] - marks["t0"], "cpu": marks["cpu1"] - marks["cpu0"],
+            "broker_cpu": marks["b1"] - marks["b0"]}
 
 
 CHILDREN = {"in-worker": child_in_worker, "user-process": child_user_process,
@@ -166,18 +173,17 @@ def fill(container: Any, url: str, address: str, count: int) -> None:
 
 def run_child(case: str, url: str, address: str, count: int, workers: int, spin_us: float,
               broker: list[psutil.Process]) -> dict[str, Any]:
-    broker0 = _cpu(broker)
     out = subprocess.run(
         [sys.executable, __file__, "--child", case, "--url", url, "--address", address,
-         "--messages", str(count), "--workers", str(workers), "--spin-us", str(spin_us)],
+         "--messages", str(count), "--workers", str(workers), "--spin-us", str(spin_us),
+         "--broker-pids", ",".join(str(proc.pid) for proc in broker)],
         capture_output=True, text=True, timeout=CHILD_TIMEOUT, check=False)
-    broker_cpu = _cpu(broker) - broker0
     if out.returncode != 0:
         raise RuntimeError(f"{case} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    result.update(case=case, broker_cpu=broker_cpu, msgs_per_s=count / result["seconds"],
+    result.update(case=case, msgs_per_s=count / result["seconds"],
                   us_per_msg=1e6 * result["cpu"] / count,
-                  broker_us_per_msg=1e6 * broker_cpu / count)
+                  broker_us_per_msg=1e6 * result["broker_cpu"] / count)
     result["total_us_per_msg"] = result["us_per_msg"] + result["broker_us_per_msg"]
     return result
 
@@ -194,8 +200,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--child", choices=CASES)
     parser.add_argument("--url")
     parser.add_argument("--address")
+    parser.add_argument("--broker-pids", default="")
     args = parser.parse_args(argv)
     if args.child:
+        BROKER.extend(psutil.Process(int(pid)) for pid in args.broker_pids.split(",") if pid)
         result = CHILDREN[args.child](args.url, args.address, args.messages, args.workers,
                                       args.spin_us)
         print(json.dumps(result), flush=True)

@@ -319,3 +319,16 @@ def test_inworker_a_handler_path_that_does_not_import_never_attaches() -> None:
     (closed,) = played.events
     assert closed.condition.name == p.HANDLER_NOT_FOUND
     assert f"'{APP}:Missing'" in closed.condition.description
+
+
+def test_inworker_gives_a_pass_at_most_its_budget_then_the_next_pass_the_rest() -> None:
+    from amqscale.workers import inworker
+
+    played = _Played(f"{APP}:Counter", credit=10_000)
+    count = inworker.RUN_BUDGET + 100
+    played.deliver(*["m"] * count)  # one run(): one pass's worth
+    assert len(played.settles()[p.ACCEPTED]) == inworker.RUN_BUDGET
+    assert played.inworker.wait_time() == 0.0  # the loop does not sleep on the rest
+    played.inworker.run()
+    assert played.settles()[p.ACCEPTED] == list(range(count))
+    assert played.inworker.wait_time() is None or played.inworker.wait_time() > 0

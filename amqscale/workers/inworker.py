@@ -51,6 +51,11 @@ WATCHED = frozenset((p.Deliveries, p.DeliveryPart, p.LinkOpened, p.LinkClosed))
 # connection ends. (Drain would say it at once, but RabbitMQ 3.10 fails on drain.)
 QUIET = 0.05
 CLOSE_WAIT = 2.0
+# Messages given to handlers per pass of the worker's loop, at most (in pieces of CHUNK):
+# between passes the worker reads its sockets, so the broker is not held up while the
+# handlers work through a large batch.
+RUN_BUDGET = 256
+CHUNK = 64
 # Counts go to the user at most this often per worker (each record may wake the user's
 # process, which costs it tens of microseconds), and at once when a link ends.
 COUNTS_INTERVAL = 0.02
@@ -397,7 +402,11 @@ class InWorker:
             if link.closing:
                 link.last_arrival = time.monotonic()  # held: released with the detach
             else:
-                link.queue.append(event)
+                payloads = event.payloads
+                if len(payloads) <= CHUNK:
+                    link.queue.append(event)
+                else:
+                    link.queue.extend(_pieces(event))
                 self.ready[link] = None
             return True
         if kind is p.DeliveryPart:
@@ -467,19 +476,24 @@ class InWorker:
     def run(self) -> None:
         """Dispatch what the engine gave our links, hand settlements and credit to the
         engine, and publish the counts that moved."""
-        while self.ready:
-            link = next(iter(self.ready))
-            del self.ready[link]
+        ready = self.ready
+        budget = RUN_BUDGET
+        while ready and budget > 0:
+            link = next(iter(ready))
+            del ready[link]
             queue = link.queue
-            while queue:
+            while queue and budget > 0:
                 event = queue.popleft()
                 kind = type(event)
                 if kind is p.Deliveries:
                     self._messages(link, event)
+                    budget -= len(event.payloads)
                 elif kind is p.LinkOpened:
                     self._callback(link, "link_opened")
                 else:
                     self._closed(link, event)
+            if queue:
+                ready[link] = None  # the rest in the next pass, after the other links
         for link in list(self.dirty):
             self._hand_over(link)
         self.dirty.clear()
@@ -591,6 +605,18 @@ class InWorker:
             return
         self.close_link(link)
 
+
+
+def _pieces(event: p.Deliveries) -> list[p.Deliveries]:
+    """`event` as consecutive Deliveries of at most CHUNK messages each."""
+    settled = set(event.settled or ())
+    pieces = []
+    for start in range(0, len(event.payloads), CHUNK):
+        end = min(len(event.payloads), start + CHUNK)
+        positions = [i - start for i in range(start, end) if i in settled]
+        pieces.append(p.Deliveries(event.link, event.first_id + start,
+                                   event.payloads[start:end], positions or None))
+    return pieces
 
 
 def _traceback(exc: BaseException) -> str:
