@@ -23,6 +23,7 @@ from .errors import (
     AMQPError,
     ConnectionFailed,
     ContainerClosed,
+    HandlerFailed,
     LinkDetached,
     MessageTooLarge,
     SendFailed,
@@ -31,7 +32,15 @@ from .errors import (
     WorkerDied,
 )
 from .ipc.ring import RecordTooLarge
-from .links import Deliveries, Delivery, Receiver, Sender, Tracker, Trackers
+from .links import (
+    Deliveries,
+    Delivery,
+    HandlerReceiver,
+    Receiver,
+    Sender,
+    Tracker,
+    Trackers,
+)
 from .message import Message
 from .types import (
     UNDESCRIBED,
@@ -61,7 +70,8 @@ from .types import (
 __all__ = [
     "AMQPError", "AmqpSequence", "AmqpValue", "Array", "Connection", "ConnectionFailed",
     "Container", "ContainerClosed", "DataSections", "DecodeError", "Deliveries", "Delivery",
-    "Described", "LinkDetached", "Listener", "Message", "MessageTooLarge", "Receiver",
+    "Described", "HandlerFailed", "HandlerReceiver", "LinkDetached", "Listener", "Message",
+    "MessageTooLarge", "Receiver",
     "RecordTooLarge", "SendFailed", "Sender", "SequenceSections", "Tracker", "Trackers", "TypeCode",
     "UNDESCRIBED", "URLError", "WindowFull", "WorkerDied", "byte", "char", "decimal32", "decimal64",
     "decimal128", "float32", "int32", "short", "symbol", "timestamp", "ubyte", "uint",

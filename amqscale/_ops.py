@@ -33,7 +33,7 @@ from .core import (
     SenderLink,
     SenderState,
 )
-from .errors import ConnectionFailed, LinkDetached
+from .errors import AMQPError, ConnectionFailed, HandlerFailed, LinkDetached
 from .url import URL
 from .workers import protocol as p
 
@@ -150,12 +150,14 @@ def open_sender(driver: Driver, connection: ConnectionState, address: str | None
 
 def open_receiver(driver: Driver, connection: ConnectionState, address: str | None,
                   credit: int, auto_accept: bool, name: str | None,
-                  max_message_size: int) -> Steps[ReceiverState]:
+                  max_message_size: int, handler: str | None = None,
+                  handler_args: dict[str, Any] | None = None) -> Steps[ReceiverState]:
     connection.check_usable()
     driver.check_open()
     with driver.lock:
         state = driver.core.open_receiver(connection, address, credit, name, auto_accept,
-                                          max_message_size)
+                                          max_message_size, handler=handler,
+                                          handler_args=handler_args)
         driver.write_all()
     yield from _links_opened(driver, list(state.links.values()),
                              f"receiver from {address!r}")
@@ -343,6 +345,40 @@ def buffered(state: ReceiverState) -> Steps[None]:
                f"a message from {state.address!r}", settlements=False)
     if not state.buffer:
         raise state.failure()
+
+
+def handled(state: ReceiverState, count: int | None, reported: set[int]) -> Steps[None]:
+    """An in-worker handler's receiver: `count` messages handled over every link (None:
+    every link ended). A handler failure not raised yet is raised (once each: `reported`
+    keeps the ids of the links whose failure was); if every link ended first, the first
+    failure (or a LinkDetached saying how many were handled) is raised."""
+    links = list(state.links.values())
+
+    def total() -> int:
+        return sum(x.counts.handled for x in links if x.counts is not None)
+
+    def unreported() -> ReceiverLink | None:
+        for link in links:
+            if (link.closed and isinstance(link.failure, HandlerFailed)
+                    and link.id not in reported):
+                return link
+        return None
+
+    def ready() -> bool:
+        if unreported() is not None or all(x.closed or x.slot.failure for x in links):
+            return True
+        return count is not None and total() >= count
+
+    yield Wait(ready, f"the handlers of the receiver from {state.address!r}")
+    failed = unreported()
+    if failed is not None:
+        reported.add(failed.id)
+        raise failed.failure  # type: ignore[misc]
+    if count is not None and total() < count:
+        failures = [x.failure for x in links if isinstance(x.failure, AMQPError)
+                    and x.failure.condition is not None]
+        raise failures[0] if failures else LinkDetached(
+            f"the receiver from {state.address!r} ended after {total()} of {count} messages")
 
 
 def worker_stats(driver: Driver) -> Steps[list[dict[str, int]]]:

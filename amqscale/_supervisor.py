@@ -71,7 +71,7 @@ class Supervisor:
         rings = RingPair.create(self.ring_capacity)
         handles = rings.peer_handles()
         spec = p.WorkerSpec(index=index, parent_pid=os.getpid(), rings=handles.encode(),
-                            handoff=handoff)
+                            handoff=handoff, sys_path=[x for x in sys.path if x])
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "amqscale.workers",

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from typing import Any
+from typing import Any, overload
 
 from . import _ops
 from ._driver import Driver
 from ._supervisor import DEFAULT_RING_CAPACITY
 from .core import ConnectionState, ListenerState
-from .links import CLOSE_TIMEOUT, Receiver, Sender
+from .links import CLOSE_TIMEOUT, HandlerReceiver, Receiver, Sender
 from .url import URL, parse_url
 
 OPEN_TIMEOUT = 30.0
@@ -150,6 +150,27 @@ class Container:
                 driver.close()
 
 
+def handler_path(handler: Any) -> str:
+    """The import path a worker imports for `handler` (a path, a class or a function)."""
+    if isinstance(handler, str):
+        mod, sep, name = handler.partition(":")
+        if not sep:
+            mod, _, name = handler.rpartition(".")
+        if not mod or not name or not all(
+                part.isidentifier() for part in (*mod.split("."), *name.split("."))):
+            raise ValueError(f"a handler is 'package.module:Name', not {handler!r}")
+        return handler
+    module: str | None = getattr(handler, "__module__", None)
+    qualname: str | None = getattr(handler, "__qualname__", None)
+    if not callable(handler) or not module or not qualname or "<" in qualname:
+        raise TypeError("a handler is an import path ('package.module:Name') or an "
+                        f"importable class or function, not {handler!r}")
+    if module == "__main__":
+        raise ValueError(f"the handler {qualname} is defined in __main__, which the "
+                         "workers cannot import: move it to a module, or name it by path")
+    return f"{module}:{qualname}"
+
+
 class Connection:
     """A connection to one peer: `shards` AMQP connections placed over the workers."""
 
@@ -184,18 +205,60 @@ class Connection:
                                                   presettled, name, limit), timeout)
         return Sender(driver, state, owner=self)
 
+    @overload
     def open_receiver(self, address: str | None, *, credit: int = 1000,
                       auto_accept: bool = False, name: str | None = None,
                       max_message_size: int | None = None,
-                      timeout: float | None = OPEN_TIMEOUT) -> Receiver:
+                      timeout: float | None = OPEN_TIMEOUT,
+                      handler: None = None, handler_args: None = None) -> Receiver: ...
+
+    @overload
+    def open_receiver(self, address: str | None, *, credit: int = 1000,
+                      auto_accept: bool = False, name: str | None = None,
+                      max_message_size: int | None = None,
+                      timeout: float | None = OPEN_TIMEOUT,
+                      handler: str | Any,
+                      handler_args: dict[str, Any] | None = None) -> HandlerReceiver: ...
+
+    def open_receiver(self, address: str | None, *, credit: int = 1000,
+                      auto_accept: bool = False, name: str | None = None,
+                      max_message_size: int | None = None,
+                      timeout: float | None = OPEN_TIMEOUT,
+                      handler: Any = None, handler_args: dict[str, Any] | None = None
+                      ) -> Receiver | HandlerReceiver:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
 
-        `max_message_size` is announced to the peer (a larger message ends the link)."""
+        `max_message_size` is announced to the peer (a larger message ends the link).
+
+        `handler`: run the consumer inside the workers instead. An import path
+        ("package.module:Name") or an importable class or function (not one of
+        ``__main__``): each worker that carries a shard calls it once, with
+        `handler_args` (msgpack-able keyword arguments), and gives the result's
+        ``on_message(event)`` the messages of its shards (a MessagingHandler: its
+        `auto_accept` applies, and ``Reject`` / ``Release`` raised there). Each link keeps
+        its share of `credit` granted as its handler finishes with messages, so the broker
+        gives a slower handler fewer. Returns a `HandlerReceiver` (counts, failures,
+        wait); a handler that cannot be imported raises `HandlerFailed` here. Open at
+        least as many shards as there are workers to use every core.
+        """
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
+        path = None
+        if handler is not None:
+            path = handler_path(handler)
+            if auto_accept:
+                raise ValueError("auto_accept is the in-worker handler's own "
+                                 "(MessagingHandler(auto_accept=...)), not open_receiver's")
+            if handler_args is not None and not isinstance(handler_args, dict):
+                raise TypeError(f"handler_args must be a dict, not {handler_args!r}")
+        elif handler_args is not None:
+            raise ValueError("handler_args without a handler")
         driver = self._driver
         state = _ops.run(driver, _ops.open_receiver(driver, self._state, address, credit,
-                                                    auto_accept, name, limit), timeout)
+                                                    auto_accept, name, limit, path,
+                                                    handler_args), timeout)
+        if path is not None:
+            return HandlerReceiver(driver, state, owner=self)
         return Receiver(driver, state, owner=self)
 
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from . import codec
-from .errors import ConnectionFailed, LinkDetached, MessageTooLarge, WorkerDied
+from .errors import ConnectionFailed, HandlerFailed, LinkDetached, MessageTooLarge, WorkerDied
 from .message import Message
 from .url import URL
 from .workers import protocol as p
@@ -42,7 +42,12 @@ def condition_text(cond: p.Condition | None) -> str:
     return f": {cond.name}: {cond.description}" if cond else ""
 
 
-def link_failure(kind: str, address: str | None, cond: p.Condition | None) -> LinkDetached:
+def link_failure(kind: str, address: str | None, cond: p.Condition | None,
+                 worker: int | None = None) -> LinkDetached:
+    if cond is not None and cond.name in (p.HANDLER_ERROR, p.HANDLER_NOT_FOUND):
+        summary = cond.description.partition("\n")[0]
+        return HandlerFailed(f"{kind} {address!r}: {summary}", cond.name, cond.description,
+                             worker)
     return LinkDetached(f"{kind} {address!r} detached{condition_text(cond)}",
                         cond.name if cond else None, cond.description if cond else "")
 
@@ -422,7 +427,7 @@ class ReceiverLink:
     """One shard's link of a Receiver (or an inbound link of a Listener)."""
 
     __slots__ = ("id", "slot", "receiver", "credit", "consumed", "settling", "opened",
-                 "closed", "failure", "remote_source", "parts", "dirty")
+                 "closed", "failure", "remote_source", "parts", "dirty", "counts")
 
     def __init__(self, link_id: int, slot: WorkerSlot, receiver: ReceiverState,
                  credit: int) -> None:
@@ -438,6 +443,7 @@ class ReceiverLink:
         self.remote_source: p.Terminus | None = None
         self.parts: list[bytes] = []  # a large message arriving in DeliveryParts
         self.dirty = False
+        self.counts: p.HandlerCounts | None = None  # an in-worker handler's, the latest
 
     def on_event(self, event: p.Event) -> None:
         kind = type(event)
@@ -449,12 +455,17 @@ class ReceiverLink:
         elif kind is p.LinkOpened:
             self.opened = True
             self.remote_source = event.remote_source  # type: ignore[union-attr]
+        elif kind is p.HandlerCounts:
+            self.counts = event  # type: ignore[assignment]
         elif kind is p.LinkClosed:
             self.closed = True
             self.parts = []
-            if self.failure is None:
+            condition = event.condition  # type: ignore[union-attr]
+            handler_failed = condition is not None and condition.name in (
+                p.HANDLER_ERROR, p.HANDLER_NOT_FOUND)
+            if self.failure is None or handler_failed:
                 self.failure = link_failure("receiver from", self.receiver.address,
-                                            event.condition)  # type: ignore[union-attr]
+                                            condition, self.slot.index)
             self.receiver.on_link_closed(self)
 
     def _on_part(self, event: p.DeliveryPart) -> None:
@@ -502,7 +513,7 @@ class ReceiverState:
     """A Receiver's links and the arrivals buffered for the user, in arrival order."""
 
     __slots__ = ("address", "credit", "auto_accept", "endless", "links", "buffer",
-                 "position", "closed", "ended", "waiter")
+                 "position", "closed", "ended", "waiter", "handler")
 
     def __init__(self, address: str | None, credit: int, auto_accept: bool = False,
                  endless: bool = False) -> None:
@@ -517,6 +528,7 @@ class ReceiverState:
         self.closed = False
         self.ended: Exception | None = None  # a listener's: why nothing more can come
         self.waiter: Any = None
+        self.handler: str | None = None  # the import path of its in-worker handler
 
     def on_link_closed(self, link: ReceiverLink) -> None:
         # An inbound link leaves its Listener once nothing of it is left to take.
@@ -730,15 +742,26 @@ class ClientCore:
 
     def open_receiver(self, connection: ConnectionState, address: str | None, credit: int,
                       name: str | None, auto_accept: bool, max_message_size: int,
-                      source: p.Terminus | None = None) -> ReceiverState:
+                      source: p.Terminus | None = None, handler: str | None = None,
+                      handler_args: dict[str, Any] | None = None) -> ReceiverState:
+        """A receiver over every usable shard, each link granted an equal share of
+        `credit`. With `handler` (an import path), a handler in each worker that carries
+        a shard takes the messages, and that worker keeps the share granted."""
         receiver = ReceiverState(address, credit, auto_accept)
+        receiver.handler = handler
         shards = self._usable_shards(connection)
         per_link = max(1, credit // len(shards))
+        group = self.next_id() if handler is not None else 0
         for shard in shards:
             link = ReceiverLink(self.next_id(), shard.slot, receiver, per_link)
             receiver.links[link.id] = link
             self._open_link(shard, link, False, address, name, False, per_link,
                             max_message_size, source)
+            if handler is not None:
+                command = shard.slot.queued[-1]
+                assert type(command) is p.OpenLink
+                command.handler, command.handler_args = handler, handler_args
+                command.handler_group = group
         return receiver
 
     @staticmethod

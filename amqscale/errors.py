@@ -22,6 +22,20 @@ class LinkDetached(AMQPError):
     """A sender or receiver was refused by the peer, or detached with an error."""
 
 
+class HandlerFailed(LinkDetached):
+    """An in-worker handler failed: it could not be imported or made (the open raises
+    it), or one of its callbacks raised, which ended that link only (``receiver.wait()``
+    raises it, ``receiver.failures`` lists it). `traceback` is the handler's traceback
+    text, from the worker (empty for a name that cannot be imported); `worker` is the
+    index of the worker it ran in."""
+
+    def __init__(self, message: str, condition: str | None = None, description: str = "",
+                 worker: int | None = None) -> None:
+        super().__init__(message, condition, description)
+        self.worker = worker
+        _, _, self.traceback = description.partition("\n")
+
+
 class WorkerDied(AMQPError):
     """The worker process that carried a connection died; its unsettled messages are kept."""
 

@@ -27,6 +27,10 @@ MessagingHandler does not define (``on_fetch`` for an ``ApplicationEvent("fetch"
 
 What the options do, and where amqscale differs from proton, is in
 ``docs/migrating-from-proton.md``.
+
+This module imports nothing of amqscale's: handlers run in the user's process (the
+event-driven Container) and inside the workers (``open_receiver(..., handler=...)``,
+``amqscale.workers.inworker``), and both apply the rules here.
 """
 
 from __future__ import annotations
@@ -76,6 +80,18 @@ def dispatch(handler: Any, name: str, event: Any) -> None:
             unhandled(name, event)
     for child in getattr(handler, "handlers", None) or ():
         dispatch(child, name, event)
+
+
+def messaging_handler(handlers: Any) -> MessagingHandler | None:
+    """The first MessagingHandler among `handlers` and their children: its options
+    (prefetch, auto_accept, peer_close_is_error) apply to the links it handles."""
+    for handler in handlers:
+        if isinstance(handler, MessagingHandler):
+            return handler
+        found = messaging_handler(getattr(handler, "handlers", None) or ())
+        if found is not None:
+            return found
+    return None
 
 
 class Acking:

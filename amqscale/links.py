@@ -34,7 +34,7 @@ from .core import (
     SenderLink,
     SenderState,
 )
-from .errors import LinkDetached
+from .errors import HandlerFailed, LinkDetached
 from .message import Message
 from .types import symbol
 from .workers import protocol as p
@@ -719,3 +719,84 @@ class Receiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+COUNT_NAMES = ("handled", "accepted", "rejected", "released", "modified")
+
+
+class HandlerReceiver:
+    """A receiver whose messages a handler takes inside the workers
+    (``Connection.open_receiver(address, handler="package.module:Name")``).
+
+    Each worker that carries a shard of it makes the handler once and calls its
+    ``on_message`` for each message there: this process never sees the messages. It sees
+    `counts()` (per worker: handled, accepted, rejected, released, modified), `failures`
+    (a `HandlerFailed` with the worker's traceback for each link a callback ended), and
+    waits with `wait()`. Open at least as many shards as there are workers to use them
+    all: a worker with no shard of the receiver runs no handler for it.
+    """
+
+    def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
+        self._driver = driver
+        self._state = state
+        self._owner = owner  # its Connection: the Container lives as long
+        self._reported: set[int] = set()
+        state.waiter = driver
+        self.address = state.address
+        self.handler = state.handler
+        self.credit = state.credit
+
+    @property
+    def closed(self) -> bool:
+        return self._state.closed
+
+    @property
+    def links(self) -> int:
+        """How many of its links (one per shard) are still attached."""
+        return sum(not x.closed for x in self._state.links.values())
+
+    def counts(self) -> dict[int, dict[str, int]]:
+        """What the handlers did, by worker index (the workers' latest reports: they
+        come at most every 20 ms per worker, and at once when a link ends)."""
+        if not self._driver.closed:
+            self._driver.refresh()
+        by_worker: dict[int, dict[str, int]] = {}
+        for link in self._state.links.values():
+            row = by_worker.setdefault(link.slot.index, dict.fromkeys(COUNT_NAMES, 0))
+            counts = link.counts
+            if counts is not None:
+                for name in COUNT_NAMES:
+                    row[name] += getattr(counts, name)
+        return by_worker
+
+    @property
+    def handled(self) -> int:
+        """Messages the handlers finished with, over every worker."""
+        return sum(row["handled"] for row in self.counts().values())
+
+    @property
+    def failures(self) -> list[HandlerFailed]:
+        """The failure of each link a handler ended (the traceback in `.traceback`)."""
+        return [x.failure for x in self._state.links.values()
+                if isinstance(x.failure, HandlerFailed)]
+
+    def wait(self, handled: int | None = None, timeout: float | None = None) -> None:
+        """Until the handlers handled `handled` messages in all (None: until every link
+        ended). Raises a `HandlerFailed` that was not raised yet as soon as it comes (once
+        each: wait again to go on with the other links), the failure that ended every
+        link if they all ended first, and TimeoutError after `timeout` s."""
+        _ops.run(self._driver, _ops.handled(self._state, handled, self._reported), timeout)
+
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Detach every link and wait (up to `timeout`) for the workers to confirm; what
+        the handlers were given and did not settle is released."""
+        _ops.run(self._driver, _ops.close_receiver(self._driver, self._state), timeout)
+
+    def __enter__(self) -> HandlerReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<HandlerReceiver {self.address!r} handler={self.handler!r}>"

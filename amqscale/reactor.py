@@ -50,7 +50,7 @@ from .core import (
     WorkerSlot,
 )
 from .errors import LinkDetached
-from .handlers import MessagingHandler, Reject, Release, dispatch
+from .handlers import Reject, Release, dispatch, messaging_handler
 from .message import Message
 from .url import URL, parse_url
 from .workers import protocol as p
@@ -804,18 +804,6 @@ class Acceptor:
 # ---- the container --------------------------------------------------------------------------
 
 
-def _messaging_handler(handlers: Iterable[Any]) -> MessagingHandler | None:
-    """The first MessagingHandler among `handlers` and their children: its options
-    (prefetch, auto_accept, peer_close_is_error) apply to the links it handles."""
-    for handler in handlers:
-        if isinstance(handler, MessagingHandler):
-            return handler
-        found = _messaging_handler(getattr(handler, "handlers", None) or ())
-        if found is not None:
-            return found
-    return None
-
-
 class Container:
     """The event-driven Container: ``Container(handler).run()`` (proton.reactor's role).
 
@@ -1094,7 +1082,7 @@ class Container:
                     "amqp:connection:failed", "the connection failed"))
             elif not connection._closing and not connection._closing_fired:
                 connection._closing_fired = True
-                settings = _messaging_handler(handlers)
+                settings = messaging_handler(handlers)
                 as_error = condition is not None or (
                     settings is not None and settings.peer_close_is_error)
                 connection.remote_condition = condition
@@ -1171,7 +1159,7 @@ class Container:
             link._closing_fired = True
             condition = event.condition
             handlers = self._handlers_of(link)
-            settings = _messaging_handler(handlers)
+            settings = messaging_handler(handlers)
             as_error = condition is not None or (
                 settings is not None and settings.peer_close_is_error)
             link.remote_condition = condition
@@ -1233,7 +1221,7 @@ class Container:
         Connection) for it, handled by the container's handlers."""
         state = link.receiver
         connection = Connection(self, None, None, None)
-        settings = _messaging_handler(self.handlers)
+        settings = messaging_handler(self.handlers)
         receiver = Receiver(connection, state, None, None,
                             settings.prefetch if settings else 0,
                             settings.auto_accept if settings else False, links=[link])
@@ -1435,7 +1423,7 @@ class Container:
         connection, path_address = self._context(context, handler)
         address = source if source is not None else path_address
         handlers = [handler] if handler is not None else self._handlers_of(connection)
-        settings = _messaging_handler(handlers)
+        settings = messaging_handler(handlers)
         prefetch = settings.prefetch if settings is not None else 0
         auto_accept = settings.auto_accept if settings is not None else False
         driver = self._ensure_driver()
@@ -1459,7 +1447,7 @@ class Container:
         ``on_message``, with the prefetch of its MessagingHandler. Blocks until the port
         is bound; raises ConnectionFailed if it cannot be."""
         parsed = parse_url(_normalise_url(url))
-        settings = _messaging_handler(self.handlers)
+        settings = messaging_handler(self.handlers)
         credit = settings.prefetch if settings is not None else 0
         driver = self._ensure_driver()
         driver.refresh()

@@ -160,7 +160,7 @@ class Link:
         "id", "ptr", "conn", "is_sender", "pending", "unsettled", "deliveries",
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
-        "fast_limit", "max_message_size", "part_id", "part_size", "out",
+        "fast_limit", "max_message_size", "part_id", "part_size", "out", "releasing",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -197,6 +197,9 @@ class Link:
         # Sender: the delivery being written in parts (SendPart); it is tracked for its
         # outcome (in `unsettled`) from its last part on.
         self.out: Any = None
+        # Receiver: we detached it; what the peer still sends before its detach is
+        # released as it comes (fast_limit -1 sends it to the slow path).
+        self.releasing = False
 
 
 class Connection:
@@ -586,6 +589,11 @@ class Engine:
         else:
             lib.pn_link_flow(link.ptr, cmd.credit)
 
+    def receiver_credit(self, link_id: int) -> int:
+        """The credit a receiving link has granted and not yet used (-1: no such link)."""
+        link = self.links.get(link_id)
+        return -1 if link is None or link.closed else int(lib.pn_link_credit(link.ptr))
+
     def _close_link(self, cmd: p.CloseLink) -> None:
         link = self.links.get(cmd.link)
         if link is None:
@@ -593,6 +601,9 @@ class Engine:
         if lib.pn_link_state(link.ptr) & LOCAL_CLOSED == 0:
             if not link.is_sender:
                 self._release_unsettled(link)
+                self._abort_stream(link)
+                link.releasing = True
+                link.fast_limit = -1
             _set_condition(lib.pn_link_condition(link.ptr), cmd.condition)
             lib.pn_link_close(link.ptr)
 
@@ -1043,6 +1054,11 @@ class Engine:
             self._flush_link(link)  # bound a record's size
 
     def _on_transfer_slow(self, link: Link, delivery: Any, size: int) -> None:
+        if link.releasing:  # in flight when we detached: it goes back at once
+            if size or _partial(delivery):
+                lib.pn_delivery_update(delivery, p.RELEASED)
+                _settle(delivery)  # proton drops the rest of its frames
+            return
         if link.part_id < 0:  # not streaming yet
             if not size:
                 if _aborted(delivery):
@@ -1105,7 +1121,8 @@ class Engine:
     def _reset_stream(self, link: Link) -> None:
         link.part_id = -1
         link.part_size = 0
-        link.fast_limit = min(self.fragment, link.max_message_size or NO_LIMIT)
+        link.fast_limit = -1 if link.releasing else min(self.fragment,
+                                                         link.max_message_size or NO_LIMIT)
 
     def _abort_stream(self, link: Link) -> None:
         """Tell the user that the message it has parts of will not be completed."""

@@ -102,6 +102,9 @@ class WorkerSpec(msgspec.Struct):
     # Unix sockets for handing accepted connections over: worker 0 holds one to each
     # other worker (in index order), every other worker one from worker 0.
     handoff: list[int] = []
+    # The user process's import path, appended to the worker's: a handler the user's
+    # process can import (see OpenLink.handler) the worker can import too.
+    sys_path: list[str] = []
 
 
 # ---- commands ---------------------------------------------------------------------------
@@ -159,6 +162,14 @@ class OpenLink(msgspec.Struct, tag=3, array_like=True):
     credit: int = 0
     # The largest message this end accepts (announced in the attach); 0: no limit.
     max_message_size: int = 0
+    # A receiving link whose messages a handler in the worker takes (workers.inworker):
+    # "package.module:Name", a class or factory called with `handler_args` once per
+    # worker for each `handler_group` (the user's receiver: the same for its shards).
+    # Credit is then the worker's to keep granted (`credit` per link); the user process
+    # gets HandlerCounts and the LinkClosed of a failed handler, never the messages.
+    handler: str | None = None
+    handler_args: dict[str, object] | None = None
+    handler_group: int = 0
 
 
 class Send(msgspec.Struct, tag=4, array_like=True):
@@ -372,6 +383,25 @@ class WorkerStats(msgspec.Struct, tag=111, array_like=True):
     received: int  # messages taken from the engine
 
 
+class HandlerCounts(msgspec.Struct, tag=114, array_like=True):
+    """What the in-worker handler of a receiving link did since the link opened (totals,
+    sent at most once per pass of the worker's loop for each link that moved)."""
+
+    link: int
+    handled: int  # on_message returned (or raised Reject / Release)
+    accepted: int
+    rejected: int
+    released: int
+    modified: int
+
+
+# Condition names of a receiving link ended by its in-worker handler: its module or name
+# could not be imported (the link is never attached), or a callback raised (the
+# description carries the traceback).
+HANDLER_NOT_FOUND = "amqscale:handler-not-found"
+HANDLER_ERROR = "amqscale:handler-error"
+
+
 class Credit(msgspec.Struct, tag=110, array_like=True):
     """A sending link's credit changed (drain completion included)."""
 
@@ -383,6 +413,7 @@ class Credit(msgspec.Struct, tag=110, array_like=True):
 Event = (
     Ready | ConnectionOpened | ConnectionClosed | Listening | ListenFailed | LinkOpened
     | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats | DeliveryPart | PartsWritten
+    | HandlerCounts
 )
 
 _command_encoder = msgspec.msgpack.Encoder()

@@ -24,7 +24,8 @@ import msgspec
 
 from ..ipc.ring import RingPair, RingPairHandles, RingReader, RingWriter
 from . import protocol as p
-from .engine import Engine, log_internal
+from .engine import INTERNAL_ERROR, Engine, log_internal
+from .inworker import WATCHED, InWorker
 from .network import Network
 
 # What an event costs in a record besides its payload bytes (msgpack headers, ids), a bound
@@ -49,6 +50,9 @@ class Worker:
         self.event_limit = p.fragment_size(max_record)
         self.engine = Engine(index, self._emit, fragment=self.event_limit)
         self.network = Network(self.engine, handoff, deals=index == 0)
+        # Receivers whose messages a handler takes here (OpenLink.handler).
+        self.inworker = InWorker(index, self.engine.handle, self._emit_up,
+                                 self.network.write_all, self.engine.receiver_credit)
         self.pending: list[p.Event] = []
         self.pending_bytes = 0
         self.outbox: list[bytes] = []
@@ -61,13 +65,23 @@ class Worker:
     # ---- events out ----------------------------------------------------------------------
 
     def _emit(self, event: p.Event) -> None:
+        """An event from the engine: the in-worker handlers take their links' messages,
+        the rest goes to the user process."""
+        inworker = self.inworker
+        if (inworker.links and type(event) in WATCHED
+                and event.link in inworker.links  # type: ignore[union-attr]
+                and inworker.take(event)):
+            return
+        self._emit_up(event)
+
+    def _emit_up(self, event: p.Event) -> None:
         """Add an event to the pass's record; seal the record once it reaches the budget."""
         if isinstance(event, p.Deliveries):  # once per batch, not per message
             payloads = event.payloads
             size = sum(map(len, payloads)) + PAYLOAD_OVERHEAD * len(payloads)
             if size > self.event_limit and len(payloads) > 1:
                 for piece in split_deliveries(event, self.event_limit):
-                    self._emit(piece)
+                    self._emit_up(piece)
                 return
         else:
             size = self._event_size(event)
@@ -137,6 +151,8 @@ class Worker:
     def _pass(self) -> bool:
         self._take_commands()
         self.engine.process()
+        if self.inworker.links:
+            self._run_handlers()
         self.network.sync()
         self.network.write_all()
         self._publish()
@@ -144,10 +160,20 @@ class Worker:
         self._watch_room()
         return self._wait_and_dispatch()
 
+    def _run_handlers(self) -> None:
+        """The in-worker handlers take what this pass gathered for them; what they settle
+        and the credit they grant go out in this pass's writes."""
+        self.engine.flush_events()
+        try:
+            self.inworker.run()
+        except Exception as exc:  # a bug here; the handlers' own errors end their links
+            log_internal(exc, "running the in-worker handlers failed")
+
     def _finished(self) -> bool:
         if self.stopping_since is None:
             return False
-        drained = not self.engine.connections and not self.outbox
+        # The handlers hear of their links' ends (on_link_closed) before the worker exits.
+        drained = not self.engine.connections and not self.outbox and not self.inworker.ready
         return drained or time.monotonic() - self.stopping_since > SHUTDOWN_GRACE
 
     def _take_commands(self) -> None:
@@ -166,11 +192,29 @@ class Worker:
                     engine = self.engine
                     self._emit(p.WorkerStats(self.index, os.getpid(), len(engine.connections),
                                              engine.sent, engine.received))
+                elif type(command) is p.OpenLink and command.handler is not None:
+                    self._open_handled(command)
+                elif type(command) is p.CloseLink and command.link in self.inworker.links:
+                    self.inworker.user_close(command)  # it detaches once nothing can come
                 else:
                     handle(command)  # contained: a failure ends its link or connection
 
+    def _open_handled(self, command: p.OpenLink) -> None:
+        try:
+            self.inworker.open(command)
+        except Exception as exc:  # a bug here must end only this link
+            log_internal(exc, "opening a link for an in-worker handler failed")
+            self.inworker.links.pop(command.link, None)
+            self._emit_up(p.LinkClosed(command.link, p.Condition(
+                INTERNAL_ERROR, f"opening link {command.link} for the handler "
+                f"{command.handler!r} failed in the worker: {type(exc).__name__}: {exc}")))
+
     def _wait_and_dispatch(self) -> bool:
         timeout = self._tick()
+        if self.inworker.links:
+            handlers_due = self.inworker.wait_time()
+            if handlers_due is not None:
+                timeout = min(timeout, handlers_due)
         if self.stopping_since is not None:
             timeout = min(timeout, 0.05)
         held_until = self.held_until
@@ -255,6 +299,9 @@ def _die_with_parent(parent_pid: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     spec = msgspec.json.decode(argv[0].encode(), type=p.WorkerSpec)
+    # What the user process imports, an in-worker handler's module included, is found
+    # here too (its script's directory, its PYTHONPATH, its site-packages).
+    sys.path.extend(entry for entry in spec.sys_path if entry not in sys.path)
     _die_with_parent(spec.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the parent's to handle
     rings = RingPair.attach(RingPairHandles.decode(spec.rings))
