@@ -36,6 +36,7 @@ SEND_BATCH = 128  # messages per Send command when the worker is busy
 # the worker keeps what it is sent, so this bounds what the message costs it.
 PARTS_IN_FLIGHT = 4
 SETTLE_BATCH = 128
+INBOUND_WINDOW = 1000  # messages in flight on a link a remote receiver attached to us
 
 
 def condition_text(cond: p.Condition | None) -> str:
@@ -142,7 +143,8 @@ class SenderLink:
     """One shard's link of a Sender: its window, its batches, its outcomes."""
 
     __slots__ = ("id", "slot", "sender", "next_seq", "batches", "open", "unsettled",
-                 "opened", "closed", "failure", "remote_target", "dirty", "remote_max",
+                 "opened", "closed", "failure", "remote_target", "remote_source", "dirty",
+                 "remote_max",
                  "parts_seq", "parts_written", "parts_busy")
 
     def __init__(self, link_id: int, slot: WorkerSlot, sender: SenderState) -> None:
@@ -157,6 +159,7 @@ class SenderLink:
         self.closed = False  # the detach is complete (ours or the peer's)
         self.failure: Exception | None = None
         self.remote_target: p.Terminus | None = None
+        self.remote_source: p.Terminus | None = None
         self.dirty = False  # a partial batch waits for the linger pass
         self.remote_max = 0  # the peer's max-message-size (0: none)
         # How many parts of the large message `parts_seq` the worker gave the engine.
@@ -245,6 +248,7 @@ class SenderLink:
         elif kind is p.LinkOpened:
             self.opened = True
             self.remote_target = event.remote_target  # type: ignore[union-attr]
+            self.remote_source = event.remote_source  # type: ignore[union-attr]
             self.remote_max = event.remote_max_message_size  # type: ignore[union-attr]
         elif kind is p.LinkClosed:
             self.closed = True
@@ -291,7 +295,7 @@ class SenderState:
     """A Sender's links (one per shard), which one takes messages, and its counters."""
 
     __slots__ = ("address", "window", "presettled", "links", "current", "counts", "closed",
-                 "max_message_size", "waiter")
+                 "max_message_size", "waiter", "listener")
 
     def __init__(self, address: str | None, window: int, presettled: bool,
                  max_message_size: int) -> None:
@@ -304,6 +308,8 @@ class SenderState:
         self.counts: dict[int, int] = {}
         self.closed = False
         self.waiter: Any = None  # what the face waits with (opaque here)
+        # An inbound sender's listener: a remote receiver attached to it (one link).
+        self.listener: ListenerState | None = None
 
     def rotate(self) -> None:
         self.current = (self.current + 1) % len(self.links)
@@ -642,11 +648,15 @@ class ConnectionState:
 
 
 class ListenerState:
+    """A listener: its port, the receiver its remote senders' messages go to, and a
+    SenderState per remote receiver attached (`senders`, each with one link, `window`
+    messages in flight)."""
+
     __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
-                 "receiver", "closed")
+                 "receiver", "closed", "senders", "window")
 
     def __init__(self, listener_id: int, host: str, credit: int,
-                 max_message_size: int) -> None:
+                 max_message_size: int, window: int = INBOUND_WINDOW) -> None:
         self.id = listener_id
         self.host = host
         self.port: int | None = None
@@ -656,6 +666,8 @@ class ListenerState:
         self.pending = 0  # workers yet to confirm they adopt its connections
         self.receiver = ReceiverState(None, credit, endless=True)
         self.closed = False
+        self.senders: list[SenderState] = []  # inbound links where we send, attached now
+        self.window = window
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.Listening:
@@ -804,10 +816,11 @@ class ClientCore:
             if link.failure is None:
                 link.settle_now(p.Settle(link.id, ids, p.RELEASED))
 
-    def listen(self, host: str, port: int, credit: int, max_message_size: int
-               ) -> ListenerState:
-        """Worker 0 binds and accepts; `adopt` (after Listening) tells the others."""
-        listener = ListenerState(self.next_id(), host, credit, max_message_size)
+    def listen(self, host: str, port: int, credit: int, max_message_size: int,
+               window: int = INBOUND_WINDOW) -> ListenerState:
+        """Worker 0 binds and accepts; `adopt` (after Listening) tells the others.
+        `credit` per remote sender; `window` messages in flight per remote receiver."""
+        listener = ListenerState(self.next_id(), host, credit, max_message_size, window)
         self.listeners[listener.id] = listener
         self.slots[0].queue(p.Listen(listener.id, host, port, self.container_id, credit,
                                      max_message_size=max_message_size))
@@ -822,12 +835,17 @@ class ClientCore:
                                     self.container_id, listener.credit, adopt_only=True,
                                     max_message_size=listener.max_message_size))
 
-    def close_listener(self, listener: ListenerState) -> None:
+    def close_listener(self, listener: ListenerState, senders: bool = True) -> None:
         """Stop accepting; release what was delivered and not taken, detach the inbound
-        links (remote senders): the listener's receiver is closed with it."""
+        links (remote senders): the listener's receiver is closed with it. With `senders`,
+        the links of remote receivers are detached too (after what was sent on them)."""
         listener.closed = listener.receiver.closed = True
         self.release_untaken(listener.receiver)
         self.close_links(list(listener.receiver.links.values()))
+        if senders:
+            for sender in listener.senders:
+                sender.closed = True
+                self.close_links(sender.links)
         for slot in self.live_slots():
             slot.queue(p.CloseListener(listener.id))
         self.listeners.pop(listener.id, None)
@@ -860,9 +878,12 @@ class ClientCore:
             target = self.routes.get(link_id)
             if target is not None:
                 target.on_event(event)
-                if kind is p.LinkClosed and type(target) is ReceiverLink \
-                        and target.receiver.endless:
-                    del self.routes[link_id]  # an inbound link: gone for good
+                if kind is p.LinkClosed:
+                    if type(target) is ReceiverLink and target.receiver.endless:
+                        del self.routes[link_id]  # an inbound link: gone for good
+                    elif type(target) is SenderLink and target.sender.listener is not None:
+                        del self.routes[link_id]
+                        _discard(target.sender.listener.senders, target.sender)
             elif kind is p.LinkOpened and event.inbound:  # type: ignore[union-attr]
                 target = self._on_inbound(slot, event)  # type: ignore[arg-type]
             if target is not None and self.observer is not None:
@@ -880,17 +901,33 @@ class ClientCore:
             if self.observer is not None:
                 self.observer(target, event)
 
-    def _on_inbound(self, slot: WorkerSlot, event: p.LinkOpened) -> ReceiverLink | None:
-        """A remote peer attached a link to a listener; a remote sender's messages go to
-        the listener's receiver (its new link is returned). One attached after the
-        listener closed is detached."""
+    def _on_inbound(self, slot: WorkerSlot, event: p.LinkOpened
+                    ) -> ReceiverLink | SenderLink | None:
+        """A remote peer attached a link to a listener; its new link is returned. A remote
+        sender's messages go to the listener's receiver; a remote receiver gets a
+        SenderState of its own (`ListenerState.senders`), its one link open. One attached
+        after the listener closed is detached."""
         listener = self.listeners.get(event.conn)
         if listener is None:
             slot.queue(p.CloseLink(event.link, p.Condition(
                 "amqp:resource-deleted", "the listener is closed")))
             return None
-        if event.is_sender:
-            return None  # a remote receiver: nothing to offer it yet, its link stays idle
+        if event.is_sender:  # a remote receiver: we send on this link
+            source = event.remote_source
+            # Its address is our source's, the node the peer reads from (the listener's
+            # max_message_size is for what we receive: the peer's limit applies here).
+            sender = SenderState(source.address if source is not None else None,
+                                 listener.window, False, 0)
+            sender.listener = listener
+            sending = SenderLink(event.link, slot, sender)
+            sending.opened = True
+            sending.remote_target = event.remote_target
+            sending.remote_source = source
+            sending.remote_max = event.remote_max_message_size
+            sender.links.append(sending)
+            listener.senders.append(sender)
+            self.routes[event.link] = sending
+            return sending
         link = ReceiverLink(event.link, slot, listener.receiver, listener.credit)
         link.opened = True
         link.remote_source = event.remote_source
@@ -973,6 +1010,11 @@ class ClientCore:
             if share or drain:
                 link.hand_over()  # settle first: a broker may count unsettled against us
                 link.slot.queue(p.Flow(link.id, share, drain))
+
+
+def _discard(items: list[Any], item: Any) -> None:
+    if item in items:
+        items.remove(item)
 
 
 def shares(total: int, parts: int) -> list[int]:

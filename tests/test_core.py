@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amqscale._driver import _split
-from amqscale.core import ACCEPTED, ClientCore, ReceiverState, SenderState
+from amqscale.core import ACCEPTED, ClientCore, ListenerState, ReceiverState, SenderState
 from amqscale.errors import LinkDetached, MessageTooLarge, WorkerDied
 from amqscale.testing.core import ScriptedWorkers
 from amqscale.url import URL
@@ -195,6 +195,80 @@ def test_inbound_links_leave_the_listener_when_closed_and_drained() -> None:
     assert link_id in listener.receiver.links  # a message of it is still to be taken
     listener.receiver.take()
     assert link_id not in listener.receiver.links
+
+
+def _remote_receiver(core: ClientCore, workers: ScriptedWorkers, link_id: int = 1 << 62,
+                     **listen: int) -> tuple[ListenerState, SenderState]:
+    """A listener, and a remote receiver attached to it from address "q"."""
+    listener = core.listen("127.0.0.1", 0, 10, 0, **listen)
+    workers.emit(0, p.Listening(listener.id, 5000))
+    workers.emit(0, p.LinkOpened(link_id, listener.id, "out", True, inbound=True,
+                                 remote_source=p.Terminus(address="q"),
+                                 remote_target=p.Terminus(address="me"),
+                                 remote_max_message_size=50))
+    assert len(listener.senders) == 1
+    workers.take()  # the Listen
+    return listener, listener.senders[0]
+
+
+def test_a_remote_receiver_gets_a_sender_of_its_own_on_the_listener() -> None:
+    core, workers = _core(workers=1)
+    seen: list[object] = []
+    core.observer = lambda target, event: seen.append(target)
+    listener, sender = _remote_receiver(core, workers, window=2)
+    (link,) = sender.links
+    assert seen == [listener, link] and core.routes[link.id] is link
+    assert link.slot is core.slots[0]
+    assert link.opened and sender.address == "q" and sender.window == 2
+    assert link.remote_source == p.Terminus(address="q")
+    assert link.remote_target == p.Terminus(address="me")
+    assert sender.listener is listener and not listener.receiver.links
+    with pytest.raises(MessageTooLarge, match="max-message-size"):
+        sender.check_size(b"x" * 51)
+    # Sent on the worker's own link id; outcomes come back through the routing.
+    batch = link.send_chunk([b"a", b"b"])
+    assert workers.take() == [p.Send(link.id, 0, [b"a", b"b"], False)]
+    assert sender.pick() is None  # its window is full
+    workers.settle(link.id, 0, 1)
+    workers.settle(link.id, 1, 2, p.RELEASED)
+    assert batch.result(0) == ACCEPTED and batch.result(1).state == p.RELEASED  # type: ignore[union-attr]
+    assert sender.all_settled() and sender.pick() is link
+    assert seen[-1] is link
+
+
+def test_a_remote_receiver_that_detaches_leaves_the_listener() -> None:
+    core, workers = _core(workers=1)
+    listener, sender = _remote_receiver(core, workers)
+    (link,) = sender.links
+    link.send_chunk([b"a"])
+    workers.close_link(link.id, p.Condition("amqp:link:detach-forced", "bye"))
+    assert link.closed and isinstance(link.failure, LinkDetached)
+    assert "bye" in str(link.failure)
+    assert listener.senders == [] and link.id not in core.routes
+    assert [b.first for b, _ in link.unsettled_messages()] == [0]  # still listed
+    with pytest.raises(LinkDetached):
+        sender.pick()
+
+
+def test_closing_a_listener_detaches_its_remote_receivers_after_what_was_sent() -> None:
+    core, workers = _core(workers=1)
+    listener, sender = _remote_receiver(core, workers)
+    (link,) = sender.links
+    link.add(b"a")
+    core.close_listener(listener)
+    assert [type(c) for c in workers.take()] == [p.Send, p.CloseLink, p.CloseListener]
+    assert sender.closed and link.failure is not None
+    workers.close_link(link.id)
+    assert listener.senders == []
+
+
+def test_a_remote_receiver_on_a_dead_worker_fails_with_it() -> None:
+    core, workers = _core(workers=1)
+    listener, sender = _remote_receiver(core, workers)
+    workers.die(0)
+    assert isinstance(sender.links[0].failure, WorkerDied)
+    core.close_listener(listener)
+    assert sender.links[0].closed  # nothing will confirm the detach
 
 
 def test_closing_links_hands_over_their_batch_first() -> None:
