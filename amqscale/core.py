@@ -433,7 +433,8 @@ class ReceiverLink:
     """One shard's link of a Receiver (or an inbound link of a Listener)."""
 
     __slots__ = ("id", "slot", "receiver", "credit", "consumed", "settling", "opened",
-                 "closed", "failure", "remote_source", "parts", "dirty", "counts")
+                 "closed", "failure", "remote_source", "remote_target", "parts", "dirty",
+                 "counts")
 
     def __init__(self, link_id: int, slot: WorkerSlot, receiver: ReceiverState,
                  credit: int) -> None:
@@ -447,6 +448,7 @@ class ReceiverLink:
         self.closed = False
         self.failure: Exception | None = None
         self.remote_source: p.Terminus | None = None
+        self.remote_target: p.Terminus | None = None
         self.parts: list[bytes] = []  # a large message arriving in DeliveryParts
         self.dirty = False
         self.counts: p.HandlerCounts | None = None  # an in-worker handler's, the latest
@@ -461,6 +463,7 @@ class ReceiverLink:
         elif kind is p.LinkOpened:
             self.opened = True
             self.remote_source = event.remote_source  # type: ignore[union-attr]
+            self.remote_target = event.remote_target  # type: ignore[union-attr]
         elif kind is p.HandlerCounts:
             self.counts = event  # type: ignore[assignment]
         elif kind is p.LinkClosed:
@@ -931,6 +934,7 @@ class ClientCore:
         link = ReceiverLink(event.link, slot, listener.receiver, listener.credit)
         link.opened = True
         link.remote_source = event.remote_source
+        link.remote_target = event.remote_target
         listener.receiver.links[event.link] = link
         self.routes[event.link] = link
         return link

@@ -21,6 +21,7 @@ shard's link has room. ``docs/migrating-from-proton.md`` lists what differs from
 from __future__ import annotations
 
 import contextlib
+import copy
 import heapq
 import itertools
 import logging
@@ -575,6 +576,11 @@ class Sender(_Link):
         return next((x.remote_target for x in self._state.links if x.opened), None)
 
     @property
+    def remote_source(self) -> p.Terminus | None:
+        """The peer's source (an inbound link's: the node its receiver reads from)."""
+        return next((x.remote_source for x in self._state.links if x.opened), None)
+
+    @property
     def window(self) -> int:
         return self._state.window
 
@@ -703,6 +709,11 @@ class Receiver(_Link):
         return next((x.remote_source for x in self._core_links if x.opened), None)
 
     @property
+    def remote_target(self) -> p.Terminus | None:
+        """The peer's target (an inbound link's: the address its sender sends to)."""
+        return next((x.remote_target for x in self._core_links if x.opened), None)
+
+    @property
     def queued(self) -> int:
         """Messages received and not dispatched yet."""
         links = set(self._core_links)
@@ -794,11 +805,19 @@ class Acceptor:
         self.container._soon(self._close_now)
 
     def _close_now(self) -> None:
-        driver = self.container._driver
+        container = self.container
+        driver = container._driver
         if driver is None or driver.closed:
             return
+        # Its remote receivers' links detach once what was sent on them is settled (as
+        # Sender.close()): their outcomes still reach on_accepted ...
+        senders = [container._senders.get(x.links[0]) for x in self._state.senders]
+        for sender in senders:
+            if sender is not None and not sender._closing:
+                sender._closing = True
+                sender._close_now()
         with driver.lock:
-            driver.core.close_listener(self._state)
+            driver.core.close_listener(self._state, senders=False)
 
 
 # ---- the container --------------------------------------------------------------------------
@@ -837,7 +856,7 @@ class Container:
         self._by_shard: dict[Shard, Connection] = {}
         self._senders: dict[SenderLink, Sender] = {}
         self._receivers: dict[ReceiverLink, Receiver] = {}
-        self._inbound: list[Receiver] = []
+        self._inbound: list[Receiver | Sender] = []  # a listener's links
         self._sendable: dict[Sender, None] = {}  # senders to look at for on_sendable
         self._sent: set[Sender] = set()  # senders that sent in this pass
         self._steps: list[tuple[_ops.Steps[Any], _ops.Wait]] = []  # waiting for the workers
@@ -1047,6 +1066,8 @@ class Container:
                 self._on_shard(connection, target, event)
         elif kind is SenderLink:
             sender = self._senders.get(target)
+            if sender is None and type(event) is p.LinkOpened and event.inbound:
+                sender = self._on_inbound_sender(target, event)
             if sender is not None:
                 self._on_sender(sender, target, event)
         elif kind is ReceiverLink:
@@ -1235,6 +1256,23 @@ class Container:
         link.receiver.waiter = self._driver
         self._dispatch(self.handlers, "link_opening", Event("link_opening", self, link=receiver))
         return receiver
+
+    def _on_inbound_sender(self, link: SenderLink, event: p.LinkOpened) -> Sender:
+        """A remote receiver attached to one of our listeners: a Sender (and a stand-in
+        Connection) for it, handled by the container's handlers; on_link_opened and
+        on_sendable follow (``_on_sender``)."""
+        connection = Connection(self, None, None, None)
+        sender = Sender(connection, link.sender, None, None, None)
+        # Our end mirrors the peer's: its source is the address it receives from.
+        sender.source = copy.copy(event.remote_source) or p.Terminus()
+        sender.target = copy.copy(event.remote_target) or p.Terminus()
+        connection._links.append(sender)
+        connection._opened_fired = True
+        self._senders[link] = sender
+        self._inbound.append(sender)
+        link.sender.waiter = self._driver
+        self._dispatch(self.handlers, "link_opening", Event("link_opening", self, link=sender))
+        return sender
 
     def _on_receiver(self, receiver: Receiver, link: ReceiverLink,
                      event: p.Event | None) -> None:
@@ -1455,7 +1493,7 @@ class Container:
         if core.slots[0].failure is not None:
             raise core.slots[0].failure
         with driver.lock:
-            state = core.listen(parsed.host, parsed.port, credit, 0)
+            state = core.listen(parsed.host, parsed.port, credit, 0, DEFAULT_WINDOW)
             driver.write_all()
         acceptor = Acceptor(self, state)
         try:
