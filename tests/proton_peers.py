@@ -265,6 +265,34 @@ class ClientSender(_Peer):
     on_accepted = on_rejected = on_released = on_modified = _outcome
 
 
+class ClientReceiver(_Peer):
+    """Connects to `url` and receives from `address` with `credit` prefetched, accepting
+    each message; with `detach_after`, closes its link once it received that many.
+
+    Records the messages (`messages`) and whether the peer detached it (`remote_closed`).
+    """
+
+    def __init__(self, url: str, address: str, credit: int = 10,
+                 detach_after: int | None = None) -> None:
+        super().__init__(prefetch=credit, auto_accept=True)
+        self.target_url = url
+        self.address = address
+        self.detach_after = detach_after
+        self.messages: list[Message] = []
+        self.remote_closed = False
+
+    def begin(self, container: Any) -> None:
+        container.create_receiver(self.target_url, self.address)
+
+    def on_message(self, event: Any) -> None:
+        self.messages.append(event.message)
+        if self.detach_after is not None and len(self.messages) == self.detach_after:
+            event.receiver.close()
+
+    def on_link_closing(self, event: Any) -> None:
+        self.remote_closed = True
+
+
 def _main(argv: list[str]) -> None:
     """`sink PORT`: a Sink that never settles, in a process of its own (to be killed)."""
     kind, port = argv

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from proton import Condition as ProtonCondition
-from proton_peers import Sink, Source, _Listening, wait_for
+from proton_peers import ClientReceiver, Sink, Source, _Listening, wait_for
 
 from amqscale import Message
 from amqscale.handlers import Handler, MessagingHandler, Reject, Release
@@ -698,3 +698,80 @@ def test_a_message_larger_than_a_ring_record_goes_in_parts_and_keeps_its_place()
     assert handler.bodies[0] == large
     assert handler.bodies[1:] == [b"small-%d" % i for i in range(5)]
     assert handler.accepted == 6
+
+
+class ServeReceivers(MessagingHandler):
+    """Listens; a proton receiver connects to it; sends it `total` messages as credit
+    allows (direct_send.py's part), and closes once all are accepted or the peer left."""
+
+    def __init__(self, total: int, detach_after: int | None = None) -> None:
+        super().__init__()
+        self.total, self.detach_after = total, detach_after
+        self.sent = self.accepted = self.settled = 0
+        self.seen: list[Any] = []
+        self.peer: ClientReceiver | None = None
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        self.peer = ClientReceiver(f"127.0.0.1:{self.acceptor.port}", "outbox",
+                                   detach_after=self.detach_after).start()
+
+    def on_link_opening(self, event: Any) -> None:
+        link = event.link
+        self.seen.append(("link_opening", link.is_sender, link.source.address,
+                          link.remote_source.address, event.sender is link))
+
+    def on_link_opened(self, event: Any) -> None:
+        self.seen.append(("link_opened", event.sender is event.link))
+
+    def on_sendable(self, event: Any) -> None:
+        sender = event.sender
+        assert event.connection is sender.connection
+        while sender.credit and self.sent < self.total:
+            sender.send(Message(id=self.sent, body={"sequence": self.sent}))
+            self.sent += 1
+
+    def on_accepted(self, event: Any) -> None:
+        self.accepted += 1
+        if self.accepted == self.total:
+            event.connection.close()
+            self.acceptor.close()
+
+    def on_settled(self, event: Any) -> None:
+        self.settled += 1
+
+    def on_link_closing(self, event: Any) -> None:
+        self.seen.append(("link_closing", event.link.remote_condition))
+
+    def on_link_closed(self, event: Any) -> None:
+        self.seen.append(("link_closed", len(event.sender.unsettled)))
+        self.acceptor.close()
+
+
+def test_a_remote_receiver_on_our_listener_gets_what_on_sendable_sends() -> None:
+    handler = ServeReceivers(100)
+    try:
+        Container(handler, workers=2).run()
+    finally:
+        assert handler.peer is not None
+        handler.peer.stop()
+    assert handler.seen[:2] == [("link_opening", True, "outbox", "outbox", True),
+                                ("link_opened", True)]
+    assert handler.sent == handler.accepted == handler.settled == 100
+    assert [m.id for m in handler.peer.messages] == list(range(100))
+    assert handler.peer.messages[7].body == {"sequence": 7}
+
+
+def test_a_remote_receiver_detaching_mid_way_ends_its_sender_not_run() -> None:
+    handler = ServeReceivers(100, detach_after=5)
+    try:
+        Container(handler, workers=1).run()  # returns: nothing raised out of it
+    finally:
+        assert handler.peer is not None
+        handler.peer.stop()
+    assert len(handler.peer.messages) == 5
+    assert handler.accepted <= 5 < handler.sent
+    closing, closed = handler.seen[-2:]
+    assert closing == ("link_closing", None)
+    # what the peer did not settle before it left stays listed on the sender
+    assert closed[0] == "link_closed" and closed[1] == handler.sent - handler.settled > 0
