@@ -122,7 +122,10 @@ class Container:
 
         Port 0 picks a free port (see `Listener.port`). Remote senders' messages arrive
         on `Listener.receiver`; each inbound link is granted `credit` and told our
-        `max_message_size` (a larger message ends its link).
+        `max_message_size` (a larger message ends its link). A remote receiver's link is
+        attached and left idle: this face has nothing to send it (the event-driven face,
+        ``amqscale.reactor``, offers it to the handler as a Sender); it is detached when
+        the listener closes.
         """
         parsed = parse_url(url)
         check_positive(credit, "credit")

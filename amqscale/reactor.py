@@ -1482,8 +1482,10 @@ class Container:
     def listen(self, url: str) -> Acceptor:
         """Accept inbound connections on `url` (port 0: any free port; see
         ``Acceptor.url``). Remote senders' messages reach the container's handlers'
-        ``on_message``, with the prefetch of its MessagingHandler. Blocks until the port
-        is bound; raises ConnectionFailed if it cannot be."""
+        ``on_message``, with the prefetch of its MessagingHandler; a remote receiver is
+        offered to them as a Sender (``on_link_opening``, ``on_link_opened``,
+        ``on_sendable`` ...). Blocks until the port is bound; raises ConnectionFailed if
+        it cannot be."""
         parsed = parse_url(_normalise_url(url))
         settings = messaging_handler(self.handlers)
         credit = settings.prefetch if settings is not None else 0
