@@ -9,7 +9,9 @@ between the user's thread and its own two (the linger thread, which hands partia
 over, and the watcher, which notices a worker's exit): each ring has one writer and one
 reader at a time.
 
-Faces wait with :meth:`Driver.wait`: a predicate over core state and a deadline.
+Faces wait with :meth:`Driver.wait`: a predicate over core state and a deadline. On an
+asyncio loop the driver runs without its threads (``threads=False``): ``amqscale._loop``
+watches the rings' eventfds and the pidfds on the loop and does the linger pass there.
 """
 
 from __future__ import annotations
