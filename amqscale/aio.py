@@ -48,6 +48,7 @@ from ._loop import LoopBinding, loop_binding
 from ._supervisor import DEFAULT_RING_CAPACITY
 from .container import (
     OPEN_TIMEOUT,
+    ListenerView,
     check_limit,
     check_positive,
     connect_options,
@@ -60,6 +61,7 @@ from .links import (
     CLOSE_TIMEOUT,
     Deliveries,
     Delivery,
+    SenderView,
 )
 from .links import Receiver as _BlockingReceiver
 from .links import Sender as _BlockingSender
@@ -265,41 +267,17 @@ class Connection:
         await self.aclose()
 
 
-class Sender:
+class Sender(SenderView):
     """Sends messages to one address over every shard of a connection."""
 
     def __init__(self, owner: Connection, state: SenderState) -> None:
         self._binding = owner._binding
         self._state = state
+        self._tracker = Tracker
         self._sender = _BlockingSender(owner._driver, state, owner, tracker=Tracker)
         self.address = state.address
         self.presettled = state.presettled
         self._fragment = owner._driver.core.fragment
-
-    @property
-    def window(self) -> int:
-        return self._state.window
-
-    @window.setter
-    def window(self, value: int) -> None:
-        self._sender.window = value
-
-    @property
-    def counts(self) -> dict[int, int]:
-        return self._state.counts
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
-
-    @property
-    def failures(self) -> list[Exception]:
-        return self._sender.failures
-
-    @property
-    def unsettled(self) -> list[Tracker]:
-        return [Tracker(batch, i) for link in self._state.links
-                for batch, i in link.unsettled_messages()]
 
     def put_nowait(self, message: Sendable) -> Tracker:
         """Hand a message over without waiting; await the Tracker for its outcome.
@@ -478,37 +456,14 @@ class Receiver:
         await self.aclose()
 
 
-class Listener:
+class Listener(ListenerView):
     """Inbound connections on one port, spread over the workers."""
 
     def __init__(self, container: Container, state: ListenerState) -> None:
+        driver, _ = container._live
+        super().__init__(driver, state)
         self._container = container
-        self._driver, _ = container._live
-        self._state = state
-        self.id = state.id
-        self.host = state.host
-        self.receiver = Receiver(self._driver, state.receiver, owner=container)
-
-    @property
-    def port(self) -> int | None:
-        return self._state.port
-
-    @property
-    def failure(self) -> Exception | None:
-        return self._state.failure
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"amqp://{host}:{self.port}"
-
-    @property
-    def links(self) -> int:
-        return len(self._state.receiver.links)
-
-    def close(self) -> None:
-        """Stop accepting and close the receiver (see the blocking Listener.close)."""
-        _ops.close_listener(self._driver, self._state)
+        self.receiver = Receiver(driver, state.receiver, owner=container)
 
     async def __aenter__(self) -> Listener:
         return self

@@ -275,18 +275,15 @@ class Connection:
         self.close()
 
 
-class Listener:
-    """Inbound connections on one port, spread over the workers."""
+class ListenerView:
+    """What every face's Listener tells of its state (the core's ListenerState), and
+    close()."""
 
-    def __init__(self, container: Container, state: ListenerState) -> None:
-        self._container = container  # it lives as long as this listener does
-        self._driver = container._driver
+    def __init__(self, driver: Driver, state: ListenerState) -> None:
+        self._driver = driver
         self._state = state
         self.id = state.id
         self.host = state.host
-        # Its owner is the Container, not this Listener: no cycle, so a dropped Container
-        # goes as soon as nothing refers to it, without waiting for the cycle collector.
-        self.receiver = Receiver(self._driver, state.receiver, owner=container)
 
     @property
     def port(self) -> int | None:
@@ -311,6 +308,17 @@ class Listener:
         released, the inbound links are detached; accepted connections stay open until
         their peers close them."""
         _ops.close_listener(self._driver, self._state)
+
+
+class Listener(ListenerView):
+    """Inbound connections on one port, spread over the workers."""
+
+    def __init__(self, container: Container, state: ListenerState) -> None:
+        super().__init__(container._driver, state)
+        self._container = container  # it lives as long as this listener does
+        # Its owner is the Container, not this Listener: no cycle, so a dropped Container
+        # goes as soon as nothing refers to it, without waiting for the cycle collector.
+        self.receiver = Receiver(self._driver, state.receiver, owner=container)
 
     def __enter__(self) -> Listener:
         return self

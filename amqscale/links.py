@@ -273,19 +273,12 @@ class Trackers(_Parts[Tracker]):
         return f"<Trackers {len(self)} messages settled={self.settled}>"
 
 
-class Sender:
-    """Sends messages to one address over every shard of a connection."""
+class SenderView:
+    """What every face's Sender tells of its state (the core's SenderState), and its
+    window, which may be changed."""
 
-    def __init__(self, driver: Driver, state: SenderState, owner: object = None,
-                 tracker: type[Tracker] = Tracker) -> None:
-        self._driver = driver
-        self._tracker = tracker  # what send() returns (the asyncio face's is awaitable)
-        self._state = state
-        self._owner = owner  # its Connection: the Container lives as long as this does
-        state.waiter = driver
-        self.address = state.address
-        self.presettled = state.presettled
-        self._fragment = driver.core.fragment
+    _state: SenderState
+    _tracker: type[Tracker]
 
     @property
     def window(self) -> int:
@@ -312,6 +305,27 @@ class Sender:
         """Why links (shards) of this sender failed; the others go on taking messages."""
         return [x.failure for x in self._state.links
                 if x.failure is not None and not self._state.closed]
+
+    @property
+    def unsettled(self) -> list[Tracker]:
+        """Trackers of messages not yet settled, across every shard."""
+        return [self._tracker(batch, i) for link in self._state.links
+                for batch, i in link.unsettled_messages()]
+
+
+class Sender(SenderView):
+    """Sends messages to one address over every shard of a connection."""
+
+    def __init__(self, driver: Driver, state: SenderState, owner: object = None,
+                 tracker: type[Tracker] = Tracker) -> None:
+        self._driver = driver
+        self._tracker = tracker  # what send() returns (the asyncio face's is awaitable)
+        self._state = state
+        self._owner = owner  # its Connection: the Container lives as long as this does
+        state.waiter = driver
+        self.address = state.address
+        self.presettled = state.presettled
+        self._fragment = driver.core.fragment
 
     def send(self, message: Message | bytes | bytearray | memoryview,
              timeout: float | None = None) -> Tracker:
@@ -448,12 +462,6 @@ class Sender:
     def _pick_link(self, timeout: float | None) -> SenderLink:
         """The next shard's link with room in its window, waiting for room if none has."""
         return _ops.run(self._driver, _ops.room(self._state), timeout)
-
-    @property
-    def unsettled(self) -> list[Tracker]:
-        """Trackers of messages not yet settled, across every shard."""
-        return [Tracker(batch, i) for link in self._state.links
-                for batch, i in link.unsettled_messages()]
 
     def flush(self, timeout: float | None = None) -> None:
         """Hand over every batched message and wait until each is settled.
