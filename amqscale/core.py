@@ -896,7 +896,7 @@ class ClientCore:
             self.stats[event.index] = event  # type: ignore[union-attr,assignment]
             return
         if kind is p.Listening or kind is p.ListenFailed:
-            target = self.listeners.get(event.listener)  # type: ignore[union-attr]
+            target = self.listeners.get(event.listener)  # type: ignore[union-attr,arg-type]
         else:
             target = self.routes.get(getattr(event, "conn", 0))
         if target is not None:

@@ -258,7 +258,8 @@ class Engine:
         self.next_inbound_link = (
             p.INBOUND_LINK_BASE + (worker_index << p.INBOUND_WORKER_SHIFT)
         )
-        self.next_inbound_conn = -1  # inbound connections get negative ids
+        # Inbound connections get negative ids, the worker's index in their high bits.
+        self.next_inbound_conn = -1 - (worker_index << p.INBOUND_WORKER_SHIFT)
         self.sent = 0  # messages written to the engine, for WorkerStats
         self.received = 0  # messages taken from it
         # For the network: connections to make, listeners to bind or close, dropped
@@ -737,7 +738,7 @@ class Engine:
             conn.closed_sent = True
             for link in list(conn.links.values()):
                 self._contain(partial(self._link_ended, link, condition))
-            if conn.listener is None:
+            if conn.listener is None or conn.opened:
                 self.emit(p.ConnectionClosed(conn.id, condition))
         self.connections.pop(conn.id, None)
         self.by_ptr.pop(conn.ptr, None)
@@ -765,7 +766,7 @@ class Engine:
         conn.closed_sent = True
         for link in conn.links.values():
             self._link_ended(link, condition)  # None: it closed cleanly
-        if conn.listener is None:
+        if conn.listener is None or conn.opened:  # an inbound one: once announced
             self.emit(p.ConnectionClosed(conn.id, condition))
 
     def _link_ended(self, link: Link, condition: p.Condition | None) -> None:
@@ -868,8 +869,8 @@ class Engine:
         if lib.pn_connection_state(ptr) & LOCAL_UNINIT:
             lib.pn_connection_open(ptr)  # an inbound connection: answer its open
         conn.opened = True
-        if conn.listener is None:
-            self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr))))
+        self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr)),
+                                     conn.listener))
 
     def _on_connection_close(self, ptr: Any) -> None:
         conn = self.by_ptr.get(ptr)
@@ -919,6 +920,7 @@ class Engine:
             _text(lib.pn_link_name(ptr)) or "", link.is_sender, source, target,
             inbound=conn.listener is not None,
             remote_max_message_size=lib.pn_link_remote_max_message_size(ptr),
+            inbound_conn=conn.id if conn.listener is not None else 0,
         ))
         if link.is_sender:
             self._pump_sender(link)
