@@ -58,10 +58,10 @@ def issue12(feature: str, peer: str = "") -> pytest.MarkDecorator:
 
 # What the event-driven face does not do yet for inbound connections (docs/migrating-from-
 # proton.md, "Inbound connections"); not a feature of #12 but of the face itself (issue #9).
-# It offers a listener's inbound links (the peer's senders and receivers) to the handler.
-LISTENER_LINKS = ("the event-driven face does not yet call on_connection_opening, nor let "
-                  "on_link_opening set the terminus (a dynamic source's address), for inbound "
-                  "connections (issue #9)")
+# It offers a listener's inbound connections and their links (the peer's senders and
+# receivers) to the handler.
+LISTENER_LINKS = ("the event-driven face does not yet let on_link_opening set the terminus "
+                  "(a dynamic source's address) of inbound links (issue #9)")
 
 
 # ---- running examples -------------------------------------------------------------------
