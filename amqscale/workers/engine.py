@@ -161,6 +161,7 @@ class Link:
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
         "fast_limit", "max_message_size", "part_id", "part_size", "out", "releasing",
+        "deferred",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -200,6 +201,9 @@ class Link:
         # Receiver: we detached it; what the peer still sends before its detach is
         # released as it comes (fast_limit -1 sends it to the slow path).
         self.releasing = False
+        # An inbound link whose attach waits for AcceptLink: nothing is sent on it nor
+        # credit granted until then.
+        self.deferred = False
 
 
 class Connection:
@@ -230,14 +234,15 @@ class Connection:
 class Listener:
     """A listener's settings (the network holds its socket, on the worker that accepts)."""
 
-    __slots__ = ("id", "container_id", "credit", "max_message_size")
+    __slots__ = ("id", "container_id", "credit", "max_message_size", "defer_attach")
 
     def __init__(self, listener_id: int, container_id: str, credit: int,
-                 max_message_size: int = 0):
+                 max_message_size: int = 0, defer_attach: bool = False):
         self.id = listener_id
         self.container_id = container_id
         self.credit = credit
         self.max_message_size = max_message_size
+        self.defer_attach = defer_attach
 
 
 class Engine:
@@ -285,6 +290,7 @@ class Engine:
             p.Send: self._send, p.SendPart: self._send, p.Settle: self._settle,
             p.Flow: self._flow,
             p.OpenLink: self._open_link, p.OpenConnection: self._open_connection,
+            p.AcceptLink: self._accept_deferred,
             p.Listen: self._listen, p.CloseLink: self._close_link,
             p.CloseConnection: self._close_connection,
             p.CloseListener: lambda cmd: self._close_listener(cmd.listener),
@@ -384,7 +390,8 @@ class Engine:
         """Keep the listener's settings; the network binds (unless adopt_only) and then
         calls listening() or listen_failed()."""
         self.listeners[cmd.listener] = Listener(
-            cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size)
+            cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size,
+            cmd.defer_attach)
         if cmd.adopt_only:
             self.emit(p.Listening(cmd.listener, cmd.port))
         else:
@@ -438,6 +445,8 @@ class Engine:
 
     def _pump_sender(self, link: Link) -> None:
         """Send what credit allows from the queued Send commands, oldest first."""
+        if link.deferred:
+            return  # not attached on our side yet
         ptr = link.ptr
         credit = lib.pn_link_credit(ptr)
         pending = link.pending
@@ -926,20 +935,45 @@ class Engine:
             self._pump_sender(link)
 
     def _accept_link(self, conn: Connection, ptr: Any) -> Link:
-        """A remote peer attached to us (we listen): mirror its termini and open."""
+        """A remote peer attached to us (we listen): mirror its termini and open (a
+        `defer_attach` listener's link: once AcceptLink says with which termini)."""
         is_sender = bool(lib.pn_link_is_sender(ptr))
-        lib.pn_terminus_copy(lib.pn_link_source(ptr), lib.pn_link_remote_source(ptr))
-        lib.pn_terminus_copy(lib.pn_link_target(ptr), lib.pn_link_remote_target(ptr))
-        lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
-        lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
         listener = self.listeners.get(conn.listener) if conn.listener is not None else None
         limit = listener.max_message_size if listener is not None else 0
         link = self._new_link(self.next_inbound_link, ptr, conn, is_sender, limit)
         self.next_inbound_link += 1
-        lib.pn_link_open(ptr)
-        if not is_sender:
-            lib.pn_link_flow(ptr, listener.credit if listener is not None else 1000)
+        if listener is not None and listener.defer_attach:
+            link.deferred = True
+        else:
+            self._attach_inbound(link, None, None)
         return link
+
+    def _attach_inbound(self, link: Link, source: p.Terminus | None,
+                        target: p.Terminus | None) -> None:
+        ptr = link.ptr
+        lib.pn_terminus_copy(lib.pn_link_source(ptr), lib.pn_link_remote_source(ptr))
+        lib.pn_terminus_copy(lib.pn_link_target(ptr), lib.pn_link_remote_target(ptr))
+        if source is not None:
+            _write_terminus(lib.pn_link_source(ptr), source)
+        if target is not None:
+            _write_terminus(lib.pn_link_target(ptr), target)
+        lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
+        lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
+        lib.pn_link_open(ptr)
+        if not link.is_sender:
+            listener = self.listeners.get(link.conn.listener)  # type: ignore[arg-type]
+            lib.pn_link_flow(ptr, listener.credit if listener is not None else 1000)
+
+    def _accept_deferred(self, cmd: p.AcceptLink) -> None:
+        link = self.links.get(cmd.link)
+        if link is None or link.closed or not link.deferred:
+            return
+        link.deferred = False
+        if lib.pn_link_state(link.ptr) & LOCAL_CLOSED:
+            return  # detached meanwhile (CloseLink)
+        self._attach_inbound(link, cmd.source, cmd.target)
+        if link.is_sender:
+            self._pump_sender(link)
 
     def _new_link(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool,
                   max_message_size: int) -> Link:

@@ -149,6 +149,9 @@ class Listen(msgspec.Struct, tag=2, array_like=True):
     adopt_only: bool = False
     # The largest message an inbound link accepts (announced in its attach); 0: no limit.
     max_message_size: int = 0
+    # An inbound link's attach waits for an AcceptLink (the event-driven face's
+    # on_link_opening may set its termini); without: the worker answers it at once.
+    defer_attach: bool = False
 
 
 class OpenLink(msgspec.Struct, tag=3, array_like=True):
@@ -236,6 +239,15 @@ class CloseListener(msgspec.Struct, tag=9, array_like=True):
     listener: int
 
 
+class AcceptLink(msgspec.Struct, tag=13, array_like=True):
+    """Answer the attach of an inbound link of a `defer_attach` listener: our termini are
+    the peer's, with what `source` and `target` set on top (a dynamic source's address)."""
+
+    link: int
+    source: Terminus | None = None
+    target: Terminus | None = None
+
+
 class Shutdown(msgspec.Struct, tag=10, array_like=True):
     """Close everything gracefully and exit."""
 
@@ -246,7 +258,7 @@ class Stats(msgspec.Struct, tag=11, array_like=True):
 
 Command = (
     OpenConnection | Listen | OpenLink | Send | Settle | Flow | CloseLink | CloseConnection
-    | CloseListener | Shutdown | Stats | SendPart
+    | CloseListener | Shutdown | Stats | SendPart | AcceptLink
 )
 
 # ---- events -----------------------------------------------------------------------------
