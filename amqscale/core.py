@@ -680,10 +680,11 @@ class ListenerState:
     messages in flight)."""
 
     __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
-                 "receiver", "closed", "senders", "window", "connections")
+                 "receiver", "closed", "senders", "window", "connections", "defer_attach")
 
     def __init__(self, listener_id: int, host: str, credit: int,
-                 max_message_size: int, window: int = INBOUND_WINDOW) -> None:
+                 max_message_size: int, window: int = INBOUND_WINDOW,
+                 defer_attach: bool = False) -> None:
         self.id = listener_id
         self.host = host
         self.port: int | None = None
@@ -696,6 +697,7 @@ class ListenerState:
         self.senders: list[SenderState] = []  # inbound links where we send, attached now
         self.window = window
         self.connections: dict[int, InboundConnection] = {}  # inbound ones, open now
+        self.defer_attach = defer_attach  # its links wait for accept_link()
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.Listening:
@@ -845,14 +847,24 @@ class ClientCore:
                 link.settle_now(p.Settle(link.id, ids, p.RELEASED))
 
     def listen(self, host: str, port: int, credit: int, max_message_size: int,
-               window: int = INBOUND_WINDOW) -> ListenerState:
+               window: int = INBOUND_WINDOW, defer_attach: bool = False) -> ListenerState:
         """Worker 0 binds and accepts; `adopt` (after Listening) tells the others.
-        `credit` per remote sender; `window` messages in flight per remote receiver."""
-        listener = ListenerState(self.next_id(), host, credit, max_message_size, window)
+        `credit` per remote sender; `window` messages in flight per remote receiver.
+        With `defer_attach`, each inbound link is answered by `accept_link`."""
+        listener = ListenerState(self.next_id(), host, credit, max_message_size, window,
+                                 defer_attach)
         self.listeners[listener.id] = listener
         self.slots[0].queue(p.Listen(listener.id, host, port, self.container_id, credit,
-                                     max_message_size=max_message_size))
+                                     max_message_size=max_message_size,
+                                     defer_attach=defer_attach))
         return listener
+
+    def accept_link(self, link: SenderLink | ReceiverLink, source: p.Terminus | None,
+                    target: p.Terminus | None) -> None:
+        """Answer the attach of an inbound link of a `defer_attach` listener: our termini
+        mirror the peer's, with what `source` and `target` set on top."""
+        if not link.closed and link.slot.failure is None:
+            link.slot.queue(p.AcceptLink(link.id, source, target))
 
     def adopt(self, listener: ListenerState) -> None:
         """Ask every other live worker to take the connections worker 0 deals it."""
@@ -861,7 +873,8 @@ class ClientCore:
                 listener.pending += 1
                 slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
                                     self.container_id, listener.credit, adopt_only=True,
-                                    max_message_size=listener.max_message_size))
+                                    max_message_size=listener.max_message_size,
+                                    defer_attach=listener.defer_attach))
 
     def close_listener(self, listener: ListenerState, senders: bool = True) -> None:
         """Stop accepting; release what was delivered and not taken, detach the inbound

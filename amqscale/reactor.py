@@ -1317,14 +1317,16 @@ class Container:
         receiver = Receiver(connection, state, None, None,
                             settings.prefetch if settings else 0,
                             settings.auto_accept if settings else False, links=[link])
-        # Our end mirrors the peer's: its target is the address it sends to.
-        receiver.source = event.remote_source or p.Terminus()
-        receiver.target = event.remote_target or p.Terminus()
+        # Our end mirrors the peer's (its target is the address it sends to), with what
+        # on_link_opening sets on top.
+        receiver.source = copy.copy(event.remote_source) or p.Terminus()
+        receiver.target = copy.copy(event.remote_target) or p.Terminus()
         connection._links.append(receiver)
         self._receivers[link] = receiver
         self._inbound.append(receiver)
         link.receiver.waiter = self._driver
         self._dispatch(self.handlers, "link_opening", Event("link_opening", self, link=receiver))
+        self._accept(receiver, link)
         return receiver
 
     def _on_inbound_sender(self, link: SenderLink, event: p.LinkOpened) -> Sender:
@@ -1333,7 +1335,8 @@ class Container:
         on_sendable follow (``_on_sender``)."""
         connection = self._inbound_connection(event)
         sender = Sender(connection, link.sender, None, None, None)
-        # Our end mirrors the peer's: its source is the address it receives from.
+        # Our end mirrors the peer's (its source is the address it receives from), with
+        # what on_link_opening sets on top (a dynamic source's address).
         sender.source = copy.copy(event.remote_source) or p.Terminus()
         sender.target = copy.copy(event.remote_target) or p.Terminus()
         connection._links.append(sender)
@@ -1341,7 +1344,17 @@ class Container:
         self._inbound.append(sender)
         link.sender.waiter = self._driver
         self._dispatch(self.handlers, "link_opening", Event("link_opening", self, link=sender))
+        self._accept(sender, link)
         return sender
+
+    def _accept(self, link: Sender | Receiver, core_link: SenderLink | ReceiverLink) -> None:
+        """Our attach of an inbound link, with the termini on_link_opening left (the
+        worker waits for it: our listeners defer it)."""
+        driver = self._driver
+        if link._closing or driver is None or driver.closed:
+            return
+        with driver.lock:
+            driver.core.accept_link(core_link, link.source, link.target)
 
     def _inbound_connection(self, event: p.LinkOpened) -> Connection:
         """The Connection of an inbound link: its peer's (a stand-in of its own if the
@@ -1573,7 +1586,8 @@ class Container:
         if core.slots[0].failure is not None:
             raise core.slots[0].failure
         with driver.lock:
-            state = core.listen(parsed.host, parsed.port, credit, 0, DEFAULT_WINDOW)
+            state = core.listen(parsed.host, parsed.port, credit, 0, DEFAULT_WINDOW,
+                                defer_attach=True)
             driver.write_all()
         acceptor = Acceptor(self, state)
         try:

@@ -316,6 +316,29 @@ class ClientPair(_Peer):
         self.remote_closed.set()
 
 
+class DynamicReceiver(_Peer):
+    """Connects to `url` and attaches a receiver with a dynamic source, accepting what
+    comes. Records the address the peer gave the source (`address`, once attached) and
+    the messages (`messages`)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(auto_accept=True)
+        self.target_url = url
+        self.address: str | None = None
+        self.attached = threading.Event()
+        self.messages: list[Message] = []
+
+    def begin(self, container: Any) -> None:
+        container.create_receiver(self.target_url, dynamic=True)
+
+    def on_link_opened(self, event: Any) -> None:
+        self.address = event.receiver.remote_source.address
+        self.attached.set()
+
+    def on_message(self, event: Any) -> None:
+        self.messages.append(event.message)
+
+
 def _main(argv: list[str]) -> None:
     """`sink PORT`: a Sink that never settles, in a process of its own (to be killed);
     `pair URL ADDRESS`: a ClientPair, likewise."""

@@ -18,7 +18,15 @@ from typing import Any
 import psutil
 import pytest
 from proton import Condition as ProtonCondition
-from proton_peers import ClientPair, ClientReceiver, Sink, Source, _Listening, wait_for
+from proton_peers import (
+    ClientPair,
+    ClientReceiver,
+    DynamicReceiver,
+    Sink,
+    Source,
+    _Listening,
+    wait_for,
+)
 
 from amqscale import Message
 from amqscale.handlers import Handler, MessagingHandler, Reject, Release
@@ -880,3 +888,42 @@ def test_a_peer_dropping_its_connection_reaches_on_disconnected_not_run() -> Non
     assert handler.seen[2:] in (["disconnected"], ["closed"])
     assert len(handler.connections) == 3
     assert all(c is handler.connections[0] for c in handler.connections)
+
+
+class NamesDynamicSources(MessagingHandler):
+    """server_direct.py's part: on_link_opening gives a dynamic source an address; one
+    message goes to the link, and the connection closes once it is accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peer: DynamicReceiver | None = None
+        self.named: list[str] = []
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        self.peer = DynamicReceiver(f"127.0.0.1:{self.acceptor.port}").start()
+
+    def on_link_opening(self, event: Any) -> None:
+        if event.link.is_sender and event.link.remote_source.dynamic:
+            event.link.source.address = f"dynamic-{len(self.named)}"
+            self.named.append(event.link.source.address)
+
+    def on_sendable(self, event: Any) -> None:
+        if event.sender.credit and not event.sender.unsettled:
+            event.sender.send(Message(body=event.sender.source.address))
+
+    def on_accepted(self, event: Any) -> None:
+        event.connection.close()
+        self.acceptor.close()
+
+
+def test_on_link_opening_names_a_dynamic_source_the_peer_sees() -> None:
+    handler = NamesDynamicSources()
+    try:
+        Container(handler, workers=2).run()
+    finally:
+        assert handler.peer is not None
+        handler.peer.stop()
+    assert handler.named == ["dynamic-0"]
+    assert handler.peer.address == "dynamic-0"
+    assert [m.body for m in handler.peer.messages] == ["dynamic-0"]
