@@ -634,6 +634,30 @@ class Shard:
                     cond.name if cond else None, cond.description if cond else "")
 
 
+class InboundConnection:
+    """A connection a peer opened to a listener, routed by the worker's (negative) id:
+    its `remote_container`, and whether it is still up (`closed`, `condition`)."""
+
+    __slots__ = ("id", "slot", "listener", "remote_container", "opened", "closed",
+                 "condition", "failure")
+
+    def __init__(self, conn_id: int, slot: WorkerSlot, listener: ListenerState,
+                 remote_container: str | None) -> None:
+        self.id = conn_id
+        self.slot = slot
+        self.listener = listener
+        self.remote_container = remote_container
+        self.opened = True
+        self.closed = False
+        self.condition: p.Condition | None = None
+        self.failure: Exception | None = None
+
+    def on_event(self, event: p.Event) -> None:
+        if type(event) is p.ConnectionClosed:
+            self.closed = True
+            self.condition = event.condition
+
+
 class ConnectionState:
     __slots__ = ("url", "shards", "closed")
 
@@ -656,10 +680,11 @@ class ListenerState:
     messages in flight)."""
 
     __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
-                 "receiver", "closed", "senders", "window")
+                 "receiver", "closed", "senders", "window", "connections", "defer_attach")
 
     def __init__(self, listener_id: int, host: str, credit: int,
-                 max_message_size: int, window: int = INBOUND_WINDOW) -> None:
+                 max_message_size: int, window: int = INBOUND_WINDOW,
+                 defer_attach: bool = False) -> None:
         self.id = listener_id
         self.host = host
         self.port: int | None = None
@@ -671,6 +696,8 @@ class ListenerState:
         self.closed = False
         self.senders: list[SenderState] = []  # inbound links where we send, attached now
         self.window = window
+        self.connections: dict[int, InboundConnection] = {}  # inbound ones, open now
+        self.defer_attach = defer_attach  # its links wait for accept_link()
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.Listening:
@@ -820,14 +847,24 @@ class ClientCore:
                 link.settle_now(p.Settle(link.id, ids, p.RELEASED))
 
     def listen(self, host: str, port: int, credit: int, max_message_size: int,
-               window: int = INBOUND_WINDOW) -> ListenerState:
+               window: int = INBOUND_WINDOW, defer_attach: bool = False) -> ListenerState:
         """Worker 0 binds and accepts; `adopt` (after Listening) tells the others.
-        `credit` per remote sender; `window` messages in flight per remote receiver."""
-        listener = ListenerState(self.next_id(), host, credit, max_message_size, window)
+        `credit` per remote sender; `window` messages in flight per remote receiver.
+        With `defer_attach`, each inbound link is answered by `accept_link`."""
+        listener = ListenerState(self.next_id(), host, credit, max_message_size, window,
+                                 defer_attach)
         self.listeners[listener.id] = listener
         self.slots[0].queue(p.Listen(listener.id, host, port, self.container_id, credit,
-                                     max_message_size=max_message_size))
+                                     max_message_size=max_message_size,
+                                     defer_attach=defer_attach))
         return listener
+
+    def accept_link(self, link: SenderLink | ReceiverLink, source: p.Terminus | None,
+                    target: p.Terminus | None) -> None:
+        """Answer the attach of an inbound link of a `defer_attach` listener: our termini
+        mirror the peer's, with what `source` and `target` set on top."""
+        if not link.closed and link.slot.failure is None:
+            link.slot.queue(p.AcceptLink(link.id, source, target))
 
     def adopt(self, listener: ListenerState) -> None:
         """Ask every other live worker to take the connections worker 0 deals it."""
@@ -836,7 +873,8 @@ class ClientCore:
                 listener.pending += 1
                 slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
                                     self.container_id, listener.credit, adopt_only=True,
-                                    max_message_size=listener.max_message_size))
+                                    max_message_size=listener.max_message_size,
+                                    defer_attach=listener.defer_attach))
 
     def close_listener(self, listener: ListenerState, senders: bool = True) -> None:
         """Stop accepting; release what was delivered and not taken, detach the inbound
@@ -896,13 +934,39 @@ class ClientCore:
             self.stats[event.index] = event  # type: ignore[union-attr,assignment]
             return
         if kind is p.Listening or kind is p.ListenFailed:
-            target = self.listeners.get(event.listener)  # type: ignore[union-attr]
+            target = self.listeners.get(event.listener)  # type: ignore[union-attr,arg-type]
+        elif kind is p.ConnectionOpened and event.listener is not None:  # type: ignore[union-attr]
+            target = self._on_inbound_connection(slot, event)  # type: ignore[arg-type]
+            if target is not None and self.observer is not None:
+                self.observer(target, event)
+            return
         else:
             target = self.routes.get(getattr(event, "conn", 0))
         if target is not None:
             target.on_event(event)
+            if type(target) is InboundConnection and kind is p.ConnectionClosed:
+                del self.routes[target.id]  # gone for good
+                target.listener.connections.pop(target.id, None)
             if self.observer is not None:
                 self.observer(target, event)
+
+    def _on_inbound_connection(self, slot: WorkerSlot, event: p.ConnectionOpened
+                               ) -> InboundConnection | None:
+        """A peer opened a connection to a listener: its state, routed by the worker's
+        id until it closes (None if the listener is gone: its links are refused)."""
+        listener = self.listeners.get(event.listener)  # type: ignore[arg-type]
+        if listener is None:
+            return None
+        connection = InboundConnection(event.conn, slot, listener, event.remote_container)
+        listener.connections[event.conn] = connection
+        self.routes[event.conn] = connection
+        return connection
+
+    def close_inbound(self, connection: InboundConnection,
+                      condition: p.Condition | None = None) -> None:
+        """Close a connection a peer opened to a listener (its links end with it)."""
+        if not connection.closed and connection.slot.failure is None:
+            connection.slot.queue(p.CloseConnection(connection.id, condition))
 
     def _on_inbound(self, slot: WorkerSlot, event: p.LinkOpened
                     ) -> ReceiverLink | SenderLink | None:
@@ -961,7 +1025,7 @@ class ClientCore:
             if target.failure is None:
                 target.failure = (
                     ConnectionFailed("the connection is closed: its Container closed")
-                    if type(target) is Shard else
+                    if type(target) is Shard or type(target) is InboundConnection else
                     LinkDetached("the link is closed: its Container closed"))
         for listener in self.listeners.values():
             listener.closed = listener.receiver.closed = True

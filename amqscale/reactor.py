@@ -42,6 +42,7 @@ from .core import (
     SEND_BATCH,
     Arrival,
     ConnectionState,
+    InboundConnection,
     ListenerState,
     ReceiverLink,
     ReceiverState,
@@ -431,8 +432,8 @@ class Connection:
 
     `container`, `url`, `hostname`, `remote_container` (once open), `remote_condition`
     (once the peer closed it with an error), `state` (proton's Endpoint bits), `shards`;
-    ``close()``. A listener's inbound link gets a Connection of its own that stands for
-    the peer's connection: closing it detaches the link (see the migration guide).
+    ``close()``. A connection a peer opened to one of our listeners is one too (its
+    `inbound`): its links share it, and closing it closes that AMQP connection.
     """
 
     def __init__(self, container: Container, state: ConnectionState | None,
@@ -451,6 +452,7 @@ class Connection:
         self._closing_fired = False
         self._ended = False  # every shard closed or failed; callbacks done
         self._transport_failed: set[Shard] = set()
+        self._inbound: InboundConnection | None = None  # a peer's, to our listener
 
     @property
     def shards(self) -> int:
@@ -460,7 +462,8 @@ class Connection:
     def state(self) -> int:
         local = LOCAL_CLOSED if self._closing else LOCAL_ACTIVE
         if self._ended or (self._state is not None and any(
-                s.closed for s in self._state.shards)):
+                s.closed for s in self._state.shards)) or (
+                self._inbound is not None and self._inbound.closed):
             return local | REMOTE_CLOSED
         return local | (REMOTE_ACTIVE if self._opened_fired else REMOTE_UNINIT)
 
@@ -478,7 +481,8 @@ class Connection:
     def _close_now(self) -> None:
         state = self._state
         driver = self.container._driver
-        if state is None:  # an inbound link's stand-in: detach its links
+        inbound = self._inbound
+        if state is None and inbound is None:  # an inbound link's stand-in: detach it
             for link in list(self._links):
                 link._closing = True
                 link._close_now()
@@ -487,10 +491,15 @@ class Connection:
             return
         with driver.lock:
             driver.core.hand_over_dirty()
-            driver.core.close_connection(state)
+            if inbound is not None:
+                driver.core.close_inbound(inbound)
+            elif state is not None:
+                driver.core.close_connection(state)
 
     def _finished(self) -> bool:
         state = self._state
+        if self._inbound is not None:
+            return self._inbound.closed or self._inbound.slot.failure is not None
         if state is None:
             return all(link._ended for link in self._links)
         return all(s.closed or s.slot.failure is not None for s in state.shards)
@@ -857,6 +866,8 @@ class Container:
         self._senders: dict[SenderLink, Sender] = {}
         self._receivers: dict[ReceiverLink, Receiver] = {}
         self._inbound: list[Receiver | Sender] = []  # a listener's links
+        # Connections peers opened to our listeners, by the worker's id of each.
+        self._inbound_conns: dict[int, Connection] = {}
         self._sendable: dict[Sender, None] = {}  # senders to look at for on_sendable
         self._sent: set[Sender] = set()  # senders that sent in this pass
         self._steps: list[tuple[_ops.Steps[Any], _ops.Wait]] = []  # waiting for the workers
@@ -1018,6 +1029,7 @@ class Container:
             self._senders.clear()
             self._receivers.clear()
             self._inbound.clear()
+            self._inbound_conns.clear()
             self._sendable.clear()
             self._sent.clear()
             self._deferred.clear()
@@ -1076,6 +1088,8 @@ class Container:
                 receiver = self._on_inbound(target, event)
             if receiver is not None:
                 self._on_receiver(receiver, target, event)
+        elif kind is InboundConnection:
+            self._on_inbound_connection(target, event)
         elif kind is WorkerSlot:
             self._on_worker_died(target)
 
@@ -1110,6 +1124,56 @@ class Container:
                 name = "connection_error" if as_error else "connection_closing"
                 self._dispatch(handlers, name, Event(name, self, connection))
             self._maybe_ended(connection)
+
+    def _on_inbound_connection(self, state: InboundConnection, event: p.Event | None
+                               ) -> None:
+        """A peer opened a connection to one of our listeners (on_connection_opening,
+        then on_connection_opened: the worker answered its open), or it ended."""
+        if type(event) is p.ConnectionOpened:
+            connection = Connection(self, None, None, None)
+            connection._inbound = state
+            connection.remote_container = state.remote_container
+            self._inbound_conns[state.id] = connection
+            handlers = self.handlers
+            self._dispatch(handlers, "connection_opening",
+                           Event("connection_opening", self, connection))
+            connection._opened_fired = True
+            self._dispatch(handlers, "connection_opened",
+                           Event("connection_opened", self, connection))
+            self._dispatch(handlers, "session_opened",
+                           Event("session_opened", self, connection))
+        elif type(event) is p.ConnectionClosed:
+            connection = self._inbound_conns.get(state.id)  # type: ignore[assignment]
+            if connection is not None:
+                self._inbound_connection_ended(connection, event.condition)
+
+    def _inbound_connection_ended(self, connection: Connection,
+                                  condition: p.Condition | None) -> None:
+        """An inbound connection closed (by either side) or its transport failed: its
+        links end with it (on_connection_closing, or on_disconnected when it dropped)."""
+        state = connection._inbound
+        assert state is not None
+        self._inbound_conns.pop(state.id, None)
+        if connection._ended:
+            return
+        for link in list(connection._links):
+            self._link_ended(link)
+        handlers = self._handlers_of(connection)
+        failed = condition is not None and condition.name in _TRANSPORT_CONDITIONS
+        if failed:
+            self._transport_failed(connection, None, condition)  # type: ignore[arg-type]
+        elif not connection._closing:
+            settings = messaging_handler(handlers)
+            as_error = condition is not None or (
+                settings is not None and settings.peer_close_is_error)
+            connection.remote_condition = condition
+            connection._closing_fired = True
+            name = "connection_error" if as_error else "connection_closing"
+            self._dispatch(handlers, name, Event(name, self, connection))
+        connection._ended = True
+        if not failed:
+            self._dispatch(handlers, "connection_closed",
+                           Event("connection_closed", self, connection))
 
     def _transport_failed(self, connection: Connection, shard: Shard,
                           condition: p.Condition) -> None:
@@ -1152,6 +1216,9 @@ class Container:
                 if shard.slot is slot and not shard.closed:
                     self._transport_failed(connection, shard, condition)
             self._maybe_ended(connection)
+        for connection in list(self._inbound_conns.values()):
+            if connection._inbound is not None and connection._inbound.slot is slot:
+                self._inbound_connection_ended(connection, condition)
         for receiver in list(self._inbound):
             if not receiver._ended and any(x.slot is slot for x in receiver._core_links):
                 self._transport_failed(receiver.connection, None,  # type: ignore[arg-type]
@@ -1175,7 +1242,9 @@ class Container:
 
     def _link_closed(self, link: _Link, core_link: Any, event: p.LinkClosed) -> None:
         shard = link._shard_of.get(core_link)
-        connection_gone = link.connection._closing or (shard is not None and shard.closed)
+        inbound = link.connection._inbound
+        connection_gone = link.connection._closing or (shard is not None and shard.closed) or (
+            inbound is not None and inbound.closed)
         if not link._closing and not link._closing_fired and not connection_gone:
             link._closing_fired = True
             condition = event.condition
@@ -1191,8 +1260,8 @@ class Container:
                 self._dispatch(self._handlers_of(link), "link_closed",
                                Event("link_closed", self, link=link))
             self._link_ended(link)
-            if link.connection._state is None:  # an inbound link's stand-in
-                link.connection._ended = True
+            if link.connection._state is None and link.connection._inbound is None:
+                link.connection._ended = True  # an inbound link's stand-in
 
     def _link_ended(self, link: _Link) -> None:
         if link._ended:
@@ -1207,6 +1276,8 @@ class Container:
             driver.core.forget_links(core_links)
         if link in self._inbound:
             self._inbound.remove(link)
+            if link.connection._inbound is not None and link in link.connection._links:
+                link.connection._links.remove(link)  # the connection may live on
 
     def _on_sender(self, sender: Sender, link: SenderLink, event: p.Event | None) -> None:
         kind = type(event)
@@ -1238,41 +1309,61 @@ class Container:
             self._link_closed(sender, link, event)  # type: ignore[arg-type]
 
     def _on_inbound(self, link: ReceiverLink, event: p.LinkOpened) -> Receiver:
-        """A remote sender attached to one of our listeners: a Receiver (and a stand-in
-        Connection) for it, handled by the container's handlers."""
+        """A remote sender attached to one of our listeners: a Receiver for it, on its
+        peer's Connection, handled by the container's handlers."""
         state = link.receiver
-        connection = Connection(self, None, None, None)
+        connection = self._inbound_connection(event)
         settings = messaging_handler(self.handlers)
         receiver = Receiver(connection, state, None, None,
                             settings.prefetch if settings else 0,
                             settings.auto_accept if settings else False, links=[link])
-        # Our end mirrors the peer's: its target is the address it sends to.
-        receiver.source = event.remote_source or p.Terminus()
-        receiver.target = event.remote_target or p.Terminus()
+        # Our end mirrors the peer's (its target is the address it sends to), with what
+        # on_link_opening sets on top.
+        receiver.source = copy.copy(event.remote_source) or p.Terminus()
+        receiver.target = copy.copy(event.remote_target) or p.Terminus()
         connection._links.append(receiver)
-        connection._opened_fired = True
         self._receivers[link] = receiver
         self._inbound.append(receiver)
         link.receiver.waiter = self._driver
         self._dispatch(self.handlers, "link_opening", Event("link_opening", self, link=receiver))
+        self._accept(receiver, link)
         return receiver
 
     def _on_inbound_sender(self, link: SenderLink, event: p.LinkOpened) -> Sender:
-        """A remote receiver attached to one of our listeners: a Sender (and a stand-in
-        Connection) for it, handled by the container's handlers; on_link_opened and
+        """A remote receiver attached to one of our listeners: a Sender for it, on its
+        peer's Connection, handled by the container's handlers; on_link_opened and
         on_sendable follow (``_on_sender``)."""
-        connection = Connection(self, None, None, None)
+        connection = self._inbound_connection(event)
         sender = Sender(connection, link.sender, None, None, None)
-        # Our end mirrors the peer's: its source is the address it receives from.
+        # Our end mirrors the peer's (its source is the address it receives from), with
+        # what on_link_opening sets on top (a dynamic source's address).
         sender.source = copy.copy(event.remote_source) or p.Terminus()
         sender.target = copy.copy(event.remote_target) or p.Terminus()
         connection._links.append(sender)
-        connection._opened_fired = True
         self._senders[link] = sender
         self._inbound.append(sender)
         link.sender.waiter = self._driver
         self._dispatch(self.handlers, "link_opening", Event("link_opening", self, link=sender))
+        self._accept(sender, link)
         return sender
+
+    def _accept(self, link: Sender | Receiver, core_link: SenderLink | ReceiverLink) -> None:
+        """Our attach of an inbound link, with the termini on_link_opening left (the
+        worker waits for it: our listeners defer it)."""
+        driver = self._driver
+        if link._closing or driver is None or driver.closed:
+            return
+        with driver.lock:
+            driver.core.accept_link(core_link, link.source, link.target)
+
+    def _inbound_connection(self, event: p.LinkOpened) -> Connection:
+        """The Connection of an inbound link: its peer's (a stand-in of its own if the
+        worker did not say which)."""
+        connection = self._inbound_conns.get(event.inbound_conn)
+        if connection is None:
+            connection = Connection(self, None, None, None)
+            connection._opened_fired = True
+        return connection
 
     def _on_receiver(self, receiver: Receiver, link: ReceiverLink,
                      event: p.Event | None) -> None:
@@ -1495,7 +1586,8 @@ class Container:
         if core.slots[0].failure is not None:
             raise core.slots[0].failure
         with driver.lock:
-            state = core.listen(parsed.host, parsed.port, credit, 0, DEFAULT_WINDOW)
+            state = core.listen(parsed.host, parsed.port, credit, 0, DEFAULT_WINDOW,
+                                defer_attach=True)
             driver.write_all()
         acceptor = Acceptor(self, state)
         try:

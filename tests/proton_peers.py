@@ -1,7 +1,8 @@
 """proton-python peers that watch amqscale from the other end of the wire.
 
 Each runs proton's own reactor (MessagingHandler) in a thread of the test process, or, to
-be killed, in a process of its own (`python tests/proton_peers.py sink PORT`). They record
+be killed, in a process of its own (`python tests/proton_peers.py sink PORT`, or
+`pair URL ADDRESS`). They record
 what they see (credit granted, transfers, dispositions) so that a test can check amqscale's
 promises with an observer that shares no code with it.
 """
@@ -293,8 +294,59 @@ class ClientReceiver(_Peer):
         self.remote_closed = True
 
 
+class ClientPair(_Peer):
+    """Connects to `url` and attaches a sender and a receiver on `address`, both on that
+    one connection; sends nothing. Records whether the peer closed the connection
+    (`remote_closed`)."""
+
+    def __init__(self, url: str, address: str) -> None:
+        super().__init__()
+        self.target_url = url
+        self.address = address
+        self.container_id = ""
+        self.remote_closed = threading.Event()
+
+    def begin(self, container: Any) -> None:
+        self.container_id = container.container_id
+        conn = container.connect(self.target_url)
+        container.create_sender(conn, self.address)
+        container.create_receiver(conn, self.address)
+
+    def on_connection_closing(self, event: Any) -> None:
+        self.remote_closed.set()
+
+
+class DynamicReceiver(_Peer):
+    """Connects to `url` and attaches a receiver with a dynamic source, accepting what
+    comes. Records the address the peer gave the source (`address`, once attached) and
+    the messages (`messages`)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(auto_accept=True)
+        self.target_url = url
+        self.address: str | None = None
+        self.attached = threading.Event()
+        self.messages: list[Message] = []
+
+    def begin(self, container: Any) -> None:
+        container.create_receiver(self.target_url, dynamic=True)
+
+    def on_link_opened(self, event: Any) -> None:
+        self.address = event.receiver.remote_source.address
+        self.attached.set()
+
+    def on_message(self, event: Any) -> None:
+        self.messages.append(event.message)
+
+
 def _main(argv: list[str]) -> None:
-    """`sink PORT`: a Sink that never settles, in a process of its own (to be killed)."""
+    """`sink PORT`: a Sink that never settles, in a process of its own (to be killed);
+    `pair URL ADDRESS`: a ClientPair, likewise."""
+    if argv[0] == "pair":
+        ClientPair(argv[1], argv[2]).start()
+        print("ready", flush=True)
+        while True:
+            time.sleep(1)
     kind, port = argv
     assert kind == "sink"
     sink = Sink(credit=100_000, port=int(port)).start()

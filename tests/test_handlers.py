@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from typing import Any
 
 import psutil
 import pytest
 from proton import Condition as ProtonCondition
-from proton_peers import ClientReceiver, Sink, Source, _Listening, wait_for
+from proton_peers import (
+    ClientPair,
+    ClientReceiver,
+    DynamicReceiver,
+    Sink,
+    Source,
+    _Listening,
+    wait_for,
+)
 
 from amqscale import Message
 from amqscale.handlers import Handler, MessagingHandler, Reject, Release
@@ -96,7 +106,9 @@ class HelloWorldDirect(MessagingHandler):
 def test_helloworld_through_our_own_listener() -> None:
     handler = HelloWorldDirect()
     Container(handler, workers=1).run()
-    assert handler.seen == [("Hello World!", "examples"), "accepted", "connection_closed"]
+    # on_connection_closed for both ends, ours and the listener's (as with proton).
+    assert handler.seen == [("Hello World!", "examples"), "accepted",
+                            "connection_closed", "connection_closed"]
 
 
 def test_helloworld_through_rabbitmq(rabbitmq: RabbitMQ, unique_name: str) -> None:
@@ -117,16 +129,16 @@ class Counting(MessagingHandler):
         self.received: list[int] = []
         self.sendables = 0
         self.credit_seen: list[int] = []
-        self.opened = 0
+        self.opened: list[Any] = []
 
     def on_start(self, event: Any) -> None:
         self.acceptor = event.container.listen("127.0.0.1:0")
-        conn = event.container.connect(self.acceptor.url, shards=self.shards)
-        self.sender = event.container.create_sender(conn, "counted")
+        self.conn = event.container.connect(self.acceptor.url, shards=self.shards)
+        self.sender = event.container.create_sender(self.conn, "counted")
         self.sender.window = self.window
 
     def on_connection_opened(self, event: Any) -> None:
-        self.opened += 1
+        self.opened.append(event.connection)
 
     def on_sendable(self, event: Any) -> None:
         self.sendables += 1
@@ -148,7 +160,9 @@ class Counting(MessagingHandler):
 def test_n_messages_as_credit_allows_over_two_shards() -> None:
     handler = Counting(total=2000, window=50, shards=2)
     Container(handler, workers=2).run()
-    assert handler.opened == 1
+    # Ours once for its two shards; the listener's end of each shard once.
+    assert handler.opened.count(handler.conn) == 1
+    assert len(handler.opened) == 3 and len(set(map(id, handler.opened))) == 3
     assert handler.confirmed == 2000
     assert sorted(handler.received) == list(range(2000))
     # The window (50 a shard) kept re-opening: on_sendable came back many times, and
@@ -775,3 +789,141 @@ def test_a_remote_receiver_detaching_mid_way_ends_its_sender_not_run() -> None:
     assert closing == ("link_closing", None)
     # what the peer did not settle before it left stays listed on the sender
     assert closed[0] == "link_closed" and closed[1] == handler.sent - handler.settled > 0
+
+
+class WatchInbound(MessagingHandler):
+    """Listens on `port`; a proton peer attaches a sender and a receiver on one connection
+    (`start_peer`). Once both links are open: `close` closes that connection from here,
+    else `kill` kills the peer's process. Records the connection callbacks (`seen`) and
+    each link's event.connection (`connections`)."""
+
+    def __init__(self, port: int, start_peer: Any, close: bool) -> None:
+        super().__init__()
+        self.port, self.start_peer, self.close = port, start_peer, close
+        self.seen: list[Any] = []
+        self.connections: list[Any] = []
+        self.opened_links = 0
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen(f"127.0.0.1:{self.port}")
+        self.start_peer()
+
+    def on_connection_opening(self, event: Any) -> None:
+        self.seen.append(("opening", event.connection.remote_container))
+        self.connections.append(event.connection)
+
+    def on_connection_opened(self, event: Any) -> None:
+        self.seen.append("opened")
+        assert event.connection is self.connections[0]
+
+    def on_link_opening(self, event: Any) -> None:
+        self.connections.append(event.connection)
+        assert event.link.connection is event.connection
+
+    def on_link_opened(self, event: Any) -> None:
+        self.opened_links += 1
+        if self.opened_links == 2:
+            if self.close:
+                event.connection.close()
+            else:
+                self.start_peer.kill()  # type: ignore[attr-defined]
+
+    def on_connection_closing(self, event: Any) -> None:
+        self.seen.append("closing")
+
+    def on_connection_closed(self, event: Any) -> None:
+        self.seen.append("closed")
+        self.acceptor.close()
+
+    def on_disconnected(self, event: Any) -> None:
+        self.seen.append("disconnected")
+        self.acceptor.close()
+
+
+def test_an_inbound_connection_is_one_connection_its_handler_can_close() -> None:
+    port = free_port()
+    peer = ClientPair(f"127.0.0.1:{port}/box", "box")
+    handler = WatchInbound(port, peer.start, close=True)
+    try:
+        Container(handler, workers=2).run()
+        assert peer.remote_closed.wait(10)  # the proton client saw our close
+    finally:
+        peer.stop()
+    assert handler.seen == [("opening", peer.container_id), "opened", "closed"]
+    first, *links = handler.connections
+    assert len(links) == 2 and all(c is first for c in links)
+    assert first.remote_container == peer.container_id
+
+
+class _PairProcess:
+    """A ClientPair in a process of its own, started by calling it, killed by kill()."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __call__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(__file__), "proton_peers.py"),
+             "pair", f"127.0.0.1:{self.port}/box", "box"],
+            stdout=subprocess.PIPE, text=True)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_a_peer_dropping_its_connection_reaches_on_disconnected_not_run() -> None:
+    port = free_port()
+    peer = _PairProcess(port)
+    handler = WatchInbound(port, peer, close=False)
+    try:
+        Container(handler, workers=1).run()  # returns: nothing raised out of it
+    finally:
+        if peer.proc is not None and peer.proc.poll() is None:
+            peer.kill()
+    assert handler.seen[:2] == [("opening", handler.connections[0].remote_container),
+                                "opened"]
+    assert handler.seen[2:] in (["disconnected"], ["closed"])
+    assert len(handler.connections) == 3
+    assert all(c is handler.connections[0] for c in handler.connections)
+
+
+class NamesDynamicSources(MessagingHandler):
+    """server_direct.py's part: on_link_opening gives a dynamic source an address; one
+    message goes to the link, and the connection closes once it is accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peer: DynamicReceiver | None = None
+        self.named: list[str] = []
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen("127.0.0.1:0")
+        self.peer = DynamicReceiver(f"127.0.0.1:{self.acceptor.port}").start()
+
+    def on_link_opening(self, event: Any) -> None:
+        if event.link.is_sender and event.link.remote_source.dynamic:
+            event.link.source.address = f"dynamic-{len(self.named)}"
+            self.named.append(event.link.source.address)
+
+    def on_sendable(self, event: Any) -> None:
+        if event.sender.credit and not event.sender.unsettled:
+            event.sender.send(Message(body=event.sender.source.address))
+
+    def on_accepted(self, event: Any) -> None:
+        event.connection.close()
+        self.acceptor.close()
+
+
+def test_on_link_opening_names_a_dynamic_source_the_peer_sees() -> None:
+    handler = NamesDynamicSources()
+    try:
+        Container(handler, workers=2).run()
+    finally:
+        assert handler.peer is not None
+        handler.peer.stop()
+    assert handler.named == ["dynamic-0"]
+    assert handler.peer.address == "dynamic-0"
+    assert [m.body for m in handler.peer.messages] == ["dynamic-0"]

@@ -330,3 +330,32 @@ def test_a_receiving_link_releases_what_the_user_did_not_settle_before_it_detach
     outcomes = {(e.state, tuple(e.runs)) for e in pair.client.of(p.Outcomes)}
     assert outcomes == {(p.ACCEPTED, (0, 2)), (p.RELEASED, (2, 3)), (p.RELEASED, (3, 4)),
                         (p.RELEASED, (4, 5))}
+
+
+def test_a_deferred_inbound_attach_waits_for_accept_link_and_takes_its_termini() -> None:
+    pair = Pair(listen=p.Listen(LISTENER, "", 0, "server", adopt_only=True,
+                                defer_attach=True))
+    conn = pair.connect()
+    pair.client.engine.handle(p.OpenLink(1, conn, "reply", False,
+                                         p.Terminus(dynamic=True), p.Terminus(), credit=10))
+    pair.pump()
+    (opened_conn,) = pair.server.of(p.ConnectionOpened)
+    assert opened_conn.listener == LISTENER and opened_conn.remote_container == "client"
+    assert opened_conn.conn == -1 - (1 << p.INBOUND_WORKER_SHIFT)  # the server is worker 1
+    (inbound,) = pair.server.of(p.LinkOpened)
+    assert inbound.is_sender and inbound.remote_source.dynamic
+    assert inbound.inbound_conn == opened_conn.conn
+    # Nothing is attached (nor sent) on our side until AcceptLink.
+    pair.server.engine.handle(p.Send(inbound.link, 0, [b"early"]))
+    pair.pump()
+    assert not pair.client.of(p.LinkOpened) and not pair.client.of(p.Deliveries)
+    pair.server.engine.handle(p.AcceptLink(inbound.link, p.Terminus("named", dynamic=True)))
+    pair.pump()
+    (attached,) = pair.client.of(p.LinkOpened)
+    assert attached.remote_source.address == "named"
+    assert [m for _, m, _ in received(pair.client.events, 1)] == [b"early"]
+    # The inbound connection's close reaches the client, and its end the server.
+    pair.server.engine.handle(p.CloseConnection(opened_conn.conn))
+    pair.pump()
+    assert [e.conn for e in pair.client.of(p.ConnectionClosed)] == [conn]
+    assert [e.conn for e in pair.server.of(p.ConnectionClosed)] == [opened_conn.conn]

@@ -161,6 +161,7 @@ class Link:
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
         "fast_limit", "max_message_size", "part_id", "part_size", "out", "releasing",
+        "deferred",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -200,6 +201,9 @@ class Link:
         # Receiver: we detached it; what the peer still sends before its detach is
         # released as it comes (fast_limit -1 sends it to the slow path).
         self.releasing = False
+        # An inbound link whose attach waits for AcceptLink: nothing is sent on it nor
+        # credit granted until then.
+        self.deferred = False
 
 
 class Connection:
@@ -230,14 +234,15 @@ class Connection:
 class Listener:
     """A listener's settings (the network holds its socket, on the worker that accepts)."""
 
-    __slots__ = ("id", "container_id", "credit", "max_message_size")
+    __slots__ = ("id", "container_id", "credit", "max_message_size", "defer_attach")
 
     def __init__(self, listener_id: int, container_id: str, credit: int,
-                 max_message_size: int = 0):
+                 max_message_size: int = 0, defer_attach: bool = False):
         self.id = listener_id
         self.container_id = container_id
         self.credit = credit
         self.max_message_size = max_message_size
+        self.defer_attach = defer_attach
 
 
 class Engine:
@@ -258,7 +263,8 @@ class Engine:
         self.next_inbound_link = (
             p.INBOUND_LINK_BASE + (worker_index << p.INBOUND_WORKER_SHIFT)
         )
-        self.next_inbound_conn = -1  # inbound connections get negative ids
+        # Inbound connections get negative ids, the worker's index in their high bits.
+        self.next_inbound_conn = -1 - (worker_index << p.INBOUND_WORKER_SHIFT)
         self.sent = 0  # messages written to the engine, for WorkerStats
         self.received = 0  # messages taken from it
         # For the network: connections to make, listeners to bind or close, dropped
@@ -284,6 +290,7 @@ class Engine:
             p.Send: self._send, p.SendPart: self._send, p.Settle: self._settle,
             p.Flow: self._flow,
             p.OpenLink: self._open_link, p.OpenConnection: self._open_connection,
+            p.AcceptLink: self._accept_deferred,
             p.Listen: self._listen, p.CloseLink: self._close_link,
             p.CloseConnection: self._close_connection,
             p.CloseListener: lambda cmd: self._close_listener(cmd.listener),
@@ -383,7 +390,8 @@ class Engine:
         """Keep the listener's settings; the network binds (unless adopt_only) and then
         calls listening() or listen_failed()."""
         self.listeners[cmd.listener] = Listener(
-            cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size)
+            cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size,
+            cmd.defer_attach)
         if cmd.adopt_only:
             self.emit(p.Listening(cmd.listener, cmd.port))
         else:
@@ -437,6 +445,8 @@ class Engine:
 
     def _pump_sender(self, link: Link) -> None:
         """Send what credit allows from the queued Send commands, oldest first."""
+        if link.deferred:
+            return  # not attached on our side yet
         ptr = link.ptr
         credit = lib.pn_link_credit(ptr)
         pending = link.pending
@@ -737,7 +747,7 @@ class Engine:
             conn.closed_sent = True
             for link in list(conn.links.values()):
                 self._contain(partial(self._link_ended, link, condition))
-            if conn.listener is None:
+            if conn.listener is None or conn.opened:
                 self.emit(p.ConnectionClosed(conn.id, condition))
         self.connections.pop(conn.id, None)
         self.by_ptr.pop(conn.ptr, None)
@@ -765,7 +775,7 @@ class Engine:
         conn.closed_sent = True
         for link in conn.links.values():
             self._link_ended(link, condition)  # None: it closed cleanly
-        if conn.listener is None:
+        if conn.listener is None or conn.opened:  # an inbound one: once announced
             self.emit(p.ConnectionClosed(conn.id, condition))
 
     def _link_ended(self, link: Link, condition: p.Condition | None) -> None:
@@ -868,8 +878,8 @@ class Engine:
         if lib.pn_connection_state(ptr) & LOCAL_UNINIT:
             lib.pn_connection_open(ptr)  # an inbound connection: answer its open
         conn.opened = True
-        if conn.listener is None:
-            self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr))))
+        self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr)),
+                                     conn.listener))
 
     def _on_connection_close(self, ptr: Any) -> None:
         conn = self.by_ptr.get(ptr)
@@ -919,25 +929,51 @@ class Engine:
             _text(lib.pn_link_name(ptr)) or "", link.is_sender, source, target,
             inbound=conn.listener is not None,
             remote_max_message_size=lib.pn_link_remote_max_message_size(ptr),
+            inbound_conn=conn.id if conn.listener is not None else 0,
         ))
         if link.is_sender:
             self._pump_sender(link)
 
     def _accept_link(self, conn: Connection, ptr: Any) -> Link:
-        """A remote peer attached to us (we listen): mirror its termini and open."""
+        """A remote peer attached to us (we listen): mirror its termini and open (a
+        `defer_attach` listener's link: once AcceptLink says with which termini)."""
         is_sender = bool(lib.pn_link_is_sender(ptr))
-        lib.pn_terminus_copy(lib.pn_link_source(ptr), lib.pn_link_remote_source(ptr))
-        lib.pn_terminus_copy(lib.pn_link_target(ptr), lib.pn_link_remote_target(ptr))
-        lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
-        lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
         listener = self.listeners.get(conn.listener) if conn.listener is not None else None
         limit = listener.max_message_size if listener is not None else 0
         link = self._new_link(self.next_inbound_link, ptr, conn, is_sender, limit)
         self.next_inbound_link += 1
-        lib.pn_link_open(ptr)
-        if not is_sender:
-            lib.pn_link_flow(ptr, listener.credit if listener is not None else 1000)
+        if listener is not None and listener.defer_attach:
+            link.deferred = True
+        else:
+            self._attach_inbound(link, None, None)
         return link
+
+    def _attach_inbound(self, link: Link, source: p.Terminus | None,
+                        target: p.Terminus | None) -> None:
+        ptr = link.ptr
+        lib.pn_terminus_copy(lib.pn_link_source(ptr), lib.pn_link_remote_source(ptr))
+        lib.pn_terminus_copy(lib.pn_link_target(ptr), lib.pn_link_remote_target(ptr))
+        if source is not None:
+            _write_terminus(lib.pn_link_source(ptr), source)
+        if target is not None:
+            _write_terminus(lib.pn_link_target(ptr), target)
+        lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
+        lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
+        lib.pn_link_open(ptr)
+        if not link.is_sender:
+            listener = self.listeners.get(link.conn.listener)  # type: ignore[arg-type]
+            lib.pn_link_flow(ptr, listener.credit if listener is not None else 1000)
+
+    def _accept_deferred(self, cmd: p.AcceptLink) -> None:
+        link = self.links.get(cmd.link)
+        if link is None or link.closed or not link.deferred:
+            return
+        link.deferred = False
+        if lib.pn_link_state(link.ptr) & LOCAL_CLOSED:
+            return  # detached meanwhile (CloseLink)
+        self._attach_inbound(link, cmd.source, cmd.target)
+        if link.is_sender:
+            self._pump_sender(link)
 
     def _new_link(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool,
                   max_message_size: int) -> Link:

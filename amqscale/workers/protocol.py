@@ -8,7 +8,8 @@ with small integers: compact and fast to encode. The hot-path structs (``Send``,
 Identifiers: the user process numbers connections, listeners and the links it opens
 (positive ints). A worker numbers the links that remote peers open on its listeners from
 ``INBOUND_LINK_BASE`` upwards, with the worker's index in the high bits, so the two spaces
-never meet. Senders number their messages (``seq``) per link; receivers' deliveries are
+never meet; the connections peers open to its listeners from -1 downwards, with its index
+in the high bits too. Senders number their messages (``seq``) per link; receivers' deliveries are
 numbered per link by the worker.
 
 New AMQP features extend these structs with optional fields (defaults keep old encodings
@@ -148,6 +149,9 @@ class Listen(msgspec.Struct, tag=2, array_like=True):
     adopt_only: bool = False
     # The largest message an inbound link accepts (announced in its attach); 0: no limit.
     max_message_size: int = 0
+    # An inbound link's attach waits for an AcceptLink (the event-driven face's
+    # on_link_opening may set its termini); without: the worker answers it at once.
+    defer_attach: bool = False
 
 
 class OpenLink(msgspec.Struct, tag=3, array_like=True):
@@ -235,6 +239,15 @@ class CloseListener(msgspec.Struct, tag=9, array_like=True):
     listener: int
 
 
+class AcceptLink(msgspec.Struct, tag=13, array_like=True):
+    """Answer the attach of an inbound link of a `defer_attach` listener: our termini are
+    the peer's, with what `source` and `target` set on top (a dynamic source's address)."""
+
+    link: int
+    source: Terminus | None = None
+    target: Terminus | None = None
+
+
 class Shutdown(msgspec.Struct, tag=10, array_like=True):
     """Close everything gracefully and exit."""
 
@@ -245,7 +258,7 @@ class Stats(msgspec.Struct, tag=11, array_like=True):
 
 Command = (
     OpenConnection | Listen | OpenLink | Send | Settle | Flow | CloseLink | CloseConnection
-    | CloseListener | Shutdown | Stats | SendPart
+    | CloseListener | Shutdown | Stats | SendPart | AcceptLink
 )
 
 # ---- events -----------------------------------------------------------------------------
@@ -256,8 +269,12 @@ class Ready(msgspec.Struct, tag=101, array_like=True):
 
 
 class ConnectionOpened(msgspec.Struct, tag=102, array_like=True):
+    """The peer opened the connection. An inbound one (a listener's, our open answers
+    the peer's) has the worker's negative id in `conn` and its listener in `listener`."""
+
     conn: int
     remote_container: str | None = None
+    listener: int | None = None
 
 
 class ConnectionClosed(msgspec.Struct, tag=103, array_like=True):
@@ -289,6 +306,8 @@ class LinkOpened(msgspec.Struct, tag=106, array_like=True):
     inbound: bool = False
     # The largest message the peer accepts on this link (its attach); 0: no limit.
     remote_max_message_size: int = 0
+    # An inbound link's connection: the worker's id of it (as in ConnectionOpened).
+    inbound_conn: int = 0
 
 
 class LinkClosed(msgspec.Struct, tag=107, array_like=True):
