@@ -48,6 +48,7 @@ from ._loop import LoopBinding, loop_binding
 from ._supervisor import DEFAULT_RING_CAPACITY
 from .container import (
     OPEN_TIMEOUT,
+    ConnectionView,
     ListenerView,
     check_limit,
     check_positive,
@@ -61,6 +62,7 @@ from .links import (
     CLOSE_TIMEOUT,
     Deliveries,
     Delivery,
+    ReceiverView,
     SenderView,
 )
 from .links import Receiver as _BlockingReceiver
@@ -68,7 +70,7 @@ from .links import Sender as _BlockingSender
 from .links import Tracker as _BlockingTracker
 from .links import Trackers as _BlockingTrackers
 from .message import Message
-from .url import URL, parse_url
+from .url import parse_url
 
 __all__ = ["Connection", "Container", "Deliveries", "Delivery", "Listener", "Receiver",
            "Sender", "Tracker", "Trackers"]
@@ -216,22 +218,13 @@ class Container:
                 driver.close()
 
 
-class Connection:
+class Connection(ConnectionView):
     """A connection to one peer: `shards` AMQP connections placed over the workers."""
 
     def __init__(self, container: Container, state: ConnectionState) -> None:
+        super().__init__(state)
         self._container = container
         self._driver, self._binding = container._live
-        self._state = state
-        self.url: URL = state.url
-
-    @property
-    def shards(self) -> int:
-        return len(self._state.shards)
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
 
     async def open_sender(self, address: str | None, *, window: int = 1000,
                           presettled: bool = False, name: str | None = None,
@@ -395,20 +388,13 @@ class Sender(SenderView):
         await self.aclose()
 
 
-class Receiver:
+class Receiver(ReceiverView):
     """Receives from one address over every shard; ``async for`` it for Deliveries."""
 
     def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
+        super().__init__(state)
         self._binding = loop_binding(driver)
-        self._state = state
         self._receiver = _BlockingReceiver(driver, state, owner)
-        self.address = state.address
-        self.credit = state.credit
-        self.auto_accept = state.auto_accept
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
 
     async def _buffered(self, timeout: float | None) -> None:
         state = self._state

@@ -174,12 +174,10 @@ def handler_path(handler: Any) -> str:
     return f"{module}:{qualname}"
 
 
-class Connection:
-    """A connection to one peer: `shards` AMQP connections placed over the workers."""
+class ConnectionView:
+    """What every face's Connection tells of its state (the core's ConnectionState)."""
 
-    def __init__(self, container: Container, state: ConnectionState) -> None:
-        self._container = container  # it lives as long as this connection does
-        self._driver = container._driver
+    def __init__(self, state: ConnectionState) -> None:
         self._state = state
         self.url: URL = state.url
 
@@ -190,6 +188,15 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._state.closed
+
+
+class Connection(ConnectionView):
+    """A connection to one peer: `shards` AMQP connections placed over the workers."""
+
+    def __init__(self, container: Container, state: ConnectionState) -> None:
+        super().__init__(state)
+        self._container = container  # it lives as long as this connection does
+        self._driver = container._driver
 
     def open_sender(self, address: str | None, *, window: int = 1000,
                     presettled: bool = False, name: str | None = None,

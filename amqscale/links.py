@@ -624,14 +624,11 @@ class Deliveries(_Parts[Delivery]):
         return f"<Deliveries {len(self)} messages>"
 
 
-class Receiver:
-    """Receives from one address over every shard; iterate it for Deliveries."""
+class ReceiverView:
+    """What every face's Receiver tells of its state (the core's ReceiverState)."""
 
-    def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
-        self._driver = driver
+    def __init__(self, state: ReceiverState) -> None:
         self._state = state
-        self._owner = owner  # its Connection or Listener: the Container lives as long
-        state.waiter = driver
         self.address = state.address
         self.credit = state.credit
         self.auto_accept = state.auto_accept
@@ -639,6 +636,16 @@ class Receiver:
     @property
     def closed(self) -> bool:
         return self._state.closed
+
+
+class Receiver(ReceiverView):
+    """Receives from one address over every shard; iterate it for Deliveries."""
+
+    def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
+        super().__init__(state)
+        self._driver = driver
+        self._owner = owner  # its Connection or Listener: the Container lives as long
+        state.waiter = driver
 
     def receive(self, timeout: float | None = None) -> Delivery:
         """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""

@@ -589,15 +589,7 @@ class Sender(_Link):
         """The peer's source (an inbound link's: the node its receiver reads from)."""
         return next((x.remote_source for x in self._state.links if x.opened), None)
 
-    @property
-    def window(self) -> int:
-        return self._state.window
-
-    @window.setter
-    def window(self, value: int) -> None:
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"window must be a positive int, not {value!r}")
-        self._state.window = value
+    window = _links.SenderView.window  # messages each link keeps in flight; may be changed
 
     @property
     def credit(self) -> int:
