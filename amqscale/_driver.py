@@ -127,6 +127,16 @@ class Driver:
                 slot.queued[len(group):len(group)] = [c for g in reversed(groups) for c in g]
                 raise
 
+    def linger_pass(self, timeout: float) -> bool:
+        """Hand every partial batch over and write it (the linger pass); False if the
+        driver is closed. A full ring raises TimeoutError: the rest goes next pass."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.core.hand_over_dirty()
+            self.write_all(timeout)
+        return True
+
     def write_all(self, timeout: float | None = None) -> None:
         for slot in self.core.slots:
             if slot.queued:
@@ -418,11 +428,8 @@ def _linger_loop(driver_ref: weakref.ref[Driver], pending: threading.Event,
         if driver is None or linger.stopped():
             return
         try:
-            with driver.lock:
-                if driver.closed:
-                    return
-                driver.core.hand_over_dirty()
-                driver.write_all(timeout=0.05)
+            if not driver.linger_pass(timeout=0.05):
+                return
         except TimeoutError:  # a full ring: what did not fit goes with the next pass
             pending.set()
         except Exception:  # never die: the calls that wait see the state this left

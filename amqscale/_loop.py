@@ -214,13 +214,8 @@ class _LoopLinger:
 
     def _pass(self) -> None:
         self._timer = None
-        driver = self._binding.driver
         try:
-            with driver.lock:
-                if driver.closed:
-                    return
-                driver.core.hand_over_dirty()
-                driver.write_all(timeout=0)
+            self._binding.driver.linger_pass(timeout=0)
         except TimeoutError:  # a full ring: what did not fit goes with the next pass
             self.wake()
         except Exception:  # never die: the calls that wait see the state this left
