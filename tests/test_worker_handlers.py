@@ -248,16 +248,13 @@ def test_handlers_hear_their_links_end_when_the_container_closes(
 class _Played:
     """An InWorker whose engine and ring are lists."""
 
-    def __init__(self, handler: str, credit: int = 10, args: dict[str, Any] | None = None,
-                 remaining_credit: int = 5) -> None:
+    def __init__(self, handler: str, credit: int = 10, args: dict[str, Any] | None = None) -> None:
         from amqscale.workers.inworker import InWorker
 
         self.commands: list[Any] = []
         self.events: list[Any] = []
         self.writes = 0
-        self.remaining_credit = remaining_credit
-        self.inworker = InWorker(3, self.commands.append, self.events.append, self._write,
-                                 lambda link: self.remaining_credit)
+        self.inworker = InWorker(3, self.commands.append, self.events.append, self._write)
         self.inworker.open(p.OpenLink(7, 1, "r", False, p.Terminus("q"), p.Terminus(),
                                       credit=credit, handler=handler, handler_args=args,
                                       handler_group=6))
@@ -298,12 +295,10 @@ def test_inworker_a_raising_handler_ends_its_link_with_the_traceback() -> None:
     # FailOnce cannot create its marker there: the OSError is the handler's failure.
     played.deliver("m", "boom", "m")
     assert played.settles() == {p.ACCEPTED: [0]}  # the one before, not the rest
-    assert not [c for c in played.commands if type(c) is p.CloseLink]  # credit left: waits
-    played.remaining_credit = 0
-    played.inworker.run()
-    close = [c for c in played.commands if type(c) is p.CloseLink]
-    assert close == [p.CloseLink(7, p.Condition(p.HANDLER_ERROR,
-                                                "the receiver's handler failed"))]
+    # The link detaches at once, after the one settlement (the engine releases the rest).
+    assert played.commands[-2:] == [
+        p.Settle(7, [0], p.ACCEPTED),
+        p.CloseLink(7, p.Condition(p.HANDLER_ERROR, "the receiver's handler failed"))]
     assert played.inworker.take(p.LinkClosed(7, None))
     played.inworker.run()
     closed = [e for e in played.events if type(e) is p.LinkClosed]
@@ -332,3 +327,9 @@ def test_inworker_gives_a_pass_at_most_its_budget_then_the_next_pass_the_rest() 
     played.inworker.run()
     assert played.settles()[p.ACCEPTED] == list(range(count))
     assert played.inworker.wait_time() is None or played.inworker.wait_time() > 0
+
+
+def test_inworker_links_have_sessions_of_their_own() -> None:
+    played = _Played(f"{APP}:Counter")
+    (opened,) = played.commands
+    assert type(opened) is p.OpenLink and opened.own_session

@@ -161,7 +161,7 @@ class Link:
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
         "fast_limit", "max_message_size", "part_id", "part_size", "out", "releasing",
-        "deferred",
+        "deferred", "own_session",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -204,6 +204,8 @@ class Link:
         # An inbound link whose attach waits for AcceptLink: nothing is sent on it nor
         # credit granted until then.
         self.deferred = False
+        # A session for this link alone (OpenLink.own_session), ended when it ends.
+        self.own_session: Any = None
 
 
 class Connection:
@@ -423,13 +425,19 @@ class Engine:
                 "amqp:connection:forced", "the connection is closed")))
             return
         make = lib.pn_sender if cmd.is_sender else lib.pn_receiver
-        ptr = make(conn.session, cmd.name.encode())
+        session = conn.session
+        if cmd.own_session:
+            session = lib.pn_session(conn.ptr)
+            lib.pn_session_open(session)
+        ptr = make(session, cmd.name.encode())
         _write_terminus(lib.pn_link_source(ptr), cmd.source)
         _write_terminus(lib.pn_link_target(ptr), cmd.target)
         lib.pn_link_set_snd_settle_mode(ptr, cmd.snd_settle_mode)
         lib.pn_link_set_rcv_settle_mode(ptr, cmd.rcv_settle_mode)
         link = self._new_link(cmd.link, ptr, conn, cmd.is_sender, cmd.max_message_size)
         link.settle_on_send = cmd.snd_settle_mode == p.SND_SETTLED
+        if cmd.own_session:
+            link.own_session = session
         lib.pn_link_open(ptr)
         if not cmd.is_sender and cmd.credit:
             lib.pn_link_flow(ptr, cmd.credit)
@@ -598,11 +606,6 @@ class Engine:
             lib.pn_link_drain(link.ptr, cmd.credit)
         else:
             lib.pn_link_flow(link.ptr, cmd.credit)
-
-    def receiver_credit(self, link_id: int) -> int:
-        """The credit a receiving link has granted and not yet used (-1: no such link)."""
-        link = self.links.get(link_id)
-        return -1 if link is None or link.closed else int(lib.pn_link_credit(link.ptr))
 
     def _close_link(self, cmd: p.CloseLink) -> None:
         link = self.links.get(cmd.link)
@@ -790,6 +793,9 @@ class Engine:
         link.deliveries.clear()
         self.links.pop(link.id, None)
         self.link_by_ptr.pop(link.ptr, None)
+        session = link.own_session
+        if session is not None and lib.pn_session_state(session) & LOCAL_CLOSED == 0:
+            lib.pn_session_close(session)
         self.emit(p.LinkClosed(link.id, condition))
 
     # ---- the collector -------------------------------------------------------------------
@@ -993,8 +999,9 @@ class Engine:
         condition = _condition(lib.pn_link_remote_condition(ptr))
         if lib.pn_link_state(ptr) & LOCAL_CLOSED == 0:
             lib.pn_link_close(ptr)
-        if link is not None:
+        if conn is not None and link is not None:
             self._link_ended(link, condition)
+            del conn.links[ptr]  # both ends detached: nothing more comes for it
 
     def _on_flow(self, ptr: Any) -> None:
         conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))

@@ -16,7 +16,9 @@ Errors: a name that cannot be imported, or a handler that cannot be made, ends t
 with ``HANDLER_NOT_FOUND`` / ``HANDLER_ERROR`` before the link is attached. A callback that
 raises ends only its link: what the link was given and not settled goes back to the
 broker (released, for other consumers), and the LinkClosed the user gets carries
-``HANDLER_ERROR`` and the traceback. The worker goes on with its other links.
+``HANDLER_ERROR`` and the traceback. The worker goes on with its other links. Each link
+has a session of its own, ended after the link (``OpenLink.own_session``): a broker that
+keeps what it sent to a detached link (RabbitMQ 3.10) gives it back then.
 
 Fair shares come from the broker: each link keeps the same credit granted, and a broker
 spreads a queue over the consumers that have credit, so a slower handler is offered
@@ -33,6 +35,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from .. import codec
 from ..handlers import MessagingHandler, Reject, Release, dispatch, messaging_handler
 from ..message import Message
@@ -44,13 +48,6 @@ _decode_list: Callable[[list[bytes]], list[Message] | None] = (
 
 # Events of a handler's link that this module takes from the worker's loop.
 WATCHED = frozenset((p.Deliveries, p.DeliveryPart, p.LinkOpened, p.LinkClosed))
-# A link being closed stops taking messages, then waits until nothing more can be on its
-# way before it detaches (its credit is used up, or nothing came for QUIET seconds, or
-# CLOSE_WAIT passed): its engine releases what it holds just before the detach, and
-# RabbitMQ keeps what reaches a detached link from every other receiver until the
-# connection ends. (Drain would say it at once, but RabbitMQ 3.10 fails on drain.)
-QUIET = 0.05
-CLOSE_WAIT = 2.0
 # Messages given to handlers per pass of the worker's loop, at most (in pieces of CHUNK):
 # between passes the worker reads its sockets, so the broker is not held up while the
 # handlers work through a large batch.
@@ -129,10 +126,7 @@ class Receiver:
         self.consumed = 0  # handled since credit was last granted
         self.counts = [0, 0, 0, 0, 0]  # handled, accepted, rejected, released, modified
         self.opened = False
-        self.closing = False  # detach asked for: it holds what comes until it detaches
-        self.close_condition: p.Condition | None = None
-        self.last_arrival = 0.0
-        self.detach_by = 0.0
+        self.closing = False  # detached by us: what it held went back, nothing more comes
         self.closed = False
         self.failure: p.Condition | None = None
 
@@ -318,11 +312,9 @@ class InWorker:
     """
 
     def __init__(self, index: int, engine_handle: Callable[[p.Command], None],
-                 emit: Callable[[p.Event], None], write: Callable[[], None],
-                 credit_of: Callable[[int], int]) -> None:
+                 emit: Callable[[p.Event], None], write: Callable[[], None]) -> None:
         self.index = index
         self.engine_handle = engine_handle
-        self.credit_of = credit_of
         self.emit = emit
         self.write = write
         self.container = WorkerContainer(index)
@@ -333,14 +325,11 @@ class InWorker:
         self.dirty: dict[Receiver, None] = {}  # links with settlements to hand over
         self.moved: dict[Receiver, None] = {}  # links whose counts the user has not seen
         self.counts_due = 0.0
-        self.closing: dict[Receiver, None] = {}  # links waiting to detach
 
     def wait_time(self) -> float | None:
         """Seconds until run() has something to do (None: nothing is due)."""
         if self.ready:
             return 0.0
-        if self.closing:
-            return QUIET / 4
         if self.moved:
             return max(0.0, self.counts_due - time.monotonic())
         return None
@@ -363,7 +352,7 @@ class InWorker:
         host.links[link.id] = link
         self.links[link.id] = link
         connection.links.append(link)
-        self.engine_handle(cmd)
+        self.engine_handle(msgspec.structs.replace(cmd, own_session=True))
 
     def _make_host(self, cmd: p.OpenLink) -> Host | None:
         path = cmd.handler
@@ -399,9 +388,7 @@ class InWorker:
         link = self.links[event.link]
         kind = type(event)
         if kind is p.Deliveries:
-            if link.closing:
-                link.last_arrival = time.monotonic()  # held: released with the detach
-            else:
+            if not link.closing:  # (a detached link's arrivals go back in the engine)
                 payloads = event.payloads
                 if len(payloads) <= CHUNK:
                     link.queue.append(event)
@@ -432,9 +419,7 @@ class InWorker:
         if event.last:
             payload = b"".join(link.parts)
             link.parts = []
-            if link.closing:
-                link.last_arrival = time.monotonic()
-            else:
+            if not link.closing:
                 link.queue.append(p.Deliveries(event.link, event.id, [payload],
                                                [0] if event.settled else None))
                 self.ready[link] = None
@@ -447,29 +432,18 @@ class InWorker:
 
     def close_link(self, link: Receiver, condition: p.Condition | None = None) -> None:
         """Detach a link (the user, the handler or its failure asked): it stops taking
-        messages at once, settles what the handler settled, and detaches once nothing
-        more is on its way (see QUIET); what it holds unsettled is released then."""
+        messages at once; what the handler settled is settled, the rest goes back
+        (released by the engine, also what arrives until the peer's detach), and the
+        link's own session ends after it (see OpenLink.own_session)."""
         if link.closing or link.closed:
             return
         self._hand_over(link)
         link.closing = True
-        link.close_condition = condition if link.failure is None else p.Condition(
-            p.HANDLER_ERROR, "the receiver's handler failed")
+        if link.failure is not None:
+            condition = p.Condition(p.HANDLER_ERROR, "the receiver's handler failed")
         link.queue = deque(e for e in link.queue if type(e) is not p.Deliveries)
-        link.last_arrival = now = time.monotonic()
-        link.detach_by = now + CLOSE_WAIT
-        self.closing[link] = None
-
-    def _detach_quiet(self) -> None:
-        """Detach the closing links that nothing more can reach."""
-        now = time.monotonic()
-        for link in list(self.closing):
-            if link.closed:
-                del self.closing[link]
-            elif (self.credit_of(link.id) <= 0 or now - link.last_arrival >= QUIET
-                    or now >= link.detach_by):
-                del self.closing[link]
-                self.engine_handle(p.CloseLink(link.id, link.close_condition))
+        link.parts = []
+        self.engine_handle(p.CloseLink(link.id, condition))
 
     # ---- the pass -------------------------------------------------------------------------
 
@@ -497,8 +471,6 @@ class InWorker:
         for link in list(self.dirty):
             self._hand_over(link)
         self.dirty.clear()
-        if self.closing:
-            self._detach_quiet()
         if self.moved:
             now = time.monotonic()
             if now >= self.counts_due:
@@ -585,7 +557,6 @@ class InWorker:
         self.emit(p.LinkClosed(link.id, condition))
         self.links.pop(link.id, None)
         self.dirty.pop(link, None)
-        self.closing.pop(link, None)
         host.links.pop(link.id, None)
         link.connection.links.remove(link)
         if not link.connection.links:

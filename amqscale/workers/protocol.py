@@ -174,6 +174,11 @@ class OpenLink(msgspec.Struct, tag=3, array_like=True):
     handler: str | None = None
     handler_args: dict[str, object] | None = None
     handler_group: int = 0
+    # The link gets a session of its own, ended when the link ends: RabbitMQ 3.10 keeps
+    # what reaches a receiving link after its detach from every other consumer until the
+    # session ends, and a link that closes mid-stream (a failed handler) must not strand
+    # messages for as long as the connection lives.
+    own_session: bool = False
 
 
 class Send(msgspec.Struct, tag=4, array_like=True):

@@ -52,7 +52,7 @@ class Worker:
         self.network = Network(self.engine, handoff, deals=index == 0)
         # Receivers whose messages a handler takes here (OpenLink.handler).
         self.inworker = InWorker(index, self.engine.handle, self._emit_up,
-                                 self.network.write_all, self.engine.receiver_credit)
+                                 self.network.write_all)
         self.pending: list[p.Event] = []
         self.pending_bytes = 0
         self.outbox: list[bytes] = []
@@ -195,7 +195,7 @@ class Worker:
                 elif type(command) is p.OpenLink and command.handler is not None:
                     self._open_handled(command)
                 elif type(command) is p.CloseLink and command.link in self.inworker.links:
-                    self.inworker.user_close(command)  # it detaches once nothing can come
+                    self.inworker.user_close(command)  # its settlements go first
                 else:
                     handle(command)  # contained: a failure ends its link or connection
 
