@@ -369,7 +369,12 @@ def handled(state: ReceiverState, count: int | None, reported: set[int]) -> Step
             return True
         return count is not None and total() >= count
 
-    yield Wait(ready, f"the handlers of the receiver from {state.address!r}")
+    try:
+        yield Wait(ready, f"the handlers of the receiver from {state.address!r}")
+    except TimeoutError as exc:
+        if count is None:
+            raise
+        raise TimeoutError(f"{exc} ({total()} of {count} handled)") from None
     failed = unreported()
     if failed is not None:
         reported.add(failed.id)

@@ -32,6 +32,8 @@ What differs:
   outcome is still recorded; a receive that is cancelled takes nothing, so nothing is
   lost or released that the user did not get.
 - ``aclose()`` in place of ``close()``; ``async with`` everywhere.
+- ``await conn.open_receiver(address, handler="package.module:Name")`` runs the consumer
+  inside the workers and gives a :class:`HandlerReceiver`, whose ``wait()`` is awaited.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterable
-from typing import Any
+from typing import Any, overload
 
 from . import _ops
 from ._driver import Driver
@@ -52,6 +54,7 @@ from .container import (
     ListenerView,
     check_limit,
     check_positive,
+    check_worker_handler,
     connect_options,
     default_worker_count,
 )
@@ -62,6 +65,7 @@ from .links import (
     CLOSE_TIMEOUT,
     Deliveries,
     Delivery,
+    HandlerReceiverView,
     ReceiverView,
     SenderView,
 )
@@ -72,8 +76,8 @@ from .links import Trackers as _BlockingTrackers
 from .message import Message
 from .url import parse_url
 
-__all__ = ["Connection", "Container", "Deliveries", "Delivery", "Listener", "Receiver",
-           "Sender", "Tracker", "Trackers"]
+__all__ = ["Connection", "Container", "Deliveries", "Delivery", "HandlerReceiver", "Listener",
+           "Receiver", "Sender", "Tracker", "Trackers"]
 
 Sendable = Message | bytes | bytearray | memoryview
 
@@ -238,15 +242,39 @@ class Connection(ConnectionView):
             driver, self._state, address, window, presettled, name, limit), timeout)
         return Sender(self, state)
 
+    @overload
     async def open_receiver(self, address: str | None, *, credit: int = 1000,
                             auto_accept: bool = False, name: str | None = None,
                             max_message_size: int | None = None,
-                            timeout: float | None = OPEN_TIMEOUT) -> Receiver:
-        """A Receiver from `address`: one link per shard, `credit` shared among them."""
+                            timeout: float | None = OPEN_TIMEOUT,
+                            handler: None = None, handler_args: None = None) -> Receiver: ...
+
+    @overload
+    async def open_receiver(self, address: str | None, *, credit: int = 1000,
+                            auto_accept: bool = False, name: str | None = None,
+                            max_message_size: int | None = None,
+                            timeout: float | None = OPEN_TIMEOUT,
+                            handler: str | Any,
+                            handler_args: dict[str, Any] | None = None
+                            ) -> HandlerReceiver: ...
+
+    async def open_receiver(self, address: str | None, *, credit: int = 1000,
+                            auto_accept: bool = False, name: str | None = None,
+                            max_message_size: int | None = None,
+                            timeout: float | None = OPEN_TIMEOUT,
+                            handler: Any = None, handler_args: dict[str, Any] | None = None
+                            ) -> Receiver | HandlerReceiver:
+        """A Receiver from `address`: one link per shard, `credit` shared among them.
+        With `handler`, a HandlerReceiver: the consumer runs inside the workers, as with
+        the blocking ``Connection.open_receiver``."""
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
+        path = check_worker_handler(handler, handler_args, auto_accept)
         state = await self._binding.run(_ops.open_receiver(
-            self._driver, self._state, address, credit, auto_accept, name, limit), timeout)
+            self._driver, self._state, address, credit, auto_accept, name, limit, path,
+            handler_args), timeout)
+        if path is not None:
+            return HandlerReceiver(self._driver, state, owner=self)
         return Receiver(self._driver, state, owner=self)
 
     async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
@@ -436,6 +464,33 @@ class Receiver(ReceiverView):
         await self._binding.run(_ops.close_receiver(driver, self._state), timeout)
 
     async def __aenter__(self) -> Receiver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class HandlerReceiver(HandlerReceiverView):
+    """A receiver whose messages a handler takes inside the workers (see
+    `amqscale.HandlerReceiver`): ``await wait(handled=N)``, ``await aclose()``."""
+
+    def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
+        super().__init__(driver, state, owner)
+        self._binding = loop_binding(driver)
+
+    async def wait(self, handled: int | None = None, timeout: float | None = None) -> None:
+        """Until the handlers handled `handled` messages in all (None: until every link
+        ended); a `HandlerFailed` not raised yet is raised as it comes (once each)."""
+        state = self._state
+        await self._binding.run(_ops.handled(state, handled, self._reported), timeout,
+                                key=state)
+
+    async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Detach every link and wait (up to `timeout`) for the workers to confirm; what
+        the handlers were given and did not settle is released."""
+        await self._binding.run(_ops.close_receiver(self._driver, self._state), timeout)
+
+    async def __aenter__(self) -> HandlerReceiver:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

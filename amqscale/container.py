@@ -174,6 +174,22 @@ def handler_path(handler: Any) -> str:
     return f"{module}:{qualname}"
 
 
+def check_worker_handler(handler: Any, handler_args: Any, auto_accept: bool) -> str | None:
+    """open_receiver's in-worker handler options, checked: the handler's import path
+    (None: no handler)."""
+    if handler is None:
+        if handler_args is not None:
+            raise ValueError("handler_args without a handler")
+        return None
+    path = handler_path(handler)
+    if auto_accept:
+        raise ValueError("auto_accept is the in-worker handler's own "
+                         "(MessagingHandler(auto_accept=...)), not open_receiver's")
+    if handler_args is not None and not isinstance(handler_args, dict):
+        raise TypeError(f"handler_args must be a dict, not {handler_args!r}")
+    return path
+
+
 class ConnectionView:
     """What every face's Connection tells of its state (the core's ConnectionState)."""
 
@@ -253,16 +269,7 @@ class Connection(ConnectionView):
         """
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
-        path = None
-        if handler is not None:
-            path = handler_path(handler)
-            if auto_accept:
-                raise ValueError("auto_accept is the in-worker handler's own "
-                                 "(MessagingHandler(auto_accept=...)), not open_receiver's")
-            if handler_args is not None and not isinstance(handler_args, dict):
-                raise TypeError(f"handler_args must be a dict, not {handler_args!r}")
-        elif handler_args is not None:
-            raise ValueError("handler_args without a handler")
+        path = check_worker_handler(handler, handler_args, auto_accept)
         driver = self._driver
         state = _ops.run(driver, _ops.open_receiver(driver, self._state, address, credit,
                                                     auto_accept, name, limit, path,

@@ -739,16 +739,16 @@ class Receiver(ReceiverView):
 COUNT_NAMES = ("handled", "accepted", "rejected", "released", "modified")
 
 
-class HandlerReceiver:
-    """A receiver whose messages a handler takes inside the workers
-    (``Connection.open_receiver(address, handler="package.module:Name")``).
+class HandlerReceiverView:
+    """What every face's receiver tells of a handler inside the workers
+    (``open_receiver(address, handler="package.module:Name")``).
 
     Each worker that carries a shard of it makes the handler once and calls its
     ``on_message`` for each message there: this process never sees the messages. It sees
     `counts()` (per worker: handled, accepted, rejected, released, modified), `failures`
     (a `HandlerFailed` with the worker's traceback for each link a callback ended), and
-    waits with `wait()`. Open at least as many shards as there are workers to use them
-    all: a worker with no shard of the receiver runs no handler for it.
+    waits with its face's `wait()`. Open at least as many shards as there are workers to
+    use them all: a worker with no shard of the receiver runs no handler for it.
     """
 
     def __init__(self, driver: Driver, state: ReceiverState, owner: object = None) -> None:
@@ -795,6 +795,14 @@ class HandlerReceiver:
         return [x.failure for x in self._state.links.values()
                 if isinstance(x.failure, HandlerFailed)]
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.address!r} handler={self.handler!r}>"
+
+
+class HandlerReceiver(HandlerReceiverView):
+    """A receiver whose messages a handler takes inside the workers; see
+    `HandlerReceiverView` for what it tells, and `wait()` / `close()`."""
+
     def wait(self, handled: int | None = None, timeout: float | None = None) -> None:
         """Until the handlers handled `handled` messages in all (None: until every link
         ended). Raises a `HandlerFailed` that was not raised yet as soon as it comes (once
@@ -812,6 +820,3 @@ class HandlerReceiver:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"<HandlerReceiver {self.address!r} handler={self.handler!r}>"

@@ -37,7 +37,7 @@ from typing import Any
 from . import _ops
 from . import links as _links
 from ._driver import Driver
-from .container import OPEN_TIMEOUT, default_worker_count
+from .container import OPEN_TIMEOUT, check_worker_handler, default_worker_count
 from .core import (
     SEND_BATCH,
     Arrival,
@@ -695,6 +695,30 @@ class Receiver(_Link):
         self.auto_accept = auto_accept
         self.source = p.Terminus(address=state.address)
         self.target = p.Terminus()
+        self._in_workers: _links.HandlerReceiverView | None = None
+
+    @property
+    def worker_handler(self) -> str | None:
+        """The import path of the handler that takes its messages inside the workers
+        (``create_receiver(worker_handler=...)``), or None."""
+        return self._state.handler
+
+    def counts(self) -> dict[int, dict[str, int]]:
+        """What the workers' handlers did, by worker index (handled, accepted, rejected,
+        released, modified); only for a receiver with a worker_handler."""
+        return self._worker_view().counts()
+
+    @property
+    def failures(self) -> list[Any]:
+        """A `HandlerFailed` (with the worker's traceback) for each link whose worker
+        handler raised; only for a receiver with a worker_handler."""
+        return self._worker_view().failures
+
+    def _worker_view(self) -> _links.HandlerReceiverView:
+        if self._in_workers is None:
+            raise TypeError("this receiver's messages come to on_message: counts() and "
+                            "failures are for create_receiver(worker_handler=...)")
+        return self._in_workers
 
     @property
     def _core_links(self) -> list[Any]:
@@ -1533,14 +1557,24 @@ class Container:
     def create_receiver(self, context: Any, source: str | None = None,
                         target: str | None = None, name: str | None = None,
                         dynamic: bool = False, handler: Any = None,
-                        options: Any = None) -> Receiver:
+                        options: Any = None, *, worker_handler: Any = None,
+                        worker_handler_args: dict[str, Any] | None = None) -> Receiver:
         """A Receiver from `source` on `context` (a Connection, or a URL whose path is the
-        source); its handler's `prefetch` is kept granted (0: ``receiver.flow(n)``)."""
+        source); its handler's `prefetch` is kept granted (0: ``receiver.flow(n)``).
+
+        `worker_handler` ("package.module:Name", or an importable class): the messages go
+        to that handler inside the workers instead (see the blocking face's
+        ``open_receiver(handler=...)``), made once per worker with `worker_handler_args`;
+        `handler`'s prefetch (at least 1 a shard) is the credit the workers keep granted.
+        This process gets the link's events (``on_link_opened``; ``on_link_error`` with
+        the traceback in ``link.remote_condition`` when a worker's handler raised) and
+        ``receiver.counts()``, never the messages."""
         if dynamic:
             raise _not_yet("dynamic=True (a node the peer creates)")
         _check_options(options, False)  # before anything is opened
         if target is not None:
             raise _not_yet("a receiver's target address")
+        path = check_worker_handler(worker_handler, worker_handler_args, False)
         connection, path_address = self._context(context, handler)
         address = source if source is not None else path_address
         handlers = [handler] if handler is not None else self._handlers_of(connection)
@@ -1553,9 +1587,17 @@ class Container:
         shards = [s for s in state_conn.shards if s.failure is None]
         credit = max(prefetch, len(shards)) if prefetch else 0
         with driver.lock:
-            state = driver.core.open_receiver_exact(state_conn, address, credit, name, 0)
+            if path is not None:
+                state = driver.core.open_receiver(
+                    state_conn, address, max(credit, len(shards)), name, False, 0,
+                    handler=path, handler_args=worker_handler_args)
+                prefetch = 0  # the workers keep it granted
+            else:
+                state = driver.core.open_receiver_exact(state_conn, address, credit, name, 0)
         state.waiter = driver
         receiver = Receiver(connection, state, handler, name, prefetch, auto_accept)
+        if path is not None:
+            receiver._in_workers = _links.HandlerReceiverView(driver, state, connection)
         receiver._shard_of = dict(zip(state.links.values(), shards, strict=False))
         connection._links.append(receiver)
         for link in state.links.values():

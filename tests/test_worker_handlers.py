@@ -18,6 +18,7 @@ import pytest
 import worker_handler_app
 
 import amqscale
+import amqscale.handlers
 from amqscale.testing import RabbitMQ
 from amqscale.workers import protocol as p
 
@@ -240,6 +241,125 @@ def test_handlers_hear_their_links_end_when_the_container_closes(
     # Not closed by hand: the workers' shutdown ended the links, and on_link_closed ran
     # (the Recorder writes its file there) before they exited.
     _exactly_once(_recorded(tmp_path), 500)
+
+
+def test_the_asyncio_face_runs_in_worker_handlers_too(
+        rabbitmq: RabbitMQ, unique_name: str, tmp_path: Path) -> None:
+    import asyncio
+
+    import amqscale.aio as aio
+
+    address = f"/queue/{unique_name}"
+    count = 2000
+
+    async def main() -> dict[int, dict[str, int]]:
+        async with aio.Container(workers=2) as container:
+            conn = await container.connect(rabbitmq.url, shards=2)
+            sender = await conn.open_sender(address, window=count, presettled=True)
+            await sender.send_many([amqscale.Message(id=str(i), body="m")
+                                    for i in range(count)])
+            await sender.flush(timeout=60)
+            with pytest.raises(amqscale.HandlerFailed, match="No module named"):
+                await conn.open_receiver(address, handler="no_such_module_here:Handler")
+            receiver = await conn.open_receiver(
+                address, handler=f"{APP}:Recorder", credit=200,
+                handler_args={"directory": str(tmp_path)})
+            assert isinstance(receiver, aio.HandlerReceiver)
+            await receiver.wait(handled=count, timeout=60)
+            # A wait that cannot be met says how far the handlers got.
+            with pytest.raises(TimeoutError, match=rf"\({count} of {count + 1} handled\)"):
+                await receiver.wait(handled=count + 1, timeout=0.5)
+            await receiver.aclose()
+            assert receiver.closed and receiver.failures == []
+            return receiver.counts()
+
+    counts = asyncio.run(main())
+    assert sorted(counts) == [0, 1]
+    assert sum(c["handled"] for c in counts.values()) == count
+    _exactly_once(_recorded(tmp_path), count)
+
+
+class _WatchWorkerHandlers(amqscale.handlers.MessagingHandler):
+    """The event-driven face's way: create_receiver(worker_handler=...), then a timer
+    that looks at the receiver's counts until the handlers took `count` messages."""
+
+    def __init__(self, url: str, address: str, directory: str, count: int,
+                 worker_handler: str) -> None:
+        super().__init__(prefetch=100)
+        self.url, self.address, self.directory = url, address, directory
+        self.count, self.worker_handler = count, worker_handler
+        self.events: list[str] = []
+        self.errors: list[Any] = []
+        self.counts: dict[int, dict[str, int]] = {}
+
+    def on_start(self, event: Any) -> None:
+        self.conn = event.container.connect(self.url, shards=2)
+        self.receiver = event.container.create_receiver(
+            self.conn, self.address, worker_handler=self.worker_handler,
+            worker_handler_args={"directory": self.directory})
+        self.plain = event.container.create_receiver(self.conn, self.address + "-plain")
+        self.timer = event.container.schedule(0.05, self)
+
+    def on_link_opened(self, event: Any) -> None:
+        if event.receiver is self.receiver:
+            self.events.append("link_opened")
+
+    def on_link_error(self, event: Any) -> None:
+        self.errors.append(event.link.remote_condition)
+        self.timer.cancel()
+        self.conn.close()
+
+    def on_timer_task(self, event: Any) -> None:
+        self.counts = self.receiver.counts()
+        if sum(c["handled"] for c in self.counts.values()) >= self.count:
+            self.receiver.close()
+            self.conn.close()
+        else:
+            self.timer = event.container.schedule(0.05, self)
+
+
+def test_the_event_driven_face_runs_in_worker_handlers_too(
+        rabbitmq: RabbitMQ, unique_name: str, tmp_path: Path) -> None:
+    from amqscale.reactor import Container
+
+    address = f"/queue/{unique_name}"
+    count = 2000
+    with amqscale.Container(workers=1) as filler:
+        _fill(filler.connect(rabbitmq.url), address, count)
+    watcher = _WatchWorkerHandlers(rabbitmq.url, address, str(tmp_path), count,
+                                   f"{APP}:Recorder")
+    Container(watcher, workers=2).run()
+    assert watcher.errors == []
+    assert watcher.events == ["link_opened"]
+    assert watcher.receiver.worker_handler == f"{APP}:Recorder"
+    assert sorted(watcher.counts) == [0, 1]
+    assert sum(c["handled"] for c in watcher.counts.values()) == count
+    _exactly_once(_recorded(tmp_path), count)
+    with pytest.raises(TypeError, match="worker_handler"):
+        watcher.plain.counts()  # its messages would come to on_message
+
+
+def test_the_event_driven_face_hears_of_a_worker_handler_that_fails(
+        rabbitmq: RabbitMQ, unique_name: str, tmp_path: Path) -> None:
+    from amqscale.reactor import Container
+
+    missing = _WatchWorkerHandlers(rabbitmq.url, f"/queue/{unique_name}", str(tmp_path),
+                                   1, "no_such_module_here:Handler")
+    Container(missing, workers=2).run()
+    (condition,) = missing.errors
+    assert condition.name == p.HANDLER_NOT_FOUND and "No module named" in condition.description
+    with pytest.raises(ValueError, match="package.module:Name"):
+        Container().create_receiver("amqp://127.0.0.1:1/q", worker_handler="not a path")
+    address = f"/queue/{unique_name}-boom"
+    with amqscale.Container(workers=1) as filler:
+        _fill(filler.connect(rabbitmq.url), address, 20, bodies={10: "boom"})
+    raising = _WatchWorkerHandlers(rabbitmq.url, address, str(tmp_path), 20,
+                                   f"{APP}:FailOnce")
+    Container(raising, workers=2).run()
+    (condition,) = raising.errors
+    assert condition.name == p.HANDLER_ERROR
+    assert "ValueError: cannot handle 'boom'" in condition.description
+    assert [f.condition for f in raising.receiver.failures] == [p.HANDLER_ERROR]
 
 
 # ---- the in-worker dispatcher alone, with the engine played by lists ---------------------
