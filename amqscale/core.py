@@ -680,11 +680,12 @@ class ListenerState:
     messages in flight)."""
 
     __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
-                 "receiver", "closed", "senders", "window", "connections", "defer_attach")
+                 "receiver", "closed", "senders", "window", "connections", "defer_attach",
+                 "defer_open")
 
     def __init__(self, listener_id: int, host: str, credit: int,
                  max_message_size: int, window: int = INBOUND_WINDOW,
-                 defer_attach: bool = False) -> None:
+                 defer_attach: bool = False, defer_open: bool = False) -> None:
         self.id = listener_id
         self.host = host
         self.port: int | None = None
@@ -698,6 +699,7 @@ class ListenerState:
         self.window = window
         self.connections: dict[int, InboundConnection] = {}  # inbound ones, open now
         self.defer_attach = defer_attach  # its links wait for accept_link()
+        self.defer_open = defer_open  # its connections wait for accept_connection()
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.Listening:
@@ -847,17 +849,28 @@ class ClientCore:
                 link.settle_now(p.Settle(link.id, ids, p.RELEASED))
 
     def listen(self, host: str, port: int, credit: int, max_message_size: int,
-               window: int = INBOUND_WINDOW, defer_attach: bool = False) -> ListenerState:
+               window: int = INBOUND_WINDOW, defer_attach: bool = False,
+               defer_open: bool = False) -> ListenerState:
         """Worker 0 binds and accepts; `adopt` (after Listening) tells the others.
         `credit` per remote sender; `window` messages in flight per remote receiver.
-        With `defer_attach`, each inbound link is answered by `accept_link`."""
+        With `defer_attach`, each inbound link is answered by `accept_link`; with
+        `defer_open`, each inbound connection's open by `accept_connection`."""
         listener = ListenerState(self.next_id(), host, credit, max_message_size, window,
-                                 defer_attach)
+                                 defer_attach, defer_open)
         self.listeners[listener.id] = listener
         self.slots[0].queue(p.Listen(listener.id, host, port, self.container_id, credit,
                                      max_message_size=max_message_size,
-                                     defer_attach=defer_attach))
+                                     defer_attach=defer_attach, defer_open=defer_open))
         return listener
+
+    def accept_connection(self, connection: InboundConnection,
+                          offered_capabilities: list[str] | None = None,
+                          desired_capabilities: list[str] | None = None,
+                          properties: bytes | None = None) -> None:
+        """Answer the open of an inbound connection of a `defer_open` listener."""
+        if not connection.closed and connection.slot.failure is None:
+            connection.slot.queue(p.AcceptConnection(
+                connection.id, offered_capabilities, desired_capabilities, properties))
 
     def accept_link(self, link: SenderLink | ReceiverLink, source: p.Terminus | None,
                     target: p.Terminus | None) -> None:
@@ -874,7 +887,8 @@ class ClientCore:
                 slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
                                     self.container_id, listener.credit, adopt_only=True,
                                     max_message_size=listener.max_message_size,
-                                    defer_attach=listener.defer_attach))
+                                    defer_attach=listener.defer_attach,
+                                    defer_open=listener.defer_open))
 
     def close_listener(self, listener: ListenerState, senders: bool = True) -> None:
         """Stop accepting; release what was delivered and not taken, detach the inbound

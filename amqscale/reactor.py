@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import _ops
+from . import _ops, codec
 from . import links as _links
 from ._driver import Driver
 from .container import OPEN_TIMEOUT, check_worker_handler, default_worker_count
@@ -54,6 +54,7 @@ from .core import (
 from .errors import LinkDetached
 from .handlers import Reject, Release, dispatch, messaging_handler
 from .message import Message
+from .types import symbol
 from .url import URL, parse_url
 from .workers import protocol as p
 
@@ -85,6 +86,20 @@ Condition = p.Condition  # name, description: what a peer or the transport gave 
 
 def _not_yet(feature: str, issue: str = _AMQP_ISSUE) -> NotImplementedError:
     return NotImplementedError(f"{feature} is not supported by amqscale yet ({issue})")
+
+
+def _symbol_list(value: Any, what: str) -> list[str] | None:
+    """Capabilities as proton takes them: None, a symbol, or a list or tuple of them."""
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{what} is a symbol or a list of symbols, not {value!r}")
+    return [str(n) for n in names]
+
+
+def _symbol_keys(properties: dict[Any, Any]) -> dict[Any, Any]:
+    return {symbol(k) if isinstance(k, str) else k: v for k, v in properties.items()}
 
 
 def _normalise_url(url: str) -> str:
@@ -433,7 +448,10 @@ class Connection:
     `container`, `url`, `hostname`, `remote_container` (once open), `remote_condition`
     (once the peer closed it with an error), `state` (proton's Endpoint bits), `shards`;
     ``close()``. A connection a peer opened to one of our listeners is one too (its
-    `inbound`): its links share it, and closing it closes that AMQP connection.
+    `inbound`): its links share it, and closing it closes that AMQP connection. On such a
+    connection ``on_connection_opening`` may set `offered_capabilities`,
+    `desired_capabilities` (a symbol, or a list of them) and `properties` (a dict): our
+    answer to the peer's open carries them.
     """
 
     def __init__(self, container: Container, state: ConnectionState | None,
@@ -453,6 +471,52 @@ class Connection:
         self._ended = False  # every shard closed or failed; callbacks done
         self._transport_failed: set[Shard] = set()
         self._inbound: InboundConnection | None = None  # a peer's, to our listener
+        self._open_settings: dict[str, Any] = {}  # what our open to an inbound peer carries
+        self._open_answered = False
+
+    @property
+    def offered_capabilities(self) -> list[str] | None:
+        return self._open_settings.get("offered_capabilities")
+
+    @offered_capabilities.setter
+    def offered_capabilities(self, value: Any) -> None:
+        self._set_open("offered_capabilities", _symbol_list(value, "offered_capabilities"))
+
+    @property
+    def desired_capabilities(self) -> list[str] | None:
+        return self._open_settings.get("desired_capabilities")
+
+    @desired_capabilities.setter
+    def desired_capabilities(self, value: Any) -> None:
+        self._set_open("desired_capabilities", _symbol_list(value, "desired_capabilities"))
+
+    @property
+    def properties(self) -> dict[Any, Any] | None:
+        return self._open_settings.get("properties")
+
+    @properties.setter
+    def properties(self, value: Any) -> None:
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"connection properties are a dict, not {value!r}")
+        if value:
+            codec.encode(_symbol_keys(value))  # what cannot be sent fails here
+        self._set_open("properties", value)
+
+    def _set_open(self, name: str, value: Any) -> None:
+        if self._inbound is None:
+            raise _not_yet(f"{name} on a connection we open (set it on an inbound "
+                           "connection in on_connection_opening)")
+        if self._open_answered:
+            raise ValueError(f"{name} is set in on_connection_opening: the peer's open "
+                             "was answered already")
+        self._open_settings[name] = value
+
+    def _open_answer(self) -> tuple[list[str] | None, list[str] | None, bytes | None]:
+        """What our open answers an inbound peer's with (AcceptConnection's fields)."""
+        self._open_answered = True
+        properties = self.properties
+        return (self.offered_capabilities, self.desired_capabilities,
+                codec.encode(_symbol_keys(properties)) if properties else None)
 
     @property
     def shards(self) -> int:
@@ -1144,7 +1208,8 @@ class Container:
     def _on_inbound_connection(self, state: InboundConnection, event: p.Event | None
                                ) -> None:
         """A peer opened a connection to one of our listeners (on_connection_opening,
-        then on_connection_opened: the worker answered its open), or it ended."""
+        then our open answers the peer's with what it set, then on_connection_opened),
+        or it ended."""
         if type(event) is p.ConnectionOpened:
             connection = Connection(self, None, None, None)
             connection._inbound = state
@@ -1153,6 +1218,10 @@ class Container:
             handlers = self.handlers
             self._dispatch(handlers, "connection_opening",
                            Event("connection_opening", self, connection))
+            driver = self._driver
+            assert driver is not None
+            with driver.lock:
+                driver.core.accept_connection(state, *connection._open_answer())
             connection._opened_fired = True
             self._dispatch(handlers, "connection_opened",
                            Event("connection_opened", self, connection))
@@ -1621,7 +1690,7 @@ class Container:
             raise core.slots[0].failure
         with driver.lock:
             state = core.listen(parsed.host, parsed.port, credit, 0, DEFAULT_WINDOW,
-                                defer_attach=True)
+                                defer_attach=True, defer_open=True)
             driver.write_all()
         acceptor = Acceptor(self, state)
         try:

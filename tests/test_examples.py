@@ -56,14 +56,6 @@ def issue12(feature: str, peer: str = "") -> pytest.MarkDecorator:
     return pytest.mark.xfail(strict=True, reason=reason)
 
 
-# What the event-driven face does not do yet for inbound connections (docs/migrating-from-
-# proton.md, "Inbound connections"); not a feature of #12 but of the face itself (issue #9).
-# It offers a listener's inbound connections and their links (the peer's senders and
-# receivers) to the handler, and on_link_opening sets their termini.
-LISTENER_LINKS = ("the event-driven face does not yet send what on_connection_opening sets "
-                  "on an inbound connection (offered_capabilities: ANONYMOUS-RELAY) (issue #9)")
-
-
 # ---- running examples -------------------------------------------------------------------
 
 
@@ -408,8 +400,7 @@ def test_queue_browser(examples: Examples, proton_c: str, unique_name: str) -> N
 # ---- request/response -------------------------------------------------------------------
 
 
-@issue12("dynamic nodes (client.py) and anonymous relay (server.py)",
-         "and broker.py: " + LISTENER_LINKS)
+@issue12("dynamic nodes (client.py) and anonymous relay (server.py)")
 def test_client_server(examples: Examples, example_broker: str) -> None:
     address = f"{example_broker}/examples"
     server = examples.start("server", "-a", address)
@@ -447,8 +438,7 @@ def test_sync_client_server_direct(examples: Examples) -> None:
     server.interrupt()
 
 
-@issue12("dynamic nodes (client_async.py) and anonymous relay (server_async.py)",
-         "and broker.py: " + LISTENER_LINKS)
+@issue12("dynamic nodes (client_async.py) and anonymous relay (server_async.py)")
 def test_client_server_async(examples: Examples, example_broker: str) -> None:
     aio()
     address = f"{example_broker}/examples"

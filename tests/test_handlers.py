@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import Any
 
+import proton.handlers
+import proton.reactor
 import psutil
 import pytest
 from proton import Condition as ProtonCondition
@@ -927,3 +929,80 @@ def test_on_link_opening_names_a_dynamic_source_the_peer_sees() -> None:
     assert handler.named == ["dynamic-0"]
     assert handler.peer.address == "dynamic-0"
     assert [m.body for m in handler.peer.messages] == ["dynamic-0"]
+
+
+class _OpenWatcher(proton.handlers.MessagingHandler):  # type: ignore[misc]
+    """A proton-python client that records what our open carried, then closes."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self.seen: dict[str, Any] = {}
+
+    def on_start(self, event: Any) -> None:
+        event.container.connect(self.url, reconnect=False)
+
+    def on_connection_opened(self, event: Any) -> None:
+        conn = event.connection
+        self.seen = {"offered": conn.remote_offered_capabilities,
+                     "desired": conn.remote_desired_capabilities,
+                     "properties": conn.remote_properties}
+        conn.close()
+
+
+class SetsOurOpen(MessagingHandler):
+    """broker.py's part: on_connection_opening sets what our open offers the peer."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.client = _OpenWatcher(f"127.0.0.1:{port}")
+        self.errors: list[Exception] = []
+        self.inbound: Any = None
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen(f"127.0.0.1:{self.port}")
+        self.thread = threading.Thread(target=proton.reactor.Container(self.client).run)
+        self.thread.start()
+        # On a connection we open they are refused, not dropped (issue #12 sends them).
+        ours = event.container.connect(self.client.url)
+        with pytest.raises(NotImplementedError, match="offered_capabilities"):
+            ours.offered_capabilities = "ANONYMOUS-RELAY"
+        ours.close()
+
+    def on_connection_opening(self, event: Any) -> None:
+        conn = event.connection
+        if conn.remote_container == event.container.container_id:
+            return  # our own outbound connection's other end (see on_start)
+        self.inbound = conn
+        with pytest.raises(TypeError, match="offered_capabilities"):
+            conn.offered_capabilities = 5
+        with pytest.raises(TypeError, match="dict"):
+            conn.properties = ["not", "a", "dict"]
+        conn.offered_capabilities = "ANONYMOUS-RELAY"
+        conn.desired_capabilities = ["shared-subs", "delayed-delivery"]
+        conn.properties = {"product": "amqscale-test", "version": 3}
+
+    def on_connection_opened(self, event: Any) -> None:
+        if event.connection is not self.inbound:
+            return
+        try:
+            event.connection.offered_capabilities = "TOO-LATE"
+        except ValueError as exc:
+            self.errors.append(exc)
+
+    def on_connection_closed(self, event: Any) -> None:
+        if event.connection is self.inbound:
+            self.acceptor.close()
+
+
+def test_what_on_connection_opening_sets_goes_in_our_open() -> None:
+    handler = SetsOurOpen(free_port())
+    Container(handler, workers=2).run()
+    handler.thread.join(10)
+    seen = handler.client.seen
+    assert list(seen["offered"]) == ["ANONYMOUS-RELAY"]
+    assert list(seen["desired"]) == ["shared-subs", "delayed-delivery"]
+    assert seen["properties"] == {"product": "amqscale-test", "version": 3}
+    (late,) = handler.errors
+    assert "answered already" in str(late)

@@ -144,13 +144,17 @@ def _write_terminus(term: Any, spec: p.Terminus) -> None:
         data = lib.pn_terminus_filter(term)
         lib.pn_data_decode(data, spec.filter, len(spec.filter))
     if spec.capabilities:
-        caps = lib.pn_terminus_capabilities(term)
-        lib.pn_data_put_array(caps, False, lib.PN_SYMBOL)
-        lib.pn_data_enter(caps)
-        for cap in spec.capabilities:
-            raw = cap.encode()
-            lib.pn_data_put_symbol(caps, (len(raw), ffi.from_buffer(raw)))
-        lib.pn_data_exit(caps)
+        _put_symbols(lib.pn_terminus_capabilities(term), spec.capabilities)
+
+
+def _put_symbols(data: Any, names: list[str]) -> None:
+    """`names` into a pn_data_t as an array of symbols (capabilities' type)."""
+    lib.pn_data_put_array(data, False, lib.PN_SYMBOL)
+    lib.pn_data_enter(data)
+    for name in names:
+        raw = name.encode()
+        lib.pn_data_put_symbol(data, (len(raw), ffi.from_buffer(raw)))
+    lib.pn_data_exit(data)
 
 
 class Link:
@@ -236,15 +240,18 @@ class Connection:
 class Listener:
     """A listener's settings (the network holds its socket, on the worker that accepts)."""
 
-    __slots__ = ("id", "container_id", "credit", "max_message_size", "defer_attach")
+    __slots__ = ("id", "container_id", "credit", "max_message_size", "defer_attach",
+                 "defer_open")
 
     def __init__(self, listener_id: int, container_id: str, credit: int,
-                 max_message_size: int = 0, defer_attach: bool = False):
+                 max_message_size: int = 0, defer_attach: bool = False,
+                 defer_open: bool = False):
         self.id = listener_id
         self.container_id = container_id
         self.credit = credit
         self.max_message_size = max_message_size
         self.defer_attach = defer_attach
+        self.defer_open = defer_open
 
 
 class Engine:
@@ -293,6 +300,7 @@ class Engine:
             p.Flow: self._flow,
             p.OpenLink: self._open_link, p.OpenConnection: self._open_connection,
             p.AcceptLink: self._accept_deferred,
+            p.AcceptConnection: self._accept_connection,
             p.Listen: self._listen, p.CloseLink: self._close_link,
             p.CloseConnection: self._close_connection,
             p.CloseListener: lambda cmd: self._close_listener(cmd.listener),
@@ -393,7 +401,7 @@ class Engine:
         calls listening() or listen_failed()."""
         self.listeners[cmd.listener] = Listener(
             cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size,
-            cmd.defer_attach)
+            cmd.defer_attach, cmd.defer_open)
         if cmd.adopt_only:
             self.emit(p.Listening(cmd.listener, cmd.port))
         else:
@@ -856,7 +864,9 @@ class Engine:
                 self._on_connection_close(lib.pn_event_connection(event))
             elif kind == E_SESSION_REMOTE_OPEN:
                 session = lib.pn_event_session(event)
-                if lib.pn_session_state(session) & LOCAL_UNINIT:
+                if lib.pn_session_state(session) & LOCAL_UNINIT and not (
+                        lib.pn_connection_state(lib.pn_session_connection(session))
+                        & LOCAL_UNINIT):  # else once its open is answered
                     lib.pn_session_open(session)
             elif kind == E_SESSION_REMOTE_CLOSE:
                 self._on_session_close(lib.pn_event_session(event))
@@ -881,11 +891,37 @@ class Engine:
         conn = self.by_ptr.get(ptr)
         if conn is None:
             return
-        if lib.pn_connection_state(ptr) & LOCAL_UNINIT:
-            lib.pn_connection_open(ptr)  # an inbound connection: answer its open
+        if lib.pn_connection_state(ptr) & LOCAL_UNINIT:  # an inbound connection
+            listener = self.listeners.get(conn.listener)  # type: ignore[arg-type]
+            if listener is None or not listener.defer_open:
+                lib.pn_connection_open(ptr)  # answer its open now, else AcceptConnection
         conn.opened = True
         self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr)),
                                      conn.listener))
+
+    def _accept_connection(self, cmd: p.AcceptConnection) -> None:
+        """Answer a deferred inbound open with what AcceptConnection sets in ours."""
+        conn = self.connections.get(cmd.conn)
+        if conn is None or not lib.pn_connection_state(conn.ptr) & LOCAL_UNINIT:
+            return  # gone, or answered already
+        ptr = conn.ptr
+        if cmd.offered_capabilities:
+            _put_symbols(lib.pn_connection_offered_capabilities(ptr), cmd.offered_capabilities)
+        if cmd.desired_capabilities:
+            _put_symbols(lib.pn_connection_desired_capabilities(ptr), cmd.desired_capabilities)
+        if cmd.properties:
+            data = lib.pn_connection_properties(ptr)
+            if lib.pn_data_decode(data, cmd.properties, len(cmd.properties)) < 0:
+                lib.pn_data_clear(data)  # not a map: sent without (the user side encodes)
+        lib.pn_connection_open(ptr)
+        # The sessions the peer began meanwhile: proton sends nothing of an endpoint
+        # opened before the connection's open went out, so they are opened only now.
+        waiting = LOCAL_UNINIT | lib.PN_REMOTE_ACTIVE
+        session = lib.pn_session_head(ptr, waiting)
+        while session != ffi.NULL:
+            following = lib.pn_session_next(session, waiting)
+            lib.pn_session_open(session)
+            session = following
 
     def _on_connection_close(self, ptr: Any) -> None:
         conn = self.by_ptr.get(ptr)

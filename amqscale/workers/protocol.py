@@ -152,6 +152,9 @@ class Listen(msgspec.Struct, tag=2, array_like=True):
     # An inbound link's attach waits for an AcceptLink (the event-driven face's
     # on_link_opening may set its termini); without: the worker answers it at once.
     defer_attach: bool = False
+    # An inbound connection's open waits for an AcceptConnection (on_connection_opening
+    # may set what our open offers); without: the worker answers it at once.
+    defer_open: bool = False
 
 
 class OpenLink(msgspec.Struct, tag=3, array_like=True):
@@ -253,6 +256,16 @@ class AcceptLink(msgspec.Struct, tag=13, array_like=True):
     target: Terminus | None = None
 
 
+class AcceptConnection(msgspec.Struct, tag=14, array_like=True):
+    """Answer the open of an inbound connection of a `defer_open` listener, with these
+    in our open (`properties`: an AMQP-encoded map with symbol keys)."""
+
+    conn: int
+    offered_capabilities: list[str] | None = None
+    desired_capabilities: list[str] | None = None
+    properties: bytes | None = None
+
+
 class Shutdown(msgspec.Struct, tag=10, array_like=True):
     """Close everything gracefully and exit."""
 
@@ -263,7 +276,7 @@ class Stats(msgspec.Struct, tag=11, array_like=True):
 
 Command = (
     OpenConnection | Listen | OpenLink | Send | Settle | Flow | CloseLink | CloseConnection
-    | CloseListener | Shutdown | Stats | SendPart | AcceptLink
+    | CloseListener | Shutdown | Stats | SendPart | AcceptLink | AcceptConnection
 )
 
 # ---- events -----------------------------------------------------------------------------
