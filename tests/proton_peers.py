@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from proton import Condition, Delivery, Endpoint, Message
 from proton.handlers import MessagingHandler
-from proton.reactor import Container
+from proton.reactor import AtMostOnce, Container
 
 from amqscale.testing._process import free_port
 
@@ -274,19 +274,23 @@ class ClientReceiver(_Peer):
     """
 
     def __init__(self, url: str, address: str, credit: int = 10,
-                 detach_after: int | None = None) -> None:
+                 detach_after: int | None = None, at_most_once: bool = False) -> None:
         super().__init__(prefetch=credit, auto_accept=True)
         self.target_url = url
         self.address = address
         self.detach_after = detach_after
+        self.at_most_once = at_most_once
         self.messages: list[Message] = []
+        self.settled_on_arrival: list[bool] = []
         self.remote_closed = False
 
     def begin(self, container: Any) -> None:
-        container.create_receiver(self.target_url, self.address)
+        options = AtMostOnce() if self.at_most_once else None
+        container.create_receiver(self.target_url, self.address, options=options)
 
     def on_message(self, event: Any) -> None:
         self.messages.append(event.message)
+        self.settled_on_arrival.append(event.delivery.settled)
         if self.detach_after is not None and len(self.messages) == self.detach_after:
             event.receiver.close()
 

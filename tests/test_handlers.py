@@ -718,11 +718,13 @@ def test_a_message_larger_than_a_ring_record_goes_in_parts_and_keeps_its_place()
 
 class ServeReceivers(MessagingHandler):
     """Listens; a proton receiver connects to it; sends it `total` messages as credit
-    allows (direct_send.py's part), and closes once all are accepted or the peer left."""
+    allows (direct_send.py's part), and closes once all are accepted (all settled, if
+    the receiver asked `at_most_once`) or the peer left."""
 
-    def __init__(self, total: int, detach_after: int | None = None) -> None:
+    def __init__(self, total: int, detach_after: int | None = None,
+                 at_most_once: bool = False) -> None:
         super().__init__()
-        self.total, self.detach_after = total, detach_after
+        self.total, self.detach_after, self.at_most_once = total, detach_after, at_most_once
         self.sent = self.accepted = self.settled = 0
         self.seen: list[Any] = []
         self.peer: ClientReceiver | None = None
@@ -730,7 +732,8 @@ class ServeReceivers(MessagingHandler):
     def on_start(self, event: Any) -> None:
         self.acceptor = event.container.listen("127.0.0.1:0")
         self.peer = ClientReceiver(f"127.0.0.1:{self.acceptor.port}", "outbox",
-                                   detach_after=self.detach_after).start()
+                                   detach_after=self.detach_after,
+                                   at_most_once=self.at_most_once).start()
 
     def on_link_opening(self, event: Any) -> None:
         link = event.link
@@ -755,6 +758,9 @@ class ServeReceivers(MessagingHandler):
 
     def on_settled(self, event: Any) -> None:
         self.settled += 1
+        if self.at_most_once and self.settled == self.total:
+            event.connection.close()
+            self.acceptor.close()
 
     def on_link_closing(self, event: Any) -> None:
         self.seen.append(("link_closing", event.link.remote_condition))
@@ -776,6 +782,19 @@ def test_a_remote_receiver_on_our_listener_gets_what_on_sendable_sends() -> None
     assert handler.sent == handler.accepted == handler.settled == 100
     assert [m.id for m in handler.peer.messages] == list(range(100))
     assert handler.peer.messages[7].body == {"sequence": 7}
+
+
+def test_a_remote_receiver_that_asks_at_most_once_gets_pre_settled_messages() -> None:
+    handler = ServeReceivers(50, at_most_once=True)
+    try:
+        Container(handler, workers=1).run()
+    finally:
+        assert handler.peer is not None
+        handler.peer.stop()
+    assert handler.sent == handler.settled == 50
+    assert handler.accepted == 0  # no outcome comes for a pre-settled message
+    assert [m.id for m in handler.peer.messages] == list(range(50))
+    assert all(handler.peer.settled_on_arrival)
 
 
 def test_a_remote_receiver_detaching_mid_way_ends_its_sender_not_run() -> None:

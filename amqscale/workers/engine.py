@@ -999,8 +999,11 @@ class Engine:
             _write_terminus(lib.pn_link_source(ptr), source)
         if target is not None:
             _write_terminus(lib.pn_link_target(ptr), target)
-        lib.pn_link_set_snd_settle_mode(ptr, lib.pn_link_remote_snd_settle_mode(ptr))
+        snd_settle_mode = lib.pn_link_remote_snd_settle_mode(ptr)
+        lib.pn_link_set_snd_settle_mode(ptr, snd_settle_mode)
         lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
+        if link.is_sender:  # a remote receiver that asked for pre-settled messages gets them
+            link.settle_on_send = snd_settle_mode == p.SND_SETTLED
         lib.pn_link_open(ptr)
         if not link.is_sender:
             listener = self.listeners.get(link.conn.listener)  # type: ignore[arg-type]
