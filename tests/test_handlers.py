@@ -1025,3 +1025,68 @@ def test_what_on_connection_opening_sets_goes_in_our_open() -> None:
     assert seen["properties"] == {"product": "amqscale-test", "version": 3}
     (late,) = handler.errors
     assert "answered already" in str(late)
+
+
+class KillsTheInboundWorker(MessagingHandler):
+    """Listens; two proton pairs connect one after the other (worker 0 deals them
+    round-robin: the first stays on worker 0, the second goes to worker 1). Once the
+    second pair's links are open, kills worker 1; that pair reconnects (proton's default)
+    and lands on worker 0; once it is open again every connection is closed."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.peers = [ClientPair(f"127.0.0.1:{port}/box", "box") for _ in range(2)]
+        self.seen: list[Any] = []
+        self.connections: list[Any] = []
+        self.opened_links = 0
+
+    def on_start(self, event: Any) -> None:
+        self.acceptor = event.container.listen(f"127.0.0.1:{self.port}")
+        self.peers[0].start()
+
+    def _index(self, connection: Any) -> int:
+        ids = [peer.container_id for peer in self.peers]
+        return ids.index(connection.remote_container)
+
+    def on_connection_opened(self, event: Any) -> None:
+        self.connections.append(event.connection)
+        self.seen.append(("opened", self._index(event.connection),
+                          event.connection._inbound.slot.index))
+        if len(self.connections) == 3:
+            for connection in self.connections:
+                connection.close()
+            self.acceptor.close()
+
+    def on_link_opened(self, event: Any) -> None:
+        self.opened_links += 1
+        if self.opened_links == 2:
+            self.peers[1].start()
+        elif self.opened_links == 4:
+            os.kill(event.container.worker_pids()[1], signal.SIGKILL)
+
+    def on_transport_error(self, event: Any) -> None:
+        self.seen.append(("transport_error", event.transport.condition.name))
+
+    def on_disconnected(self, event: Any) -> None:
+        self.seen.append(("disconnected", self._index(event.connection)))
+
+    def on_connection_closed(self, event: Any) -> None:
+        self.seen.append(("closed", self._index(event.connection)))
+
+
+def test_a_dead_worker_ends_the_inbound_connections_it_carried_not_the_others() -> None:
+    handler = KillsTheInboundWorker(free_port())
+    try:
+        Container(handler, workers=2).run()  # returns: nothing raised out of it
+    finally:
+        for peer in handler.peers:
+            peer.stop()
+    seen = handler.seen
+    assert seen[:2] == [("opened", 0, 0), ("opened", 1, 1)]
+    # proton's reconnect may come before or after we saw the worker die
+    ended, reopened = seen[2:5], ("opened", 1, 0)  # the listener lives on worker 0
+    assert reopened in ended
+    assert [x for x in ended if x != reopened] == [
+        ("transport_error", "amqscale:worker-died"), ("disconnected", 1)]
+    assert sorted(seen[5:]) == [("closed", 0), ("closed", 1)]
