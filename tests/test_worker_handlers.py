@@ -453,3 +453,56 @@ def test_inworker_links_have_sessions_of_their_own() -> None:
     played = _Played(f"{APP}:Counter")
     (opened,) = played.commands
     assert type(opened) is p.OpenLink and opened.own_session
+
+
+def test_inworker_timers_fire_on_their_handler_and_one_that_raises_ends_its_links(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from amqscale.workers import inworker
+
+    clock = [100.0]
+    monkeypatch.setattr(inworker.time, "monotonic", lambda: clock[0])
+    played = _Played(f"{APP}:Ticker")
+    ticker = played.inworker.hosts[6].handler
+    played.inworker.take(p.LinkOpened(7, 1, "r", False))
+    played.inworker.run()
+    assert played.inworker.wait_time() == pytest.approx(1.0)  # the loop sleeps that long
+    clock[0] += 0.5
+    played.inworker.run()
+    assert ticker.ticks == 0
+    clock[0] += 0.6
+    played.inworker.run()
+    assert ticker.ticks == 1 and len(ticker.tasks) == 2
+    ticker.tasks[-1].cancel()
+    clock[0] += 1.1
+    played.inworker.run()
+    assert ticker.ticks == 1  # cancelled
+    with pytest.raises(RuntimeError, match="callback"):
+        played.inworker.container.schedule(1.0)  # not from a callback: whose would it be?
+    played.inworker.current = played.inworker.hosts[6]  # as in one of its callbacks
+    ticker.tasks.append(played.inworker.container.schedule(0.5))
+    played.inworker.current = None
+    clock[0] += 0.6
+    played.inworker.run()  # the second tick raises: the handler's link ends
+    assert ticker.ticks == 2
+    assert played.commands[-1] == p.CloseLink(
+        7, p.Condition(p.HANDLER_ERROR, "the receiver's handler failed"))
+    assert played.inworker.take(p.LinkClosed(7, None))
+    played.inworker.run()
+    (closed,) = [e for e in played.events if type(e) is p.LinkClosed]
+    assert "raised in on_timer_task" in closed.condition.description
+    assert "the second tick fails" in closed.condition.description
+
+
+def test_an_in_worker_handler_writes_its_batches_from_a_timer(
+        proton_c_broker: Any, unique_name: str, tmp_path: Path) -> None:
+    count = 5000
+    with amqscale.Container(workers=2) as container:
+        conn = container.connect(proton_c_broker.url, shards=2)
+        _fill(conn, unique_name, count)
+        receiver = conn.open_receiver(unique_name, handler=f"{APP}:Batcher", credit=200,
+                                      handler_args={"directory": str(tmp_path)})
+        receiver.wait(handled=count, timeout=60)
+        receiver.close()
+    _exactly_once(_recorded(tmp_path), count)
+    flushes = [int(path.read_text()) for path in tmp_path.glob("*.flushes")]
+    assert len(flushes) == 2 and all(n >= 1 for n in flushes)  # the timers wrote them

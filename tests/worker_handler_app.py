@@ -100,3 +100,54 @@ class Sizes(Recorder):
 
     def on_message(self, event: Any) -> None:
         self.ids.append(f"{event.message.id}:{len(event.message.body)}")
+
+
+class Batcher(Recorder):
+    """Writes what it handled out from a timer every `interval` s (as a consumer that
+    batches its writes would), not per message; the file `<path>.flushes` says how many
+    timer flushes wrote something."""
+
+    def __init__(self, directory: str = "", interval: float = 0.02) -> None:
+        super().__init__(directory)
+        self.interval = interval
+        self.flushes = 0
+
+    def on_start(self, event: Any) -> None:
+        super().on_start(event)
+        event.container.schedule(self.interval)
+
+    def on_message(self, event: Any) -> None:
+        self.ids.append(str(event.message.id))
+
+    def on_timer_task(self, event: Any) -> None:
+        if self.ids:
+            self.flushes += 1
+            self.flush()
+        event.container.schedule(self.interval)
+
+    def on_link_closed(self, event: Any) -> None:
+        super().on_link_closed(event)
+        with open(self.path + ".flushes", "w") as f:
+            f.write(str(self.flushes))
+
+
+class Ticker:
+    """Schedules a tick a second from on_start, and again from each tick; the second
+    tick raises."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.tasks: list[Any] = []
+
+    def on_start(self, event: Any) -> None:
+        self.tasks.append(event.container.schedule(1.0))
+
+    def on_message(self, event: Any) -> None:
+        event.delivery.accept()
+
+    def on_timer_task(self, event: Any) -> None:
+        assert event.task is self.tasks[-1]
+        self.ticks += 1
+        if self.ticks == 2:
+            raise RuntimeError("the second tick fails")
+        self.tasks.append(event.container.schedule(1.0))

@@ -10,7 +10,8 @@ time, in C) and calls ``on_message(event)`` for each with proton's rules (``auto
 ``Reject``, ``Release``), settles what the handler settled and keeps the link's credit
 topped up (half the link's credit at a time), straight into the engine. The user process
 sees only ``HandlerCounts`` (totals per link, at most one per link per pass) and the
-links opening and closing.
+links opening and closing. ``event.container.schedule(delay)`` gives a handler timers
+(``on_timer_task``), run by the same passes.
 
 Errors: a name that cannot be imported, or a handler that cannot be made, ends the open
 with ``HANDLER_NOT_FOUND`` / ``HANDLER_ERROR`` before the link is attached. A callback that
@@ -27,6 +28,7 @@ fewer messages. Credit is granted only for what the handler has finished with.
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import os
 import time
@@ -73,15 +75,40 @@ def load(path: str, args: dict[str, Any] | None) -> Any:
 
 class WorkerContainer:
     """What ``event.container`` is inside a worker: the worker, not the user's Container
-    (connections and links are opened from the user's process)."""
+    (connections and links are opened from the user's process). ``schedule(delay,
+    handler=None)`` runs ``on_timer_task`` in this worker after `delay` seconds, on
+    `handler` or on the handler whose callback called it; it returns a Task (cancel())."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, schedule: Callable[[float, Any], Task]) -> None:
         self.worker = index
         self.pid = os.getpid()
         self.container_id = f"amqscale-worker-{index}"
+        self.schedule = schedule
 
     def __repr__(self) -> str:
         return f"<WorkerContainer worker={self.worker} pid={self.pid}>"
+
+
+class Task:
+    """A timer of an in-worker handler (``event.task`` in its ``on_timer_task``)."""
+
+    __slots__ = ("deadline", "handler", "host", "cancelled", "fired")
+
+    def __init__(self, deadline: float, handler: Any, host: Host) -> None:
+        self.deadline = deadline
+        self.handler = handler
+        self.host = host
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: Task) -> bool:  # the heap's order, by deadline
+        return self.deadline < other.deadline
+
+    def __repr__(self) -> str:
+        return f"<worker Task due={self.deadline:.3f} cancelled={self.cancelled}>"
 
 
 class Connection:
@@ -260,26 +287,27 @@ class Event:
     """What an in-worker callback gets: the attributes of ``amqscale.reactor.Event``.
 
     `container` (the worker), `connection`, `link` / `receiver`, `delivery`, `message`
-    (in ``on_message``); `session`, `sender`, `transport`, `task` are None."""
+    (in ``on_message``), `task` (in ``on_timer_task``); `session`, `sender`, `transport`
+    are None."""
 
     sender = None
     transport = None
-    task = None
     subject = None
     session = None
 
-    __slots__ = ("type", "container", "connection", "link", "delivery", "message",
+    __slots__ = ("type", "container", "connection", "link", "delivery", "message", "task",
                  "__dict__")
 
     def __init__(self, type: str, container: WorkerContainer,  # noqa: A002
                  link: Receiver | None = None, delivery: Delivery | None = None,
-                 message: Message | None = None) -> None:
+                 message: Message | None = None, task: Task | None = None) -> None:
         self.type = type
         self.container = container
         self.link = link
         self.connection = link.connection if link is not None else None
         self.delivery = delivery
         self.message = message
+        self.task = task
 
     @property
     def receiver(self) -> Receiver | None:
@@ -317,7 +345,9 @@ class InWorker:
         self.engine_handle = engine_handle
         self.emit = emit
         self.write = write
-        self.container = WorkerContainer(index)
+        self.container = WorkerContainer(index, self.schedule)
+        self.timers: list[Task] = []  # a heap
+        self.current: Host | None = None  # whose callback runs now
         self.hosts: dict[int, Host] = {}  # handler_group -> its host
         self.links: dict[int, Receiver] = {}
         self.connections: dict[int, Connection] = {}
@@ -330,9 +360,21 @@ class InWorker:
         """Seconds until run() has something to do (None: nothing is due)."""
         if self.ready:
             return 0.0
+        due = [self.timers[0].deadline] if self.timers else []
         if self.moved:
-            return max(0.0, self.counts_due - time.monotonic())
-        return None
+            due.append(self.counts_due)
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def schedule(self, delay: float, handler: Any = None) -> Task:
+        """``event.container.schedule``: on_timer_task on `handler` (default: the handler
+        whose callback is running) after `delay` s."""
+        host = self.current
+        if host is None:
+            raise RuntimeError("schedule() is called from an in-worker handler's callback")
+        task = Task(time.monotonic() + max(0.0, float(delay)),
+                    host.handler if handler is None else handler, host)
+        heapq.heappush(self.timers, task)
+        return task
 
     # ---- opening --------------------------------------------------------------------------
 
@@ -370,13 +412,19 @@ class InWorker:
                 + _traceback(exc)))))
             return None
         host = Host(self, path, handler)
+        self.current = host
         try:
             dispatch(handler, "start", Event("start", self.container))
         except BaseException as exc:  # noqa: B036
             self.emit(p.LinkClosed(cmd.link, p.Condition(p.HANDLER_ERROR, (
                 f"the handler {path!r} {where} raised in on_start: {exc!r}\n"
                 + _traceback(exc)))))
+            for task in self.timers:
+                if task.host is host:
+                    task.cancel()
             return None
+        finally:
+            self.current = None
         self.hosts[cmd.handler_group] = host
         return host
 
@@ -468,6 +516,9 @@ class InWorker:
                     self._closed(link, event)
             if queue:
                 ready[link] = None  # the rest in the next pass, after the other links
+        self.current = None  # (_messages sets it for its whole batch)
+        if self.timers and self.timers[0].deadline <= time.monotonic():
+            self._fire_timers()
         for link in list(self.dirty):
             self._hand_over(link)
         self.dirty.clear()
@@ -478,6 +529,26 @@ class InWorker:
                 for link in self.moved:
                     self.emit(p.HandlerCounts(link.id, *link.counts))
                 self.moved.clear()
+
+    def _fire_timers(self) -> None:
+        """on_timer_task for each due task; one that raises ends its handler's links."""
+        now = time.monotonic()
+        timers = self.timers
+        while timers and timers[0].deadline <= now:
+            task = heapq.heappop(timers)
+            host = task.host
+            if task.cancelled or not host.links:
+                continue
+            task.fired = True
+            self.current = host
+            try:
+                dispatch(task.handler, "timer_task",
+                         Event("timer_task", self.container, task=task))
+            except BaseException as exc:  # noqa: B036
+                for link in list(host.links.values()):
+                    self._failed(link, "on_timer_task", exc)
+            finally:
+                self.current = None
 
     def _messages(self, link: Receiver, event: p.Deliveries) -> None:
         payloads = event.payloads
@@ -491,6 +562,7 @@ class InWorker:
         first = event.first_id
         half = link.credit // 2 or 1
         self.moved[link] = None
+        self.current = host
         for i, payload in enumerate(payloads):
             if link.closing:
                 return
@@ -535,10 +607,13 @@ class InWorker:
                 self.engine_handle(p.Settle(link.id, ids, state))
 
     def _callback(self, link: Receiver, name: str) -> None:
+        self.current = link._host
         try:
             dispatch(link._host.handler, name, Event(name, self.container, link))
         except BaseException as exc:  # noqa: B036
             self._failed(link, "on_" + name, exc)
+        finally:
+            self.current = None
 
     def _closed(self, link: Receiver, event: p.LinkClosed) -> None:
         """The link ended: the handler hears why, then the user process does (a failed
