@@ -732,8 +732,9 @@ class ClientCore:
         self.stats: dict[int, p.WorkerStats] = {}
         self.dirty: set[SenderLink | ReceiverLink] = set()  # partial batches waiting
         # Called after each event is applied, with the state it was applied to (a Shard,
-        # SenderLink, ReceiverLink or ListenerState), for faces that react to events
-        # (asyncio futures, handler callbacks); with (slot, None) when a worker died.
+        # SenderLink, ReceiverLink, ListenerState or InboundConnection; the core itself
+        # for WorkerStats), for faces that react to events (asyncio futures, handler
+        # callbacks); with (slot, None) when a worker died.
         self.observer: Callable[[Any, p.Event | None], None] | None = None
 
     def next_id(self) -> int:
@@ -946,6 +947,8 @@ class ClientCore:
             return
         if kind is p.WorkerStats:
             self.stats[event.index] = event  # type: ignore[union-attr,assignment]
+            if self.observer is not None:
+                self.observer(self, event)  # the core's own state changed (`stats`)
             return
         if kind is p.Listening or kind is p.ListenFailed:
             target = self.listeners.get(event.listener)  # type: ignore[union-attr,arg-type]

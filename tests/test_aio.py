@@ -231,6 +231,16 @@ def test_a_refused_address_and_a_dead_worker_raise_their_errors() -> None:
     run(main)
 
 
+def test_worker_stats_answers_on_a_quiet_loop() -> None:
+    async def main() -> None:
+        async with aio.Container(workers=2) as container:
+            stats = await container.worker_stats(timeout=10)
+            assert [s["index"] for s in stats] == [0, 1]
+            assert [s["pid"] for s in stats] == container.worker_pids()
+
+    run(main)
+
+
 def test_closing_the_container_fails_every_pending_wait() -> None:
     async def main() -> None:
         container = aio.Container(workers=1)

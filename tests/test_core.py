@@ -324,10 +324,11 @@ def test_the_observer_sees_each_event_with_the_state_it_changed() -> None:
     link = sender.links[0]
     link.send_chunk([b"a"])
     workers.settle(link.id, 0, 1)
-    workers.emit(0, p.WorkerStats(0, 1, 0, 0, 0))  # no state of a face: not observed
+    workers.emit(0, p.WorkerStats(0, 1, 0, 0, 0))  # the core's `stats`: worker_stats() waits
     workers.die(1)
     assert seen == [("Shard", "ConnectionOpened"), ("SenderLink", "LinkOpened"),
-                    ("SenderLink", "Outcomes"), ("WorkerSlot", None)]
+                    ("SenderLink", "Outcomes"), ("ClientCore", "WorkerStats"),
+                    ("WorkerSlot", None)]
 
 
 def test_the_observer_sees_an_inbound_link_attach_to_a_listener() -> None:
