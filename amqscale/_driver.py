@@ -78,7 +78,20 @@ class Driver:
         While the ring is full this waits up to `timeout` for room; then TimeoutError,
         with the commands not yet written queued again in front (they go with the next
         write: taken messages are never dropped). A dead worker is reported to the core.
+        A driver run by an event loop (`binding`) never waits without a timeout: the
+        loop's binding writes the rest once the worker frees room.
         """
+        if timeout is None and self.binding is not None:
+            if self.binding.awaits_room(slot):
+                return  # another try would reset the ring's parked flag the wake-up needs
+            try:
+                self._write(slot, 0.0)
+            except TimeoutError:
+                self.binding.write_when_room(slot)
+            return
+        self._write(slot, timeout)
+
+    def _write(self, slot: WorkerSlot, timeout: float | None) -> None:
         queued = slot.queued
         if not queued:
             return
@@ -127,9 +140,10 @@ class Driver:
                 slot.queued[len(group):len(group)] = [c for g in reversed(groups) for c in g]
                 raise
 
-    def linger_pass(self, timeout: float) -> bool:
+    def linger_pass(self, timeout: float | None) -> bool:
         """Hand every partial batch over and write it (the linger pass); False if the
-        driver is closed. A full ring raises TimeoutError: the rest goes next pass."""
+        driver is closed. A full ring raises TimeoutError after `timeout`: the rest goes
+        next pass (see `write` for a driver that an event loop runs)."""
         with self.lock:
             if self.closed:
                 return False

@@ -47,6 +47,7 @@ class LoopBinding:
         self._waiters: dict[object, list[_Waiter]] = {}  # by key; None: any change
         self._touched: set[object] = set()
         self._check_pending = False
+        self._awaiting_room: dict[int, bool] = {}  # worker index -> watching its eventfd
         driver.binding = self
         driver.linger = _LoopLinger(self)
         driver.core.observer = self._observe
@@ -123,6 +124,43 @@ class LoopBinding:
                 if not waiter.future.done() and waiter.ready():
                     waiter.future.set_result(None)
 
+    # ---- commands out -----------------------------------------------------------------------
+
+    def write_when_room(self, slot: WorkerSlot) -> None:
+        """`slot`'s command ring is full (its worker is behind): write what is queued for
+        it once the worker frees room, woken by the ring's space eventfd, so that the loop
+        never waits in a write."""
+        index = slot.index
+        if index in self._awaiting_room or self.closed:
+            return
+        ring = self.driver.handles[index].rings.outbound
+        if ring.park(self.driver.max_record_size):
+            self._awaiting_room[index] = False
+            self.loop.call_soon(self._room, index)  # room came meanwhile
+        else:
+            self._awaiting_room[index] = True
+            self.loop.add_reader(ring.fileno(), self._room, index)
+
+    def awaits_room(self, slot: WorkerSlot) -> bool:
+        """Is `slot`'s queue waiting for room (write_when_room)? Then it is not written
+        before: that would reset the flag that asks the worker to wake us."""
+        return slot.index in self._awaiting_room
+
+    def _room(self, index: int) -> None:
+        watching = self._awaiting_room.pop(index, None)
+        if watching is None or self.closed:
+            return
+        driver = self.driver
+        ring = driver.handles[index].rings.outbound
+        if watching:
+            self.loop.remove_reader(ring.fileno())
+        ring.unpark()
+        try:
+            with driver.lock:
+                driver.write(driver.core.slots[index])  # full again: watched again
+        except Exception:  # never die: the calls that wait see the state this left
+            traceback.print_exc()
+
     # ---- waiting ----------------------------------------------------------------------------
 
     async def wait(self, wait: Wait, deadline: float | None, key: object = None) -> None:
@@ -184,6 +222,11 @@ class LoopBinding:
             return
         self.closed = True
         self.driver.linger.stop()
+        for index, watching in self._awaiting_room.items():
+            if watching:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(self.driver.handles[index].rings.outbound.fileno())
+        self._awaiting_room.clear()
         for handle in self.driver.handles:
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(handle.rings.inbound.fileno())
@@ -215,9 +258,7 @@ class _LoopLinger:
     def _pass(self) -> None:
         self._timer = None
         try:
-            self._binding.driver.linger_pass(timeout=0)
-        except TimeoutError:  # a full ring: what did not fit goes with the next pass
-            self.wake()
+            self._binding.driver.linger_pass(timeout=None)  # a full ring: write_when_room
         except Exception:  # never die: the calls that wait see the state this left
             traceback.print_exc()
 

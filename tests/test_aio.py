@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -239,6 +240,55 @@ def test_worker_stats_answers_on_a_quiet_loop() -> None:
             assert [s["pid"] for s in stats] == container.worker_pids()
 
     run(main)
+
+
+def test_a_worker_that_is_behind_never_blocks_the_loop() -> None:
+    """The client's worker is stopped while a batch larger than its command ring goes:
+    the loop must go on running other tasks (here, the one that resumes the worker)
+    while the ring is full; what did not fit is written once the worker frees room."""
+    count = 3000
+    state = {"stopped": False, "ran_while_stopped": False}
+
+    def resume(pid: int) -> None:
+        if state["stopped"]:
+            state["stopped"] = False
+            os.kill(pid, signal.SIGCONT)
+
+    async def main() -> None:
+        async with aio.Container(workers=1) as server, \
+                aio.Container(workers=1, ring_capacity=64 * 1024) as client:
+            listener = await server.listen("amqp://127.0.0.1:0")
+            connection = await client.connect(listener.url)
+            sender = await connection.open_sender("behind", window=count)
+            pid = client.worker_pids()[0]
+            os.kill(pid, signal.SIGSTOP)
+            state["stopped"] = True
+            # Should the loop block, a thread resumes the worker after a while: the task
+            # below then runs too late and says so.
+            timer = threading.Timer(10.0, resume, (pid,))
+            timer.start()
+
+            async def resume_soon() -> None:
+                await asyncio.sleep(0.3)
+                state["ran_while_stopped"] = state["stopped"]
+                resume(pid)
+
+            resumer = asyncio.create_task(resume_soon())
+            consumer = asyncio.create_task(_consume(listener.receiver, count))
+            try:
+                trackers = await sender.send_many([b"x" * 100] * count)
+                await trackers.wait(60)  # the ring fills here while the worker is stopped
+                await resumer
+            finally:
+                timer.cancel()
+                resume(pid)
+            assert trackers.accepted
+            assert len(await consumer) == count
+            (stats,) = await client.worker_stats()
+            assert stats["sent"] == count
+
+    run(main)
+    assert state["ran_while_stopped"]
 
 
 def test_closing_the_container_fails_every_pending_wait() -> None:
