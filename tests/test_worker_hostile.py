@@ -11,6 +11,7 @@ descriptors and memory must come back to where they were.
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import threading
@@ -289,8 +290,9 @@ class RealTarget:
                 peer.shutdown(socket.SHUT_WR)
                 while peer.recv(65536):
                     pass  # the worker must hang up
-            except (ConnectionResetError, BrokenPipeError):
-                pass
+            except OSError as exc:  # it did so already (a reset, or before our shutdown)
+                if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ENOTCONN):
+                    raise
 
     def hostile_servers(self, answers: list[bytes]) -> None:
         with self.garbage.lock:
