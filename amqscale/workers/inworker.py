@@ -370,7 +370,8 @@ class InWorker:
         whose callback is running) after `delay` s."""
         host = self.current
         if host is None:
-            raise RuntimeError("schedule() is called from an in-worker handler's callback")
+            raise RuntimeError("schedule() must be called from an in-worker handler's "
+                               "callback: the timer belongs to that handler")
         task = Task(time.monotonic() + max(0.0, float(delay)),
                     host.handler if handler is None else handler, host)
         heapq.heappush(self.timers, task)
