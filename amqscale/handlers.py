@@ -82,6 +82,23 @@ def dispatch(handler: Any, name: str, event: Any) -> None:
         dispatch(child, name, event)
 
 
+class Task:
+    """A timer: ``on_timer_task`` on `handler` at `deadline` (time.monotonic()), unless
+    cancel()led; `fired` once it ran. The faces' schedule() make them."""
+
+    def __init__(self, deadline: float, handler: Any) -> None:
+        self.deadline = deadline
+        self.handler = handler
+        self.cancelled = False
+        self.fired = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __lt__(self, other: Task) -> bool:  # a heap of them is in deadline order
+        return self.deadline < other.deadline
+
+
 def messaging_handler(handlers: Any) -> MessagingHandler | None:
     """The first MessagingHandler among `handlers` and their children: its options
     (prefetch, auto_accept, peer_close_is_error) apply to the links it handles."""

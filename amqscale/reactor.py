@@ -53,6 +53,7 @@ from .core import (
 )
 from .errors import LinkDetached
 from .handlers import Reject, Release, dispatch, messaging_handler
+from .handlers import Task as _Task
 from .message import Message
 from .types import symbol
 from .url import URL, parse_url
@@ -229,19 +230,13 @@ class EventInjector:
             os.close(self._write)
 
 
-class Task:
+class Task(_Task):
     """A timer from ``container.schedule``: ``on_timer_task`` at its deadline, unless
     cancelled."""
 
     def __init__(self, container: Container, deadline: float, handler: Any) -> None:
+        super().__init__(deadline, handler)
         self.container = container
-        self.deadline = deadline
-        self.handler = handler
-        self.cancelled = False
-        self.fired = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 # ---- link options ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ import msgspec
 
 from .. import codec
 from ..handlers import MessagingHandler, Reject, Release, dispatch, messaging_handler
+from ..handlers import Task as _Task
 from ..message import Message
 from ..types import symbol
 from . import protocol as p
@@ -89,23 +90,13 @@ class WorkerContainer:
         return f"<WorkerContainer worker={self.worker} pid={self.pid}>"
 
 
-class Task:
-    """A timer of an in-worker handler (``event.task`` in its ``on_timer_task``)."""
-
-    __slots__ = ("deadline", "handler", "host", "cancelled", "fired")
+class Task(_Task):
+    """A timer of an in-worker handler (``event.task`` in its ``on_timer_task``), which
+    belongs to the `host` whose callback scheduled it."""
 
     def __init__(self, deadline: float, handler: Any, host: Host) -> None:
-        self.deadline = deadline
-        self.handler = handler
+        super().__init__(deadline, handler)
         self.host = host
-        self.cancelled = False
-        self.fired = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def __lt__(self, other: Task) -> bool:  # the heap's order, by deadline
-        return self.deadline < other.deadline
 
     def __repr__(self) -> str:
         return f"<worker Task due={self.deadline:.3f} cancelled={self.cancelled}>"
