@@ -99,8 +99,37 @@ def _symbol_list(value: Any, what: str) -> list[str] | None:
     return [str(n) for n in names]
 
 
+def _properties(value: Any, what: str) -> dict[Any, Any] | None:
+    """Connection properties: None or a dict that encodes (symbol keys for str ones)."""
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"connection {what} are a dict, not {value!r}")
+    if value:
+        codec.encode(_symbol_keys(value))  # what cannot be sent fails here
+    return value
+
+
 def _symbol_keys(properties: dict[Any, Any]) -> dict[Any, Any]:
     return {symbol(k) if isinstance(k, str) else k: v for k, v in properties.items()}
+
+
+class _OpenSetting:
+    """A Connection attribute that goes in our answer to an inbound peer's open: checked
+    (and normalised) by `check(value, name)` as it is set, in on_connection_opening."""
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+        self.name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, connection: Any, owner: type | None = None) -> Any:
+        if connection is None:
+            return self
+        return connection._open_settings.get(self.name)
+
+    def __set__(self, connection: Any, value: Any) -> None:
+        connection._set_open(self.name, self.check(value, self.name))
 
 
 def _normalise_url(url: str) -> str:
@@ -469,33 +498,9 @@ class Connection:
         self._open_settings: dict[str, Any] = {}  # what our open to an inbound peer carries
         self._open_answered = False
 
-    @property
-    def offered_capabilities(self) -> list[str] | None:
-        return self._open_settings.get("offered_capabilities")
-
-    @offered_capabilities.setter
-    def offered_capabilities(self, value: Any) -> None:
-        self._set_open("offered_capabilities", _symbol_list(value, "offered_capabilities"))
-
-    @property
-    def desired_capabilities(self) -> list[str] | None:
-        return self._open_settings.get("desired_capabilities")
-
-    @desired_capabilities.setter
-    def desired_capabilities(self, value: Any) -> None:
-        self._set_open("desired_capabilities", _symbol_list(value, "desired_capabilities"))
-
-    @property
-    def properties(self) -> dict[Any, Any] | None:
-        return self._open_settings.get("properties")
-
-    @properties.setter
-    def properties(self, value: Any) -> None:
-        if value is not None and not isinstance(value, dict):
-            raise TypeError(f"connection properties are a dict, not {value!r}")
-        if value:
-            codec.encode(_symbol_keys(value))  # what cannot be sent fails here
-        self._set_open("properties", value)
+    offered_capabilities = _OpenSetting(_symbol_list)
+    desired_capabilities = _OpenSetting(_symbol_list)
+    properties = _OpenSetting(_properties)
 
     def _set_open(self, name: str, value: Any) -> None:
         if self._inbound is None:
