@@ -478,13 +478,8 @@ class ReceiverLink:
             self.receiver.on_link_closed(self)
 
     def _on_part(self, event: p.DeliveryPart) -> None:
-        if event.aborted:
-            self.parts = []
-            return
-        self.parts.append(event.chunk)
-        if event.last:
-            payload = b"".join(self.parts)
-            self.parts = []
+        payload = p.gather_part(self.parts, event)
+        if payload is not None:
             self.receiver.buffer.append(
                 Arrival(self, event.id, [payload], (0,) if event.settled else None))
 

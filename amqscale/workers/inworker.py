@@ -452,17 +452,11 @@ class InWorker:
         return True
 
     def _on_part(self, link: Receiver, event: p.DeliveryPart) -> None:
-        if event.aborted:
-            link.parts = []
-            return
-        link.parts.append(event.chunk)
-        if event.last:
-            payload = b"".join(link.parts)
-            link.parts = []
-            if not link.closing:
-                link.queue.append(p.Deliveries(event.link, event.id, [payload],
-                                               [0] if event.settled else None))
-                self.ready[link] = None
+        payload = p.gather_part(link.parts, event)
+        if payload is not None and not link.closing:
+            link.queue.append(p.Deliveries(event.link, event.id, [payload],
+                                           [0] if event.settled else None))
+            self.ready[link] = None
 
     def user_close(self, cmd: p.CloseLink) -> None:
         """The user detaches one of our links (CloseLink)."""

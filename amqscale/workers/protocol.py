@@ -366,6 +366,21 @@ class DeliveryPart(msgspec.Struct, tag=112, array_like=True):
                 f"last={self.last}, aborted={self.aborted})")
 
 
+def gather_part(parts: list[bytes], event: DeliveryPart) -> bytes | None:
+    """Add `event`'s chunk to `parts`, the parts of its delivery so far: the whole payload
+    once the last part came (`parts` emptied), else None (also on an abort, which drops
+    the parts)."""
+    if event.aborted:
+        parts.clear()
+        return None
+    parts.append(event.chunk)
+    if not event.last:
+        return None
+    payload = b"".join(parts)
+    parts.clear()
+    return payload
+
+
 class PartsWritten(msgspec.Struct, tag=113, array_like=True):
     """`count` more SendParts of message `seq` on `link` went to the engine (the last one
     included). The worker queues every part it is sent, so a sender that keeps only a few
