@@ -28,13 +28,14 @@ def work(state: Any, message: Any) -> None:
         state.odd += 1
 
 
-class Work(MessagingHandler):
-    """Counts; with `stop_after`, calls `on_done(event)` at that many messages, and
+class _Counting:
+    """The consumer's state and callbacks, on top of either face's MessagingHandler:
+    counts; with `stop_after`, calls `on_done(event)` at that many messages, and
     `on_opened(event)` once its link is open (the benchmark's clock)."""
 
     def __init__(self, stop_after: int = 0, on_done: Any = None, on_opened: Any = None,
                  prefetch: int = 1000, spin_us: float = 0.0) -> None:
-        super().__init__(prefetch=prefetch)
+        super().__init__(prefetch=prefetch)  # type: ignore[call-arg]
         self.spin_us = spin_us
         self.count = self.bytes = self.odd = 0
         self.last_id: Any = None
@@ -52,26 +53,15 @@ class Work(MessagingHandler):
             self.on_done(event)
 
 
+class Work(_Counting, MessagingHandler):
+    """The consumer on amqscale's MessagingHandler."""
+
+
 def proton_work_class() -> type:
+    """The same consumer on proton-python's MessagingHandler (imported only when asked)."""
     from proton.handlers import MessagingHandler as ProtonMessagingHandler
 
-    class ProtonWork(ProtonMessagingHandler):  # type: ignore[misc]
-        def __init__(self, stop_after: int, on_done: Any, on_opened: Any,
-                     prefetch: int = 1000, spin_us: float = 0.0) -> None:
-            super().__init__(prefetch=prefetch)
-            self.spin_us = spin_us
-            self.count = self.bytes = self.odd = 0
-            self.last_id: Any = None
-            self.stop_after = stop_after
-            self.on_done = on_done
-            self.on_opened = on_opened
-
-        def on_link_opened(self, event: Any) -> None:
-            self.on_opened(event)
-
-        def on_message(self, event: Any) -> None:
-            work(self, event.message)
-            if self.count == self.stop_after:
-                self.on_done(event)
+    class ProtonWork(_Counting, ProtonMessagingHandler):  # type: ignore[misc]
+        pass
 
     return ProtonWork
