@@ -41,6 +41,19 @@ def _fill(conn: amqscale.Connection, address: str, count: int, start: int = 0,
     sender.close()
 
 
+def _handle(conn: amqscale.Connection, address: str, handler: str, count: int,
+            credit: int, directory: Path | None = None) -> amqscale.HandlerReceiver:
+    """Let `handler` (a name in worker_handler_app) take `count` messages from `address`
+    in the workers (recording to `directory`), then close its receiver; it is returned
+    for its counts."""
+    args = {"directory": str(directory)} if directory is not None else None
+    receiver = conn.open_receiver(address, handler=f"{APP}:{handler}", credit=credit,
+                                  handler_args=args)
+    receiver.wait(handled=count, timeout=60)
+    receiver.close()
+    return receiver
+
+
 def _recorded(directory: Path) -> list[str]:
     ids: list[str] = []
     for path in directory.glob("*.ids"):
@@ -110,11 +123,8 @@ def test_a_handler_that_raises_ends_only_its_link_and_its_traceback_reaches_the_
         again = f"{address}-again"
         _fill(conn, again, 400)
         (tmp_path / "again").mkdir()
-        other = conn.open_receiver(again, handler=f"{APP}:Recorder", credit=40,
-                                   handler_args={"directory": str(tmp_path / "again")})
-        other.wait(handled=400, timeout=60)
+        other = _handle(conn, again, "Recorder", 400, credit=40, directory=tmp_path / "again")
         assert sorted(other.counts()) == [0, 1]
-        other.close()
     _exactly_once(_recorded(tmp_path), count)
     _exactly_once(_recorded(tmp_path / "again"), 400)
 
@@ -150,19 +160,14 @@ def test_a_handler_that_rejects_and_one_that_settles_by_hand(
     with amqscale.Container(workers=2) as container:
         conn = container.connect(rabbitmq.url, shards=2)
         _fill(conn, address, count)
-        receiver = conn.open_receiver(address, handler=f"{APP}:RejectOdd", credit=100,
-                                      handler_args={"directory": str(tmp_path)})
-        receiver.wait(handled=count, timeout=60)
-        receiver.close()
+        receiver = _handle(conn, address, "RejectOdd", count, credit=100, directory=tmp_path)
         totals = {name: sum(c[name] for c in receiver.counts().values())
                   for name in ("handled", "accepted", "rejected", "released")}
         assert totals == {"handled": count, "accepted": count // 2,
                           "rejected": count // 2, "released": 0}
         # A handler that is no MessagingHandler (no auto_accept), made by a factory path.
         _fill(conn, address, 500)
-        plain = conn.open_receiver(address, handler=f"{APP}:Counter", credit=50)
-        plain.wait(handled=500, timeout=60)
-        plain.close()
+        plain = _handle(conn, address, "Counter", 500, credit=50)
         assert sum(c["accepted"] for c in plain.counts().values()) == 500
     ids = sorted(int(i) for i in _recorded(tmp_path))
     assert ids == list(range(0, count, 2))  # the even ones were accepted; rejected: gone
@@ -205,10 +210,7 @@ def test_large_messages_reach_an_in_worker_handler_whole(
         for i, size in enumerate(sizes):
             sender.send(amqscale.Message(id=str(i), body=b"x" * size))
         sender.flush(timeout=60)
-        receiver = conn.open_receiver(address, handler=f"{APP}:Sizes", credit=10,
-                                      handler_args={"directory": str(tmp_path)})
-        receiver.wait(handled=len(sizes), timeout=60)
-        receiver.close()
+        _handle(conn, address, "Sizes", len(sizes), credit=10, directory=tmp_path)
     assert sorted(_recorded(tmp_path)) == sorted(f"{i}:{n}" for i, n in enumerate(sizes))
 
 
@@ -219,11 +221,8 @@ def test_pre_settled_deliveries_are_handled_and_take_no_settlement(
     with amqscale.Container(workers=2) as container:
         conn = container.connect(proton_c_broker.url, shards=2)
         _fill(conn, unique_name, count)
-        receiver = conn.open_receiver(unique_name, handler=f"{APP}:Recorder", credit=200,
-                                      handler_args={"directory": str(tmp_path)})
-        receiver.wait(handled=count, timeout=60)
-        receiver.close()
-        counts = receiver.counts()
+        counts = _handle(conn, unique_name, "Recorder", count, credit=200,
+                         directory=tmp_path).counts()
     assert sum(c["handled"] for c in counts.values()) == count
     assert sum(c["accepted"] for c in counts.values()) == 0
     _exactly_once(_recorded(tmp_path), count)
@@ -499,10 +498,7 @@ def test_an_in_worker_handler_writes_its_batches_from_a_timer(
     with amqscale.Container(workers=2) as container:
         conn = container.connect(proton_c_broker.url, shards=2)
         _fill(conn, unique_name, count)
-        receiver = conn.open_receiver(unique_name, handler=f"{APP}:Batcher", credit=200,
-                                      handler_args={"directory": str(tmp_path)})
-        receiver.wait(handled=count, timeout=60)
-        receiver.close()
+        _handle(conn, unique_name, "Batcher", count, credit=200, directory=tmp_path)
     _exactly_once(_recorded(tmp_path), count)
     flushes = [int(path.read_text()) for path in tmp_path.glob("*.flushes")]
     assert len(flushes) == 2 and all(n >= 1 for n in flushes)  # the timers wrote them
