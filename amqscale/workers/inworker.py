@@ -489,6 +489,7 @@ class InWorker:
         while ready and budget > 0:
             link = next(iter(ready))
             del ready[link]
+            self.current = link._host  # the callbacks below are its handler's
             queue = link.queue
             while queue and budget > 0:
                 event = queue.popleft()
@@ -502,7 +503,7 @@ class InWorker:
                     self._closed(link, event)
             if queue:
                 ready[link] = None  # the rest in the next pass, after the other links
-        self.current = None  # (_messages sets it for its whole batch)
+        self.current = None
         if self.timers and self.timers[0].deadline <= time.monotonic():
             self._fire_timers()
         for link in list(self.dirty):
@@ -548,7 +549,6 @@ class InWorker:
         first = event.first_id
         half = link.credit // 2 or 1
         self.moved[link] = None
-        self.current = host
         for i, payload in enumerate(payloads):
             if link.closing:
                 return
@@ -593,13 +593,10 @@ class InWorker:
                 self.engine_handle(p.Settle(link.id, ids, state))
 
     def _callback(self, link: Receiver, name: str) -> None:
-        self.current = link._host
         try:
             dispatch(link._host.handler, name, Event(name, self.container, link))
         except BaseException as exc:  # noqa: B036
             self._failed(link, "on_" + name, exc)
-        finally:
-            self.current = None
 
     def _closed(self, link: Receiver, event: p.LinkClosed) -> None:
         """The link ended: the handler hears why, then the user process does (a failed
