@@ -21,12 +21,14 @@ from .codec import DecodeError
 from .container import Connection, Container, Listener
 from .errors import (
     AMQPError,
+    AuthenticationError,
     ConnectionFailed,
     ContainerClosed,
     HandlerFailed,
     LinkDetached,
     MessageTooLarge,
     SendFailed,
+    TLSError,
     URLError,
     WindowFull,
     WorkerDied,
@@ -42,6 +44,7 @@ from .links import (
     Trackers,
 )
 from .message import Message
+from .security import TLS, ServerSASL
 from .types import (
     UNDESCRIBED,
     AmqpSequence,
@@ -68,7 +71,8 @@ from .types import (
 )
 
 __all__ = [
-    "AMQPError", "AmqpSequence", "AmqpValue", "Array", "Connection", "ConnectionFailed",
+    "AMQPError", "AmqpSequence", "AuthenticationError", "ServerSASL", "TLS", "TLSError",
+    "AmqpValue", "Array", "Connection", "ConnectionFailed",
     "Container", "ContainerClosed", "DataSections", "DecodeError", "Deliveries", "Delivery",
     "Described", "HandlerFailed", "HandlerReceiver", "LinkDetached", "Listener", "Message",
     "MessageTooLarge", "Receiver",

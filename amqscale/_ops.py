@@ -16,6 +16,7 @@ close.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any, NamedTuple, TypeVar
@@ -92,12 +93,21 @@ def connect(driver: Driver, url: URL, shards: int, **options: Any) -> Steps[Conn
                    f"connection to {url}")
         for shard in state.shards:
             if shard.failure is not None:
-                raise ConnectionFailed(f"cannot connect to {url}: {shard.failure}",
-                                       getattr(shard.failure, "condition", None))
+                raise connect_error(url, shard.failure)
     except BaseException:
         abandon_connection(driver, state)
         raise
     return state
+
+
+def connect_error(url: URL, failure: Exception) -> Exception:
+    """A shard's failure as connect() raises it: its type kept (TLSError, ...), its
+    message naming the URL."""
+    if not isinstance(failure, ConnectionFailed):
+        return ConnectionFailed(f"cannot connect to {url}: {failure}")
+    error = copy.copy(failure)
+    error.args = (f"cannot connect to {url}: {failure}",)
+    return error
 
 
 def abandon_connection(driver: Driver, state: ConnectionState) -> None:
@@ -220,8 +230,8 @@ def close_receiver(driver: Driver, state: ReceiverState) -> Steps[None]:
 # ---- listening ------------------------------------------------------------------------------
 
 
-def listen(driver: Driver, url: URL, credit: int, max_message_size: int
-           ) -> Steps[ListenerState]:
+def listen(driver: Driver, url: URL, credit: int, max_message_size: int,
+           **security: Any) -> Steps[ListenerState]:
     """Worker 0 binds and accepts, then every other worker adopts the listener."""
     driver.check_open()
     driver.refresh()
@@ -229,7 +239,7 @@ def listen(driver: Driver, url: URL, credit: int, max_message_size: int
     if core.slots[0].failure is not None:
         raise core.slots[0].failure  # the accepting worker is gone
     with driver.lock:
-        state = core.listen(url.host, url.port, credit, max_message_size)
+        state = core.listen(url.host, url.port, credit, max_message_size, **security)
         driver.write_all()
     try:
         yield Wait(lambda: state.port is not None or state.failure is not None,

@@ -41,10 +41,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterator, Generator, Iterable, Sequence
 from typing import Any, overload
 
-from . import _ops
+from . import _ops, security
 from ._driver import Driver
 from ._loop import LoopBinding, loop_binding
 from ._supervisor import DEFAULT_RING_CAPACITY
@@ -57,9 +57,17 @@ from .container import (
     check_worker_handler,
     connect_options,
     default_worker_count,
+    explain_tls_failure,
 )
 from .core import ConnectionState, ListenerState, ReceiverState, SenderState
-from .errors import ContainerClosed, LinkDetached, MessageTooLarge, SendFailed, WindowFull
+from .errors import (
+    ContainerClosed,
+    LinkDetached,
+    MessageTooLarge,
+    SendFailed,
+    TLSError,
+    WindowFull,
+)
 from .links import (
     _DATA8_PREFIXES,
     CLOSE_TIMEOUT,
@@ -176,28 +184,42 @@ class Container:
         driver, binding = self._live
         return await binding.run(_ops.worker_stats(driver), timeout)
 
-    async def connect(self, url: str, shards: int = 1, *, user: str | None = None,
-                      password: str | None = None, sasl_mechanisms: str | None = None,
+    async def connect(self, url: str | None = None, shards: int = 1, *,
+                      tls: security.TLS | None = None, user: str | None = None,
+                      password: str | None = None,
+                      sasl_mechanisms: str | Sequence[str] | None = None,
+                      allow_insecure_mechanisms: bool = False, authzid: str | None = None,
                       virtual_host: str | None = None, idle_timeout: float = 0.0,
                       timeout: float | None = OPEN_TIMEOUT) -> Connection:
         """Open `shards` AMQP connections to `url` (see amqscale.Container.connect)."""
         driver, binding = self._live
-        parsed, options = connect_options(url, shards, user=user, password=password,
-                                          sasl_mechanisms=sasl_mechanisms,
-                                          virtual_host=virtual_host,
-                                          idle_timeout=idle_timeout)
-        state = await binding.run(_ops.connect(driver, parsed, shards, **options), timeout)
+        parsed, options = connect_options(
+            url, shards, tls=tls, user=user, password=password,
+            sasl_mechanisms=sasl_mechanisms,
+            allow_insecure_mechanisms=allow_insecure_mechanisms, authzid=authzid,
+            virtual_host=virtual_host, idle_timeout=idle_timeout)
+        try:
+            state = await binding.run(_ops.connect(driver, parsed, shards, **options),
+                                      timeout)
+        except TLSError as exc:  # explaining it makes one more connection: not on the loop
+            explained = await asyncio.get_running_loop().run_in_executor(
+                None, explain_tls_failure, exc, parsed, tls)
+            raise explained from None
         return Connection(self, state)
 
     async def listen(self, url: str, *, credit: int = 1000,
                      max_message_size: int | None = None,
+                     tls: security.TLS | None = None,
+                     sasl: security.ServerSASL | None = None,
                      timeout: float | None = OPEN_TIMEOUT) -> Listener:
         """Accept inbound AMQP connections on `url` (see amqscale.Container.listen)."""
         driver, binding = self._live
         parsed = parse_url(url)
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
-        state = await binding.run(_ops.listen(driver, parsed, credit, limit), timeout)
+        options = security.listener_options(parsed, tls=tls, sasl=sasl)
+        state = await binding.run(_ops.listen(driver, parsed, credit, limit, **options),
+                                  timeout)
         return Listener(self, state)
 
     async def aclose(self) -> None:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Sequence
 from typing import Any, overload
 
-from . import _ops
+from . import _ops, security
 from ._driver import Driver
 from ._supervisor import DEFAULT_RING_CAPACITY
 from .core import ConnectionState, ListenerState
+from .errors import TLSError
 from .links import CLOSE_TIMEOUT, HandlerReceiver, Receiver, Sender
 from .url import URL, parse_url
 
@@ -46,20 +48,39 @@ def check_limit(value: object) -> int:
     return value  # type: ignore[return-value]
 
 
-def connect_options(url: str, shards: int, *, user: str | None, password: str | None,
-                    sasl_mechanisms: str | None, virtual_host: str | None,
-                    idle_timeout: float) -> tuple[URL, dict[str, Any]]:
-    """`connect()`'s arguments checked, as the URL and the OpenConnection options."""
+def connect_options(url: str | None, shards: int, *, virtual_host: str | None,
+                    idle_timeout: float, **credentials: Any) -> tuple[URL, dict[str, Any]]:
+    """`connect()`'s arguments checked, as the URL and the OpenConnection options.
+
+    `credentials` are security.client_options' (tls, user, password, sasl_mechanisms,
+    allow_insecure_mechanisms, authzid). With no URL, proton's connection configuration
+    file (security.load_connect_config) gives the URL and what the arguments leave out."""
+    if url is None:
+        from_file = security.load_connect_config()
+        url = from_file.pop("url")
+        for key, value in from_file.items():
+            if credentials.get(key) in (None, False):
+                credentials[key] = value
     parsed = parse_url(url)
     if parsed.port == 0:
         raise ValueError(f"cannot connect to port 0 in {url!r}")
     check_positive(shards, "shards")
-    if parsed.tls:
-        raise NotImplementedError("amqps:// (TLS) is not supported yet")
-    return parsed, {
-        "virtual_host": virtual_host, "user": user or parsed.user,
-        "password": password if password is not None else parsed.password,
-        "sasl_mechanisms": sasl_mechanisms, "idle_timeout": idle_timeout}
+    options = security.client_options(parsed, **credentials)
+    options.update(virtual_host=virtual_host, idle_timeout=idle_timeout)
+    return parsed, options
+
+
+def explain_tls_failure(error: TLSError, url: URL, tls: security.TLS | None) -> TLSError:
+    """A refused server certificate, explained (see security.explain_verify_failure)."""
+    if "certificate verify failed" not in error.description:
+        return error
+    reason = security.explain_verify_failure(url.host, url.port, tls)
+    if reason is None:
+        return error
+    explained = TLSError(f"{error}: the server's certificate was refused: {reason}",
+                         error.condition, error.description)
+    explained.__cause__ = error
+    return explained
 
 
 class Container:
@@ -98,25 +119,42 @@ class Container:
 
     # ---- opening ------------------------------------------------------------------------
 
-    def connect(self, url: str, shards: int = 1, *, user: str | None = None,
-                password: str | None = None, sasl_mechanisms: str | None = None,
+    def connect(self, url: str | None = None, shards: int = 1, *,
+                tls: security.TLS | None = None, user: str | None = None,
+                password: str | None = None,
+                sasl_mechanisms: str | Sequence[str] | None = None,
+                allow_insecure_mechanisms: bool = False, authzid: str | None = None,
                 virtual_host: str | None = None, idle_timeout: float = 0.0,
                 timeout: float | None = OPEN_TIMEOUT) -> Connection:
         """Open `shards` AMQP connections to `url`, placed over the live workers.
 
         Blocks until every shard is open; raises ConnectionFailed (naming the reason)
-        if any cannot be opened, and then closes the others.
+        if any cannot be opened, and then closes the others: TLSError when TLS failed
+        (for a refused certificate, saying why), AuthenticationError when SASL did.
+
+        `amqps://` speaks TLS, with `tls` (amqscale.security.TLS) or the default: the
+        system's CAs, the server's certificate and name checked. SASL: `user` and
+        `password` (or those of the URL) with SCRAM-SHA-512/256/1 or PLAIN, PLAIN only
+        over TLS unless `allow_insecure_mechanisms`; ANONYMOUS without a user;
+        `sasl_mechanisms` restricts the choice (EXTERNAL: the TLS client certificate;
+        GSSAPI: Kerberos). With no `url`, proton's connection configuration file gives
+        it (amqscale.security.load_connect_config).
         """
         driver = self._driver
         driver.check_open()
-        parsed, options = connect_options(url, shards, user=user, password=password,
-                                          sasl_mechanisms=sasl_mechanisms,
-                                          virtual_host=virtual_host,
-                                          idle_timeout=idle_timeout)
-        state = _ops.run(driver, _ops.connect(driver, parsed, shards, **options), timeout)
+        parsed, options = connect_options(
+            url, shards, tls=tls, user=user, password=password,
+            sasl_mechanisms=sasl_mechanisms,
+            allow_insecure_mechanisms=allow_insecure_mechanisms, authzid=authzid,
+            virtual_host=virtual_host, idle_timeout=idle_timeout)
+        try:
+            state = _ops.run(driver, _ops.connect(driver, parsed, shards, **options), timeout)
+        except TLSError as exc:
+            raise explain_tls_failure(exc, parsed, tls) from None
         return Connection(self, state)
 
     def listen(self, url: str, *, credit: int = 1000, max_message_size: int | None = None,
+               tls: security.TLS | None = None, sasl: security.ServerSASL | None = None,
                timeout: float | None = OPEN_TIMEOUT) -> Listener:
         """Accept inbound AMQP connections on `url`, spread over every worker.
 
@@ -126,12 +164,18 @@ class Container:
         attached and left idle: this face has nothing to send it (the event-driven face,
         ``amqscale.reactor``, offers it to the handler as a Sender); it is detached when
         the listener closes.
+
+        `amqps://` with `tls` (a TLS with cert= and key=; verify="peer" requires client
+        certificates) serves TLS only: a plain connection is refused. `sasl`
+        (amqscale.security.ServerSASL) authenticates peers; without it any peer gets in
+        (SASL ANONYMOUS).
         """
         parsed = parse_url(url)
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
-        state = _ops.run(self._driver, _ops.listen(self._driver, parsed, credit, limit),
-                         timeout)
+        options = security.listener_options(parsed, tls=tls, sasl=sasl)
+        state = _ops.run(self._driver, _ops.listen(self._driver, parsed, credit, limit,
+                                                   **options), timeout)
         return Listener(self, state)
 
     # ---- closing ------------------------------------------------------------------------
@@ -204,6 +248,16 @@ class ConnectionView:
     @property
     def closed(self) -> bool:
         return self._state.closed
+
+    @property
+    def security(self) -> security.Security:
+        """What the connection negotiated (its first shard; every shard uses the same
+        settings): `tls_protocol`, `tls_cipher`, `peer_subject` (the server
+        certificate's subject), `sasl_mechanism` and `user` (None where unused)."""
+        for shard in self._state.shards:
+            if shard.security is not None:
+                return shard.security
+        return security.Security()
 
 
 class Connection(ConnectionView):

@@ -21,7 +21,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 from . import codec
-from .errors import ConnectionFailed, HandlerFailed, LinkDetached, MessageTooLarge, WorkerDied
+from .errors import (
+    AuthenticationError,
+    ConnectionFailed,
+    HandlerFailed,
+    LinkDetached,
+    MessageTooLarge,
+    TLSError,
+    WorkerDied,
+)
 from .message import Message
 from .url import URL
 from .workers import protocol as p
@@ -608,7 +616,7 @@ class ReceiverState:
 class Shard:
     """One AMQP connection of a (possibly sharded) Connection."""
 
-    __slots__ = ("id", "slot", "opened", "closed", "failure")
+    __slots__ = ("id", "slot", "opened", "closed", "failure", "security")
 
     def __init__(self, shard_id: int, slot: WorkerSlot) -> None:
         self.id = shard_id
@@ -616,17 +624,45 @@ class Shard:
         self.opened = False
         self.closed = False
         self.failure: Exception | None = None
+        self.security: p.Security | None = None  # what its open negotiated
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.ConnectionOpened:
             self.opened = True
+            self.security = event.security
         elif type(event) is p.ConnectionClosed:
             self.closed = True
-            cond = event.condition
             if self.failure is None:
-                self.failure = ConnectionFailed(
-                    "connection closed" + condition_text(cond),
-                    cond.name if cond else None, cond.description if cond else "")
+                self.failure = connection_failure(event)
+
+
+def connection_failure(event: p.ConnectionClosed) -> ConnectionFailed:
+    """The error for a connection that ended: TLSError or AuthenticationError when it
+    failed in its TLS handshake or its authentication, else ConnectionFailed."""
+    cond = event.condition
+    name, description = (cond.name, cond.description) if cond else (None, "")
+    if event.failed_in == "tls":
+        hint = ""
+        if "unexpected eof" in description or "wrong version number" in description:
+            hint = " (does the peer speak TLS on this port?)"
+        return TLSError("TLS failed" + condition_text(cond) + hint, name, description)
+    if event.failed_in == "sasl":
+        security = event.security or p.Security()
+        mechanism = security.sasl_mechanism
+        hint = ""
+        if mechanism is None and security.tls_protocol is None:
+            hint = (" (no mechanism both sides allow: PLAIN is used only over TLS, "
+                    "or with allow_insecure_mechanisms=True)")
+        return AuthenticationError(
+            f"authentication failed (SASL {mechanism or 'no agreed mechanism'}"
+            f", outcome {security.sasl_outcome or 'none'})" + condition_text(cond) + hint,
+            name, description, mechanism, security.sasl_outcome)
+    hint = ""
+    if event.security is not None and "Expected AMQP protocol header" in description:
+        hint = (" (the peer did not speak AMQP: a TLS port reached with amqp://? "
+                "use amqps://)")
+    return ConnectionFailed("connection closed" + condition_text(cond) + hint, name,
+                            description)
 
 
 class InboundConnection:
@@ -634,14 +670,15 @@ class InboundConnection:
     its `remote_container`, and whether it is still up (`closed`, `condition`)."""
 
     __slots__ = ("id", "slot", "listener", "remote_container", "opened", "closed",
-                 "condition", "failure")
+                 "condition", "failure", "security")
 
     def __init__(self, conn_id: int, slot: WorkerSlot, listener: ListenerState,
-                 remote_container: str | None) -> None:
+                 remote_container: str | None, security: p.Security | None = None) -> None:
         self.id = conn_id
         self.slot = slot
         self.listener = listener
         self.remote_container = remote_container
+        self.security = security  # on this side: the user the peer authenticated as
         self.opened = True
         self.closed = False
         self.condition: p.Condition | None = None
@@ -676,11 +713,14 @@ class ListenerState:
 
     __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
                  "receiver", "closed", "senders", "window", "connections", "defer_attach",
-                 "defer_open")
+                 "defer_open", "tls", "sasl")
 
     def __init__(self, listener_id: int, host: str, credit: int,
                  max_message_size: int, window: int = INBOUND_WINDOW,
-                 defer_attach: bool = False, defer_open: bool = False) -> None:
+                 defer_attach: bool = False, defer_open: bool = False,
+                 tls: p.TLSConfig | None = None, sasl: p.ServerSASL | None = None) -> None:
+        self.tls = tls
+        self.sasl = sasl
         self.id = listener_id
         self.host = host
         self.port: int | None = None
@@ -704,7 +744,8 @@ class ListenerState:
                 self.pending -= 1
         elif type(event) is p.ListenFailed:
             cond = event.condition
-            self.failure = ConnectionFailed(cond.description, cond.name)
+            kind = TLSError if cond.name == p.TLS_SETUP_FAILED else ConnectionFailed
+            self.failure = kind(cond.description, cond.name)
 
 
 class ClientCore:
@@ -846,17 +887,19 @@ class ClientCore:
 
     def listen(self, host: str, port: int, credit: int, max_message_size: int,
                window: int = INBOUND_WINDOW, defer_attach: bool = False,
-               defer_open: bool = False) -> ListenerState:
+               defer_open: bool = False, tls: p.TLSConfig | None = None,
+               sasl: p.ServerSASL | None = None) -> ListenerState:
         """Worker 0 binds and accepts; `adopt` (after Listening) tells the others.
         `credit` per remote sender; `window` messages in flight per remote receiver.
         With `defer_attach`, each inbound link is answered by `accept_link`; with
         `defer_open`, each inbound connection's open by `accept_connection`."""
         listener = ListenerState(self.next_id(), host, credit, max_message_size, window,
-                                 defer_attach, defer_open)
+                                 defer_attach, defer_open, tls, sasl)
         self.listeners[listener.id] = listener
         self.slots[0].queue(p.Listen(listener.id, host, port, self.container_id, credit,
                                      max_message_size=max_message_size,
-                                     defer_attach=defer_attach, defer_open=defer_open))
+                                     defer_attach=defer_attach, defer_open=defer_open,
+                                     tls=tls, sasl=sasl))
         return listener
 
     def accept_connection(self, connection: InboundConnection,
@@ -884,7 +927,8 @@ class ClientCore:
                                     self.container_id, listener.credit, adopt_only=True,
                                     max_message_size=listener.max_message_size,
                                     defer_attach=listener.defer_attach,
-                                    defer_open=listener.defer_open))
+                                    defer_open=listener.defer_open,
+                                    tls=listener.tls, sasl=listener.sasl))
 
     def close_listener(self, listener: ListenerState, senders: bool = True) -> None:
         """Stop accepting; release what was delivered and not taken, detach the inbound
@@ -969,7 +1013,8 @@ class ClientCore:
         listener = self.listeners.get(event.listener)  # type: ignore[arg-type]
         if listener is None:
             return None
-        connection = InboundConnection(event.conn, slot, listener, event.remote_container)
+        connection = InboundConnection(event.conn, slot, listener, event.remote_container,
+                                       event.security)
         listener.connections[event.conn] = connection
         self.routes[event.conn] = connection
         return connection

@@ -18,6 +18,25 @@ class ConnectionFailed(AMQPError, ConnectionError):
     """A connection could not be opened, or it closed with an error."""
 
 
+class TLSError(ConnectionFailed):
+    """TLS could not be set up or its handshake failed: the server's certificate was not
+    trusted (an unknown CA, a name mismatch, an expired certificate), a client certificate
+    was missing or refused, the peer does not speak TLS, or ours could not be loaded.
+    Nothing was sent in cleartext."""
+
+
+class AuthenticationError(ConnectionFailed):
+    """SASL authentication failed: wrong credentials, or no mechanism both sides allow.
+    `mechanism` is the one tried (None if none was agreed), `outcome` Cyrus's verdict
+    ("auth": the credentials were refused; "sys", "perm", "temp": the peer failed)."""
+
+    def __init__(self, message: str, condition: str | None = None, description: str = "",
+                 mechanism: str | None = None, outcome: str | None = None) -> None:
+        super().__init__(message, condition, description)
+        self.mechanism = mechanism
+        self.outcome = outcome
+
+
 class LinkDetached(AMQPError):
     """A sender or receiver was refused by the peer, or detached with an error."""
 

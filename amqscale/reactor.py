@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -37,7 +38,7 @@ from typing import Any
 from . import _ops, codec
 from . import links as _links
 from ._driver import Driver
-from .container import OPEN_TIMEOUT, check_worker_handler, default_worker_count
+from .container import OPEN_TIMEOUT, check_worker_handler, connect_options, default_worker_count
 from .core import (
     SEND_BATCH,
     Arrival,
@@ -55,6 +56,7 @@ from .errors import LinkDetached
 from .handlers import Reject, Release, dispatch, messaging_handler
 from .handlers import Task as _Task
 from .message import Message
+from .security import TLS, TLS_VERSIONS, ServerSASL, listener_options
 from .types import symbol
 from .url import URL, parse_url
 from .workers import protocol as p
@@ -141,6 +143,106 @@ def _normalise_url(url: str) -> str:
 
 def _address_of(url: URL) -> str | None:
     return url.path.lstrip("/") or None
+
+
+# ---- TLS, as proton's SSLDomain and SSLConfig -------------------------------------------------
+
+
+class SSLDomain:
+    """proton's SSLDomain: TLS settings built by calls (``amqscale.security.TLS`` is the
+    same as one value). A client domain verifies the server's certificate and name by
+    default. `allow_unsecured_client()` is refused: a TLS listener never takes cleartext."""
+
+    MODE_CLIENT = 1
+    MODE_SERVER = 2
+    VERIFY_PEER = 1
+    ANONYMOUS_PEER = 2
+    VERIFY_PEER_NAME = 3
+    _VERIFY = {VERIFY_PEER: "peer", ANONYMOUS_PEER: "none", VERIFY_PEER_NAME: "peer-name"}
+
+    def __init__(self, mode: int) -> None:
+        if mode not in (self.MODE_CLIENT, self.MODE_SERVER):
+            raise ValueError(f"SSLDomain mode must be MODE_CLIENT or MODE_SERVER, not {mode!r}")
+        self.mode = mode
+        self._settings: dict[str, Any] = {}
+
+    def set_credentials(self, cert_file: str, key_file: str | None,
+                        password: str | None) -> int:
+        self._settings.update(cert=cert_file, key=key_file, key_password=password)
+        self.tls()  # the files are checked now, at the call that names them
+        return 0
+
+    def set_trusted_ca_db(self, certificate_db: str) -> int:
+        self._settings["ca"] = certificate_db
+        self.tls()
+        return 0
+
+    def set_peer_authentication(self, verify_mode: int, trusted_CAs: str | None = None) -> int:
+        if verify_mode not in self._VERIFY:
+            raise ValueError(f"unknown verify mode {verify_mode!r}")
+        self._settings["verify"] = self._VERIFY[verify_mode]
+        if trusted_CAs is not None:
+            self._settings["ca"] = trusted_CAs
+        return 0
+
+    def set_ciphers(self, ciphers: str) -> int:
+        self._settings["ciphers"] = ciphers
+        return 0
+
+    def set_protocols(self, protocols: str) -> int:
+        """proton's list ("TLSv1.2 TLSv1.3"): the range from its lowest to its highest."""
+        names = [x for x in protocols.replace(",", " ").replace(";", " ").split() if x]
+        order = [TLS_VERSIONS.index(x) for x in names if x in TLS_VERSIONS]
+        if not names or len(order) != len(names):
+            raise ValueError(f"protocols must name some of {', '.join(TLS_VERSIONS)}, "
+                             f"not {protocols!r}")
+        self._settings.update(min_version=TLS_VERSIONS[min(order)],
+                              max_version=TLS_VERSIONS[max(order)])
+        return 0
+
+    def allow_unsecured_client(self) -> int:
+        raise ValueError("amqscale's TLS listeners never accept cleartext connections: "
+                         "listen on an amqp:// URL as well for plain clients")
+
+    def tls(self) -> TLS:
+        """The settings as an amqscale.security.TLS."""
+        settings = dict(self._settings)
+        if settings.get("verify") == "none" and self.mode == self.MODE_SERVER:
+            settings.pop("verify")
+        return TLS(**settings)
+
+
+class SSLConfig:
+    """proton's ``container.ssl``: a client and a server SSLDomain, with the two
+    setters applying to both."""
+
+    def __init__(self) -> None:
+        self.client = SSLDomain(SSLDomain.MODE_CLIENT)
+        self.server = SSLDomain(SSLDomain.MODE_SERVER)
+
+    def set_credentials(self, cert_file: str, key_file: str | None,
+                        password: str | None) -> None:
+        self.client.set_credentials(cert_file, key_file, password)
+        self.server.set_credentials(cert_file, key_file, password)
+
+    def set_trusted_ca_db(self, certificate_db: str) -> None:
+        self.client.set_trusted_ca_db(certificate_db)
+        self.server.set_trusted_ca_db(certificate_db)
+
+
+def _tls_of(domain: Any, default: SSLDomain, url: URL) -> TLS | None:
+    """The TLS settings of an `ssl_domain=` argument (default: the container's)."""
+    if not url.tls:
+        return None  # proton uses a domain for amqps only
+    if domain is None:
+        domain = default
+    if isinstance(domain, TLS):
+        return domain
+    if not isinstance(domain, SSLDomain):
+        raise TypeError("ssl_domain must be an amqscale.reactor.SSLDomain or an "
+                        f"amqscale.security.TLS, not {type(domain).__module__}."
+                        f"{type(domain).__name__} (proton's SSLDomain cannot be read back)")
+    return domain.tls()
 
 
 # ---- events ---------------------------------------------------------------------------------
@@ -533,6 +635,18 @@ class Connection:
 
     def session(self) -> Session:
         return self._session
+
+    @property
+    def security(self) -> p.Security:
+        """What the connection negotiated (TLS protocol, cipher, peer certificate
+        subject, SASL mechanism, user): on an inbound connection, the user the peer
+        authenticated as."""
+        if self._inbound is not None:
+            return self._inbound.security or p.Security()
+        for shard in self._state.shards if self._state is not None else ():
+            if shard.security is not None:
+                return shard.security
+        return p.Security()
 
     def close(self) -> None:
         """Close the connection (every shard); ``on_connection_closed`` follows once the
@@ -930,6 +1044,7 @@ class Container:
                                 f"not as a handler ({handler!r})")
         self.handlers = list(handlers)
         self.container_id = container_id or str(uuid.uuid4())
+        self.ssl = SSLConfig()  # proton's container.ssl: the amqps:// defaults
         self._workers = workers
         self._driver: Driver | None = None
         self._observed: deque[tuple[Any, p.Event | None]] = deque()
@@ -1546,7 +1661,12 @@ class Container:
         a failed authentication reaches ``on_transport_error`` then ``on_disconnected``.
         `handler` replaces the container's handlers for this connection's events.
         ``heartbeat=`` is taken as idle_timeout, ``allowed_mechs=`` as sasl_mechanisms,
-        ``reconnect=False`` is what amqscale does (reconnect: issue #11)."""
+        ``allow_insecure_mechs=`` as allow_insecure_mechanisms (False by default, unlike
+        proton: PLAIN needs TLS), ``ssl_domain=`` (an SSLDomain or a security.TLS; default
+        ``container.ssl.client``) and ``sni=`` as TLS settings; ``reconnect=False`` is
+        what amqscale does (reconnect: issue #11). A TLS or authentication failure
+        reaches ``on_transport_error`` with the TLSError or AuthenticationError's text
+        as its condition's description."""
         if url is None:
             if not urls:
                 raise ValueError("connect() needs url or urls (connect.json is not read)")
@@ -1557,6 +1677,12 @@ class Container:
             idle_timeout = kw.pop("heartbeat") or 0
         if "allowed_mechs" in kw:
             sasl_mechanisms = kw.pop("allowed_mechs")
+        insecure = bool(kw.pop("allow_insecure_mechs", kw.pop("allow_insecure_mechanisms",
+                                                                False)))
+        if kw.pop("sasl_enabled", True) is not True:
+            raise _not_yet("sasl_enabled=False (amqscale always speaks SASL)")
+        domain, sni, authzid = kw.pop("ssl_domain", kw.pop("tls", None)), kw.pop("sni", None), \
+            kw.pop("authzid", None)
         if kw.pop("reconnect", None) not in (None, False):
             raise _not_yet("reconnect", "issue #11 (reliability)")
         if kw:
@@ -1564,17 +1690,17 @@ class Container:
         if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
             raise ValueError(f"shards must be a positive int, not {shards!r}")
         parsed = parse_url(_normalise_url(url))
-        if parsed.port == 0:
-            raise ValueError(f"cannot connect to port 0 in {url!r}")
-        if parsed.tls:
-            raise _not_yet("amqps:// (TLS)", "issue #10 (security)")
+        tls = _tls_of(domain, self.ssl.client, parsed)
+        if sni is not None and tls is not None:
+            tls = dataclasses.replace(tls, peer_name=sni)
+        parsed, options = connect_options(
+            _normalise_url(url), shards, tls=tls, user=user, password=password,
+            sasl_mechanisms=sasl_mechanisms, allow_insecure_mechanisms=insecure,
+            authzid=authzid, virtual_host=virtual_host, idle_timeout=float(idle_timeout))
         driver = self._ensure_driver()
         driver.refresh()
         with driver.lock:
-            state = driver.core.open_connection(
-                parsed, shards, virtual_host=virtual_host, user=user or parsed.user,
-                password=password if password is not None else parsed.password,
-                sasl_mechanisms=sasl_mechanisms, idle_timeout=float(idle_timeout))
+            state = driver.core.open_connection(parsed, shards, **options)
         connection = Connection(self, state, parsed, handler)
         self._connections.append(connection)
         for shard in state.shards:
@@ -1673,14 +1799,18 @@ class Container:
             self._receivers[link] = receiver
         return receiver
 
-    def listen(self, url: str) -> Acceptor:
+    def listen(self, url: str, ssl_domain: Any = None, *,
+               sasl: ServerSASL | None = None) -> Acceptor:
         """Accept inbound connections on `url` (port 0: any free port; see
         ``Acceptor.url``). Remote senders' messages reach the container's handlers'
         ``on_message``, with the prefetch of its MessagingHandler; a remote receiver is
         offered to them as a Sender (``on_link_opening``, ``on_link_opened``,
         ``on_sendable`` ...). Blocks until the port is bound; raises ConnectionFailed if
-        it cannot be."""
+        it cannot be. ``amqps://`` serves TLS with `ssl_domain` (default
+        ``container.ssl.server``); `sasl` authenticates the peers (security.ServerSASL)."""
         parsed = parse_url(_normalise_url(url))
+        security = listener_options(parsed, tls=_tls_of(ssl_domain, self.ssl.server, parsed),
+                                    sasl=sasl)
         settings = messaging_handler(self.handlers)
         credit = settings.prefetch if settings is not None else 0
         driver = self._ensure_driver()
@@ -1690,7 +1820,7 @@ class Container:
             raise core.slots[0].failure
         with driver.lock:
             state = core.listen(parsed.host, parsed.port, credit, 0, DEFAULT_WINDOW,
-                                defer_attach=True, defer_open=True)
+                                defer_attach=True, defer_open=True, **security)
             driver.write_all()
         acceptor = Acceptor(self, state)
         try:

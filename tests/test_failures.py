@@ -173,12 +173,25 @@ def test_send_blocks_on_a_full_window_then_times_out_without_sending() -> None:
 def test_plain_credentials_and_a_wrong_password(rabbitmq: RabbitMQ, unique_name: str,
                                                 container: amqscale.Container) -> None:
     host = f"127.0.0.1:{rabbitmq.port}"
-    conn = container.connect(f"amqp://{rabbitmq.user}:{rabbitmq.password}@{host}")
+    conn = container.connect(f"amqp://{rabbitmq.user}:{rabbitmq.password}@{host}",
+                             allow_insecure_mechanisms=True)
+    assert conn.security.sasl_mechanism == "PLAIN" and conn.security.user == rabbitmq.user
     assert conn.open_sender(f"/queue/{unique_name}").send(b"plain").wait(30).accepted
     conn.close()
-    with pytest.raises(amqscale.ConnectionFailed, match="unauthorized|auth") as info:
-        container.connect(f"amqp://{rabbitmq.user}:wrong-password@{host}", timeout=30)
+    with pytest.raises(amqscale.AuthenticationError, match="unauthorized") as info:
+        container.connect(f"amqp://{rabbitmq.user}:wrong-password@{host}", timeout=30,
+                          allow_insecure_mechanisms=True)
     assert "wrong-password" not in str(info.value)
+    assert info.value.mechanism == "PLAIN" and info.value.outcome == "auth"
+
+
+def test_plain_is_not_sent_in_cleartext_unless_allowed(
+        rabbitmq: RabbitMQ, container: amqscale.Container) -> None:
+    url = f"amqp://{rabbitmq.user}:{rabbitmq.password}@127.0.0.1:{rabbitmq.port}"
+    with pytest.raises(amqscale.AuthenticationError, match="PLAIN is used only over TLS"):
+        container.connect(url, timeout=30)  # RabbitMQ offers PLAIN only (no SCRAM)
+    with pytest.raises(ValueError, match="cleartext"):
+        container.connect(url, sasl_mechanisms="PLAIN")
 
 
 def test_passwords_stay_out_of_reprs() -> None:

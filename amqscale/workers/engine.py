@@ -26,6 +26,7 @@ from typing import Any
 from cproton_ffi import ffi, lib
 
 from . import protocol as p
+from . import security
 
 IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
 RECV_BUFFER = p.MAX_FRAGMENT  # a whole small message, or one part of a large one
@@ -40,7 +41,6 @@ PN_EOS = -1
 PN_ABORTED = -11
 MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
 RX_BATCH = 1024  # deliveries per Deliveries event at most
-CREDENTIAL_MECHANISMS = "SCRAM-SHA-512 SCRAM-SHA-256 SCRAM-SHA-1 PLAIN"
 
 # The per-message C functions, bound once (attribute lookups on `lib` cost as much as calls).
 _remote_state = lib.pn_delivery_remote_state
@@ -217,7 +217,7 @@ class Connection:
 
     __slots__ = (
         "id", "io", "ptr", "transport", "session", "links", "closed_sent",
-        "listener", "opened", "stalled", "address", "dropped", "unsent_parts",
+        "listener", "opened", "stalled", "address", "dropped", "unsent_parts", "uses_tls",
     )
 
     def __init__(self, conn_id: int, listener: int | None, address: str = "") -> None:
@@ -235,23 +235,27 @@ class Connection:
         self.unsent_parts = 0  # bytes of parts fed to proton, less the bytes written since
         self.address = address  # the peer's host:port, for error messages
         self.dropped = False  # its transport is gone: the byte methods do nothing
+        self.uses_tls = False
 
 
 class Listener:
     """A listener's settings (the network holds its socket, on the worker that accepts)."""
 
     __slots__ = ("id", "container_id", "credit", "max_message_size", "defer_attach",
-                 "defer_open")
+                 "defer_open", "tls", "sasl")
 
     def __init__(self, listener_id: int, container_id: str, credit: int,
                  max_message_size: int = 0, defer_attach: bool = False,
-                 defer_open: bool = False):
+                 defer_open: bool = False, tls: p.TLSConfig | None = None,
+                 sasl: p.ServerSASL | None = None):
         self.id = listener_id
         self.container_id = container_id
         self.credit = credit
         self.max_message_size = max_message_size
         self.defer_attach = defer_attach
         self.defer_open = defer_open
+        self.tls = tls
+        self.sasl = sasl
 
 
 class Engine:
@@ -269,6 +273,10 @@ class Engine:
         self.links: dict[int, Link] = {}
         self.link_by_ptr: dict[Any, Link] = {}
         self.listeners: dict[int, Listener] = {}
+        self.tls_domains = security.Domains()
+        # The worker's Cyrus configuration directory for listeners' ServerSASL (Cyrus
+        # reads one configuration per process; set by the worker, see workers.cyrus).
+        self.cyrus_dir: str | None = None
         self.next_inbound_link = (
             p.INBOUND_LINK_BASE + (worker_index << p.INBOUND_WORKER_SHIFT)
         )
@@ -354,27 +362,24 @@ class Engine:
         """Set the connection up; the network resolves, connects and then moves bytes
         (proton buffers what it writes meanwhile)."""
         conn = Connection(cmd.conn, None, f"{cmd.host}:{cmd.port}")
-        self._start_transport(conn, cmd.container_id, server=False,
-                              configure=lambda: self._configure_client(conn, cmd))
+        conn.uses_tls = cmd.tls is not None
+        try:
+            self._start_transport(conn, cmd.container_id, server=False,
+                                  configure=lambda: self._configure_client(conn, cmd))
+        except security.TLSSetupFailed as exc:
+            self._release(conn)
+            self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
+                p.TLS_SETUP_FAILED, f"{describe(conn)}: {exc}"), failed_in="tls"))
+            return
         lib.pn_connection_open(conn.ptr)
         conn.session = lib.pn_session(conn.ptr)
         lib.pn_session_open(conn.session)
         self.connect_requests.append((conn, cmd))
 
-    @staticmethod
-    def _configure_client(conn: Connection, cmd: p.OpenConnection) -> None:
+    def _configure_client(self, conn: Connection, cmd: p.OpenConnection) -> None:
         """Settings proton takes from the connection when the transport is bound."""
         lib.pn_connection_set_hostname(conn.ptr, (cmd.virtual_host or cmd.host).encode())
-        if cmd.user:
-            lib.pn_connection_set_user(conn.ptr, cmd.user.encode())
-            if cmd.password is not None:
-                lib.pn_connection_set_password(conn.ptr, cmd.password.encode())
-        sasl = lib.pn_sasl(conn.transport)
-        # With credentials, never fall back to ANONYMOUS: Cyrus would pick it when the
-        # peer offers it, and a wrong password would then connect as the anonymous user.
-        mechs = cmd.sasl_mechanisms or (CREDENTIAL_MECHANISMS if cmd.user else "ANONYMOUS")
-        lib.pn_sasl_allowed_mechs(sasl, mechs.encode())
-        lib.pn_sasl_set_allow_insecure_mechs(sasl, cmd.allow_insecure_mechanisms)
+        security.configure_client(self.tls_domains, conn.ptr, conn.transport, cmd)
         if cmd.idle_timeout:
             lib.pn_transport_set_idle_timeout(conn.transport, int(cmd.idle_timeout * 1000))
         if cmd.max_frame_size:
@@ -388,20 +393,34 @@ class Engine:
         conn.transport = lib.pn_transport()
         if server:
             lib.pn_transport_set_server(conn.transport)
-            sasl = lib.pn_sasl(conn.transport)
-            lib.pn_sasl_allowed_mechs(sasl, b"ANONYMOUS")
         if configure is not None:
             configure()  # before binding: bind copies the credentials into SASL
         lib.pn_transport_bind(conn.transport, conn.ptr)
         self.connections[conn.id] = conn
         self.by_ptr[conn.ptr] = conn
 
+    @staticmethod
+    def _release(conn: Connection) -> None:
+        """Free the proton objects of a connection that failed while being set up."""
+        if conn.transport != ffi.NULL:
+            lib.pn_decref(conn.transport)
+            conn.transport = ffi.NULL
+        if conn.ptr != ffi.NULL:
+            lib.pn_connection_release(conn.ptr)
+            conn.ptr = ffi.NULL
+
     def _listen(self, cmd: p.Listen) -> None:
         """Keep the listener's settings; the network binds (unless adopt_only) and then
         calls listening() or listen_failed()."""
+        if cmd.tls is not None:
+            try:  # a listener that could not speak TLS must fail now, not per connection
+                self.tls_domains.get(cmd.tls)
+            except security.TLSSetupFailed as exc:
+                self.emit(p.ListenFailed(cmd.listener, p.Condition(p.TLS_SETUP_FAILED, str(exc))))
+                return
         self.listeners[cmd.listener] = Listener(
             cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size,
-            cmd.defer_attach, cmd.defer_open)
+            cmd.defer_attach, cmd.defer_open, cmd.tls, cmd.sasl)
         if cmd.adopt_only:
             self.emit(p.Listening(cmd.listener, cmd.port))
         else:
@@ -423,7 +442,17 @@ class Engine:
             return None
         conn = Connection(self.next_inbound_conn, listener.id, address)
         self.next_inbound_conn -= 1
-        self._start_transport(conn, listener.container_id, server=True)
+        conn.uses_tls = listener.tls is not None
+        try:
+            self._start_transport(conn, listener.container_id, server=True,
+                                  configure=lambda: security.configure_server(
+                                      self.tls_domains, conn.transport, listener.tls,
+                                      listener.sasl, self.cyrus_dir))
+        except security.TLSSetupFailed as exc:
+            self._release(conn)
+            print(f"amqscale worker {os.getpid()}: {describe(conn)} refused: {exc}",
+                  file=sys.stderr, flush=True)
+            return None
         return conn
 
     def _open_link(self, cmd: p.OpenLink) -> None:
@@ -787,7 +816,11 @@ class Engine:
         for link in conn.links.values():
             self._link_ended(link, condition)  # None: it closed cleanly
         if conn.listener is None or conn.opened:  # an inbound one: once announced
-            self.emit(p.ConnectionClosed(conn.id, condition))
+            phase = negotiated = None
+            if not conn.opened and conn.transport != ffi.NULL:
+                phase = security.failed_in(conn.transport, conn.uses_tls, condition)
+                negotiated = security.negotiated(conn.transport, conn.uses_tls)
+            self.emit(p.ConnectionClosed(conn.id, condition, phase, negotiated))
 
     def _link_ended(self, link: Link, condition: p.Condition | None) -> None:
         if link.closed:
@@ -897,7 +930,8 @@ class Engine:
                 lib.pn_connection_open(ptr)  # answer its open now, else AcceptConnection
         conn.opened = True
         self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr)),
-                                     conn.listener))
+                                     conn.listener,
+                                     security.negotiated(conn.transport, conn.uses_tls)))
 
     def _accept_connection(self, cmd: p.AcceptConnection) -> None:
         """Answer a deferred inbound open with what AcceptConnection sets in ours."""

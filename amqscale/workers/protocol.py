@@ -111,6 +111,31 @@ class WorkerSpec(msgspec.Struct):
 # ---- commands ---------------------------------------------------------------------------
 
 
+# The condition of a connection or listener whose TLS settings proton or OpenSSL refused.
+TLS_SETUP_FAILED = "amqscale:tls-setup-failed"
+
+
+class TLSConfig(msgspec.Struct, array_like=True, frozen=True):
+    """One side's TLS settings (amqscale.security.TLS, checked). A worker builds one
+    proton SSL domain per distinct TLSConfig and reuses it for every connection."""
+
+    server: bool
+    ca: str | None = None  # a PEM file or a directory of them; None: the system's CAs
+    verify: str = "peer-name"  # "peer-name", "peer" or "none" (see security.TLS)
+    cert: str | None = None
+    key: str | None = None
+    # Travels only through the ring (shared memory), never argv or the environment.
+    key_password: str | None = None
+    protocols: str | None = None  # proton's list, "TLSv1.2 TLSv1.3"; None: all allowed
+    ciphers: str | None = None
+
+    def __repr__(self) -> str:  # the key password never reaches a log or a traceback
+        return (f"TLSConfig(server={self.server}, ca={self.ca!r}, verify={self.verify!r}, "
+                f"cert={self.cert!r}, key={self.key!r}, "
+                f"key_password={'<hidden>' if self.key_password else None}, "
+                f"protocols={self.protocols!r}, ciphers={self.ciphers!r})")
+
+
 class OpenConnection(msgspec.Struct, tag=1, array_like=True):
     conn: int
     host: str
@@ -121,21 +146,40 @@ class OpenConnection(msgspec.Struct, tag=1, array_like=True):
     # Travels only through the ring (shared memory), never argv or the environment.
     password: str | None = None
     sasl_mechanisms: str | None = None
-    allow_insecure_mechanisms: bool = True
+    allow_insecure_mechanisms: bool = False
     idle_timeout: float = 0.0
     max_frame_size: int = 0
-    tls: bool = False
-    tls_ca: str | None = None
-    tls_verify: bool = True
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls: TLSConfig | None = None
+    # The name TLS sends (SNI) and checks the peer's certificate against; None: host.
+    peer_name: str | None = None
+    authzid: str | None = None
     # Seconds to resolve the host, connect and receive the peer's open; 0: no limit.
     # On expiry the connection ends with condition "amqscale:connect-timeout".
     connect_timeout: float = 30.0
 
     def __repr__(self) -> str:  # the password never reaches a log or a traceback
         return (f"OpenConnection(conn={self.conn}, host={self.host!r}, port={self.port}, "
-                f"user={self.user!r}, password={'<hidden>' if self.password else None})")
+                f"user={self.user!r}, password={'<hidden>' if self.password else None}, "
+                f"tls={self.tls!r})")
+
+
+class ServerSASL(msgspec.Struct, array_like=True, frozen=True):
+    """How a listener authenticates its peers (amqscale.security.ServerSASL, checked).
+
+    `users` (name -> password) are written into a private Cyrus sasldb in the worker;
+    `config_path` instead points Cyrus at the user's own configuration directory (a
+    `<config_name>.conf` there names its mechanisms, sasldb or keytab)."""
+
+    mechanisms: str | None = None  # offered, space-separated; None: Cyrus's mech_list
+    users: dict[str, str] | None = None
+    config_path: str | None = None
+    config_name: str = "proton-server"
+    allow_insecure_mechanisms: bool = False
+
+    def __repr__(self) -> str:  # passwords never reach a log or a traceback
+        users = None if self.users is None else f"<{len(self.users)} users>"
+        return (f"ServerSASL(mechanisms={self.mechanisms!r}, users={users}, "
+                f"config_path={self.config_path!r}, config_name={self.config_name!r})")
 
 
 class Listen(msgspec.Struct, tag=2, array_like=True):
@@ -155,6 +199,9 @@ class Listen(msgspec.Struct, tag=2, array_like=True):
     # An inbound connection's open waits for an AcceptConnection (on_connection_opening
     # may set what our open offers); without: the worker answers it at once.
     defer_open: bool = False
+    # TLS every inbound connection must speak (a plain one is refused); None: no TLS.
+    tls: TLSConfig | None = None
+    sasl: ServerSASL | None = None
 
 
 class OpenLink(msgspec.Struct, tag=3, array_like=True):
@@ -286,6 +333,23 @@ class Ready(msgspec.Struct, tag=101, array_like=True):
     pid: int
 
 
+class Security(msgspec.Struct, array_like=True, frozen=True):
+    """What a connection negotiated: its TLS protocol and cipher and the subject of the
+    peer's certificate (None without TLS, or without a peer certificate), and the SASL
+    mechanism and authenticated user (None without SASL; on an inbound connection, the
+    user the peer authenticated as)."""
+
+    tls_protocol: str | None = None
+    tls_cipher: str | None = None
+    peer_subject: str | None = None
+    sasl_mechanism: str | None = None
+    user: str | None = None
+    authzid: str | None = None
+    # On a failed authentication: Cyrus's outcome, "auth" (wrong credentials), "sys",
+    # "perm" or "temp" (the peer's system failed); None otherwise.
+    sasl_outcome: str | None = None
+
+
 class ConnectionOpened(msgspec.Struct, tag=102, array_like=True):
     """The peer opened the connection. An inbound one (a listener's, our open answers
     the peer's) has the worker's negative id in `conn` and its listener in `listener`."""
@@ -293,6 +357,7 @@ class ConnectionOpened(msgspec.Struct, tag=102, array_like=True):
     conn: int
     remote_container: str | None = None
     listener: int | None = None
+    security: Security | None = None
 
 
 class ConnectionClosed(msgspec.Struct, tag=103, array_like=True):
@@ -300,6 +365,10 @@ class ConnectionClosed(msgspec.Struct, tag=103, array_like=True):
 
     conn: int
     condition: Condition | None = None
+    # Where a connection that never opened failed: "tls" (the handshake), "sasl" (the
+    # authentication), or None (anything else, or after it opened).
+    failed_in: str | None = None
+    security: Security | None = None  # what was negotiated before it failed
 
 
 class Listening(msgspec.Struct, tag=104, array_like=True):
@@ -433,6 +502,7 @@ class WorkerStats(msgspec.Struct, tag=111, array_like=True):
     connections: int
     sent: int  # messages written to the engine
     received: int  # messages taken from the engine
+    tls_contexts: int = 0  # SSL domains built (one per distinct TLS configuration)
 
 
 class HandlerCounts(msgspec.Struct, tag=114, array_like=True):

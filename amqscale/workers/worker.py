@@ -191,7 +191,8 @@ class Worker:
                 elif type(command) is p.Stats:
                     engine = self.engine
                     self._emit(p.WorkerStats(self.index, os.getpid(), len(engine.connections),
-                                             engine.sent, engine.received))
+                                             engine.sent, engine.received,
+                                             len(engine.tls_domains)))
                 elif type(command) is p.OpenLink and command.handler is not None:
                     self._open_handled(command)
                 elif type(command) is p.CloseLink and command.link in self.inworker.links:

@@ -1,0 +1,254 @@
+"""TLS between amqscale's client and amqscale's listener: verify modes, client
+certificates, protocol versions, ciphers, and a clear TLSError for each failure."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import amqscale
+from amqscale.errors import TLSError
+from amqscale.security import TLS, InsecureTLSWarning
+from amqscale.testing.certs import PKI, KeyPair, make_pki
+
+TIMEOUT = 20
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def container() -> Iterator[amqscale.Container]:
+    with amqscale.Container(workers=2) as c:
+        yield c
+
+
+def listen(container: amqscale.Container, pair: KeyPair, host: str = "127.0.0.1",
+           **options: object) -> amqscale.Listener:
+    url = f"amqps://[{host}]:0" if ":" in host else f"amqps://{host}:0"
+    return container.listen(url, tls=TLS(cert=pair.cert, key=pair.key, **options),  # type: ignore[arg-type]
+                            timeout=TIMEOUT)
+
+
+def roundtrip(conn: amqscale.Connection, listener: amqscale.Listener) -> None:
+    tracker = conn.open_sender("tls-check").send(b"over tls")
+    delivery = listener.receiver.receive(timeout=TIMEOUT)
+    assert delivery.message.body == b"over tls"
+    delivery.accept()
+    assert tracker.wait(TIMEOUT).accepted
+
+
+def refused(container: amqscale.Container, url: str, tls: TLS | None) -> TLSError:
+    with pytest.raises(TLSError) as info:
+        container.connect(url, tls=tls, timeout=TIMEOUT)
+    return info.value
+
+
+# ---- what works ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "::1"])
+def test_the_default_verifies_name_and_certificate_and_reports_the_session(
+        container: amqscale.Container, pki: PKI, host: str) -> None:
+    listener = listen(container, pki.server, "::1" if host == "::1" else "127.0.0.1")
+    url_host = f"[{host}]" if ":" in host else host
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the safe default warns of nothing
+        conn = container.connect(f"amqps://{url_host}:{listener.port}", shards=2,
+                                 tls=TLS(ca=pki.ca), timeout=TIMEOUT)
+    security = conn.security
+    assert security.tls_protocol == "TLSv1.3"
+    assert security.tls_cipher and security.tls_cipher.startswith("TLS_")
+    assert security.peer_subject == "CN=localhost"
+    assert security.sasl_mechanism == "ANONYMOUS"
+    roundtrip(conn, listener)
+    conn.close()
+    listener.close()
+
+
+def test_one_tls_context_per_worker_per_configuration(pki: PKI) -> None:
+    with amqscale.Container(workers=2) as c:
+        listener = listen(c, pki.server)
+        url = f"amqps://localhost:{listener.port}"
+        conns = [c.connect(url, shards=2, tls=TLS(ca=pki.ca)) for _ in range(3)]
+        conns.append(c.connect(url, shards=2, tls=TLS(ca=pki.ca, max_version="TLSv1.2")))
+        # Per worker: the listener's domain, and the two client configurations.
+        assert [s["tls_contexts"] for s in c.worker_stats()] == [3, 3]
+        for conn in conns:
+            conn.close()
+
+
+def test_verify_peer_accepts_another_name_and_warns(container: amqscale.Container,
+                                                   pki: PKI) -> None:
+    listener = listen(container, pki.wrong_name)
+    with pytest.warns(InsecureTLSWarning, match="name is not checked"):
+        tls = TLS(ca=pki.ca, verify="peer")
+        conn = container.connect(f"amqps://localhost:{listener.port}", tls=tls)
+    assert conn.security.peer_subject == "CN=other.example"
+    conn.close()
+    listener.close()
+
+
+def test_verify_none_accepts_an_unknown_ca_and_warns(container: amqscale.Container,
+                                                    pki: PKI) -> None:
+    listener = listen(container, pki.untrusted)
+    with pytest.warns(InsecureTLSWarning):
+        conn = container.connect(f"amqps://localhost:{listener.port}", tls=TLS(verify="none"))
+    roundtrip(conn, listener)
+    conn.close()
+    listener.close()
+
+
+def test_a_required_client_certificate(container: amqscale.Container, pki: PKI) -> None:
+    listener = listen(container, pki.server, verify="peer", ca=pki.ca)
+    url = f"amqps://localhost:{listener.port}"
+    conn = container.connect(url, tls=TLS(ca=pki.ca, cert=pki.client.cert,
+                                          key=pki.client.key))
+    roundtrip(conn, listener)
+    conn.close()
+    missing = refused(container, url, TLS(ca=pki.ca))
+    assert "certificate required" in str(missing)
+    other = refused(container, url, TLS(ca=pki.ca, cert=pki.client_other_ca.cert,
+                                        key=pki.client_other_ca.key))
+    assert "unknown ca" in str(other)
+    listener.close()
+
+
+def test_a_key_under_a_password(container: amqscale.Container, pki: PKI) -> None:
+    wrong = "not-" + pki.key_password
+    with pytest.raises(TLSError, match="wrong or missing key password") as info:
+        listen(container, pki.locked, key_password=wrong)
+    assert wrong not in str(info.value)
+    listener = listen(container, pki.locked, key_password=pki.key_password)
+    conn = container.connect(f"amqps://localhost:{listener.port}", tls=TLS(ca=pki.ca))
+    roundtrip(conn, listener)
+    conn.close()
+    listener.close()
+    tls = TLS(cert=pki.locked.cert, key=pki.locked.key, key_password=pki.key_password)
+    assert pki.key_password not in repr(tls) and pki.key_password not in repr(tls.wire(True))
+
+
+# ---- protocol versions and ciphers ---------------------------------------------------------
+
+
+def python_client_version(port: int, ca: Path, version: ssl.TLSVersion) -> str | None:
+    """The protocol Python's ssl (not proton) negotiates with a listener."""
+    context = ssl.create_default_context(cafile=str(ca))
+    with warnings.catch_warnings():  # TLS 1.0 and 1.1 are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = context.maximum_version = version
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        return tls.version()
+
+
+@pytest.mark.parametrize(("name", "python_version"), [
+    ("TLSv1", ssl.TLSVersion.TLSv1), ("TLSv1.1", ssl.TLSVersion.TLSv1_1),
+    ("TLSv1.2", ssl.TLSVersion.TLSv1_2), ("TLSv1.3", ssl.TLSVersion.TLSv1_3)])
+def test_each_protocol_version_debian_allows(container: amqscale.Container, pki: PKI,
+                                            name: str, python_version: ssl.TLSVersion
+                                            ) -> None:
+    """Debian 12's OpenSSL 3.0 still negotiates TLS 1.0 and 1.1 (ECDSA certificates,
+    security level 0 for ciphers); amqscale allows each version only when asked."""
+    old = name in ("TLSv1", "TLSv1.1")
+    ciphers = "DEFAULT:@SECLEVEL=0" if old else None
+    listener = listen(container, pki.server, min_version=name, max_version=name,
+                      ciphers=ciphers)
+    assert python_client_version(listener.port, pki.ca, python_version) == name
+    url = f"amqps://localhost:{listener.port}"
+    conn = container.connect(url, tls=TLS(ca=pki.ca, min_version=name, max_version=name,
+                                          ciphers=ciphers))
+    roundtrip(conn, listener)
+    conn.close()
+    if name != "TLSv1.3":  # a client that wants newer is refused
+        newer = {"TLSv1": "TLSv1.1", "TLSv1.1": "TLSv1.2", "TLSv1.2": "TLSv1.3"}[name]
+        error = refused(container, url, TLS(ca=pki.ca, min_version=newer))
+        assert "protocol version" in str(error) or "no protocols" in str(error)
+    listener.close()
+
+
+def test_a_cipher_list(container: amqscale.Container, pki: PKI) -> None:
+    listener = listen(container, pki.server, max_version="TLSv1.2")
+    url = f"amqps://localhost:{listener.port}"
+    conn = container.connect(url, tls=TLS(ca=pki.ca, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256"))
+    assert conn.security.tls_cipher == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert conn.security.tls_protocol == "TLSv1.2"
+    conn.close()
+    error = refused(container, url, TLS(ca=pki.ca, ciphers="NO-SUCH-CIPHER"))
+    assert "cipher list 'NO-SUCH-CIPHER'" in str(error)
+    listener.close()
+
+
+# ---- failures -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pair", "reason"), [
+    ("untrusted", "unable to get local issuer certificate"),
+    ("expired", "certificate has expired"),
+    ("wrong_name", "Hostname mismatch"),
+])
+def test_a_refused_server_certificate_says_why(container: amqscale.Container, pki: PKI,
+                                              pair: str, reason: str) -> None:
+    listener = listen(container, getattr(pki, pair))
+    error = refused(container, f"amqps://localhost:{listener.port}", TLS(ca=pki.ca))
+    assert "certificate verify failed" in str(error) and reason in str(error)
+    listener.close()
+
+
+def test_the_system_trust_store_does_not_know_a_test_ca(container: amqscale.Container,
+                                                        pki: PKI) -> None:
+    listener = listen(container, pki.server)
+    error = refused(container, f"amqps://localhost:{listener.port}", None)
+    assert "unable to get local issuer certificate" in str(error)
+    listener.close()
+
+
+def test_plain_amqp_to_a_tls_listener_is_refused(container: amqscale.Container,
+                                                 pki: PKI) -> None:
+    listener = listen(container, pki.server)
+    with pytest.raises(amqscale.ConnectionFailed, match="use amqps://"):
+        container.connect(f"amqp://127.0.0.1:{listener.port}", timeout=TIMEOUT)
+    with pytest.raises(TimeoutError):  # nothing got through
+        listener.receiver.receive(timeout=0.5)
+    listener.close()
+
+
+def test_tls_to_a_plain_listener_never_falls_back(container: amqscale.Container,
+                                                  pki: PKI) -> None:
+    listener = container.listen("amqp://127.0.0.1:0")
+    error = refused(container, f"amqps://localhost:{listener.port}", TLS(ca=pki.ca))
+    assert "does the peer speak TLS" in str(error)
+    listener.close()
+
+
+def test_bad_settings_fail_at_the_call(pki: PKI, tmp_path: Path,
+                                       container: amqscale.Container) -> None:
+    with pytest.raises(FileNotFoundError, match="ca"):
+        TLS(ca=tmp_path / "missing.pem")
+    with pytest.raises(ValueError, match="verify must be one of"):
+        TLS(verify="sometimes")
+    with pytest.raises(ValueError, match="min_version"):
+        TLS(min_version="TLSv1.3", max_version="TLSv1.2")
+    with pytest.raises(ValueError, match="must be one of"):
+        TLS(min_version="SSLv3")
+    with pytest.raises(ValueError, match="key without a certificate"):
+        TLS(key=pki.client.key)
+    with pytest.raises(ValueError, match="TLS is never implied"):
+        container.connect("amqp://127.0.0.1:5672", tls=TLS(ca=pki.ca))
+    with pytest.raises(ValueError, match="needs tls="):
+        container.listen("amqps://127.0.0.1:0")
+    with pytest.raises(ValueError, match="needs cert="):
+        container.listen("amqps://127.0.0.1:0", tls=TLS(ca=pki.ca))
+    with pytest.raises(ValueError, match="needs ca="):
+        container.listen("amqps://127.0.0.1:0", tls=TLS(cert=pki.server.cert,
+                                                         key=pki.server.key, verify="peer"))
+    with pytest.raises(TypeError, match="amqscale.security.TLS"):
+        container.connect("amqps://127.0.0.1:5671", tls="ca.pem")  # type: ignore[arg-type]
