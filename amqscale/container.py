@@ -15,7 +15,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Sequence
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 from . import _ops, security
 from ._driver import Driver
@@ -343,6 +343,13 @@ class Connection(ConnectionView):
         self.close()
 
 
+class Peer(NamedTuple):
+    """A connection a peer opened to a listener."""
+
+    container_id: str | None
+    security: security.Security
+
+
 class ListenerView:
     """What every face's Listener tells of its state (the core's ListenerState), and
     close()."""
@@ -364,12 +371,20 @@ class ListenerView:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"amqp://{host}:{self.port}"
+        scheme = "amqps" if self._state.tls is not None else "amqp"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def links(self) -> int:
         """How many inbound links (remote senders) are attached now."""
         return len(self._state.receiver.links)
+
+    @property
+    def peers(self) -> list[Peer]:
+        """The peers connected now: each one's container id and what its connection
+        negotiated (the user it authenticated as, its certificate's subject, ...)."""
+        return [Peer(c.remote_container, c.security or security.Security())
+                for c in list(self._state.connections.values()) if not c.closed]
 
     def close(self) -> None:
         """Stop accepting and close the receiver: what was delivered and not taken is

@@ -646,13 +646,13 @@ def connection_failure(event: p.ConnectionClosed) -> ConnectionFailed:
         if "unexpected eof" in description or "wrong version number" in description:
             hint = " (does the peer speak TLS on this port?)"
         return TLSError("TLS failed" + condition_text(cond) + hint, name, description)
-    if event.failed_in == "sasl":
+    if event.failed_in == "sasl" or name == "amqp:unauthorized-access":
         security = event.security or p.Security()
         mechanism = security.sasl_mechanism
         hint = ""
         if mechanism is None and security.tls_protocol is None:
-            hint = (" (no mechanism both sides allow: PLAIN is used only over TLS, "
-                    "or with allow_insecure_mechanisms=True)")
+            hint = (" (no mechanism both sides allow: does the peer require credentials? "
+                    "PLAIN is used only over TLS, or with allow_insecure_mechanisms=True)")
         return AuthenticationError(
             f"authentication failed (SASL {mechanism or 'no agreed mechanism'}"
             f", outcome {security.sasl_outcome or 'none'})" + condition_text(cond) + hint,

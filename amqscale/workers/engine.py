@@ -25,8 +25,8 @@ from typing import Any
 
 from cproton_ffi import ffi, lib
 
+from . import cyrus, security
 from . import protocol as p
-from . import security
 
 IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
 RECV_BUFFER = p.MAX_FRAGMENT  # a whole small message, or one part of a large one
@@ -274,9 +274,7 @@ class Engine:
         self.link_by_ptr: dict[Any, Link] = {}
         self.listeners: dict[int, Listener] = {}
         self.tls_domains = security.Domains()
-        # The worker's Cyrus configuration directory for listeners' ServerSASL (Cyrus
-        # reads one configuration per process; set by the worker, see workers.cyrus).
-        self.cyrus_dir: str | None = None
+        self.cyrus = cyrus.CyrusServer()  # listeners' authentication (one per process)
         self.next_inbound_link = (
             p.INBOUND_LINK_BASE + (worker_index << p.INBOUND_WORKER_SHIFT)
         )
@@ -412,12 +410,17 @@ class Engine:
     def _listen(self, cmd: p.Listen) -> None:
         """Keep the listener's settings; the network binds (unless adopt_only) and then
         calls listening() or listen_failed()."""
-        if cmd.tls is not None:
-            try:  # a listener that could not speak TLS must fail now, not per connection
+        try:  # a listener that could not work must fail now, not per connection
+            if cmd.tls is not None:
                 self.tls_domains.get(cmd.tls)
-            except security.TLSSetupFailed as exc:
-                self.emit(p.ListenFailed(cmd.listener, p.Condition(p.TLS_SETUP_FAILED, str(exc))))
-                return
+            self.cyrus.apply(cmd.sasl)
+        except security.TLSSetupFailed as exc:
+            self.emit(p.ListenFailed(cmd.listener, p.Condition(p.TLS_SETUP_FAILED, str(exc))))
+            return
+        except cyrus.CyrusConfigError as exc:
+            self.emit(p.ListenFailed(cmd.listener, p.Condition(
+                "amqscale:sasl-config-failed", str(exc))))
+            return
         self.listeners[cmd.listener] = Listener(
             cmd.listener, cmd.container_id, cmd.credit, cmd.max_message_size,
             cmd.defer_attach, cmd.defer_open, cmd.tls, cmd.sasl)
@@ -447,7 +450,7 @@ class Engine:
             self._start_transport(conn, listener.container_id, server=True,
                                   configure=lambda: security.configure_server(
                                       self.tls_domains, conn.transport, listener.tls,
-                                      listener.sasl, self.cyrus_dir))
+                                      listener.sasl))
         except security.TLSSetupFailed as exc:
             self._release(conn)
             print(f"amqscale worker {os.getpid()}: {describe(conn)} refused: {exc}",
@@ -925,6 +928,10 @@ class Engine:
         if conn is None:
             return
         if lib.pn_connection_state(ptr) & LOCAL_UNINIT:  # an inbound connection
+            refusal = security.refused_authorization(conn.transport)
+            if refusal is not None:
+                self._refuse(conn, refusal)
+                return
             listener = self.listeners.get(conn.listener)  # type: ignore[arg-type]
             if listener is None or not listener.defer_open:
                 lib.pn_connection_open(ptr)  # answer its open now, else AcceptConnection
@@ -932,6 +939,12 @@ class Engine:
         self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr)),
                                      conn.listener,
                                      security.negotiated(conn.transport, conn.uses_tls)))
+
+    def _refuse(self, conn: Connection, condition: p.Condition) -> None:
+        """Close an inbound connection at once, before the user hears of it."""
+        lib.pn_connection_open(conn.ptr)
+        _set_condition(lib.pn_connection_condition(conn.ptr), condition)
+        lib.pn_connection_close(conn.ptr)
 
     def _accept_connection(self, cmd: p.AcceptConnection) -> None:
         """Answer a deferred inbound open with what AcceptConnection sets in ours."""

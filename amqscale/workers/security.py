@@ -122,21 +122,32 @@ def configure_client(domains: Domains, ptr: Any, transport: Any,
 
 
 def configure_server(domains: Domains, transport: Any, tls: p.TLSConfig | None,
-                     sasl_config: p.ServerSASL | None, cyrus_dir: str | None) -> None:
-    """TLS and SASL of an inbound connection. `cyrus_dir`: the worker's Cyrus
-    configuration directory for `sasl_config` (see workers.cyrus)."""
+                     sasl_config: p.ServerSASL | None) -> None:
+    """TLS and SASL of an inbound connection (Cyrus's configuration: workers.cyrus)."""
     if tls is not None and lib.pn_ssl_init(lib.pn_ssl(transport), domains.get(tls), ffi.NULL):
         raise TLSSetupFailed("proton could not start TLS on the connection")
     sasl = lib.pn_sasl(transport)
     if sasl_config is None:
         lib.pn_sasl_allowed_mechs(sasl, b"ANONYMOUS")
         return
-    if cyrus_dir is not None:
-        lib.pn_sasl_config_path(sasl, cyrus_dir.encode())
-        lib.pn_sasl_config_name(sasl, sasl_config.config_name.encode())
     if sasl_config.mechanisms:
         lib.pn_sasl_allowed_mechs(sasl, sasl_config.mechanisms.encode())
     lib.pn_sasl_set_allow_insecure_mechs(sasl, sasl_config.allow_insecure_mechanisms)
+    if "ANONYMOUS" not in (sasl_config.mechanisms or "").split():
+        # Else a client that skips SASL altogether would get in unauthenticated.
+        lib.pn_transport_require_auth(transport, True)
+
+
+def refused_authorization(transport: Any) -> p.Condition | None:
+    """proton's server grants any authzid a client asks for: refuse one that is not
+    the authenticated user (amqscale has no authorization rules to allow it)."""
+    sasl = lib.pn_sasl(transport)
+    user = _text(lib.pn_sasl_get_user(sasl))
+    authzid = _text(lib.pn_sasl_get_authorization(sasl))
+    if not user or not authzid or authzid == user:
+        return None
+    return p.Condition("amqp:unauthorized-access",
+                       f"{user!r} may not act as {authzid!r} (authzid)")
 
 
 def _ssl_name(getter: Any, ssl: Any, buffer: Any) -> str | None:

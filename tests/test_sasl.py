@@ -1,0 +1,385 @@
+"""SASL: amqscale's listener authenticating amqscale's and proton-python's clients, and
+amqscale's client against a proton-python server, for PLAIN, SCRAM-SHA-1/256/512,
+EXTERNAL and GSSAPI (a throw-away Kerberos realm), with each failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import amqscale
+from amqscale import AuthenticationError, ServerSASL
+from amqscale.security import TLS
+from amqscale.testing._process import LOOPBACK_V4, free_port
+from amqscale.testing.certs import PKI, make_pki
+from amqscale.testing.kerberos import KerberosRealm
+
+TIMEOUT = 20
+USERS = {"alice": "alice-pw-7f3a", "bob": "bob-pw-91c2"}
+SCRAM = ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def container() -> Iterator[amqscale.Container]:
+    with amqscale.Container(workers=2) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def plain_listener(container: amqscale.Container) -> amqscale.Listener:
+    return container.listen("amqp://127.0.0.1:0", sasl=ServerSASL(users=USERS))
+
+
+@pytest.fixture(scope="module")
+def tls_listener(container: amqscale.Container, pki: PKI) -> amqscale.Listener:
+    tls = TLS(cert=pki.server.cert, key=pki.server.key, verify="peer", ca=pki.ca)
+    return container.listen("amqps://127.0.0.1:0", tls=tls, sasl=ServerSASL(
+        users=USERS, mechanisms="EXTERNAL PLAIN SCRAM-SHA-256"))
+
+
+def url_of(listener: amqscale.Listener, user: str | None = None,
+           host: str = "127.0.0.1") -> str:
+    scheme = "amqps" if listener.url.startswith("amqps") else "amqp"
+    return f"{scheme}://{user + '@' if user else ''}{host}:{listener.port}"
+
+
+def refused(container: amqscale.Container, url: str, **options: Any) -> AuthenticationError:
+    with pytest.raises(AuthenticationError) as info:
+        container.connect(url, timeout=TIMEOUT, **options)
+    return info.value
+
+
+# ---- amqscale to amqscale ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_scram_authenticates_and_both_ends_know_the_user(
+        container: amqscale.Container, plain_listener: amqscale.Listener,
+        mechanism: str) -> None:
+    conn = container.connect(url_of(plain_listener), user="alice", password=USERS["alice"],
+                             sasl_mechanisms=mechanism, timeout=TIMEOUT)
+    assert conn.security.sasl_mechanism == mechanism and conn.security.user == "alice"
+    peers = [peer.security for peer in plain_listener.peers]
+    assert any(s.user == "alice" and s.sasl_mechanism == mechanism for s in peers)
+    conn.close()
+
+
+def test_credentials_in_the_url_and_the_strongest_mechanism_by_default(
+        container: amqscale.Container, plain_listener: amqscale.Listener) -> None:
+    url = url_of(plain_listener, f"bob:{USERS['bob']}")
+    conn = container.connect(url, timeout=TIMEOUT)
+    assert conn.security.sasl_mechanism == "SCRAM-SHA-512" and conn.security.user == "bob"
+    conn.close()
+
+
+def test_wrong_credentials_name_the_mechanism_and_outcome(
+        container: amqscale.Container, plain_listener: amqscale.Listener) -> None:
+    for user, password in (("alice", "wrong-pw"), ("mallory", "x")):
+        error = refused(container, url_of(plain_listener), user=user, password=password,
+                        sasl_mechanisms="SCRAM-SHA-256")
+        assert error.mechanism == "SCRAM-SHA-256" and error.outcome == "auth"
+        assert error.condition == "amqp:unauthorized-access"
+        assert password not in str(error)
+
+
+def test_a_mechanism_the_listener_does_not_offer(container: amqscale.Container,
+                                                 tls_listener: amqscale.Listener,
+                                                 pki: PKI) -> None:
+    error = refused(container, url_of(tls_listener, host="localhost"), user="alice",
+                    password=USERS["alice"], sasl_mechanisms="SCRAM-SHA-1",
+                    tls=TLS(ca=pki.ca, cert=pki.client.cert, key=pki.client.key))
+    assert error.mechanism is None and error.outcome == "perm"
+
+
+def test_no_credentials_for_a_listener_that_requires_them(
+        container: amqscale.Container, plain_listener: amqscale.Listener) -> None:
+    error = refused(container, url_of(plain_listener))
+    assert "require credentials" in str(error)
+    # A client that skips SASL altogether is not let in either.
+    with socket.create_connection(("127.0.0.1", plain_listener.port), timeout=TIMEOUT) as raw:
+        raw.sendall(b"AMQP\x00\x01\x00\x00")
+        answer = raw.recv(4096)
+        assert not answer.startswith(b"AMQP\x00\x01")
+
+
+def test_plain_needs_tls_on_both_sides(container: amqscale.Container,
+                                       plain_listener: amqscale.Listener,
+                                       tls_listener: amqscale.Listener, pki: PKI) -> None:
+    # Over cleartext the listener does not offer PLAIN, even to a client that allows it.
+    error = refused(container, url_of(plain_listener), user="alice", password=USERS["alice"],
+                    sasl_mechanisms="PLAIN", allow_insecure_mechanisms=True)
+    assert error.mechanism is None
+    # Over TLS it does, and the client needs no insecure flag.
+    conn = container.connect(url_of(tls_listener, host="localhost"), user="alice",
+                             password=USERS["alice"], sasl_mechanisms="PLAIN",
+                             tls=TLS(ca=pki.ca, cert=pki.client.cert, key=pki.client.key))
+    assert conn.security.sasl_mechanism == "PLAIN" and conn.security.tls_protocol
+    conn.close()
+
+
+def test_a_listener_may_allow_plain_in_cleartext(container: amqscale.Container) -> None:
+    listener = container.listen("amqp://127.0.0.1:0", sasl=ServerSASL(
+        users=USERS, mechanisms="PLAIN", allow_insecure_mechanisms=True))
+    conn = container.connect(url_of(listener), user="bob", password=USERS["bob"],
+                             allow_insecure_mechanisms=True)
+    assert conn.security.sasl_mechanism == "PLAIN"
+    conn.close()
+    listener.close()
+
+
+def test_external_takes_the_client_certificate(container: amqscale.Container,
+                                               tls_listener: amqscale.Listener,
+                                               pki: PKI) -> None:
+    tls = TLS(ca=pki.ca, cert=pki.client.cert, key=pki.client.key)
+    conn = container.connect(url_of(tls_listener, host="localhost"), tls=tls,
+                             sasl_mechanisms="EXTERNAL", timeout=TIMEOUT)
+    assert conn.security.sasl_mechanism == "EXTERNAL"
+    users = {peer.security.user for peer in tls_listener.peers
+             if peer.security.sasl_mechanism == "EXTERNAL"}
+    assert f"CN={pki.client_name}" in users
+    conn.close()
+    with pytest.raises(amqscale.TLSError, match="certificate required"):
+        container.connect(url_of(tls_listener, host="localhost"), tls=TLS(ca=pki.ca),
+                          sasl_mechanisms="EXTERNAL", timeout=TIMEOUT)
+
+
+def test_an_authzid_other_than_the_user_is_refused(
+        container: amqscale.Container, plain_listener: amqscale.Listener) -> None:
+    conn = container.connect(url_of(plain_listener), user="alice", password=USERS["alice"],
+                             authzid="alice", timeout=TIMEOUT)
+    assert conn.security.authzid == "alice"
+    conn.close()
+    error = refused(container, url_of(plain_listener), user="alice",
+                    password=USERS["alice"], authzid="bob")
+    assert "may not act as 'bob'" in str(error)
+
+
+def test_listener_settings_are_checked(container: amqscale.Container,
+                                       plain_listener: amqscale.Listener,
+                                       tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="users= or config_path="):
+        ServerSASL()
+    with pytest.raises(ValueError, match="password of 'x'"):
+        ServerSASL(users={"x": ""})
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        ServerSASL(config_path=tmp_path / "missing")
+    assert "alice-pw" not in repr(ServerSASL(users=USERS))
+    with pytest.raises(amqscale.ConnectionFailed, match="another password"):
+        container.listen("amqp://127.0.0.1:0", sasl=ServerSASL(users={"alice": "other"}))
+    with pytest.raises(amqscale.ConnectionFailed, match="one configuration per process"):
+        container.listen("amqp://127.0.0.1:0", sasl=ServerSASL(config_path=tmp_path))
+
+
+# ---- proton-python on the other end --------------------------------------------------------
+
+# A proton-python peer in its own process (Cyrus's configuration is per process). It reads
+# its settings as JSON on stdin (secrets never on argv), prints one JSON line per event
+# and exits after its one connection (or 30 s).
+PEER = r"""
+import json, sys
+from proton import Message
+from proton.handlers import MessagingHandler
+from proton.reactor import Container
+config = json.loads(sys.stdin.readline())
+def emit(**fields):
+    print(json.dumps(fields), flush=True)
+class Stop:
+    def on_timer_task(self, event):
+        emit(event="timeout"); event.container.stop()
+class Peer(MessagingHandler):
+    sent = False
+    def on_start(self, event):
+        event.container.schedule(30, Stop())
+        if config["role"] == "server":
+            self.acceptor = event.container.listen(config["url"])
+            emit(event="listening")
+            return
+        options = {"reconnect": False, "allow_insecure_mechs": False}
+        for key in ("user", "password", "allowed_mechs", "virtual_host"):
+            if config.get(key):
+                options[key] = config[key]
+        conn = event.container.connect(config["url"], **options)
+        event.container.create_sender(conn, "sasl-test")
+    def on_connection_opened(self, event):
+        sasl = event.transport.sasl()
+        emit(event="opened", user=sasl.user, mech=sasl.mech)
+    def on_sendable(self, event):
+        if not self.sent:
+            event.sender.send(Message(body="authenticated")); self.sent = True
+    def on_accepted(self, event):
+        emit(event="accepted"); event.connection.close()
+    def on_message(self, event):
+        body = event.message.body
+        emit(event="message", body=body if isinstance(body, str) else bytes(body).decode())
+    def on_transport_error(self, event):
+        cond = event.transport.condition
+        emit(event="error", name=cond and cond.name, description=cond and cond.description)
+    def on_transport_closed(self, event):
+        if config["role"] == "server":
+            self.acceptor.close()
+        event.container.stop()
+Container(Peer()).run()
+"""
+
+
+def start_peer(config: dict[str, str], env: dict[str, str] | None = None
+               ) -> subprocess.Popen[str]:
+    peer = subprocess.Popen([sys.executable, "-c", PEER], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert peer.stdin is not None and peer.stdout is not None
+    peer.stdin.write(json.dumps(config) + "\n")
+    peer.stdin.flush()
+    if config["role"] == "server":
+        first = peer.stdout.readline()
+        assert '"listening"' in first, f"the proton server did not start: {first!r}"
+    return peer
+
+
+def finish(peer: subprocess.Popen[str]) -> list[dict[str, Any]]:
+    try:
+        out, err = peer.communicate(timeout=60)
+    finally:
+        if peer.poll() is None:
+            peer.kill()
+            peer.wait()
+    assert peer.returncode == 0, err
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def cyrus_dir(tmp_path: Path, mechanisms: str, users: dict[str, str]) -> Path:
+    """A Cyrus server configuration with a sasldb holding `users`, for a proton server."""
+    from amqscale.workers.cyrus import server_realm
+
+    directory = tmp_path / "cyrus"
+    directory.mkdir(mode=0o700)
+    sasldb = directory / "users.sasldb"
+    (directory / "proton-server.conf").write_text(
+        f"mech_list: {mechanisms}\npwcheck_method: auxprop\nauxprop_plugin: sasldb\n"
+        f"sasldb_path: {sasldb}\n")
+    for name, password in users.items():
+        subprocess.run(["/usr/sbin/saslpasswd2", "-c", "-p", "-f", str(sasldb), "-u",
+                        server_realm(), name], input=password.encode(), check=True,
+                       timeout=30)
+    return directory
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_proton_python_clients_authenticate_to_amqscale(
+        plain_listener: amqscale.Listener, mechanism: str) -> None:
+    url = f"amqp://127.0.0.1:{plain_listener.port}"
+    client = start_peer({"role": "client", "url": url, "user": "alice",
+                         "password": USERS["alice"], "allowed_mechs": mechanism})
+    delivery = plain_listener.receiver.receive(timeout=TIMEOUT)
+    assert delivery.message.body == "authenticated"
+    delivery.accept()
+    events = finish(client)
+    assert {"event": "opened", "user": "alice", "mech": mechanism} in events
+    assert {"event": "accepted"} in events
+    wrong = finish(start_peer({"role": "client", "url": url, "user": "alice",
+                               "password": "wrong", "allowed_mechs": mechanism}))
+    assert [e["name"] for e in wrong if e["event"] == "error"] == ["amqp:unauthorized-access"]
+
+
+@pytest.mark.parametrize("mechanism", SCRAM)
+def test_amqscale_authenticates_to_a_proton_python_server(
+        container: amqscale.Container, tmp_path: Path, mechanism: str) -> None:
+    config = cyrus_dir(tmp_path, " ".join(SCRAM), {"carol": "carol-pw"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PN_")}
+    env["PN_SASL_CONFIG_PATH"] = str(config)
+    port = free_port((LOOPBACK_V4,))
+    server = start_peer({"role": "server", "url": f"127.0.0.1:{port}"}, env)
+    conn = container.connect(f"amqp://127.0.0.1:{port}", user="carol", password="carol-pw",
+                             sasl_mechanisms=mechanism, timeout=TIMEOUT)
+    assert conn.security.sasl_mechanism == mechanism
+    assert conn.open_sender("sasl-test").send(b"from amqscale").wait(TIMEOUT).accepted
+    conn.close()
+    events = finish(server)
+    assert {"event": "opened", "user": "carol", "mech": mechanism} in events
+    assert {"event": "message", "body": "from amqscale"} in events
+    server = start_peer({"role": "server", "url": f"127.0.0.1:{port}"}, env)
+    error = refused(container, f"amqp://127.0.0.1:{port}", user="carol", password="nope",
+                    sasl_mechanisms=mechanism)
+    assert error.outcome == "auth" and error.mechanism == mechanism
+    finish(server)
+
+
+# ---- GSSAPI (Kerberos) ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def realm() -> Iterator[KerberosRealm]:
+    with KerberosRealm() as kdc:
+        yield kdc
+
+
+@pytest.fixture
+def kerberos_env(realm: KerberosRealm, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process's environment joined to the realm (the workers inherit it)."""
+    for key in list(os.environ):
+        if key.startswith(("KRB5", "PN_SASL")):
+            monkeypatch.delenv(key)
+    env = realm.env()
+    env.pop("PN_SASL_CONFIG_PATH")  # amqscale's listener names its configuration itself
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return dict(os.environ)
+
+
+def test_gssapi_between_amqscale_peers(realm: KerberosRealm,
+                                       kerberos_env: dict[str, str]) -> None:
+    with amqscale.Container(workers=1) as c:
+        listener = c.listen("amqp://127.0.0.1:0", sasl=ServerSASL(
+            config_path=realm.sasl_config_dir, mechanisms="GSSAPI"))
+        conn = c.connect(f"amqp://localhost:{listener.port}", sasl_mechanisms="GSSAPI")
+        assert conn.security.sasl_mechanism == "GSSAPI"
+        [peer] = listener.peers
+        assert peer.security.user == realm.user and peer.security.sasl_mechanism == "GSSAPI"
+        conn.close()
+
+
+def test_gssapi_with_proton_python_both_ways(realm: KerberosRealm,
+                                             kerberos_env: dict[str, str]) -> None:
+    with amqscale.Container(workers=1) as c:
+        listener = c.listen("amqp://127.0.0.1:0", sasl=ServerSASL(
+            config_path=realm.sasl_config_dir, mechanisms="GSSAPI"))
+        events = finish(start_peer({"role": "client", "url": f"127.0.0.1:{listener.port}",
+                                    "allowed_mechs": "GSSAPI", "virtual_host": "localhost"},
+                                   kerberos_env))
+        assert [e["mech"] for e in events if e["event"] == "opened"] == ["GSSAPI"]
+        assert listener.receiver.receive(timeout=TIMEOUT).message.body == "authenticated"
+
+        port = free_port((LOOPBACK_V4,))
+        server = start_peer({"role": "server", "url": f"127.0.0.1:{port}"},
+                            dict(kerberos_env, **realm.env()))
+        conn = c.connect(f"amqp://127.0.0.1:{port}", virtual_host="localhost",
+                         sasl_mechanisms="GSSAPI", timeout=TIMEOUT)
+        assert conn.security.sasl_mechanism == "GSSAPI"
+        conn.close()
+        assert {"event": "opened", "user": realm.user, "mech": "GSSAPI"} in finish(server)
+
+
+def test_gssapi_without_credentials(realm: KerberosRealm, kerberos_env: dict[str, str],
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in realm.env(credentials=False).items():
+        if key != "PN_SASL_CONFIG_PATH":
+            monkeypatch.setenv(key, value)
+    port = free_port((LOOPBACK_V4,))
+    server = start_peer({"role": "server", "url": f"127.0.0.1:{port}"},
+                        dict(os.environ, **realm.env()))
+    with amqscale.Container(workers=1) as c:
+        error = refused(c, f"amqp://localhost:{port}", sasl_mechanisms="GSSAPI")
+        assert "No Kerberos credentials" in str(error) or "credentials" in str(error)
+    finish(server)
