@@ -16,6 +16,7 @@ APT_PACKAGES=(
   libsasl2-modules-gssapi-mit python3-dev python3-venv
   libqpid-proton11-dev libqpid-proton11-dev-examples
   rabbitmq-server
+  krb5-kdc krb5-admin-server krb5-user
 )
 # Node.js may come from elsewhere (its own npm inside): only ask apt when the commands lack.
 command -v node >/dev/null || APT_PACKAGES+=(nodejs)
@@ -31,18 +32,26 @@ missing_apt() {
 install_apt() {
   echo "setup: installing apt packages: $*" >&2
   export DEBIAN_FRONTEND=noninteractive
-  # Keep Debian from starting a system-wide RabbitMQ (and its epmd): the tests run a private,
-  # loopback-only node. policy-rc.d exiting 101 forbids service starts during the install.
-  local policy=/usr/sbin/policy-rc.d
+  # Keep Debian from starting a system-wide RabbitMQ (and its epmd), KDC or kadmind: the tests
+  # run private, loopback-only servers. policy-rc.d exiting 101 forbids service starts during
+  # the install: invoke-rc.d and deb-systemd-invoke both honour it (invoke-rc.d then exits 0,
+  # so the krb5 postinsts succeed). The krb5 debconf questions (default realm, the new-realm
+  # note) take their defaults under noninteractive. The tests never use /etc/krb5.conf or
+  # /etc/krb5kdc: amqscale.testing.kerberos writes its own realm's configuration.
+  local policy=/usr/sbin/policy-rc.d created=
   if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy"
     chmod +x "$policy"
+    created=1
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-  rm -f "$policy"
-  trap - EXIT
+  # Remove only the policy this run wrote; one that was there before stays.
+  if [ -n "$created" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 }
 
 mapfile -t MISSING < <(missing_apt)
