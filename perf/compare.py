@@ -10,6 +10,13 @@ prints one JSON line of results at the end. Cases run interleaved (A B C A B C .
 warm-up pass, and each figure is the median of ``--runs`` runs. Peer-to-peer cases run with
 no broker up; each broker's cases run while only that broker is up.
 
+TLS (``--cases tls``): proton-python and amqscale bytes (one per call and batches) peer to
+peer over ``amqps://127.0.0.1``, with the same cases without TLS in the same run, so that
+the report shows amqscale-TLS / proton-python-TLS and TLS's own cost (TLS / plain, rate and
+CPU per message). Test certificates (``amqscale.testing.certs``) are made once per run in
+its temporary directory; the receiver listens with the server's certificate and key, the
+sender verifies it and the name against the CA.
+
 * msg/s: messages received / (end - sender start), where the sender starts its clock when its
   link is usable and the end is the later of the receiver's last message and the sender's last
   outcome.
@@ -73,14 +80,23 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
     # The asyncio face (amqscale.aio on uvloop): put() one by one, and send_many.
     "amqscale-aio-bytes": ("aio", []),
     "amqscale-aio-bytes-batch": ("aio", ["--batch", "1000"]),
+    # Over TLS (amqps://, peer-to-peer): the families above of the same name without -tls.
+    "proton-tls": ("proton", []),
+    "amqscale-bytes-tls": ("amqscale", []),
+    "amqscale-bytes-batch-tls": ("amqscale", ["--batch", "1000"]),
 }
+# Each TLS family and its plain twin; the group "tls" selects both of every pair.
+TLS_TWINS = {"proton-tls": "proton", "amqscale-bytes-tls": "amqscale-bytes",
+             "amqscale-bytes-batch-tls": "amqscale-bytes-batch"}
 BATCH_FAMILIES = {"amqscale-bytes-batch", "amqscale-messages-batch",
-                  "amqscale-aio-bytes-batch"}
+                  "amqscale-aio-bytes-batch", "amqscale-bytes-batch-tls"}
 P2P_FAMILIES = list(FAMILIES)
 BROKER_FAMILIES = {"proton-c-broker": ["c-examples", "proton", "amqscale-bytes"],
                    "rabbitmq": ["proton", "amqscale-bytes"]}
-GROUPS = P2P_FAMILIES + ["cbroker", "rabbitmq", "codec", "ring"]
-QUICK_DEFAULT = P2P_FAMILIES + ["codec", "ring"]
+GROUPS = P2P_FAMILIES + ["tls", "cbroker", "rabbitmq", "codec", "ring"]
+# TLS runs when asked for (--cases tls, or its families by name), not by default.
+DEFAULT_GROUPS = [g for g in GROUPS if g != "tls" and g not in TLS_TWINS]
+QUICK_DEFAULT = [f for f in P2P_FAMILIES if f not in TLS_TWINS] + ["codec", "ring"]
 
 # Messages per run, full mode, by family: a few seconds each at the baseline rates measured
 # on 2-core machines (proton-python ~23k msg/s, a lean engine loop ~0.9M msg/s).
@@ -89,6 +105,8 @@ FULL_COUNTS = {"proton": 50_000, "proton-msg": 50_000, "engine": 1_000_000,
                "amqscale-bytes-batch": 300_000, "amqscale-messages-batch": 200_000,
                "amqscale-reactor": 100_000, "amqscale-aio-bytes": 300_000,
                "amqscale-aio-bytes-batch": 300_000,
+               "proton-tls": 50_000, "amqscale-bytes-tls": 300_000,
+               "amqscale-bytes-batch-tls": 300_000,
                "c-examples": 200_000}
 BROKER_COUNT_FACTOR = {"p2p": 1.0, "proton-c-broker": 0.5, "rabbitmq": 0.4}
 LARGE_BODY = 1024  # bodies above this get a quarter of the count (full mode)
@@ -108,6 +126,10 @@ class Case:
     def id(self) -> str:
         return report.case_id(self.path, self.family, self.size,
                               report.mode_name(self.presettled), self.workers)
+
+    @property
+    def tls(self) -> bool:
+        return self.family in TLS_TWINS
 
     @property
     def latency(self) -> bool:
@@ -153,7 +175,8 @@ class Settings:
 def build_cases(settings: Settings) -> dict[str, list[Case]]:
     """Cases by the group that runs together: "p2p", and one per broker."""
     groups: dict[str, list[Case]] = {}
-    p2p = [f for f in P2P_FAMILIES if f in settings.groups]
+    tls_pairs = set(TLS_TWINS) | set(TLS_TWINS.values()) if "tls" in settings.groups else set()
+    p2p = [f for f in P2P_FAMILIES if f in settings.groups or f in tls_pairs]
     groups["p2p"] = list(expand("p2p", p2p, settings))
     if "cbroker" in settings.groups:
         groups["proton-c-broker"] = list(
@@ -169,7 +192,8 @@ def expand(path: str, families: list[str], settings: Settings) -> Iterator[Case]
             yield Case(family, path, C_EXAMPLE_BODY, False)
             continue
         for size in settings.sizes:
-            if family in BATCH_FAMILIES and size > LARGE_BODY:
+            if (family in BATCH_FAMILIES and size > LARGE_BODY
+                    and not large_batches(family, families)):
                 continue  # the batch API's question is per-message cost: small bodies
             for presettled in settings.modes:
                 if family.startswith("amqscale"):
@@ -177,6 +201,12 @@ def expand(path: str, families: list[str], settings: Settings) -> Iterator[Case]
                         yield Case(family, path, size, presettled, workers)
                 else:
                     yield Case(family, path, size, presettled)
+
+
+def large_batches(family: str, families: list[str]) -> bool:
+    """Whether a batch family runs large bodies too: over TLS (TLS's cost grows with the
+    bytes), and the plain twin of a TLS family that runs, to be compared with it."""
+    return family in TLS_TWINS or any(TLS_TWINS.get(f) == family for f in families)
 
 
 # ---- running peers --------------------------------------------------------------------------
@@ -274,8 +304,9 @@ class Broker:
 
 
 def peer_argv(role: str, case: Case, url: str, address: str, count: int, rate: float,
-              listen: bool, root: Path = REPO_ROOT) -> list[str]:
-    """The command line of one peer, from the source tree `root` (perf/ab.py runs two)."""
+              listen: bool, root: Path = REPO_ROOT, certs: Any = None) -> list[str]:
+    """The command line of one peer, from the source tree `root` (perf/ab.py runs two);
+    `certs` (amqscale.testing.certs.Certificates) for a TLS case."""
     base, extra = FAMILIES[case.family]
     peers = root / PEERS.relative_to(REPO_ROOT)
     argv = [sys.executable, str(peers), f"{base}-{role}", "--url", url, "--address", address,
@@ -288,29 +319,54 @@ def peer_argv(role: str, case: Case, url: str, address: str, count: int, rate: f
         argv += ["--workers", str(case.workers)]
     if listen:
         argv.append("--listen")
+    if case.tls:
+        if certs is None:
+            raise ValueError(f"{case.id}: a TLS case needs certificates")
+        if listen:
+            argv += ["--cert", str(certs.cert), "--key", str(certs.key)]
+        else:
+            argv += ["--ca", str(certs.ca)]
     return argv
+
+
+_CERTIFICATES: dict[Path, Any] = {}
+
+
+def tls_certificates(logdir: Path) -> Any:
+    """The run's test certificates (a CA; a server certificate and key for 127.0.0.1 and
+    localhost), made once per run in its temporary directory `logdir`."""
+    if logdir not in _CERTIFICATES:
+        from amqscale.testing.certs import make_certificates
+
+        _CERTIFICATES[logdir] = make_certificates(logdir / "certs")
+    return _CERTIFICATES[logdir]
 
 
 def run_pair(case: Case, count: int, rate: float, broker: Broker | None,
              logdir: Path, root: Path = REPO_ROOT) -> dict[str, Any]:
     """One run of a Python pair (from the source tree `root`): receiver, then sender;
     returns both reports."""
+    certs = tls_certificates(logdir) if case.tls else None
     if broker is None:
         from amqscale.testing import free_port
 
-        url, address, listen = f"amqp://127.0.0.1:{free_port(['127.0.0.1'])}", "perf", True
+        scheme = "amqps" if case.tls else "amqp"
+        url, address, listen = (f"{scheme}://127.0.0.1:{free_port(['127.0.0.1'])}", "perf",
+                                True)
+    elif case.tls:
+        raise ValueError(f"{case.id}: TLS cases are peer-to-peer only")
     else:
         url, address, listen = broker.url, broker.fresh_address(), False
     tag = f"{case.id.replace('/', '_')}-{uuid.uuid4().hex[:6]}"
-    receiver = Peer(peer_argv("recv", case, url, address, count, rate, listen, root), logdir,
-                    f"{tag}-recv", root=root)
+    receiver = Peer(peer_argv("recv", case, url, address, count, rate, listen, root, certs),
+                    logdir, f"{tag}-recv", root=root)
     sender: Peer | None = None
     try:
         line = receiver.read_line(READY_TIMEOUT)
         if line != "ready":
             raise RuntimeError(f"receiver said {line!r}, not ready")
         broker_cpu0 = broker.cpu_seconds() if broker else 0.0
-        sender = Peer(peer_argv("send", case, url, address, count, rate, False, root),
+        sender = Peer(peer_argv("send", case, url, address, count, rate, False, root, certs),
                       logdir, f"{tag}-send", root=root)
         budget = 120 + count / 200
         sent = sender.read_json(budget)
@@ -486,8 +542,9 @@ def parse_args(argv: list[str]) -> Settings:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny counts, 1 run, no warm-up, brokers only if asked")
     ap.add_argument("--cases", nargs="+", choices=GROUPS, metavar="GROUP",
-                    help=f"groups to run, from {', '.join(GROUPS)} (default: all; "
-                         "--quick: all but cbroker and rabbitmq)")
+                    help=f"groups to run, from {', '.join(GROUPS)} (default: all but the "
+                         "TLS ones; --quick: also but cbroker and rabbitmq; tls: the TLS "
+                         "families and their plain twins, peer-to-peer)")
     ap.add_argument("--sizes", default="100,4096", help="body sizes in bytes")
     ap.add_argument("--modes", default="at-least-once,presettled")
     ap.add_argument("--workers", default="1,2", help="amqscale workers (and shards) a side")
@@ -513,7 +570,7 @@ def parse_args(argv: list[str]) -> Settings:
         scale=args.scale,
         latency_seconds=args.latency_seconds or (1.0 if args.quick else 5.0),
         out_dir=args.out_dir,
-        groups=args.cases or (QUICK_DEFAULT if args.quick else GROUPS),
+        groups=args.cases or (QUICK_DEFAULT if args.quick else DEFAULT_GROUPS),
         sizes=[int(s) for s in args.sizes.split(",")],
         modes=modes,
         workers=[int(w) for w in args.workers.split(",")],
@@ -551,7 +608,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="amqscale-perf-") as tmp:
         logdir = Path(tmp)
-        for path, cases in build_cases(settings).items():
+        groups = build_cases(settings)
+        if any(case.tls for cases in groups.values() for case in cases):
+            certs = tls_certificates(logdir)
+            print(f"TLS: test certificates in {certs.ca.parent}", flush=True)
+        for path, cases in groups.items():
             print(f"{path}: {len(cases)} case(s) x {settings.runs} run(s)", flush=True)
             run_group(path, cases, settings, logdir, document["cases"])
     for name in ("codec", "ring"):

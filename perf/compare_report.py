@@ -28,6 +28,7 @@ TARGETS = {
     "handover_messages_us": 3.0,  # user process CPU per message, Message id + 3 properties
     "rabbitmq_rate": 2.0,  # amqscale vs proton-python through RabbitMQ
     "latency_p99_us": 1000.0,  # at half the measured peak
+    "tls_rate": 8.0,  # amqscale bytes over TLS vs proton-python over TLS, rate
 }
 
 
@@ -257,6 +258,7 @@ def ratios(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "library_us_per_msg_messages_batch": _library(msg_batch),
             "latency_p99_us": _latencies(look, size, mode),
         }
+        r.update(_tls_ratios(look, size, mode))
         r.update(_broker_ratios(look, size, mode))
         out[f"{size}B/{mode}"] = r
     return out
@@ -282,16 +284,64 @@ def _worker_vs_proton(ours: dict[str, Any] | None,
 
 def _latencies(look: Lookup, size: int, mode: str) -> dict[str, float]:
     found: dict[str, float] = {}
-    for family in ("proton", "proton-msg", "engine"):
+    for family in ("proton", "proton-msg", "engine", "proton-tls"):
         case = look.get("p2p", family, size, mode)
         if case and case.get("latency"):
             found[family] = case["latency"]["p99_us"]
-    for family in ("amqscale-bytes", "amqscale-messages"):
+    for family in ("amqscale-bytes", "amqscale-messages", "amqscale-bytes-tls"):
         for workers in look.workers:
             case = look.get("p2p", family, size, mode, workers)
             if case and case.get("latency"):
                 found[f"{family}/w{workers}"] = case["latency"]["p99_us"]
     return found
+
+
+def _side_cpu(case: dict[str, Any], side: str) -> float:
+    """CPU per message of one side: its process and its workers."""
+    return float(case["user_us_per_msg"][side] + case["workers_us_per_msg"].get(side, 0.0))
+
+
+def _tls_extra(tls: dict[str, Any] | None,
+               plain: dict[str, Any] | None) -> dict[str, float] | None:
+    """What TLS adds to the CPU per message: per side (process + workers) and in all."""
+    if not tls or not plain:
+        return None
+    extra = {side: _side_cpu(tls, side) - _side_cpu(plain, side)
+             for side in ("sender", "receiver")}
+    extra["total"] = tls["cpu_us_per_msg_total"] - plain["cpu_us_per_msg_total"]
+    return extra
+
+
+# TLS family -> (its plain twin, the key its ratios are named by)
+TLS_PAIRS = {"proton-tls": ("proton", "proton"),
+             "amqscale-bytes-tls": ("amqscale-bytes", "bytes"),
+             "amqscale-bytes-batch-tls": ("amqscale-bytes-batch", "bytes_batch")}
+
+
+def _tls_ratios(look: Lookup, size: int, mode: str) -> dict[str, Any]:
+    """amqscale over TLS vs proton-python over TLS, and each TLS case vs its plain twin in
+    the same run (amqscale: the faster TLS worker count, against the plain case with the
+    same workers)."""
+    out: dict[str, Any] = {}
+    found: dict[str, dict[str, Any] | None] = {}
+    for family, (plain_family, key) in TLS_PAIRS.items():
+        if family.startswith("amqscale"):
+            tls = look.best("p2p", family, size, mode)
+            workers = tls["workers"] if tls else 0
+            plain = look.get("p2p", plain_family, size, mode, workers) if tls else None
+            out[f"tls_{key}_workers"] = workers or None
+        else:
+            tls = look.get("p2p", family, size, mode)
+            plain = look.get("p2p", plain_family, size, mode)
+        found[key] = tls
+        out[f"tls_{key}_msg_per_s"] = _rate(tls)
+        out[f"tls_vs_plain_{key}_rate"] = _ratio(_rate(tls), _rate(plain))
+        out[f"tls_vs_plain_{key}_cpu_per_msg"] = _ratio(_cpu_total(tls), _cpu_total(plain))
+        out[f"tls_extra_cpu_us_per_msg_{key}"] = _tls_extra(tls, plain)
+    proton_tls = _rate(found["proton"])
+    out["tls_bytes_vs_proton_tls_rate"] = _ratio(_rate(found["bytes"]), proton_tls)
+    out["tls_bytes_batch_vs_proton_tls_rate"] = _ratio(_rate(found["bytes_batch"]), proton_tls)
+    return out
 
 
 def _broker_ratios(look: Lookup, size: int, mode: str) -> dict[str, Any]:
@@ -353,6 +403,8 @@ def targets(document: dict[str, Any]) -> list[dict[str, Any]]:
                    TARGETS["handover_messages_us"], "<="),
             _check("RabbitMQ: amqscale >= 2x proton-python (rate)", combo,
                    r.get("rabbitmq_amqscale_vs_proton_rate"), TARGETS["rabbitmq_rate"], ">="),
+            _check("TLS: amqscale bytes >= 8x proton-python, both TLS (rate)", combo,
+                   r.get("tls_bytes_vs_proton_tls_rate"), TARGETS["tls_rate"], ">="),
         ]
         for family in ("amqscale-bytes", "amqscale-messages"):
             best = look.best("p2p", family, size, mode)
@@ -424,6 +476,24 @@ RATIO_ROWS = [
     ("bytes, batch API: library's share us/msg", "library_us_per_msg_bytes_batch", ".2f"),
     ("Message, batch API: library's share us/msg", "library_us_per_msg_messages_batch",
      ".2f"),
+    ("TLS: amqscale bytes vs proton-python (x)", "tls_bytes_vs_proton_tls_rate", ".2f"),
+    ("TLS: bytes, batch API vs proton-python (x)", "tls_bytes_batch_vs_proton_tls_rate",
+     ".2f"),
+    ("TLS: amqscale bytes msg/s", "tls_bytes_msg_per_s", ",.0f"),
+    ("TLS: proton-python msg/s", "tls_proton_msg_per_s", ",.0f"),
+    ("TLS/plain rate: amqscale bytes (x)", "tls_vs_plain_bytes_rate", ".3f"),
+    ("TLS/plain rate: bytes, batch API (x)", "tls_vs_plain_bytes_batch_rate", ".3f"),
+    ("TLS/plain rate: proton-python (x)", "tls_vs_plain_proton_rate", ".3f"),
+    ("TLS/plain CPU/msg: amqscale bytes (x)", "tls_vs_plain_bytes_cpu_per_msg", ".3f"),
+    ("TLS/plain CPU/msg: bytes, batch API (x)", "tls_vs_plain_bytes_batch_cpu_per_msg",
+     ".3f"),
+    ("TLS/plain CPU/msg: proton-python (x)", "tls_vs_plain_proton_cpu_per_msg", ".3f"),
+    ("TLS extra CPU us/msg: amqscale bytes", "tls_extra_cpu_us_per_msg_bytes", ".2f"),
+    ("TLS extra CPU us/msg: bytes, batch API", "tls_extra_cpu_us_per_msg_bytes_batch",
+     ".2f"),
+    ("TLS extra CPU us/msg: proton-python", "tls_extra_cpu_us_per_msg_proton", ".1f"),
+    ("TLS: amqscale workers compared", "tls_bytes_workers", "d"),
+    ("TLS: batch API workers compared", "tls_bytes_batch_workers", "d"),
     ("RabbitMQ: amqscale vs proton-python (x)", "rabbitmq_amqscale_vs_proton_rate", ".2f"),
     ("RabbitMQ: broker CPU us/msg", "rabbitmq_broker_cpu_us_per_msg", ".1f"),
     ("C broker: amqscale vs proton-python (x)", "proton_c_broker_amqscale_vs_proton_rate",

@@ -2,6 +2,7 @@
 
     python perf/peers.py ROLE --url amqp://127.0.0.1:PORT [--address A] --count N
                          [--size B] [--presettled] [--rate R] [--workers W] [--messages]
+                         [--batch N] [--listen] [--ca CA.pem | --cert CERT.pem --key KEY.pem]
 
 Roles (ROLE):
 
@@ -16,6 +17,12 @@ Roles (ROLE):
   and 3 application properties built by the sender and read by the receiver. With
   ``--batch N`` they use ``send_many`` and ``receive_many`` + ``accept_many``, N at most.
   They time the harness's own per-message work apart after the run (``cpu_own``).
+
+TLS (the proton and amqscale roles): an ``amqps://`` URL with ``--cert``/``--key`` (a
+listening receiver: the server's certificate and key) and ``--ca`` (a connecting peer: the
+CA it trusts; the server's certificate and name are verified). proton-python builds an
+``SSLDomain`` (server: ``set_credentials(cert, key, None)``; client: ``MODE_CLIENT``,
+``set_trusted_ca_db(ca)``, ``VERIFY_PEER_NAME``); amqscale an ``amqscale.TLS``.
 
 Every body starts with 16 bytes: the scheduled send time (``time.monotonic_ns()``, a
 system-wide clock on Linux; 0 when not paced) and the sequence number. With ``--rate`` the
@@ -74,6 +81,13 @@ class Config:
     listen: bool
     idle: float
     batch: int
+    ca: str | None = None  # TLS, amqps:// only: the CA a connecting peer trusts
+    cert: str | None = None  # and a listening peer's certificate and key
+    key: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("amqps:")
 
 
 @dataclass
@@ -192,6 +206,34 @@ def announce_ready() -> None:
     print("ready", flush=True)
 
 
+def proton_ssl_domain(cfg: Config, server: bool) -> Any:
+    """proton-python's SSLDomain for an amqps:// peer (None for amqp://)."""
+    if not cfg.tls:
+        return None
+    from proton import SSLDomain
+
+    if server:
+        assert cfg.cert is not None and cfg.key is not None  # parse_args saw to it
+        domain = SSLDomain(SSLDomain.MODE_SERVER)
+        domain.set_credentials(cfg.cert, cfg.key, None)
+    else:
+        assert cfg.ca is not None
+        domain = SSLDomain(SSLDomain.MODE_CLIENT)
+        domain.set_trusted_ca_db(cfg.ca)
+        domain.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
+    return domain
+
+
+def amqscale_tls(cfg: Config, server: bool) -> Any:
+    """amqscale.TLS for an amqps:// peer (None for amqp://): a listener's certificate and
+    key, or the CA a client trusts (the default verify: certificate and name)."""
+    if not cfg.tls:
+        return None
+    import amqscale
+
+    return amqscale.TLS(cert=cfg.cert, key=cfg.key) if server else amqscale.TLS(ca=cfg.ca)
+
+
 def wait_for_stdin_eof(timeout: float = CLOSE_TIMEOUT) -> None:
     """The orchestrator closes our stdin once the sender is done."""
     selector = selectors.DefaultSelector()
@@ -273,7 +315,8 @@ def run_proton_sender(cfg: Config) -> Report:
 
         def on_start(self, event: Any) -> None:
             options = AtMostOnce() if cfg.presettled else None
-            conn = event.container.connect(cfg.url)
+            conn = event.container.connect(cfg.url,
+                                           ssl_domain=proton_ssl_domain(cfg, server=False))
             self.sender = event.container.create_sender(conn, cfg.address, options=options)
 
         def on_sendable(self, event: Any) -> None:
@@ -354,12 +397,14 @@ def run_proton_receiver(cfg: Config) -> Report:
             self.cpu0 = cpu_seconds(me)
             self.workers: list[psutil.Process] = []
             if cfg.listen:
-                self.acceptor = event.container.listen(cfg.url)
+                self.acceptor = event.container.listen(
+                    cfg.url, ssl_domain=proton_ssl_domain(cfg, server=True))
                 self.workers = worker_cpu(event.container)
                 self.wcpu0 = [cpu_seconds(w) for w in self.workers]
                 announce_ready()
             else:
-                conn = event.container.connect(cfg.url)
+                conn = event.container.connect(
+                    cfg.url, ssl_domain=proton_ssl_domain(cfg, server=False))
                 event.container.create_receiver(conn, cfg.address)
             self.idle_timer = event.container.schedule(cfg.idle, self)
 
@@ -574,7 +619,8 @@ def run_amqscale_sender(cfg: Config) -> Report:
     filler = filler_for(cfg.size)
     with amqscale.Container(workers=cfg.workers) as container:
         workers = [psutil.Process(pid) for pid in container.worker_pids()]
-        conn = container.connect(cfg.url, shards=cfg.workers)
+        conn = container.connect(cfg.url, shards=cfg.workers,
+                                 tls=amqscale_tls(cfg, server=False))
         sender = conn.open_sender(cfg.address, window=cfg.window, presettled=cfg.presettled)
         cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
         report.start = report.first = time.monotonic()
@@ -657,9 +703,11 @@ def run_amqscale_receiver(cfg: Config) -> Report:
     with amqscale.Container(workers=cfg.workers) as container:
         workers = [psutil.Process(pid) for pid in container.worker_pids()]
         if cfg.listen:
-            receiver = container.listen(cfg.url, credit=cfg.credit).receiver
+            receiver = container.listen(cfg.url, credit=cfg.credit,
+                                        tls=amqscale_tls(cfg, server=True)).receiver
         else:
-            conn = container.connect(cfg.url, shards=cfg.workers)
+            conn = container.connect(cfg.url, shards=cfg.workers,
+                                     tls=amqscale_tls(cfg, server=False))
             receiver = conn.open_receiver(cfg.address, credit=cfg.credit)
         cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
         announce_ready()
@@ -829,6 +877,8 @@ def check_message(message: Any) -> bytes:
 
 # ---- command line ---------------------------------------------------------------------------
 
+TLS_ROLES = ("proton", "amqscale")  # the families that take amqps:// (and --ca/--cert/--key)
+
 ROLES: dict[str, Callable[[Config], Report]] = {
     "proton-send": run_proton_sender,
     "proton-recv": run_proton_receiver,
@@ -860,9 +910,20 @@ def parse_args(argv: list[str]) -> Config:
     ap.add_argument("--idle", type=float, default=IDLE_TIMEOUT)
     ap.add_argument("--batch", type=int, default=0,
                     help="amqscale: send_many / receive_many + accept_many, this many at most")
+    ap.add_argument("--ca", help="TLS (amqps://): the CA PEM a connecting peer trusts")
+    ap.add_argument("--cert", help="TLS (amqps://): a listening peer's certificate PEM")
+    ap.add_argument("--key", help="TLS (amqps://): a listening peer's private key PEM")
     args = ap.parse_args(argv)
     if args.size < HEADER.size:
         ap.error(f"--size must be at least {HEADER.size}")
+    if args.url.startswith("amqps:"):
+        if args.role.split("-")[0] not in TLS_ROLES:
+            ap.error(f"amqps:// is supported by the {' and '.join(TLS_ROLES)} roles only")
+        listening = args.listen and args.role.endswith("-recv")
+        needed = ("cert", "key") if listening else ("ca",)
+        missing = [f"--{name}" for name in needed if not getattr(args, name)]
+        if missing:
+            ap.error(f"amqps:// needs {' and '.join(missing)} here")
     return Config(**vars(args))
 
 
