@@ -56,7 +56,7 @@ from .errors import LinkDetached
 from .handlers import Reject, Release, dispatch, messaging_handler
 from .handlers import Task as _Task
 from .message import Message
-from .security import TLS, TLS_VERSIONS, ServerSASL, listener_options
+from .security import TLS, TLS_VERSIONS, ServerSASL, listener_options, load_connect_config
 from .types import symbol
 from .url import URL, parse_url
 from .workers import protocol as p
@@ -249,12 +249,16 @@ def _tls_of(domain: Any, default: SSLDomain, url: URL) -> TLS | None:
 
 
 class Transport:
-    """What ``event.transport`` gives: why the connection's transport ended, if it did."""
+    """What ``event.transport`` gives: why the connection's transport ended, if it did
+    (`condition`, and `error`: the TLSError, AuthenticationError or ConnectionFailed
+    that the blocking face's connect() would raise)."""
 
     def __init__(self, connection: Connection | None,
-                 condition: p.Condition | None = None) -> None:
+                 condition: p.Condition | None = None,
+                 error: Exception | None = None) -> None:
         self.connection = connection
         self.condition = condition
+        self.error = error
 
 
 class Event:
@@ -1381,7 +1385,7 @@ class Container:
             return
         connection._transport_failed.add(shard)
         handlers = self._handlers_of(connection)
-        transport = Transport(connection, condition)
+        transport = Transport(connection, condition, shard.failure)
         self._dispatch(handlers, "transport_error",
                        Event("transport_error", self, connection, transport=transport))
         self._dispatch(handlers, "disconnected",
@@ -1665,11 +1669,19 @@ class Container:
         proton: PLAIN needs TLS), ``ssl_domain=`` (an SSLDomain or a security.TLS; default
         ``container.ssl.client``) and ``sni=`` as TLS settings; ``reconnect=False`` is
         what amqscale does (reconnect: issue #11). A TLS or authentication failure
-        reaches ``on_transport_error`` with the TLSError or AuthenticationError's text
-        as its condition's description."""
+        reaches ``on_transport_error``: ``event.transport.error`` is the TLSError or
+        AuthenticationError. With neither `url` nor `urls`, proton's connection
+        configuration file gives them (security.load_connect_config)."""
+        if url is None and not urls:
+            from_file = load_connect_config()
+            url = from_file.pop("url")
+            user = user or from_file.get("user")
+            password = password if password is not None else from_file.get("password")
+            sasl_mechanisms = sasl_mechanisms or from_file.get("sasl_mechanisms")
+            kw.setdefault("ssl_domain", from_file.get("tls"))
+            kw.setdefault("allow_insecure_mechs", from_file.get("allow_insecure_mechanisms"))
         if url is None:
-            if not urls:
-                raise ValueError("connect() needs url or urls (connect.json is not read)")
+            assert urls
             if len(urls) > 1:
                 raise _not_yet("failover over several urls", "issue #11 (reliability)")
             url = urls[0]

@@ -3,16 +3,21 @@ certificates, protocol versions, ciphers, and a clear TLSError for each failure.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import amqscale
 from amqscale.errors import TLSError
+from amqscale.handlers import MessagingHandler
+from amqscale.message import Message
+from amqscale.reactor import Container
 from amqscale.security import TLS, InsecureTLSWarning
 from amqscale.testing.certs import PKI, KeyPair, make_pki
 
@@ -252,3 +257,94 @@ def test_bad_settings_fail_at_the_call(pki: PKI, tmp_path: Path,
                                                          key=pki.server.key, verify="peer"))
     with pytest.raises(TypeError, match="amqscale.security.TLS"):
         container.connect("amqps://127.0.0.1:5671", tls="ca.pem")  # type: ignore[arg-type]
+
+
+# ---- connect.json and the event-driven face ------------------------------------------------
+
+
+def test_connect_json_gives_the_url_and_tls(container: amqscale.Container, pki: PKI,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = listen(container, pki.server)
+    config = tmp_path / "connect.json"
+    config.write_text(json.dumps({"scheme": "amqps", "host": "localhost",
+                                  "port": listener.port, "tls": {"ca": str(pki.ca)}}))
+    monkeypatch.setenv("MESSAGING_CONNECT_FILE", str(config))
+    conn = container.connect(timeout=TIMEOUT)
+    assert conn.security.peer_subject == "CN=localhost"
+    roundtrip(conn, listener)
+    conn.close()
+    config.write_text(json.dumps({"scheme": "amqp", "tls": {}}))
+    with pytest.raises(ValueError, match="tls section needs scheme amqps"):
+        container.connect()
+    config.write_text(json.dumps({"hots": "localhost"}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        container.connect()
+    listener.close()
+
+
+class TLSHelloWorld(MessagingHandler):
+    """proton's helloworld_direct over TLS, with proton's container.ssl calls."""
+
+    def __init__(self, pki: PKI) -> None:
+        super().__init__()
+        self.pki = pki
+        self.seen: list[Any] = []
+
+    def on_start(self, event: Any) -> None:
+        container = event.container
+        container.ssl.server.set_credentials(str(self.pki.server.cert),
+                                             str(self.pki.server.key), None)
+        container.ssl.client.set_trusted_ca_db(str(self.pki.ca))
+        self.acceptor = container.listen("amqps://127.0.0.1:0")
+        port = self.acceptor.url.rsplit(":", 1)[1]
+        container.create_sender(f"amqps://localhost:{port}/examples")
+
+    def on_connection_opened(self, event: Any) -> None:
+        self.seen.append(event.connection.security.tls_protocol)
+
+    def on_sendable(self, event: Any) -> None:
+        event.sender.send(Message(body="Hello TLS"))
+        event.sender.close()
+
+    def on_message(self, event: Any) -> None:
+        self.seen.append(event.message.body)
+
+    def on_accepted(self, event: Any) -> None:
+        event.connection.close()
+
+    def on_transport_error(self, event: Any) -> None:
+        self.seen.append(event.transport.error)
+
+    def on_connection_closed(self, event: Any) -> None:
+        self.acceptor.close()
+
+
+def test_the_event_driven_face_with_proton_style_ssl(pki: PKI) -> None:
+    handler = TLSHelloWorld(pki)
+    Container(handler, workers=1).run()
+    assert "Hello TLS" in handler.seen and "TLSv1.3" in handler.seen
+    assert not [x for x in handler.seen if isinstance(x, Exception)]
+
+
+def test_the_event_driven_face_reports_a_refused_certificate(pki: PKI) -> None:
+    class Refused(TLSHelloWorld):
+        def on_start(self, event: Any) -> None:
+            event.container.ssl.server.set_credentials(str(self.pki.expired.cert),
+                                                       str(self.pki.expired.key), None)
+            event.container.ssl.client.set_trusted_ca_db(str(self.pki.ca))
+            self.acceptor = event.container.listen("amqps://127.0.0.1:0")
+            port = self.acceptor.url.rsplit(":", 1)[1]
+            event.container.create_sender(f"amqps://localhost:{port}/examples")
+
+        def on_disconnected(self, event: Any) -> None:
+            self.acceptor.close()
+
+    handler = Refused(pki)
+    Container(handler, workers=1).run()
+    errors = [x for x in handler.seen if isinstance(x, Exception)]
+    assert errors and isinstance(errors[0], TLSError)
+    with pytest.raises(TypeError, match="cannot be read back"):
+        import proton
+        Container(workers=1).connect("amqps://localhost:1", ssl_domain=proton.SSLDomain(
+            proton.SSLDomain.MODE_CLIENT))
