@@ -658,7 +658,9 @@ def connection_failure(event: p.ConnectionClosed) -> ConnectionFailed:
             f", outcome {security.sasl_outcome or 'none'})" + condition_text(cond) + hint,
             name, description, mechanism, security.sasl_outcome)
     hint = ""
-    if event.security is not None and "Expected AMQP protocol header" in description:
+    if event.security is not None and (
+            "Expected AMQP protocol header" in description
+            or "Expected SASL protocol header" in description):
         hint = (" (the peer did not speak AMQP: a TLS port reached with amqp://? "
                 "use amqps://)")
     return ConnectionFailed("connection closed" + condition_text(cond) + hint, name,

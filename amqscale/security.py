@@ -80,8 +80,9 @@ class TLS:
     - `peer_name`: the name sent as SNI and checked against the server's certificate
       (a client); default the URL's host.
     - `min_version`, `max_version`: "TLSv1", "TLSv1.1", "TLSv1.2" or "TLSv1.3" (or
-      "1.2"...); None: whatever OpenSSL allows. Debian's OpenSSL 3 refuses TLS 1.0 and
-      1.1 at its default security level: they need `ciphers="DEFAULT:@SECLEVEL=0"` too.
+      "1.2"...); None: whatever OpenSSL allows. Debian 12's OpenSSL 3.0 still negotiates
+      TLS 1.0 and 1.1 with proton's default ciphers when both ends ask for them (Python's
+      ssl module needs `DEFAULT:@SECLEVEL=0` for them).
     - `ciphers`: an OpenSSL cipher list for TLS 1.2 and below.
     """
 

@@ -4,16 +4,15 @@ EXTERNAL and GSSAPI (a throw-away Kerberos realm), with each failure."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from proton_process_peer import finish, start_peer
 
 import amqscale
 from amqscale import AuthenticationError, ServerSASL
@@ -184,80 +183,6 @@ def test_listener_settings_are_checked(container: amqscale.Container,
 
 
 # ---- proton-python on the other end --------------------------------------------------------
-
-# A proton-python peer in its own process (Cyrus's configuration is per process). It reads
-# its settings as JSON on stdin (secrets never on argv), prints one JSON line per event
-# and exits after its one connection (or 30 s).
-PEER = r"""
-import json, sys
-from proton import Message
-from proton.handlers import MessagingHandler
-from proton.reactor import Container
-config = json.loads(sys.stdin.readline())
-def emit(**fields):
-    print(json.dumps(fields), flush=True)
-class Stop:
-    def on_timer_task(self, event):
-        emit(event="timeout"); event.container.stop()
-class Peer(MessagingHandler):
-    sent = False
-    def on_start(self, event):
-        event.container.schedule(30, Stop())
-        if config["role"] == "server":
-            self.acceptor = event.container.listen(config["url"])
-            emit(event="listening")
-            return
-        options = {"reconnect": False, "allow_insecure_mechs": False}
-        for key in ("user", "password", "allowed_mechs", "virtual_host"):
-            if config.get(key):
-                options[key] = config[key]
-        conn = event.container.connect(config["url"], **options)
-        event.container.create_sender(conn, "sasl-test")
-    def on_connection_opened(self, event):
-        sasl = event.transport.sasl()
-        emit(event="opened", user=sasl.user, mech=sasl.mech)
-    def on_sendable(self, event):
-        if not self.sent:
-            event.sender.send(Message(body="authenticated")); self.sent = True
-    def on_accepted(self, event):
-        emit(event="accepted"); event.connection.close()
-    def on_message(self, event):
-        body = event.message.body
-        emit(event="message", body=body if isinstance(body, str) else bytes(body).decode())
-    def on_transport_error(self, event):
-        cond = event.transport.condition
-        emit(event="error", name=cond and cond.name, description=cond and cond.description)
-    def on_transport_closed(self, event):
-        if config["role"] == "server":
-            self.acceptor.close()
-        event.container.stop()
-Container(Peer()).run()
-"""
-
-
-def start_peer(config: dict[str, str], env: dict[str, str] | None = None
-               ) -> subprocess.Popen[str]:
-    peer = subprocess.Popen([sys.executable, "-c", PEER], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert peer.stdin is not None and peer.stdout is not None
-    peer.stdin.write(json.dumps(config) + "\n")
-    peer.stdin.flush()
-    if config["role"] == "server":
-        first = peer.stdout.readline()
-        assert '"listening"' in first, f"the proton server did not start: {first!r}"
-    return peer
-
-
-def finish(peer: subprocess.Popen[str]) -> list[dict[str, Any]]:
-    try:
-        out, err = peer.communicate(timeout=60)
-    finally:
-        if peer.poll() is None:
-            peer.kill()
-            peer.wait()
-    assert peer.returncode == 0, err
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
 
 def cyrus_dir(tmp_path: Path, mechanisms: str, users: dict[str, str]) -> Path:
     """A Cyrus server configuration with a sasldb holding `users`, for a proton server."""

@@ -40,7 +40,7 @@ from amqscale.testing._process import (
     free_port,
     stop_processes,
 )
-from amqscale.testing.certs import Certificates, make_certificates
+from amqscale.testing.certs import PKI, Certificates, make_certificates, make_pki
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 PROTON_EXAMPLES = Path("/usr/share/proton/examples/c")
@@ -78,6 +78,19 @@ class RabbitMQ(ManagedProcess):
     CA at `ca_path`). Connections without credentials (SASL ANONYMOUS, or none) act as
     `guest`; PLAIN works with `user`/`password` and with guest/guest from loopback.
 
+    Its certificates come from one test PKI, `pki` (`amqscale.testing.certs.make_pki`):
+    the server's is `pki.server`, and `pki.client` (CN `cert_user`, a user with all
+    permissions on `/` and no password) is a client certificate from the same CA.
+
+    `external=True` adds SASL EXTERNAL (plugin `rabbitmq_auth_mechanism_ssl`): the TLS
+    listener asks for a client certificate without requiring one (a certificate from
+    another CA fails the handshake), and EXTERNAL logs the client in as the user its
+    certificate's CN names. Off by default because the node then offers EXTERNAL on every
+    TLS connection, and a proton client that names no mechanism picks it even without a
+    certificate (its Cyrus client takes the server's certificate subject for its own
+    external identity) and is refused: such clients must then ask for ANONYMOUS, or
+    give a user and password. amqscale's client asks for EXTERNAL only when told to.
+
     Quirk seen here beyond PEERS.md: it answers a link's detach(closed=true) with
     detach(closed=false), so proton's `BlockingSender.close()` times out; close the
     connection instead.
@@ -91,15 +104,19 @@ class RabbitMQ(ManagedProcess):
     stop_timeout = 30.0
     user = "amqscale"
     password = "amqscale-secret"
+    cert_user = "amqscale-client"  # the CN of `pki.client`: SASL EXTERNAL's user
 
-    def __init__(self, port: int = 0, *, tls_port: int = 0, keep_workdir: bool = False) -> None:
+    def __init__(self, port: int = 0, *, tls_port: int = 0, external: bool = False,
+                 keep_workdir: bool = False) -> None:
         _require(RABBITMQ_BIN / "rabbitmq-server", "rabbitmq-server")
         super().__init__(port, keep_workdir=keep_workdir)
+        self.external = external
         self.tls_port = tls_port or free_port()
         self.dist_port = free_port()
         self.epmd_port = free_port()
         self.nodename = f"amqscale-{secrets.token_hex(4)}@localhost"
         self.certificates: Certificates | None = None
+        self.pki: PKI | None = None
         self._epmd: subprocess.Popen[bytes] | None = None
 
     @property
@@ -150,8 +167,12 @@ class RabbitMQ(ManagedProcess):
     def prepare(self, workdir: Path) -> None:
         for sub in ("home", "mnesia", "log", "conf.d"):
             (workdir / sub).mkdir()
-        self.certificates = make_certificates(workdir / "certs")
-        (workdir / "enabled_plugins").write_text("[rabbitmq_amqp1_0].\n")
+        self.pki = make_pki(workdir / "certs", client_name=self.cert_user)
+        self.certificates = Certificates(self.pki.ca, self.pki.server.cert, self.pki.server.key)
+        plugins = ["rabbitmq_amqp1_0"]
+        if self.external:
+            plugins.append("rabbitmq_auth_mechanism_ssl")
+        (workdir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         (workdir / "definitions.json").write_text(json.dumps(self._definitions(), indent=1))
         (workdir / "rabbitmq.conf").write_text(self._config(workdir))
         (workdir / "rabbitmq-env.conf").write_text(self._env_config(workdir))
@@ -197,6 +218,11 @@ class RabbitMQ(ManagedProcess):
     def _config(self, workdir: Path) -> str:
         assert self.certificates is not None
         certs = self.certificates
+        # EXTERNAL: ask for a client certificate (verified), require none.
+        verify = "verify_peer" if self.external else "verify_none"
+        # ANONYMOUS is the AMQP 1.0 plugin's own (offered while amqp1_0.default_user is
+        # set), not one of auth_mechanisms.
+        mechanisms = ["PLAIN", "AMQPLAIN", "EXTERNAL"] if self.external else ["PLAIN", "AMQPLAIN"]
         return "\n".join(
             [
                 f"listeners.tcp.1 = {LOOPBACK_V4}:{self.port}",
@@ -205,8 +231,10 @@ class RabbitMQ(ManagedProcess):
                 f"ssl_options.cacertfile = {certs.ca}",
                 f"ssl_options.certfile = {certs.cert}",
                 f"ssl_options.keyfile = {certs.key}",
-                "ssl_options.verify = verify_none",
+                f"ssl_options.verify = {verify}",
                 "ssl_options.fail_if_no_peer_cert = false",
+                *(f"auth_mechanisms.{i} = {name}" for i, name in enumerate(mechanisms, 1)),
+                "ssl_cert_login_from = common_name",
                 f"load_definitions = {workdir / 'definitions.json'}",
                 "amqp1_0.default_user = guest",
                 "loopback_users.guest = true",
@@ -218,20 +246,28 @@ class RabbitMQ(ManagedProcess):
 
     def _definitions(self) -> dict[str, Any]:
         users = {"guest": "guest", self.user: self.password}
+        password_users = [
+            {
+                "name": name,
+                "password_hash": password_hash(password),
+                "hashing_algorithm": "rabbit_password_hashing_sha256",
+                "tags": ["administrator"],
+            }
+            for name, password in users.items()
+        ]
+        # No password hash: this user can log in with its certificate (EXTERNAL) only.
+        cert_user = {
+            "name": self.cert_user,
+            "password_hash": "",
+            "hashing_algorithm": "rabbit_password_hashing_sha256",
+            "tags": [],
+        }
         return {
-            "users": [
-                {
-                    "name": name,
-                    "password_hash": password_hash(password),
-                    "hashing_algorithm": "rabbit_password_hashing_sha256",
-                    "tags": ["administrator"],
-                }
-                for name, password in users.items()
-            ],
+            "users": [*password_users, cert_user],
             "vhosts": [{"name": "/"}],
             "permissions": [
                 {"user": name, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}
-                for name in users
+                for name in [*users, self.cert_user]
             ],
         }
 
@@ -471,6 +507,9 @@ def _describe(peer: ManagedProcess) -> str:
     if isinstance(peer, RabbitMQ):
         lines.append(f"  TLS {peer.tls_url}, CA {peer.ca_path}")
         lines.append(f"  PLAIN {peer.user}/{peer.password}; node {peer.nodename}")
+        if peer.pki is not None and peer.external:
+            lines.append(f"  EXTERNAL as {peer.cert_user}: client certificate "
+                         f"{peer.pki.client.cert}, key {peer.pki.client.key}")
     if isinstance(peer, ProtonCBroker):
         lines.append(f"  window {peer.window}; send {peer.send_path}; receive {peer.receive_path}")
     lines.append(f"  log {peer.log_path}")

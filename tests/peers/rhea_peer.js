@@ -3,7 +3,10 @@
 // that shares no code with proton. Started by amqscale.testing.brokers.RheaPeer.
 //
 //   node rhea_peer.js --port N [--host 127.0.0.1] [--record N] [--summary FILE]
+//                     [--tls-cert FILE --tls-key FILE]
 //
+// With --tls-cert and --tls-key (PEM files) the listener speaks TLS only (amqps), with that
+// certificate and key; without them, plain AMQP.
 // Sink: a sender attaching to any target gets every message accepted and counted per address;
 //   with --record N the first N message ids and bodies of each address are kept too.
 // Source: a receiver attaching to `count/N` (or with link property `count`) gets N messages
@@ -18,11 +21,16 @@ const fs = require('fs');
 const rhea = require('rhea');
 
 function parseArgs(argv) {
-  const opts = { host: '127.0.0.1', port: 0, record: 0, summary: null };
+  const opts = {
+    host: '127.0.0.1', port: 0, record: 0, summary: null, 'tls-cert': null, 'tls-key': null,
+  };
   for (let i = 0; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, '');
     if (!(key in opts) || i + 1 >= argv.length) throw new Error('bad argument ' + argv[i]);
     opts[key] = key === 'port' || key === 'record' ? Number(argv[i + 1]) : argv[i + 1];
+  }
+  if (Boolean(opts['tls-cert']) !== Boolean(opts['tls-key'])) {
+    throw new Error('--tls-cert and --tls-key go together');
   }
   return opts;
 }
@@ -132,7 +140,15 @@ container.on('sendable', onSendable);
 container.on('error', (err) => console.error('error:', err && err.message));
 container.on('disconnected', () => {});
 
-const server = container.listen({ host: opts.host, port: opts.port });
+const listenOptions = { host: opts.host, port: opts.port };
+if (opts['tls-cert']) {
+  Object.assign(listenOptions, {
+    transport: 'tls',
+    cert: fs.readFileSync(opts['tls-cert']),
+    key: fs.readFileSync(opts['tls-key']),
+  });
+}
+const server = container.listen(listenOptions);
 server.on('listening', () => {
   console.log(JSON.stringify({ listening: server.address().port }));
 });
