@@ -409,3 +409,37 @@ def test_a_refused_address_and_a_peer_detaching_with_an_error(rabbitmq: RabbitMQ
                 assert detached.value.condition == "amqp:resource-deleted"
 
     run(main)
+
+
+def test_tls_and_sasl_on_the_asyncio_face(tmp_path: Any) -> None:
+    from amqscale.testing.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    users = {"alice": "alice-pw"}
+
+    async def main() -> None:
+        async with aio.Container(workers=1) as server, aio.Container(workers=1) as client:
+            listener = await server.listen(
+                "amqps://127.0.0.1:0", tls=amqscale.TLS(cert=pki.server.cert,
+                                                        key=pki.server.key),
+                sasl=amqscale.ServerSASL(users=users))
+            assert listener.url.startswith("amqps://")
+            connection = await client.connect(listener.url, tls=amqscale.TLS(ca=pki.ca),
+                                              user="alice", password=users["alice"])
+            assert connection.security.tls_protocol == "TLSv1.3"
+            assert connection.security.sasl_mechanism == "SCRAM-SHA-512"
+            sender = await connection.open_sender("secured")
+            consumer = asyncio.create_task(_consume(listener.receiver, 1))
+            assert (await sender.send(b"over tls")).accepted
+            assert await consumer == [b"over tls"]
+            with pytest.raises(amqscale.AuthenticationError) as refused:
+                await client.connect(listener.url, tls=amqscale.TLS(ca=pki.ca),
+                                     user="alice", password="wrong", timeout=20)
+            assert refused.value.outcome == "auth"
+            expired = await server.listen("amqps://127.0.0.1:0", tls=amqscale.TLS(
+                cert=pki.expired.cert, key=pki.expired.key))
+            with pytest.raises(amqscale.TLSError, match="certificate has expired"):
+                await client.connect(expired.url, tls=amqscale.TLS(ca=pki.ca), timeout=20)
+
+    for loop in LOOPS:
+        run(main, loop)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,32 @@ def test_the_default_verifies_name_and_certificate_and_reports_the_session(
     assert security.tls_cipher and security.tls_cipher.startswith("TLS_")
     assert security.peer_subject == "CN=localhost"
     assert security.sasl_mechanism == "ANONYMOUS"
+    roundtrip(conn, listener)
+    conn.close()
+    listener.close()
+
+
+def test_peer_name_is_the_name_checked_and_sent(container: amqscale.Container,
+                                                pki: PKI) -> None:
+    listener = listen(container, pki.wrong_name)  # valid for other.example only
+    url = f"amqps://127.0.0.1:{listener.port}"
+    conn = container.connect(url, tls=TLS(ca=pki.ca, peer_name="other.example"))
+    assert conn.security.peer_subject == "CN=other.example"
+    conn.close()
+    error = refused(container, url, TLS(ca=pki.ca, peer_name="localhost"))
+    assert "Hostname mismatch" in str(error)
+    listener.close()
+
+
+def test_a_directory_of_trusted_cas(container: amqscale.Container, pki: PKI,
+                                    tmp_path: Path) -> None:
+    directory = tmp_path / "cas"
+    directory.mkdir()
+    for ca in (pki.ca, pki.other_ca):
+        (directory / ca.name).write_bytes(ca.read_bytes())
+    subprocess.run(["openssl", "rehash", str(directory)], check=True, timeout=30)
+    listener = listen(container, pki.server)
+    conn = container.connect(f"amqps://localhost:{listener.port}", tls=TLS(ca=directory))
     roundtrip(conn, listener)
     conn.close()
     listener.close()
