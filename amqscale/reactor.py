@@ -599,7 +599,7 @@ class Connection:
         self._opened_fired = False
         self._closing_fired = False
         self._ended = False  # every shard closed or failed; callbacks done
-        self._transport_failed: set[Shard] = set()
+        self._transport_failed: set[Shard | None] = set()  # None: an inbound connection
         self._inbound: InboundConnection | None = None  # a peer's, to our listener
         self._open_settings: dict[str, Any] = {}  # what our open to an inbound peer carries
         self._open_answered = False
@@ -1364,8 +1364,8 @@ class Container:
             self._link_ended(link)
         handlers = self._handlers_of(connection)
         failed = condition is not None and condition.name in _TRANSPORT_CONDITIONS
-        if failed:
-            self._transport_failed(connection, None, condition)  # type: ignore[arg-type]
+        if condition is not None and failed:
+            self._transport_failed(connection, None, condition)
         elif not connection._closing:
             settings = messaging_handler(handlers)
             as_error = condition is not None or (
@@ -1379,13 +1379,14 @@ class Container:
             self._dispatch(handlers, "connection_closed",
                            Event("connection_closed", self, connection))
 
-    def _transport_failed(self, connection: Connection, shard: Shard,
+    def _transport_failed(self, connection: Connection, shard: Shard | None,
                           condition: p.Condition) -> None:
         if shard in connection._transport_failed:
             return
         connection._transport_failed.add(shard)
         handlers = self._handlers_of(connection)
-        transport = Transport(connection, condition, shard.failure)
+        error = shard.failure if shard is not None else None  # None: an inbound one
+        transport = Transport(connection, condition, error)
         self._dispatch(handlers, "transport_error",
                        Event("transport_error", self, connection, transport=transport))
         self._dispatch(handlers, "disconnected",
@@ -1425,7 +1426,7 @@ class Container:
                 self._inbound_connection_ended(connection, condition)
         for receiver in list(self._inbound):
             if not receiver._ended and any(x.slot is slot for x in receiver._core_links):
-                self._transport_failed(receiver.connection, None,  # type: ignore[arg-type]
+                self._transport_failed(receiver.connection, None,
                                        condition)
                 self._link_ended(receiver)
         for acceptor in self._acceptors:

@@ -53,7 +53,7 @@ def _version(value: str | None, what: str) -> int | None:
     return TLS_VERSIONS.index(name)
 
 
-def _readable(path: str | os.PathLike[str] | None, what: str) -> str | None:
+def _readable(path: str | Path | None, what: str) -> str | None:
     if path is None:
         return None
     text = os.fspath(path)
@@ -86,10 +86,10 @@ class TLS:
     - `ciphers`: an OpenSSL cipher list for TLS 1.2 and below.
     """
 
-    ca: str | os.PathLike[str] | None = None
+    ca: str | Path | None = None
     verify: str | None = None
-    cert: str | os.PathLike[str] | None = None
-    key: str | os.PathLike[str] | None = None
+    cert: str | Path | None = None
+    key: str | Path | None = None
     key_password: str | None = field(default=None, repr=False)
     peer_name: str | None = None
     min_version: str | None = None
@@ -146,7 +146,7 @@ class TLS:
             what = "any certificate" if verify == "peer" else "any server, or none at all"
             warnings.warn(f"TLS verify={verify!r}: the server's name is not checked, so "
                           f"{what} is accepted; use it for tests only",
-                          InsecureTLSWarning, stacklevel=4)
+                          InsecureTLSWarning, stacklevel=5)
         return p.TLSConfig(
             server, _readable(self.ca, "ca"), verify, _readable(self.cert, "certificate"),
             _readable(self.key, "key"), self.key_password, self.protocols, self.ciphers)
@@ -178,7 +178,7 @@ class ServerSASL:
     """
 
     users: Mapping[str, str] | None = field(default=None, repr=False)
-    config_path: str | os.PathLike[str] | None = None
+    config_path: str | Path | None = None
     config_name: str = "proton-server"
     mechanisms: str | Sequence[str] | None = None
     allow_insecure_mechanisms: bool = False
@@ -276,7 +276,7 @@ def connect_config_paths() -> list[Path]:
     return paths
 
 
-def load_connect_config(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+def load_connect_config(path: str | Path | None = None) -> dict[str, Any]:
     """`connect()`'s arguments from a proton connection configuration file (JSON, the
     schema of proton's docs/connect-config.md): url, user, password, sasl_mechanisms,
     allow_insecure_mechanisms, tls. The first of `connect_config_paths()` that exists,
