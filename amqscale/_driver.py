@@ -30,6 +30,7 @@ from ._supervisor import DEFAULT_RING_CAPACITY, Supervisor, WorkerHandle
 from .core import ClientCore, WorkerSlot
 from .errors import ContainerClosed, WorkerDied
 from .ipc.ring import PeerDied
+from .workers import cyrus
 from .workers import protocol as p
 
 LINGER = 0.001  # seconds a partial batch may wait for the linger thread
@@ -290,6 +291,7 @@ class Driver:
         handle.dead = True
         with contextlib.suppress(Exception):
             handle.process.poll()
+        cyrus.remove_own_directories(handle.process.pid)  # its listeners' sasldb
         self.core.worker_died(self.core.slots[handle.index], handle.process.returncode)
 
     def _wait_ready(self) -> None:

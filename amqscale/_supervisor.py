@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .ipc.ring import RingPair
+from .workers import cyrus
 from .workers import protocol as p
 
 DEFAULT_RING_CAPACITY = 8 * 1024 * 1024
@@ -127,3 +128,4 @@ class Supervisor:
             worker.process.kill()
             worker.process.wait()
         worker.dead = True
+        cyrus.remove_own_directories(worker.process.pid)

@@ -308,3 +308,23 @@ def test_gssapi_without_credentials(realm: KerberosRealm, kerberos_env: dict[str
         error = refused(c, f"amqp://localhost:{port}", sasl_mechanisms="GSSAPI")
         assert "No Kerberos credentials" in str(error) or "credentials" in str(error)
     finish(server)
+
+
+def test_no_user_list_outlives_its_worker() -> None:
+    """The sasldb holds passwords: gone when a worker is killed, and at close."""
+    import signal
+    import time
+
+    from amqscale.workers.cyrus import own_directories
+
+    with amqscale.Container(workers=2) as c:
+        listener = c.listen("amqp://127.0.0.1:0", sasl=ServerSASL(users=USERS))
+        c.connect(url_of(listener), user="bob", password=USERS["bob"]).close()
+        killed, kept = c.worker_pids()
+        assert own_directories(killed) and own_directories(kept)
+        os.kill(killed, signal.SIGKILL)
+        deadline = time.monotonic() + TIMEOUT
+        while own_directories(killed) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not own_directories(killed)
+    assert not own_directories(kept)

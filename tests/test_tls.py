@@ -395,6 +395,26 @@ def test_proton_python_clients_over_tls_to_amqscale(container: amqscale.Containe
     listener.close()
 
 
+def test_an_amqscale_listener_requiring_certificates_of_proton_python_clients(
+        container: amqscale.Container, pki: PKI) -> None:
+    listener = listen(container, pki.server, verify="peer", ca=pki.ca)
+    url = f"amqps://localhost:{listener.port}"
+    client = start_peer({"role": "client", "url": url, "ca": str(pki.ca),
+                         "cert": str(pki.client.cert), "key": str(pki.client.key)})
+    delivery = listener.receiver.receive(timeout=TIMEOUT)
+    delivery.accept()
+    assert {"event": "accepted"} in finish(client)
+    for cert in (None, pki.client_other_ca):
+        config = {"role": "client", "url": url, "ca": str(pki.ca)}
+        if cert is not None:
+            config.update(cert=str(cert.cert), key=str(cert.key))
+        events = finish(start_peer(config))
+        [error] = [e for e in events if e["event"] == "error"]
+        assert "SSL" in error["description"], error
+        assert {"event": "accepted"} not in events
+    listener.close()
+
+
 def test_amqscale_over_tls_to_a_proton_python_server(container: amqscale.Container,
                                                      pki: PKI) -> None:
     port = free_port((LOOPBACK_V4,))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import glob
 import os
 import shutil
 import socket
@@ -33,6 +34,17 @@ CONFIG_NAME = "proton-server"
 # Everything a listener may offer; each listener narrows it with its own mechanisms.
 OWN_MECHANISMS = ("SCRAM-SHA-512 SCRAM-SHA-384 SCRAM-SHA-256 SCRAM-SHA-224 SCRAM-SHA-1 "
                   "PLAIN EXTERNAL ANONYMOUS GSSAPI")
+
+
+def own_directories(pid: int) -> list[str]:
+    """The private configuration directories worker `pid` made (they hold passwords):
+    the user's process removes them once the worker has exited, however it ended."""
+    return glob.glob(os.path.join(tempfile.gettempdir(), f"amqscale-sasl-{pid}-*"))
+
+
+def remove_own_directories(pid: int) -> None:
+    for directory in own_directories(pid):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class CyrusConfigError(Exception):
@@ -110,8 +122,8 @@ class CyrusServer:
             _set_config(self.path, self.name)
 
     def _write_own(self) -> str:
-        directory = tempfile.mkdtemp(prefix="amqscale-sasl-")  # mode 0700
-        atexit.register(shutil.rmtree, directory, True)
+        directory = tempfile.mkdtemp(prefix=f"amqscale-sasl-{os.getpid()}-")  # mode 0700
+        atexit.register(shutil.rmtree, directory, True)  # and remove_own_directories
         self._sasldb = os.path.join(directory, "users.sasldb")
         config = os.path.join(directory, f"{CONFIG_NAME}.conf")
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
