@@ -646,7 +646,11 @@ def connection_failure(event: p.ConnectionClosed) -> ConnectionFailed:
         if "unexpected eof" in description or "wrong version number" in description:
             hint = " (does the peer speak TLS on this port?)"
         return TLSError("TLS failed" + condition_text(cond) + hint, name, description)
-    if event.failed_in == "sasl" or name == "amqp:unauthorized-access":
+    if name == "amqp:unauthorized-access" and event.failed_in != "sasl":
+        # Authenticated, then refused (an authzid, a virtual host the user may not use).
+        return AuthenticationError("not authorized" + condition_text(cond), name,
+                                   description)
+    if event.failed_in == "sasl":
         security = event.security or p.Security()
         mechanism = security.sasl_mechanism
         hint = ""
