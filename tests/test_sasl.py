@@ -18,7 +18,7 @@ import amqscale
 from amqscale import AuthenticationError, ServerSASL
 from amqscale.security import TLS
 from amqscale.testing._process import LOOPBACK_V4, free_port
-from amqscale.testing.certs import PKI, make_pki
+from amqscale.testing.certs import PKI
 from amqscale.testing.kerberos import KerberosRealm
 
 TIMEOUT = 20
@@ -27,12 +27,8 @@ SCRAM = ["SCRAM-SHA-1", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def container() -> Iterator[amqscale.Container]:
+    """This module's own workers: Cyrus's configuration is per worker process."""
     with amqscale.Container(workers=2) as c:
         yield c
 

@@ -22,14 +22,9 @@ from amqscale.message import Message
 from amqscale.reactor import Container
 from amqscale.security import TLS, InsecureTLSWarning
 from amqscale.testing._process import LOOPBACK_V4, free_port
-from amqscale.testing.certs import PKI, KeyPair, make_pki
+from amqscale.testing.certs import PKI, KeyPair
 
 TIMEOUT = 20
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from amqscale.testing.brokers import ProtonCBroker, RabbitMQ, RheaPeer
+from amqscale.testing.certs import PKI, make_pki
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +37,13 @@ def rhea_peer() -> Iterator[RheaPeer]:
     """A rhea sink/source that records the first 1000 ids and bodies of each address."""
     with RheaPeer(record=1000) as peer:
         yield peer
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A test PKI: a CA, server certificates good, expired, wrong-named and untrusted,
+    client certificates, a key under a password (see `amqscale.testing.certs.PKI`)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
