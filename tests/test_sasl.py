@@ -324,3 +324,19 @@ def test_no_user_list_outlives_its_worker() -> None:
             time.sleep(0.05)
         assert not own_directories(killed)
     assert not own_directories(kept)
+
+
+def test_a_killed_parent_s_user_lists_go_with_the_next_container() -> None:
+    """When the user's process and its workers were all killed, nobody removed their
+    sasldb: the next worker that writes one removes those of dead pids."""
+    import tempfile
+
+    from amqscale.workers.cyrus import own_directories
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that is no process now
+    stale = Path(tempfile.mkdtemp(prefix=f"amqscale-sasl-{gone.pid}-"))
+    (stale / "users.sasldb").write_bytes(b"passwords")
+    with amqscale.Container(workers=1) as c:
+        c.listen("amqp://127.0.0.1:0", sasl=ServerSASL(users=USERS))
+        assert not stale.exists() and not own_directories(gone.pid)

@@ -47,6 +47,22 @@ def remove_own_directories(pid: int) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def remove_stale_directories() -> None:
+    """Remove the directories of workers that are gone without their parent having
+    removed them (both were killed): their pid is no process of ours any more."""
+    pattern = os.path.join(tempfile.gettempdir(), "amqscale-sasl-*-*")
+    for directory in glob.glob(pattern):
+        pid = os.path.basename(directory).split("-")[2]
+        if not pid.isdigit() or os.stat(directory).st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except PermissionError:
+            pass  # a live process of another user's: not ours
+
+
 class CyrusConfigError(Exception):
     """A listener's ServerSASL cannot work with the worker's Cyrus configuration."""
 
@@ -122,6 +138,7 @@ class CyrusServer:
             _set_config(self.path, self.name)
 
     def _write_own(self) -> str:
+        remove_stale_directories()
         directory = tempfile.mkdtemp(prefix=f"amqscale-sasl-{os.getpid()}-")  # mode 0700
         atexit.register(shutil.rmtree, directory, True)  # and remove_own_directories
         self._sasldb = os.path.join(directory, "users.sasldb")
