@@ -36,7 +36,6 @@ __all__ = ["TLS", "ServerSASL", "Security", "InsecureTLSWarning", "TLS_VERSIONS"
 Security = p.Security
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 VERIFY_MODES = ("peer-name", "peer", "none")
-CREDENTIAL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN")
 
 
 class InsecureTLSWarning(UserWarning):
@@ -62,6 +61,10 @@ def _readable(path: str | Path | None, what: str) -> str | None:
     if not os.access(text, os.R_OK):
         raise PermissionError(f"TLS {what} {text!r} is not readable")
     return text
+
+
+def _text(path: str | Path | None) -> str | None:
+    return None if path is None else os.fspath(path)
 
 
 @dataclass(frozen=True)
@@ -147,9 +150,8 @@ class TLS:
             warnings.warn(f"TLS verify={verify!r}: the server's name is not checked, so "
                           f"{what} is accepted; use it for tests only",
                           InsecureTLSWarning, stacklevel=5)
-        return p.TLSConfig(
-            server, _readable(self.ca, "ca"), verify, _readable(self.cert, "certificate"),
-            _readable(self.key, "key"), self.key_password, self.protocols, self.ciphers)
+        return p.TLSConfig(server, _text(self.ca), verify, _text(self.cert), _text(self.key),
+                           self.key_password, self.protocols, self.ciphers)
 
 
 def mechanism_list(mechanisms: str | Sequence[str] | None, what: str) -> str | None:
@@ -209,7 +211,7 @@ class ServerSASL:
     def wire(self) -> p.ServerSASL:
         mechanisms = mechanism_list(self.mechanisms, "ServerSASL mechanisms")
         if mechanisms is None and self.users is not None:
-            mechanisms = " ".join(CREDENTIAL_MECHANISMS)
+            mechanisms = p.CREDENTIAL_MECHANISMS
         return p.ServerSASL(
             mechanisms, dict(self.users) if self.users is not None else None,
             os.fspath(self.config_path) if self.config_path is not None else None,

@@ -150,6 +150,7 @@ class CyrusServer:
         return directory
 
     def _add_users(self, users: dict[str, str]) -> None:
+        realm = server_realm()  # one host-name lookup for the lot
         for name, password in users.items():
             known = self.users.get(name)
             if known == password:
@@ -158,15 +159,15 @@ class CyrusServer:
                 raise CyrusConfigError(
                     f"user {name!r} is already a user of another listener of this Container, "
                     "with another password (the listeners share one user list)")
-            self._saslpasswd2(name, password)
+            self._saslpasswd2(name, password, realm)
             self.users[name] = password
 
-    def _saslpasswd2(self, name: str, password: str) -> None:
+    def _saslpasswd2(self, name: str, password: str, realm: str) -> None:
         if not os.path.exists(SASLPASSWD2):
             raise CyrusConfigError(f"{SASLPASSWD2} not found: install Debian's sasl2-bin")
         assert self._sasldb is not None
         result = subprocess.run(
-            [SASLPASSWD2, "-c", "-p", "-f", self._sasldb, "-u", server_realm(), name],
+            [SASLPASSWD2, "-c", "-p", "-f", self._sasldb, "-u", realm, name],
             input=password.encode(), capture_output=True, timeout=30, check=False)
         if result.returncode:
             raise CyrusConfigError(f"saslpasswd2 could not add user {name!r}: "

@@ -111,6 +111,11 @@ class WorkerSpec(msgspec.Struct):
 # ---- commands ---------------------------------------------------------------------------
 
 
+# SASL mechanisms a client with a user name tries, strongest first, and a listener with
+# users offers by default. PLAIN sends the password itself: Cyrus drops it over a
+# connection without TLS unless insecure mechanisms are allowed.
+CREDENTIAL_MECHANISMS = "SCRAM-SHA-512 SCRAM-SHA-256 SCRAM-SHA-1 PLAIN"
+
 # The condition of a connection or listener whose TLS settings proton or OpenSSL refused.
 TLS_SETUP_FAILED = "amqscale:tls-setup-failed"
 

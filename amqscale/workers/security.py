@@ -15,10 +15,6 @@ from cproton_ffi import ffi, lib
 
 from . import protocol as p
 
-# Mechanisms a client with a user name tries, strongest first. PLAIN sends the password
-# itself: Cyrus drops it over a connection without TLS unless insecure ones are allowed.
-CREDENTIAL_MECHANISMS = "SCRAM-SHA-512 SCRAM-SHA-256 SCRAM-SHA-1 PLAIN"
-
 _VERIFY = {
     "peer-name": lib.PN_SSL_VERIFY_PEER_NAME,
     "peer": lib.PN_SSL_VERIFY_PEER,
@@ -116,7 +112,7 @@ def configure_client(domains: Domains, ptr: Any, transport: Any,
     sasl = lib.pn_sasl(transport)
     # With credentials, never fall back to ANONYMOUS: Cyrus would pick it when the peer
     # offers it, and a wrong password would then connect as the anonymous user.
-    mechs = cmd.sasl_mechanisms or (CREDENTIAL_MECHANISMS if cmd.user else "ANONYMOUS")
+    mechs = cmd.sasl_mechanisms or (p.CREDENTIAL_MECHANISMS if cmd.user else "ANONYMOUS")
     lib.pn_sasl_allowed_mechs(sasl, mechs.encode())
     lib.pn_sasl_set_allow_insecure_mechs(sasl, cmd.allow_insecure_mechanisms)
 
