@@ -218,6 +218,7 @@ class Connection:
     __slots__ = (
         "id", "io", "ptr", "transport", "session", "links", "closed_sent",
         "listener", "opened", "stalled", "address", "dropped", "unsent_parts", "uses_tls",
+        "connected",
     )
 
     def __init__(self, conn_id: int, listener: int | None, address: str = "") -> None:
@@ -236,6 +237,9 @@ class Connection:
         self.address = address  # the peer's host:port, for error messages
         self.dropped = False  # its transport is gone: the byte methods do nothing
         self.uses_tls = False
+        # Its socket is connected (the network says so): idle timeouts count from then,
+        # not while a reconnect waits for its delay.
+        self.connected = False
 
 
 class Listener:
@@ -460,9 +464,9 @@ class Engine:
 
     def _open_link(self, cmd: p.OpenLink) -> None:
         conn = self.connections.get(cmd.conn)
-        if conn is None or conn.closed_sent:
+        if conn is None or conn.closed_sent:  # it ended before this came: say so
             self.emit(p.LinkClosed(cmd.link, p.Condition(
-                "amqp:connection:forced", "the connection is closed")))
+                "amqp:connection:forced", "the connection is closed"), True))
             return
         make = lib.pn_sender if cmd.is_sender else lib.pn_receiver
         session = conn.session
@@ -760,6 +764,8 @@ class Engine:
         soonest: float | None = None
         now_ms = int(now * 1000)
         for conn in self.connections.values():
+            if not conn.connected:
+                continue
             deadline = lib.pn_transport_tick(conn.transport, now_ms)
             if deadline:
                 wait = max(0.0, (deadline - now_ms) / 1000)
@@ -789,7 +795,7 @@ class Engine:
         if not conn.closed_sent:
             conn.closed_sent = True
             for link in list(conn.links.values()):
-                self._contain(partial(self._link_ended, link, condition))
+                self._contain(partial(self._link_ended, link, condition, True))
             if conn.listener is None or conn.opened:
                 self.emit(p.ConnectionClosed(conn.id, condition))
         self.connections.pop(conn.id, None)
@@ -814,18 +820,20 @@ class Engine:
         conn.transport = ffi.NULL
         conn.dropped = True
 
-    def _connection_ended(self, conn: Connection, condition: p.Condition | None) -> None:
+    def _connection_ended(self, conn: Connection, condition: p.Condition | None,
+                          by_peer: bool = False) -> None:
         conn.closed_sent = True
         for link in conn.links.values():
-            self._link_ended(link, condition)  # None: it closed cleanly
+            self._link_ended(link, condition, True)  # None: it closed cleanly
         if conn.listener is None or conn.opened:  # an inbound one: once announced
             phase = negotiated = None
             if not conn.opened and conn.transport != ffi.NULL:
                 phase = security.failed_in(conn.transport, conn.uses_tls, condition)
                 negotiated = security.negotiated(conn.transport, conn.uses_tls)
-            self.emit(p.ConnectionClosed(conn.id, condition, phase, negotiated))
+            self.emit(p.ConnectionClosed(conn.id, condition, phase, negotiated, by_peer))
 
-    def _link_ended(self, link: Link, condition: p.Condition | None) -> None:
+    def _link_ended(self, link: Link, condition: p.Condition | None,
+                    with_connection: bool = False) -> None:
         if link.closed:
             return
         self.flush_events()  # what the link received comes before the news it ended
@@ -840,7 +848,7 @@ class Engine:
         session = link.own_session
         if session is not None and lib.pn_session_state(session) & LOCAL_CLOSED == 0:
             lib.pn_session_close(session)
-        self.emit(p.LinkClosed(link.id, condition))
+        self.emit(p.LinkClosed(link.id, condition, with_connection))
 
     # ---- the collector -------------------------------------------------------------------
 
@@ -978,7 +986,7 @@ class Engine:
         if lib.pn_connection_state(ptr) & LOCAL_CLOSED == 0:
             lib.pn_connection_close(ptr)
         if not conn.closed_sent:
-            self._connection_ended(conn, condition)
+            self._connection_ended(conn, condition, by_peer=True)
 
     def _on_session_close(self, session: Any) -> None:
         """The peer ended a session (RabbitMQ does so to refuse an address): its links end
@@ -989,6 +997,20 @@ class Engine:
             lib.pn_session_close(session)
         conn = self.by_ptr.get(lib.pn_session_connection(session))
         if conn is None:
+            return
+        if condition.name == "amqp:internal-error" and conn.listener is None:
+            # The peer failed under us (RabbitMQ ends every session so when it shuts
+            # down, then drops the connection): the connection is as good as lost, and
+            # its links are attached again on the next one. Its transport is closed
+            # here and dropped by the collector's TRANSPORT_CLOSED, in this same pass.
+            cond = lib.pn_transport_condition(conn.transport)
+            if not lib.pn_condition_get_name(cond):
+                lib.pn_condition_set_name(cond, b"amqp:connection:failed")
+                lib.pn_condition_set_description(cond, (
+                    f"{describe(conn)}: the peer ended a session: {condition.name}: "
+                    f"{condition.description}").encode())
+            lib.pn_transport_close_tail(conn.transport)
+            lib.pn_transport_close_head(conn.transport)
             return
         for link in list(conn.links.values()):
             if lib.pn_link_session(link.ptr) == session:

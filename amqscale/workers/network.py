@@ -147,6 +147,8 @@ class Network:
         self.resolver = Resolver()
         self.selector.register(self.resolver.fd, selectors.EVENT_READ, self.resolver)
         self.pending_deadlines: list[Channel] = []  # outbound channels not yet open
+        # Connects waiting for their delay (OpenConnection.delay): (due, channel, command).
+        self.delayed: list[tuple[float, Channel, p.OpenConnection]] = []
         if not deals:
             for channel in self.handoff:
                 self.selector.register(channel, selectors.EVENT_READ, HandoffIn(channel))
@@ -196,6 +198,7 @@ class Network:
         """Timers: idle timeouts, connect deadlines, paused listeners. Returns seconds
         until the next one is due (None: none)."""
         soonest = self.engine.tick(now)
+        soonest = self._start_due(now, soonest)
         for chan in list(self.pending_deadlines):
             if chan.conn.opened or chan.conn.id not in self.engine.connections:
                 self.pending_deadlines.remove(chan)
@@ -211,6 +214,20 @@ class Network:
                     acceptor.paused_until = 0.0
                 else:
                     soonest = _sooner(soonest, acceptor.paused_until - now)
+        return soonest
+
+    def _start_due(self, now: float, soonest: float | None) -> float | None:
+        """Start the delayed connects that are due (closed ones are dropped)."""
+        waiting = []
+        for due, chan, cmd in self.delayed:
+            if chan.conn.id not in self.engine.connections or chan.conn.io is not chan:
+                continue  # closed meanwhile
+            if now >= due:
+                self._start(chan, cmd)
+            else:
+                waiting.append((due, chan, cmd))
+                soonest = _sooner(soonest, due - now)
+        self.delayed = waiting
         return soonest
 
     def sync(self) -> None:
@@ -353,6 +370,12 @@ class Network:
         chan = Channel(conn)
         conn.io = chan
         self.channels[id(chan)] = chan
+        if cmd.delay > 0:  # a reconnect's backoff: tick() starts it when it is due
+            self.delayed.append((time.monotonic() + cmd.delay, chan, cmd))
+            return
+        self._start(chan, cmd)
+
+    def _start(self, chan: Channel, cmd: p.OpenConnection) -> None:
         if cmd.connect_timeout > 0:
             chan.timeout = cmd.connect_timeout
             chan.deadline = time.monotonic() + chan.timeout
@@ -382,6 +405,7 @@ class Network:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         chan.sock = sock
         chan.connecting = rc == errno.EINPROGRESS
+        conn.connected = not chan.connecting
 
     def _on_connected(self, chan: Channel) -> None:
         """A non-blocking connect finished: succeeded, or failed with SO_ERROR."""
@@ -391,6 +415,8 @@ class Network:
         if err:
             self.engine.fail(chan.conn, f"cannot connect to {chan.conn.address}: "
                                         f"{errno.errorcode.get(err, err)} ({os.strerror(err)})")
+        else:
+            chan.conn.connected = True
 
     def _resolved(self) -> None:
         for token, result in self.resolver.take():
@@ -531,6 +557,7 @@ class Network:
             return
         chan = Channel(conn, sock)
         conn.io = chan
+        conn.connected = True
         self.channels[id(chan)] = chan
 
     # ---- the selector --------------------------------------------------------------------

@@ -161,6 +161,8 @@ class OpenConnection(msgspec.Struct, tag=1, array_like=True):
     # Seconds to resolve the host, connect and receive the peer's open; 0: no limit.
     # On expiry the connection ends with condition "amqscale:connect-timeout".
     connect_timeout: float = 30.0
+    # Seconds to wait before connecting (a reconnect's backoff): the worker keeps time.
+    delay: float = 0.0
 
     def __repr__(self) -> str:  # the password never reaches a log or a traceback
         return (f"OpenConnection(conn={self.conn}, host={self.host!r}, port={self.port}, "
@@ -374,6 +376,9 @@ class ConnectionClosed(msgspec.Struct, tag=103, array_like=True):
     # authentication), or None (anything else, or after it opened).
     failed_in: str | None = None
     security: Security | None = None  # what was negotiated before it failed
+    # The peer closed it (its close frame, with `condition`), rather than the transport
+    # failing: only a peer's amqp:connection:forced is worth reconnecting after.
+    by_peer: bool = False
 
 
 class Listening(msgspec.Struct, tag=104, array_like=True):
@@ -405,6 +410,9 @@ class LinkOpened(msgspec.Struct, tag=106, array_like=True):
 class LinkClosed(msgspec.Struct, tag=107, array_like=True):
     link: int
     condition: Condition | None = None
+    # It ended because its connection did (a ConnectionClosed follows): the user side
+    # may attach it again on a new connection.
+    with_connection: bool = False
 
 
 class Deliveries(msgspec.Struct, tag=108, array_like=True):
