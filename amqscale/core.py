@@ -16,14 +16,19 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import random
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
+
+import msgspec
 
 from . import codec
 from .errors import (
     AuthenticationError,
     ConnectionFailed,
+    DeliveryLost,
     HandlerFailed,
     LinkDetached,
     MessageTooLarge,
@@ -31,6 +36,7 @@ from .errors import (
     WorkerDied,
 )
 from .message import Message
+from .reconnect import Policy
 from .url import URL
 from .workers import protocol as p
 
@@ -153,7 +159,8 @@ class SenderLink:
     __slots__ = ("id", "slot", "sender", "next_seq", "batches", "open", "unsettled",
                  "opened", "closed", "failure", "remote_target", "remote_source", "dirty",
                  "remote_max",
-                 "parts_seq", "parts_written", "parts_busy")
+                 "parts_seq", "parts_written", "parts_busy",
+                 "attach", "attached", "generation", "lost", "handed", "resent")
 
     def __init__(self, link_id: int, slot: WorkerSlot, sender: SenderState) -> None:
         self.id = link_id
@@ -176,6 +183,14 @@ class SenderLink:
         # A message in parts is being handed over: nothing else may go between its parts
         # (pick() passes this link by, hand_over() keeps the open batch for later).
         self.parts_busy = False
+        self.attach: p.OpenLink | None = None  # what attaches it again after a reconnect
+        # Its connection is up and it is attached there; False from a loss until it is
+        # attached again (what it takes meanwhile waits, and goes with the replay).
+        self.attached = True
+        self.generation = 0  # connections lost under it
+        self.lost: p.Condition | None = None  # why its connection went, while it is down
+        self.handed = 0  # seqs below this went to a worker (a loss puts them in doubt)
+        self.resent = 0  # messages sent again after a loss
 
     def take(self, payloads: list[bytes]) -> Batch:
         """Number `payloads` as the link's next messages, in a new batch."""
@@ -207,7 +222,10 @@ class SenderLink:
             return
         if batch is not None:
             self.open = None
+            if not self.attached:
+                return  # kept in `batches`: the replay sends it once attached again
             assert batch.payloads is not None
+            self.handed = batch.first + batch.size
             self.slot.queue(p.Send(self.id, batch.first, batch.payloads,
                                    self.sender.presettled))
 
@@ -215,7 +233,9 @@ class SenderLink:
         """Hand over `payloads` as one Send after what send() batched (order is kept)."""
         self.hand_over()
         batch = self.take(payloads)
-        self.slot.queue(p.Send(self.id, batch.first, payloads, self.sender.presettled))
+        if self.attached:
+            self.handed = batch.first + batch.size
+            self.slot.queue(p.Send(self.id, batch.first, payloads, self.sender.presettled))
         return batch
 
     def parts_done(self, seq: int, count: int) -> bool:
@@ -227,6 +247,8 @@ class SenderLink:
         at a time (memoryview slices: the payload is not copied)."""
         self.hand_over()
         batch = self.take([payload])
+        if self.attached:
+            self.handed = batch.first + 1
         view = memoryview(payload)
         link_id, seq, settled = self.id, batch.first, self.sender.presettled
 
@@ -258,11 +280,71 @@ class SenderLink:
             self.remote_target = event.remote_target  # type: ignore[union-attr]
             self.remote_source = event.remote_source  # type: ignore[union-attr]
             self.remote_max = event.remote_max_message_size  # type: ignore[union-attr]
+            if not self.attached and self.failure is None:
+                self._replay()
+            self.attached = True
         elif kind is p.LinkClosed:
+            if event.with_connection and self.failure is None:  # type: ignore[union-attr]
+                self._lose(event.condition)  # type: ignore[union-attr]
+                return  # its connection's ConnectionClosed decides what comes next
             self.closed = True
             if self.failure is None:
                 self.failure = link_failure("sender to", self.sender.address,
                                             event.condition)  # type: ignore[union-attr]
+
+    def _lose(self, condition: p.Condition | None) -> None:
+        """Its connection is gone: what went to the worker unsettled is in doubt."""
+        self.attached = False
+        self.generation += 1
+        self.lost = condition
+        self.parts_seq, self.parts_written = -1, 0
+
+    def fail_lost(self, failure: Exception) -> None:
+        """Its connection will not come back."""
+        self.closed = True
+        if self.failure is None:
+            self.failure = failure
+
+    def _replay(self) -> None:
+        """Attached again: every unsettled message goes again, in seq order (those that
+        had gone to the worker count as resent), then what was taken meanwhile."""
+        self.attached = True
+        self.lost = None
+        self.open = None
+        presettled, fragment = self.sender.presettled, self.sender.fragment
+        for batch in self.batches:
+            assert batch.payloads is not None
+            run: list[bytes] = []
+            for i in range(batch.size):
+                seq = batch.first + i
+                if batch.result(i) is not None:
+                    self._queue_run(seq - len(run), run, presettled)
+                    run = []
+                    continue
+                if seq < self.handed:
+                    self.resent += 1
+                payload = batch.payloads[i]
+                if len(payload) > fragment:
+                    self._queue_run(seq - len(run), run, presettled)
+                    run = []
+                    self._queue_parts(seq, payload, fragment, presettled)
+                else:
+                    run.append(payload)
+            self._queue_run(batch.first + batch.size - len(run), run, presettled)
+        self.handed = self.next_seq
+
+    def _queue_run(self, first: int, payloads: list[bytes], presettled: bool) -> None:
+        if payloads:
+            self.slot.queue(p.Send(self.id, first, payloads, presettled))
+
+    def _queue_parts(self, seq: int, payload: bytes, fragment: int,
+                     presettled: bool) -> None:
+        """A large message again: all its parts at once (a replay does not wait for
+        PartsWritten; the window bounds how many such messages there are)."""
+        view = memoryview(payload)
+        for start in range(0, len(view), fragment):
+            self.slot.queue(p.SendPart(self.id, seq, view[start:start + fragment],  # type: ignore[arg-type]
+                                       start + fragment >= len(view), presettled))
 
     def _on_outcomes(self, event: p.Outcomes) -> None:
         state = event.state
@@ -303,7 +385,7 @@ class SenderState:
     """A Sender's links (one per shard), which one takes messages, and its counters."""
 
     __slots__ = ("address", "window", "presettled", "links", "current", "counts", "closed",
-                 "max_message_size", "waiter", "listener")
+                 "max_message_size", "waiter", "listener", "fragment")
 
     def __init__(self, address: str | None, window: int, presettled: bool,
                  max_message_size: int) -> None:
@@ -318,6 +400,12 @@ class SenderState:
         self.waiter: Any = None  # what the face waits with (opaque here)
         # An inbound sender's listener: a remote receiver attached to it (one link).
         self.listener: ListenerState | None = None
+        self.fragment = p.MAX_FRAGMENT  # larger messages cross in SendParts
+
+    @property
+    def resent(self) -> int:
+        """Messages sent again after their connection was lost (duplicates possible)."""
+        return sum(x.resent for x in self.links)
 
     def rotate(self) -> None:
         self.current = (self.current + 1) % len(self.links)
@@ -392,11 +480,12 @@ class Arrival:
     here, so taking a batch of messages costs no object per message.
     """
 
-    __slots__ = ("link", "first_id", "payloads", "settled", "messages")
+    __slots__ = ("link", "first_id", "payloads", "settled", "messages", "generation")
 
     def __init__(self, link: ReceiverLink, first_id: int, payloads: list[bytes],
                  settled: Iterable[int] | None) -> None:
         self.link = link
+        self.generation = link.generation  # its ids mean nothing after a loss
         self.first_id = first_id
         self.payloads = payloads
         self.settled = bytearray(len(payloads))  # 1: settled (by us or pre-settled)
@@ -425,6 +514,15 @@ class Arrival:
                 return decoded
         return [self.message(index) for index in range(lo, hi)]
 
+    def check_live(self) -> None:
+        """DeliveryLost if the connection that brought these messages was lost since."""
+        if self.generation != self.link.generation:
+            self.link.receiver.lost += 1
+            raise DeliveryLost(
+                f"this message from {self.link.receiver.address!r} cannot be settled: "
+                f"its connection was lost after it arrived (the peer delivers it again)",
+                "amqscale:delivery-lost")
+
     def take_unsettled(self, lo: int, hi: int) -> list[int]:
         """Mark messages lo..hi-1 settled; returns the delivery ids of those that were not."""
         flags = self.settled
@@ -442,7 +540,7 @@ class ReceiverLink:
 
     __slots__ = ("id", "slot", "receiver", "credit", "consumed", "settling", "opened",
                  "closed", "failure", "remote_source", "remote_target", "parts", "dirty",
-                 "counts")
+                 "counts", "attach", "attached", "generation", "lost")
 
     def __init__(self, link_id: int, slot: WorkerSlot, receiver: ReceiverState,
                  credit: int) -> None:
@@ -460,6 +558,10 @@ class ReceiverLink:
         self.parts: list[bytes] = []  # a large message arriving in DeliveryParts
         self.dirty = False
         self.counts: p.HandlerCounts | None = None  # an in-worker handler's, the latest
+        self.attach: p.OpenLink | None = None  # see SenderLink
+        self.attached = True
+        self.generation = 0
+        self.lost: p.Condition | None = None
 
     def on_event(self, event: p.Event) -> None:
         kind = type(event)
@@ -470,11 +572,21 @@ class ReceiverLink:
             self._on_part(event)  # type: ignore[arg-type]
         elif kind is p.LinkOpened:
             self.opened = True
+            self.attached = True
+            self.lost = None
             self.remote_source = event.remote_source  # type: ignore[union-attr]
             self.remote_target = event.remote_target  # type: ignore[union-attr]
         elif kind is p.HandlerCounts:
             self.counts = event  # type: ignore[assignment]
+        elif kind is p.LinkClosed and event.with_connection and (  # type: ignore[union-attr]
+                self.failure is None and not self.receiver.endless):
+            self._lose(event.condition)  # type: ignore[union-attr]
         elif kind is p.LinkClosed:
+            if event.with_connection:  # type: ignore[union-attr]
+                # An inbound link gone with its connection: the same for what it brought
+                # (its peer sends it again if it reconnects).
+                self.generation += 1
+                self.receiver.drop_untaken(self)
             self.closed = True
             self.parts = []
             condition = event.condition  # type: ignore[union-attr]
@@ -484,6 +596,26 @@ class ReceiverLink:
                 self.failure = link_failure("receiver from", self.receiver.address,
                                             condition, self.slot.index)
             self.receiver.on_link_closed(self)
+
+    def _lose(self, condition: p.Condition | None) -> None:
+        """Its connection is gone: what it delivered unsettled is the peer's again (it
+        redelivers), so the untaken part of it leaves the buffer and the rest cannot be
+        settled (Arrival.check_live). The credit is granted afresh on the new attach."""
+        self.attached = False
+        self.generation += 1
+        self.lost = condition
+        self.settling = {}
+        self.parts = []
+        self.consumed = 0
+        self.dirty = False
+        self.receiver.drop_untaken(self)
+
+    def fail_lost(self, failure: Exception) -> None:
+        """Its connection will not come back."""
+        self.closed = True
+        if self.failure is None:
+            self.failure = failure
+        self.receiver.on_link_closed(self)
 
     def _on_part(self, event: p.DeliveryPart) -> None:
         payload = p.gather_part(self.parts, event)
@@ -495,7 +627,8 @@ class ReceiverLink:
         """Grant as much credit as the user took deliveries since the last grant (the
         face grants in batches: credit only as the user takes, never ahead of it)."""
         self.hand_over()  # settle first: a broker may count unsettled against us
-        self.slot.queue(p.Flow(self.id, self.consumed))
+        if self.attached:  # else the new attach grants the link's whole credit
+            self.slot.queue(p.Flow(self.id, self.consumed))
         self.consumed = 0
 
     def settle_later(self, delivery_id: int, state: int) -> bool:
@@ -515,7 +648,7 @@ class ReceiverLink:
 
     def hand_over(self) -> None:
         self.dirty = False
-        if self.settling and self.failure is None:
+        if self.settling and self.failure is None and self.attached:
             for state, ids in self.settling.items():
                 self.slot.queue(p.Settle(self.id, ids, state))
         self.settling = {}
@@ -525,7 +658,7 @@ class ReceiverState:
     """A Receiver's links and the arrivals buffered for the user, in arrival order."""
 
     __slots__ = ("address", "credit", "auto_accept", "endless", "links", "buffer",
-                 "position", "closed", "ended", "waiter", "handler")
+                 "position", "closed", "ended", "waiter", "handler", "lost")
 
     def __init__(self, address: str | None, credit: int, auto_accept: bool = False,
                  endless: bool = False) -> None:
@@ -541,6 +674,30 @@ class ReceiverState:
         self.ended: Exception | None = None  # a listener's: why nothing more can come
         self.waiter: Any = None
         self.handler: str | None = None  # the import path of its in-worker handler
+        # Deliveries whose connection was lost before they were settled: dropped from
+        # the buffer untaken, or refused a settlement (DeliveryLost). The peer has them.
+        self.lost = 0
+
+    def drop_untaken(self, link: ReceiverLink) -> None:
+        """Forget what `link` delivered and the user has not taken, except pre-settled
+        messages (at-most-once: the peer will not send those again)."""
+        kept: deque[Arrival] = deque()
+        for n, arrival in enumerate(self.buffer):
+            if arrival.link is not link:
+                kept.append(arrival)
+                continue
+            start = self.position if n == 0 else 0
+            flags = arrival.settled
+            keep = [i for i in range(start, len(arrival.payloads)) if flags[i]]
+            self.lost += len(arrival.payloads) - start - len(keep)
+            if n == 0:
+                self.position = 0
+            if keep:
+                presettled = Arrival(link, 0, [arrival.payloads[i] for i in keep],
+                                     range(len(keep)))
+                presettled.generation = arrival.generation
+                kept.append(presettled)
+        self.buffer = kept
 
     def on_link_closed(self, link: ReceiverLink) -> None:
         # An inbound link leaves its Listener once nothing of it is left to take.
@@ -614,17 +771,38 @@ class ReceiverState:
 
 
 class Shard:
-    """One AMQP connection of a (possibly sharded) Connection."""
+    """One AMQP connection of a (possibly sharded) Connection, opened again on a new
+    transport (a new id each time) when it is lost and its Connection reconnects."""
 
-    __slots__ = ("id", "slot", "opened", "closed", "failure", "security")
+    __slots__ = ("id", "slot", "opened", "closed", "failure", "security", "connection",
+                 "command", "links", "url_index", "delays", "delay", "lost_at", "tries",
+                 "reconnects", "ever_opened", "last_error", "closing")
 
-    def __init__(self, shard_id: int, slot: WorkerSlot) -> None:
-        self.id = shard_id
+    def __init__(self, shard_id: int, slot: WorkerSlot,
+                 connection: ConnectionState | None = None,
+                 command: p.OpenConnection | None = None) -> None:
+        self.id = shard_id  # the current transport's
         self.slot = slot
         self.opened = False
         self.closed = False
         self.failure: Exception | None = None
         self.security: p.Security | None = None  # what its open negotiated
+        self.connection = connection
+        self.command = command  # what opens it (host and port: the first URL's)
+        self.links: list[SenderLink | ReceiverLink] = []  # attached again after a loss
+        self.url_index = 0  # the failover list's URL tried now
+        self.delays: Iterator[float] | None = None  # the backoff since the last loss
+        self.delay = 0.0  # this round's
+        self.lost_at = 0.0
+        self.tries = 0  # rounds through the URL list since the last loss
+        self.reconnects = 0  # opened again after a loss
+        self.ever_opened = False
+        self.last_error: ConnectionFailed | None = None  # why it was lost last
+        self.closing = False  # the user asked it to close: never reopened
+
+    @property
+    def reconnecting(self) -> bool:
+        return self.delays is not None and self.failure is None
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.ConnectionOpened:
@@ -634,6 +812,31 @@ class Shard:
             self.closed = True
             if self.failure is None:
                 self.failure = connection_failure(event)
+
+
+def heals(event: p.ConnectionClosed) -> bool:
+    """May opening the connection again help? Not after an authentication failure or a
+    refused certificate (they fail the same way every time), nor after the peer closed it
+    with an error other than amqp:connection:forced (proton's rule: the peer meant it)."""
+    cond = event.condition
+    name = cond.name if cond is not None else None
+    if event.failed_in == "sasl" or name in ("amqp:unauthorized-access", p.TLS_SETUP_FAILED):
+        return False
+    if event.failed_in == "tls" and cond is not None and not any(
+            hint in cond.description for hint in ("unexpected eof", "reset", "EOF")):
+        return False
+    if event.by_peer:
+        return name == "amqp:connection:forced"
+    return True
+
+
+def _link_gone(kind: str, address: str | None, failure: Exception) -> LinkDetached:
+    """A link whose connection failed for good (gave up reconnecting)."""
+    error = LinkDetached(f"{kind} {address!r} is gone with its connection: {failure}",
+                         getattr(failure, "condition", None),
+                         getattr(failure, "description", ""))
+    error.__cause__ = failure
+    return error
 
 
 def connection_failure(event: p.ConnectionClosed) -> ConnectionFailed:
@@ -697,12 +900,31 @@ class InboundConnection:
 
 
 class ConnectionState:
-    __slots__ = ("url", "shards", "closed")
+    __slots__ = ("url", "shards", "closed", "urls", "policy")
 
-    def __init__(self, url: URL) -> None:
+    def __init__(self, url: URL, urls: list[URL] | None = None,
+                 policy: Policy | None = None) -> None:
         self.url = url
+        self.urls = urls or [url]  # the failover list, `url` first
+        self.policy = policy  # None: a lost shard is not opened again
         self.shards: list[Shard] = []
         self.closed = False
+
+    @property
+    def reconnects(self) -> int:
+        return sum(s.reconnects for s in self.shards)
+
+    @property
+    def state(self) -> str:
+        """"open", "reconnecting" (a shard is lost and being opened again), "failed"
+        (every shard failed) or "closed"."""
+        if self.closed:
+            return "closed"
+        if all(s.failure is not None for s in self.shards):
+            return "failed"
+        if any(s.reconnecting for s in self.shards):
+            return "reconnecting"
+        return "open"
 
     def check_usable(self) -> None:
         if self.closed:
@@ -719,7 +941,7 @@ class ListenerState:
 
     __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
                  "receiver", "closed", "senders", "window", "connections", "defer_attach",
-                 "defer_open", "tls", "sasl")
+                 "defer_open", "tls", "sasl", "relisten")
 
     def __init__(self, listener_id: int, host: str, credit: int,
                  max_message_size: int, window: int = INBOUND_WINDOW,
@@ -741,13 +963,16 @@ class ListenerState:
         self.connections: dict[int, InboundConnection] = {}  # inbound ones, open now
         self.defer_attach = defer_attach  # its links wait for accept_link()
         self.defer_open = defer_open  # its connections wait for accept_connection()
+        self.relisten = False  # a new worker 0 is binding its port again
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.Listening:
             if self.port is None:
                 self.port = event.port
+            elif self.relisten:  # a new worker 0 bound the port again
+                self.relisten = False
             else:
-                self.pending -= 1
+                self.pending = max(0, self.pending - 1)
         elif type(event) is p.ListenFailed:
             cond = event.condition
             kind = TLSError if cond.name == p.TLS_SETUP_FAILED else ConnectionFailed
@@ -763,8 +988,13 @@ class ClientCore:
     ['OpenConnection', 'OpenConnection']
     """
 
-    def __init__(self, workers: int, container_id: str, fragment: int) -> None:
+    def __init__(self, workers: int, container_id: str, fragment: int,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
         self.container_id = container_id
+        # Only reconnect deadlines read the clock; the backoff's jitter draws from rng.
+        self.clock = clock
+        self.rng = rng or random.Random()
         self.slots = [WorkerSlot(i) for i in range(workers)]
         self.fragment = fragment  # messages larger than this cross in SendParts
         self._ids = itertools.count(1)
@@ -795,21 +1025,32 @@ class ClientCore:
 
     # ---- opening and closing --------------------------------------------------------------
 
-    def open_connection(self, url: URL, shards: int, **options: Any) -> ConnectionState:
-        connection = ConnectionState(url)
+    def open_connection(self, url: URL, shards: int, urls: list[URL] | None = None,
+                        policy: Policy | None = None, **options: Any) -> ConnectionState:
+        """`shards` connections to `url`. The first open tries each URL of `urls` (the
+        failover list, `url` first) once, in order; once open, a shard that is lost is
+        opened again as `policy` says (None: never)."""
+        connection = ConnectionState(url, urls, policy)
         for _ in range(shards):
-            shard = Shard(self.next_id(), self.place())
+            shard_id = self.next_id()
+            command = p.OpenConnection(shard_id, url.host, url.port, self.container_id,
+                                       **options)
+            shard = Shard(shard_id, self.place(), connection, command)
             self.routes[shard.id] = shard
             connection.shards.append(shard)
-            shard.slot.queue(p.OpenConnection(
-                shard.id, url.host, url.port, self.container_id, **options))
+            shard.slot.queue(command)
         return connection
 
     def close_connection(self, connection: ConnectionState) -> None:
         connection.closed = True
         for shard in connection.shards:
+            shard.closing = True
             if shard.failure is None and not shard.closed:
                 shard.slot.queue(p.CloseConnection(shard.id))
+            if shard.reconnecting:  # nothing is open to confirm the close
+                shard.closed = True
+                shard.failure = ConnectionFailed(f"the connection to {connection.url} "
+                                                 f"is closed")
 
     def forget_connection(self, connection: ConnectionState) -> None:
         for shard in connection.shards:
@@ -821,6 +1062,7 @@ class ClientCore:
                     presettled: bool, name: str | None, max_message_size: int,
                     target: p.Terminus | None = None) -> SenderState:
         sender = SenderState(address, window, presettled, max_message_size)
+        sender.fragment = self.fragment
         for shard in self._usable_shards(connection):
             link = SenderLink(self.next_id(), shard.slot, sender)
             sender.links.append(link)
@@ -862,13 +1104,15 @@ class ClientCore:
         self.routes[link.id] = link
         link_name = f"{name or address or 'link'}-{'s' if is_sender else 'r'}-{link.id}"
         terminus = terminus or p.Terminus(address=address)
-        shard.slot.queue(p.OpenLink(
+        link.attach = p.OpenLink(
             link.id, shard.id, link_name, is_sender,
             source=p.Terminus() if is_sender else terminus,
             target=terminus if is_sender else p.Terminus(),
             snd_settle_mode=p.SND_SETTLED if presettled else p.SND_UNSETTLED,
             credit=credit, max_message_size=max_message_size,
-        ))
+        )
+        shard.links.append(link)
+        shard.slot.queue(link.attach)
 
     def close_links(self, links: Iterable[SenderLink | ReceiverLink]) -> None:
         """Detach `links`; each is closed once the worker confirms (LinkClosed)."""
@@ -878,12 +1122,17 @@ class ClientCore:
             if link.failure is None:
                 link.slot.queue(p.CloseLink(link.id))
                 link.failure = LinkDetached("closed by the user")
+                if not link.attached:
+                    link.closed = True  # its connection is lost: nothing will confirm
             elif link.slot.failure is not None:
                 link.closed = True  # its worker is gone: nothing will confirm
 
     def forget_links(self, links: Iterable[SenderLink | ReceiverLink]) -> None:
         for link in links:
             self.routes.pop(link.id, None)
+            shard = self.routes.get(link.attach.conn) if link.attach is not None else None
+            if type(shard) is Shard:
+                _discard(shard.links, link)
 
     def release_untaken(self, receiver: ReceiverState) -> None:
         """Release what was prefetched but not taken (before the receiver detaches)."""
@@ -1004,13 +1253,109 @@ class ClientCore:
             return
         else:
             target = self.routes.get(getattr(event, "conn", 0))
-        if target is not None:
+        if type(target) is Shard and kind is p.ConnectionClosed:
+            self._on_shard_closed(target, event)  # type: ignore[arg-type]
+        elif type(target) is Shard and kind is p.ConnectionOpened:
+            target.on_event(event)
+            self._on_shard_opened(target)
+        elif target is not None:
             target.on_event(event)
             if type(target) is InboundConnection and kind is p.ConnectionClosed:
                 del self.routes[target.id]  # gone for good
                 target.listener.connections.pop(target.id, None)
-            if self.observer is not None:
-                self.observer(target, event)
+        if target is not None and self.observer is not None:
+            self.observer(target, event)
+
+    # ---- reconnecting ------------------------------------------------------------------------
+
+    def _on_shard_opened(self, shard: Shard) -> None:
+        if shard.ever_opened:
+            shard.reconnects += 1
+        shard.ever_opened = True
+        shard.delays = None  # the next loss starts the schedule, and the list, afresh
+        shard.tries = 0
+
+    def _on_shard_closed(self, shard: Shard, event: p.ConnectionClosed) -> None:
+        """A shard's transport ended: open it again if that may help and the policy
+        allows, else it fails, and so do its links that went down with it."""
+        if self._retry(shard, event):
+            return
+        shard.on_event(event)
+        failure = shard.failure
+        for link in list(shard.links):
+            if not link.attached and link.failure is None:
+                kind = "sender to" if type(link) is SenderLink else "receiver from"
+                address = (link.sender.address if type(link) is SenderLink
+                           else link.receiver.address)  # type: ignore[union-attr]
+                # A shard that tried to reconnect names that; one that never would, the
+                # link's own condition (the connection's, as the worker reported it).
+                link.fail_lost(_link_gone(kind, address, failure)
+                               if shard.last_error is not None and failure is not None
+                               else link_failure(kind, address, link.lost))
+                if self.observer is not None:
+                    self.observer(link, p.LinkClosed(link.id, link.lost))
+
+    def _retry(self, shard: Shard, event: p.ConnectionClosed) -> bool:
+        """Queue the shard's next open, if there is to be one (True)."""
+        connection = shard.connection
+        if (connection is None or connection.closed or shard.closing
+                or shard.failure is not None or not heals(event)):
+            return False
+        urls = connection.urls
+        if not shard.ever_opened:  # the first open tries each URL once, then gives up
+            if shard.url_index + 1 >= len(urls):
+                return False
+            shard.url_index += 1
+            self._reopen(shard, 0.0)
+            return True
+        policy = connection.policy
+        if policy is None:
+            return False
+        now = self.clock()
+        shard.last_error = connection_failure(event)
+        if shard.delays is None:  # just lost: a new schedule, from the list's start
+            shard.delays = policy.delays(self.rng)
+            shard.lost_at = now
+            shard.tries = 0
+            shard.url_index = len(urls) - 1
+        shard.url_index += 1
+        if shard.url_index >= len(urls):  # a new round, at its delay
+            delay = next(shard.delays, None)
+            deadline = policy.deadline
+            if delay is None or (deadline is not None
+                                 and now + delay - shard.lost_at > deadline):
+                shard.failure = self._gave_up(shard, now)
+                return False
+            shard.tries += 1
+            shard.url_index = 0
+            shard.delay = delay
+        self._reopen(shard, shard.delay)
+        return True
+
+    def _gave_up(self, shard: Shard, now: float) -> ConnectionFailed:
+        assert shard.connection is not None and shard.last_error is not None
+        urls = ", ".join(str(u) for u in shard.connection.urls)
+        last = shard.last_error
+        return type(last)(
+            f"gave up reconnecting to {urls} after {shard.tries} "
+            f"{'round' if shard.tries == 1 else 'rounds'} in {now - shard.lost_at:.1f} s; "
+            f"the last attempt: {last}", last.condition, last.description)
+
+    def _reopen(self, shard: Shard, delay: float) -> None:
+        """Open the shard again on a new transport (a new id: the old one's events may
+        still come), after `delay` seconds, and attach its links again, same names."""
+        assert shard.connection is not None and shard.command is not None
+        self.routes.pop(shard.id, None)
+        shard.id = self.next_id()
+        self.routes[shard.id] = shard
+        shard.opened = shard.closed = False
+        url = shard.connection.urls[shard.url_index]
+        shard.slot.queue(msgspec.structs.replace(
+            shard.command, conn=shard.id, host=url.host, port=url.port, delay=delay))
+        for link in shard.links:
+            if link.failure is None and link.attach is not None:
+                link.attach = msgspec.structs.replace(link.attach, conn=shard.id)
+                shard.slot.queue(link.attach)
 
     def _on_inbound_connection(self, slot: WorkerSlot, event: p.ConnectionOpened
                                ) -> InboundConnection | None:
@@ -1080,6 +1425,57 @@ class ClientCore:
                 listener.failure = listener.receiver.ended = failure
         if self.observer is not None:
             self.observer(slot, None)
+
+    def worker_restarted(self, slot: WorkerSlot, code: int | None) -> None:
+        """A new worker took the place of the dead one in `slot`: its shards are opened
+        again there (their links attached again, unsettled messages resent), as after a
+        lost connection; the connections peers had opened to it are gone (they
+        reconnect); its listeners listen again (worker 0 on the same port)."""
+        if slot.failure is not None:
+            return
+        slot.queued.clear()  # written to the dead worker's ring or not, all of it is redone
+        condition = p.Condition("amqscale:worker-died",
+                                f"worker {slot.index} died (exit code {code})")
+        shards = {id(t): t for t in self.routes.values()
+                  if type(t) is Shard and t.slot is slot and t.failure is None}
+        for shard in shards.values():
+            for link in shard.links:
+                if link.attached and link.failure is None:
+                    link.on_event(p.LinkClosed(link.id, condition, True))
+            self._on_shard_closed(shard, p.ConnectionClosed(shard.id, condition))
+            if self.observer is not None:
+                self.observer(shard, p.ConnectionClosed(shard.id, condition))
+        for target in list(self.routes.values()):
+            if target.slot is slot and type(target) is not Shard and target.failure is None \
+                    and (type(target) is InboundConnection
+                         or getattr(target, "sender", None) is not None
+                         and target.sender.listener is not None
+                         or getattr(target, "receiver", None) is not None
+                         and target.receiver.endless):
+                self._route(slot, p.ConnectionClosed(target.id, condition)
+                            if type(target) is InboundConnection
+                            else p.LinkClosed(target.id, condition))
+        for listener in self.listeners.values():
+            if listener.failure is None and not listener.closed:
+                self._listen_again(listener, slot)
+
+    def _listen_again(self, listener: ListenerState, slot: WorkerSlot) -> None:
+        if slot.index == 0:
+            listener.relisten = True
+            slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
+                                self.container_id, listener.credit,
+                                max_message_size=listener.max_message_size,
+                                defer_attach=listener.defer_attach,
+                                defer_open=listener.defer_open,
+                                tls=listener.tls, sasl=listener.sasl))
+        else:
+            listener.pending += 1
+            slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
+                                self.container_id, listener.credit, adopt_only=True,
+                                max_message_size=listener.max_message_size,
+                                defer_attach=listener.defer_attach,
+                                defer_open=listener.defer_open,
+                                tls=listener.tls, sasl=listener.sasl))
 
     def close(self) -> None:
         """The Container closed: every connection, link and listener is closed, and a

@@ -55,6 +55,12 @@ class HandlerFailed(LinkDetached):
         _, _, self.traceback = description.partition("\n")
 
 
+class DeliveryLost(AMQPError):
+    """A received message cannot be settled: the connection that brought it was lost
+    (and may have been opened again) before it was settled. The peer still holds it as
+    unsettled and delivers it again; nothing was settled in its name."""
+
+
 class WorkerDied(AMQPError):
     """The worker process that carried a connection died; its unsettled messages are kept."""
 

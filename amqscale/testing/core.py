@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from amqscale.core import ClientCore, WorkerSlot
+from amqscale.core import ClientCore, Shard, WorkerSlot
 from amqscale.workers import protocol as p
 
 
@@ -67,6 +67,17 @@ class ScriptedWorkers:
 
     def close_link(self, link: int, condition: p.Condition | None = None) -> None:
         self.emit(self.slot_of(link).index, p.LinkClosed(link, condition))
+
+    def lose(self, shard: Shard, condition: p.Condition | None = None,
+             by_peer: bool = False, failed_in: str | None = None) -> None:
+        """The shard's transport ends (a network failure by default; `by_peer`: the
+        peer closed it with `condition`): its links first, then the connection, as a
+        worker reports it."""
+        cond = condition or p.Condition("amqp:connection:failed", "connection lost")
+        events: list[p.Event] = [p.LinkClosed(link.id, cond, True) for link in shard.links
+                                 if link.attached and not link.closed]
+        events.append(p.ConnectionClosed(shard.id, cond, failed_in, by_peer=by_peer))
+        self.emit(shard.slot.index, *events)
 
     def die(self, index: int, code: int = -9) -> None:
         """Worker `index` dies (what the driver reports when its pidfd fires)."""
