@@ -35,13 +35,18 @@ from .workers import protocol as p
 
 LINGER = 0.001  # seconds a partial batch may wait for the linger thread
 START_TIMEOUT = 30.0
+# A worker that dies is replaced, at most RESTART_LIMIT times in RESTART_WINDOW seconds per
+# worker: one that dies at once, again and again, fails its connections instead.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 10.0
 
 
 class Driver:
     """Moves the core's commands to the workers and the workers' events to the core."""
 
     def __init__(self, workers: int, container_id: str,
-                 ring_capacity: int = DEFAULT_RING_CAPACITY, threads: bool = True) -> None:
+                 ring_capacity: int = DEFAULT_RING_CAPACITY, threads: bool = True,
+                 restart_workers: bool = True) -> None:
         """Start `workers` worker processes and wait until each is ready.
 
         With `threads` False the linger and watcher threads are not started: an event
@@ -59,6 +64,10 @@ class Driver:
             self._handed_over_at = [0.0] * workers
             self._outbound = [h.rings.outbound for h in self.handles]
             self._events_taken_at = 0.0
+            self.restart_workers = restart_workers
+            self.restarts = 0  # workers replaced
+            self._retired: list[WorkerHandle] = []  # replaced workers' handles, to close
+            self._restarted_at: list[list[float]] = [[] for _ in range(workers)]
             self._wait_ready()
         except BaseException:
             self.supervisor.stop()
@@ -191,10 +200,20 @@ class Driver:
 
         The wait also ends when one of `wake_fds` is readable (a face's own pipes: the
         event-driven face's injectors); reading them is the caller's business."""
+        if self._retired:
+            self._close_retired()
         if not self._drain() and timeout != 0:
             self._park(timeout, wake_fds)
             self._drain()
         self._check_workers()
+
+    def _close_retired(self) -> None:
+        """Close the rings and pidfds of replaced workers: only the thread that pumps
+        (here, now) could have been waiting on them."""
+        with self.lock:
+            retired, self._retired = self._retired, []
+        for handle in retired:
+            self.supervisor.retire(handle)
 
     def take_events(self) -> None:
         """Take what the workers published, without waiting, at most every LINGER.
@@ -221,14 +240,25 @@ class Driver:
             # Under the lock: the linger thread queues commands meanwhile, and the
             # watcher takes a dead worker's last records (one reader at a time).
             with self.lock:
+                if handle.dead:  # it died (and was replaced) while this waited
+                    continue
                 try:
                     got = self._apply(handle) or got
                 except Exception as exc:  # keep reading: later records matter as much
                     error = error or exc
                 self.supervisor.check_alive(handle)
+        if got:
+            self.write_answers()
         if error is not None:
             raise error
         return got
+
+    def write_answers(self) -> None:
+        """Write what the core queued in answer to events (a reconnect's open, its
+        attaches and resends, a refused inbound link): nothing else writes it."""
+        with self.lock:
+            if not self.closed and any(slot.queued for slot in self.core.slots):
+                self.write_all()
 
     def _apply(self, handle: WorkerHandle) -> bool:
         """Apply what `handle`'s worker published (the caller holds the lock)."""
@@ -274,6 +304,8 @@ class Driver:
     def refresh(self) -> None:
         """Apply what the workers published and notice any that exited (without waiting):
         before placing new work, so that none goes to a dead worker."""
+        if self.closed:
+            return
         pidfds = [h.pidfd for h in self.handles if not h.dead and h.pidfd is not None]
         exited = select.select(pidfds, [], [], 0)[0] if pidfds else []
         for handle in self.handles:
@@ -288,11 +320,48 @@ class Driver:
                     self._worker_died(handle)
 
     def _worker_died(self, handle: WorkerHandle) -> None:
+        """A worker exited (the caller holds the lock, its last records were applied):
+        a new one takes its place and its connections are opened again there, unless
+        restarts are off or it died too often (RESTART_LIMIT); then what it carried
+        fails with WorkerDied."""
         handle.dead = True
         with contextlib.suppress(Exception):
             handle.process.poll()
         cyrus.remove_own_directories(handle.process.pid)  # its listeners' sasldb
-        self.core.worker_died(self.core.slots[handle.index], handle.process.returncode)
+        slot = self.core.slots[handle.index]
+        code = handle.process.returncode
+        if self.supervisor.workers[handle.index] is not handle:
+            return  # replaced already
+        new = self._restart(handle) if self.restart_workers else None
+        if new is None:
+            self.core.worker_died(slot, code)
+            return
+        self._outbound[handle.index] = new.rings.outbound
+        self._handed_over_at[handle.index] = 0.0
+        self.restarts += 1
+        self.core.worker_restarted(slot, code)
+        self._retired.append(handle)  # closed by the next pump: one may wait on it now
+        if self.watcher is not None:
+            self.watcher.replace(handle, new)
+        if self.binding is not None:
+            self.binding.watch(new)
+        self.write_all()  # the shards' opens, attaches and resends, to the new worker
+
+    def _restart(self, handle: WorkerHandle) -> WorkerHandle | None:
+        """Spawn the dead worker's replacement, or None (too many recent restarts, the
+        driver closing, or the spawn failed: reported, never raised into a wait)."""
+        now = time.monotonic()
+        recent = [t for t in self._restarted_at[handle.index] if now - t < RESTART_WINDOW]
+        if self.closed or len(recent) >= RESTART_LIMIT:
+            return None
+        self._restarted_at[handle.index] = [*recent, now]
+        if self.binding is not None:
+            self.binding.forget(handle)  # before its rings close under the loop
+        try:
+            return self.supervisor.respawn(handle.index)
+        except Exception:
+            traceback.print_exc()
+            return None
 
     def _wait_ready(self) -> None:
         ready: set[int] = set()
@@ -353,6 +422,9 @@ class Driver:
             self.closed = True
             self.core.close()
             self.supervisor.stop()
+            for handle in self._retired:
+                self.supervisor.retire(handle)
+            self._retired.clear()
 
 
 def _split(commands: list[p.Command]) -> list[list[p.Command]]:
@@ -459,17 +531,32 @@ class _Watcher:
     Without it a death is seen only when a call next waits, and a sender would go on
     handing messages to the dead worker's ring in the meantime (they would be kept, but
     not sent). On an exit it applies what the worker published last, then reports it dead
-    to the core, under the driver's lock, so that no new work goes to it. Asleep in
-    select() it costs nothing; it holds the driver weakly.
+    to the core, under the driver's lock, so that no new work goes to it (or a new worker
+    takes its place: `replace`). Asleep in select() it costs nothing; it holds the driver
+    weakly.
     """
 
     def __init__(self, driver: Driver) -> None:
         self._wake_r, self._wake_w = os.pipe()
-        pidfds = {h.pidfd: h.index for h in driver.handles if h.pidfd is not None}
+        self.pidfds = {h.pidfd: h.index for h in driver.handles if h.pidfd is not None}
+        self._lock = threading.Lock()
         self._thread = threading.Thread(
-            target=_watch, args=(weakref.ref(driver), pidfds, self._wake_r),
+            target=_watch, args=(weakref.ref(driver), self, self._wake_r),
             name="amqscale-watch", daemon=True)
         self._thread.start()
+
+    def replace(self, old: WorkerHandle, new: WorkerHandle) -> None:
+        """Watch `new` instead of `old` (from any thread)."""
+        with self._lock:
+            if old.pidfd is not None:
+                self.pidfds.pop(old.pidfd, None)
+            if new.pidfd is not None:
+                self.pidfds[new.pidfd] = new.index
+        os.write(self._wake_w, b"r")
+
+    def snapshot(self) -> list[int]:
+        with self._lock:
+            return list(self.pidfds)
 
     def stop(self) -> None:
         os.write(self._wake_w, b"x")
@@ -479,17 +566,26 @@ class _Watcher:
         os.close(self._wake_w)
 
 
-def _watch(driver_ref: weakref.ref[Driver], pidfds: dict[int, int], wake_fd: int) -> None:
-    while pidfds:
+def _watch(driver_ref: weakref.ref[Driver], watcher: _Watcher, wake_fd: int) -> None:
+    while True:
+        fds = watcher.snapshot()
         try:
-            ready = select.select([wake_fd, *pidfds], [], [])[0]
+            ready = select.select([wake_fd, *fds], [], [])[0]
         except OSError:  # a pidfd closed under us: the Container is stopping
             return
+        if wake_fd in ready:
+            if b"x" in os.read(wake_fd, 64):
+                return
+            continue  # the pidfds changed
         driver = driver_ref()
-        if wake_fd in ready or driver is None:
+        if driver is None:
             return
         for fd in ready:
-            handle = driver.handles[pidfds.pop(fd)]
+            with watcher._lock:
+                index = watcher.pidfds.pop(fd, None)
+            if index is None:
+                continue
+            handle = driver.handles[index]
             handle.exit_seen = True
             with driver.lock:
                 if driver.closed or handle.dead:

@@ -98,6 +98,24 @@ class LoopBinding:
             if handle.dead:
                 driver._worker_died(handle)
 
+    def forget(self, old: WorkerHandle) -> None:
+        """A dead worker is being replaced: stop watching its fds (before they close)."""
+        loop = self.loop
+        for fd in (old.pidfd, old.rings.inbound.fileno()):
+            if fd is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(fd)
+        if self._awaiting_room.pop(old.index, False):
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(old.rings.outbound.fileno())
+
+    def watch(self, new: WorkerHandle) -> None:
+        """Watch the worker that took a dead one's place."""
+        self.loop.add_reader(new.rings.inbound.fileno(), self._readable)
+        if new.pidfd is not None:
+            self.loop.add_reader(new.pidfd, self._exited, new)
+        self.loop.call_soon(self._readable)
+
     def _observe(self, target: object, event: object) -> None:
         """The core applied an event to `target`: check the waits on it soon."""
         self._touched.add(target)

@@ -87,6 +87,25 @@ class Supervisor:
         pidfd = os.pidfd_open(process.pid) if hasattr(os, "pidfd_open") else None
         return WorkerHandle(index, process, rings, pidfd)
 
+    def respawn(self, index: int) -> WorkerHandle:
+        """A new worker in place of the dead worker `index`. The old one's rings and
+        pidfd stay open: another thread may be waiting on them; the caller closes them
+        (`retire`) once none can be. The new worker has no hand-off channel: it is dealt
+        no inbound connections (a new worker 0 keeps those it accepts)."""
+        old = self.workers[index]
+        self._reap(old, time.monotonic())
+        worker = self._spawn(index, [])
+        self.workers[index] = worker
+        return worker
+
+    @staticmethod
+    def retire(worker: WorkerHandle) -> None:
+        """Close a replaced worker's rings and pidfd."""
+        worker.rings.close()
+        if worker.pidfd is not None:
+            os.close(worker.pidfd)
+            worker.pidfd = None
+
     def check_alive(self, worker: WorkerHandle) -> None:
         """Mark `worker` dead once it has exited (its last events were read before)."""
         # With a pidfd, only once it turned readable: a waitpid per drain costs a syscall.
