@@ -24,6 +24,7 @@ from .errors import (
     AuthenticationError,
     ConnectionFailed,
     ContainerClosed,
+    DeliveryLost,
     HandlerFailed,
     LinkDetached,
     MessageTooLarge,
@@ -44,6 +45,7 @@ from .links import (
     Trackers,
 )
 from .message import Message
+from .reconnect import Backoff
 from .security import TLS, ServerSASL
 from .types import (
     UNDESCRIBED,
@@ -71,7 +73,8 @@ from .types import (
 )
 
 __all__ = [
-    "AMQPError", "AmqpSequence", "AuthenticationError", "ServerSASL", "TLS", "TLSError",
+    "AMQPError", "AmqpSequence", "AuthenticationError", "Backoff", "DeliveryLost",
+    "ServerSASL", "TLS", "TLSError",
     "AmqpValue", "Array", "Connection", "ConnectionFailed",
     "Container", "ContainerClosed", "DataSections", "DecodeError", "Deliveries", "Delivery",
     "Described", "HandlerFailed", "HandlerReceiver", "LinkDetached", "Listener", "Message",

@@ -82,6 +82,7 @@ from .links import Sender as _BlockingSender
 from .links import Tracker as _BlockingTracker
 from .links import Trackers as _BlockingTrackers
 from .message import Message
+from .reconnect import Backoff
 from .url import parse_url
 
 __all__ = ["Connection", "Container", "Deliveries", "Delivery", "HandlerReceiver", "Listener",
@@ -137,8 +138,10 @@ class Container:
     running asyncio loop. Start it with ``async with`` (or ``await start()``)."""
 
     def __init__(self, workers: int | None = None, container_id: str | None = None,
-                 ring_capacity: int = DEFAULT_RING_CAPACITY) -> None:
+                 ring_capacity: int = DEFAULT_RING_CAPACITY,
+                 restart_workers: bool = True) -> None:
         check_positive(workers if workers is not None else 1, "workers")
+        self._restart_workers = bool(restart_workers)
         self._workers = default_worker_count() if workers is None else workers
         self._container_id = container_id
         self._ring_capacity = ring_capacity
@@ -153,7 +156,7 @@ class Container:
         loop = asyncio.get_running_loop()
         driver = await loop.run_in_executor(
             None, lambda: Driver(self._workers, self.container_id, self._ring_capacity,
-                                 threads=False))
+                                 threads=False, restart_workers=self._restart_workers))
         self._driver = driver
         self._binding = LoopBinding(driver, loop)
         return self
@@ -179,6 +182,12 @@ class Container:
         driver, _ = self._live
         return [h.process.pid for h in driver.handles]
 
+    @property
+    def worker_restarts(self) -> int:
+        """How many dead workers were replaced."""
+        driver, _ = self._live
+        return driver.restarts
+
     async def worker_stats(self, timeout: float | None = 10.0) -> list[dict[str, int]]:
         """Each live worker's counters: index, pid, connections, messages sent and received."""
         driver, binding = self._live
@@ -190,14 +199,18 @@ class Container:
                       sasl_mechanisms: str | Sequence[str] | None = None,
                       allow_insecure_mechanisms: bool = False, authzid: str | None = None,
                       virtual_host: str | None = None, idle_timeout: float = 0.0,
+                      urls: Sequence[str] | None = None,
+                      reconnect: bool | Backoff | Sequence[float] = True,
                       timeout: float | None = OPEN_TIMEOUT) -> Connection:
-        """Open `shards` AMQP connections to `url` (see amqscale.Container.connect)."""
+        """Open `shards` AMQP connections to `url` (see amqscale.Container.connect:
+        failover over `urls` and `reconnect` work the same here)."""
         driver, binding = self._live
         parsed, options = connect_options(
             url, shards, tls=tls, user=user, password=password,
             sasl_mechanisms=sasl_mechanisms,
             allow_insecure_mechanisms=allow_insecure_mechanisms, authzid=authzid,
-            virtual_host=virtual_host, idle_timeout=idle_timeout)
+            virtual_host=virtual_host, idle_timeout=idle_timeout, urls=urls,
+            reconnect=reconnect)
         try:
             state = await binding.run(_ops.connect(driver, parsed, shards, **options),
                                       timeout)

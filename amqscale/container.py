@@ -23,6 +23,7 @@ from ._supervisor import DEFAULT_RING_CAPACITY
 from .core import ConnectionState, ListenerState
 from .errors import TLSError
 from .links import CLOSE_TIMEOUT, HandlerReceiver, Receiver, Sender
+from .reconnect import Backoff, failover_urls, reconnect_policy
 from .url import URL, parse_url
 
 OPEN_TIMEOUT = 30.0
@@ -49,12 +50,21 @@ def check_limit(value: object) -> int:
 
 
 def connect_options(url: str | None, shards: int, *, virtual_host: str | None,
-                    idle_timeout: float, **credentials: Any) -> tuple[URL, dict[str, Any]]:
-    """`connect()`'s arguments checked, as the URL and the OpenConnection options.
+                    idle_timeout: float, urls: Sequence[str] | None = None,
+                    reconnect: Any = True, **credentials: Any
+                    ) -> tuple[URL, dict[str, Any]]:
+    """`connect()`'s arguments checked, as the URL and the options of
+    ClientCore.open_connection (the failover list `urls` and the reconnect `policy`, then
+    the OpenConnection fields).
 
     `credentials` are security.client_options' (tls, user, password, sasl_mechanisms,
     allow_insecure_mechanisms, authzid). With no URL, proton's connection configuration
     file (security.load_connect_config) gives the URL and what the arguments leave out."""
+    if url is None and urls:
+        if isinstance(urls, str):
+            raise TypeError("urls must be a list of URLs, not one string")
+        url, *rest = urls
+        urls = rest
     if url is None:
         from_file = security.load_connect_config()
         url = from_file.pop("url")
@@ -65,8 +75,12 @@ def connect_options(url: str | None, shards: int, *, virtual_host: str | None,
     if parsed.port == 0:
         raise ValueError(f"cannot connect to port 0 in {url!r}")
     check_positive(shards, "shards")
+    if (not isinstance(idle_timeout, int | float) or isinstance(idle_timeout, bool)
+            or not 0 <= idle_timeout < 1e6):
+        raise ValueError(f"idle_timeout must be seconds >= 0, not {idle_timeout!r}")
     options = security.client_options(parsed, **credentials)
-    options.update(virtual_host=virtual_host, idle_timeout=idle_timeout)
+    options.update(virtual_host=virtual_host, idle_timeout=float(idle_timeout),
+                   urls=failover_urls(parsed, urls), policy=reconnect_policy(reconnect))
     return parsed, options
 
 
@@ -93,10 +107,14 @@ class Container:
     """
 
     def __init__(self, workers: int | None = None, container_id: str | None = None,
-                 ring_capacity: int = DEFAULT_RING_CAPACITY) -> None:
+                 ring_capacity: int = DEFAULT_RING_CAPACITY,
+                 restart_workers: bool = True) -> None:
+        """`restart_workers`: a worker that dies is replaced and its connections opened
+        again on the new one (docs/reliability.md); False: they fail with WorkerDied."""
         self.container_id = container_id or f"amqscale-{uuid.uuid4()}"
         self._driver = Driver(default_worker_count() if workers is None else workers,
-                              self.container_id, ring_capacity)
+                              self.container_id, ring_capacity,
+                              restart_workers=bool(restart_workers))
         self._core = self._driver.core
 
     @property
@@ -109,6 +127,11 @@ class Container:
 
     def worker_pids(self) -> list[int]:
         return [h.process.pid for h in self._driver.handles]
+
+    @property
+    def worker_restarts(self) -> int:
+        """How many dead workers were replaced."""
+        return self._driver.restarts
 
     def worker_stats(self, timeout: float | None = 10.0) -> list[dict[str, int]]:
         """Each live worker's counters: index, pid, connections, messages sent and received.
@@ -125,6 +148,8 @@ class Container:
                 sasl_mechanisms: str | Sequence[str] | None = None,
                 allow_insecure_mechanisms: bool = False, authzid: str | None = None,
                 virtual_host: str | None = None, idle_timeout: float = 0.0,
+                urls: Sequence[str] | None = None,
+                reconnect: bool | Backoff | Sequence[float] = True,
                 timeout: float | None = OPEN_TIMEOUT) -> Connection:
         """Open `shards` AMQP connections to `url`, placed over the live workers.
 
@@ -139,6 +164,16 @@ class Container:
         `sasl_mechanisms` restricts the choice (EXTERNAL: the TLS client certificate;
         GSSAPI: Kerberos). With no `url`, proton's connection configuration file gives
         it (amqscale.security.load_connect_config).
+
+        Failover and reconnect (docs/reliability.md): `urls` are tried after `url`, in
+        order (`url` may be left out: the first of `urls` is then the first). The open
+        tries each URL once. Once open, a shard whose transport fails (the network, the
+        peer gone, no heartbeat for `idle_timeout` seconds, the peer's
+        amqp:connection:forced) is opened again, by default at once and then after 0.1,
+        0.2, ... 10 s with jitter (`reconnect`: a Backoff, a list of delays, or False),
+        its links attached again under the same names and their unsettled messages sent
+        again. Never after an authentication failure, a refused certificate, or a
+        close the peer or the user meant.
         """
         driver = self._driver
         driver.check_open()
@@ -146,7 +181,8 @@ class Container:
             url, shards, tls=tls, user=user, password=password,
             sasl_mechanisms=sasl_mechanisms,
             allow_insecure_mechanisms=allow_insecure_mechanisms, authzid=authzid,
-            virtual_host=virtual_host, idle_timeout=idle_timeout)
+            virtual_host=virtual_host, idle_timeout=idle_timeout, urls=urls,
+            reconnect=reconnect)
         try:
             state = _ops.run(driver, _ops.connect(driver, parsed, shards, **options), timeout)
         except TLSError as exc:
@@ -250,6 +286,30 @@ class ConnectionView:
         return self._state.closed
 
     @property
+    def state(self) -> str:
+        """"open"; "reconnecting" while a shard is lost and being opened again;
+        "failed" once every shard failed; "closed"."""
+        return self._state.state
+
+    @property
+    def reconnects(self) -> int:
+        """How many times a shard was opened again after it was lost."""
+        return self._state.reconnects
+
+    @property
+    def last_error(self) -> Exception | None:
+        """Why a shard was lost last (None if none was): the error that would have been
+        raised without reconnect."""
+        errors = [s.last_error for s in self._state.shards if s.last_error is not None]
+        return errors[-1] if errors else None
+
+    @property
+    def url_in_use(self) -> list[URL]:
+        """The URL each shard is connected (or connecting) to, from the failover list."""
+        urls = self._state.urls
+        return [urls[s.url_index] for s in self._state.shards]
+
+    @property
     def security(self) -> security.Security:
         """What the connection negotiated (its first shard; every shard uses the same
         settings): `tls_protocol`, `tls_cipher`, `peer_subject` (the server
@@ -261,12 +321,35 @@ class ConnectionView:
 
 
 class Connection(ConnectionView):
-    """A connection to one peer: `shards` AMQP connections placed over the workers."""
+    """A connection to one peer: `shards` AMQP connections placed over the workers.
+
+    `state`, `reconnects`, `last_error` and `url_in_use` take what the workers reported
+    before answering (this face handles events only inside its calls)."""
 
     def __init__(self, container: Container, state: ConnectionState) -> None:
         super().__init__(state)
         self._container = container  # it lives as long as this connection does
         self._driver = container._driver
+
+    @property
+    def state(self) -> str:
+        self._driver.refresh()
+        return super().state
+
+    @property
+    def reconnects(self) -> int:
+        self._driver.refresh()
+        return super().reconnects
+
+    @property
+    def last_error(self) -> Exception | None:
+        self._driver.refresh()
+        return super().last_error
+
+    @property
+    def url_in_use(self) -> list[URL]:
+        self._driver.refresh()
+        return super().url_in_use
 
     def open_sender(self, address: str | None, *, window: int = 1000,
                     presettled: bool = False, name: str | None = None,

@@ -92,6 +92,7 @@ def _settle_now(delivery: Delivery, command: p.Settle) -> None:
     """Settle one delivery with a detailed outcome at once (not batched)."""
     arrival = delivery._arrival
     link = arrival.link
+    arrival.check_live()
     if link.failure is not None:
         raise link.failure
     arrival.settled[delivery._index] = 1
@@ -299,6 +300,12 @@ class SenderView:
     @property
     def closed(self) -> bool:
         return self._state.closed
+
+    @property
+    def resent(self) -> int:
+        """Messages sent again because their connection was lost (or their worker died)
+        before the peer settled them: the peer may have them twice (at-least-once)."""
+        return self._state.resent
 
     @property
     def failures(self) -> list[Exception]:
@@ -560,6 +567,7 @@ class Delivery:
             return
         arrival = self._arrival
         link = arrival.link
+        arrival.check_live()  # its connection was lost: the peer will send it again
         if link.failure is not None:
             raise link.failure  # nothing can settle it now: never pretend it was
         arrival.settled[self._index] = 1
@@ -637,6 +645,13 @@ class ReceiverView:
     def closed(self) -> bool:
         return self._state.closed
 
+    @property
+    def lost(self) -> int:
+        """Deliveries whose connection was lost before they were settled: dropped from
+        the prefetch untaken, or refused a settlement (DeliveryLost). The peer holds
+        them as unsettled and delivers them again."""
+        return self._state.lost
+
 
 class Receiver(ReceiverView):
     """Receives from one address over every shard; iterate it for Deliveries."""
@@ -685,8 +700,13 @@ class Receiver(ReceiverView):
         Raises the failure of a link whose deliveries can no longer be settled (the
         others are settled first)."""
         by_link: dict[ReceiverLink, list[int]] = {}
+        lost: list[Arrival] = []  # their connection was lost since they arrived
         if isinstance(deliveries, Deliveries):
             for arrival, lo, hi in deliveries._parts:
+                if arrival.generation != arrival.link.generation:
+                    if arrival.settled.count(0, lo, hi):
+                        lost.append(arrival)
+                    continue
                 ids = arrival.take_unsettled(lo, hi)
                 if ids:
                     by_link.setdefault(arrival.link, []).extend(ids)
@@ -694,6 +714,9 @@ class Receiver(ReceiverView):
             for delivery in deliveries:
                 arrival = delivery._arrival
                 if not arrival.settled[delivery._index]:
+                    if arrival.generation != arrival.link.generation:
+                        lost.append(arrival)
+                        continue
                     arrival.settled[delivery._index] = 1
                     by_link.setdefault(arrival.link, []).append(delivery.id)
         driver = self._driver
@@ -705,6 +728,8 @@ class Receiver(ReceiverView):
                     driver.write(link.slot)
         if failed:
             raise failed[0].failure  # type: ignore[misc]
+        if lost:
+            lost[0].check_live()  # raises DeliveryLost
 
     def _await_buffer(self, timeout: float | None) -> None:
         """Return once a delivery is buffered; raise if none can come."""

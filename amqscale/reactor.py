@@ -1034,14 +1034,15 @@ class Container:
     """The event-driven Container: ``Container(handler).run()`` (proton.reactor's role).
 
     `workers`: worker processes (default: one per core), started on the first connect()
-    or listen(). ``run()`` returns when ``stop()`` is called or nothing is left to do (no
+    or listen(); `restart_workers` as for amqscale.Container. ``run()`` returns when
+    ``stop()`` is called or nothing is left to do (no
     open connection or listener, no timer, no open injector); it then closes what is still
     open (waiting up to SHUTDOWN_TIMEOUT for the peers) and stops the workers. An
     exception raised in a callback ends run() the same way, then propagates.
     """
 
     def __init__(self, *handlers: Any, workers: int | None = None,
-                 container_id: str | None = None) -> None:
+                 container_id: str | None = None, restart_workers: bool = True) -> None:
         for handler in handlers:
             if isinstance(handler, str):
                 raise TypeError("Container(*handlers): pass the id as container_id=..., "
@@ -1050,6 +1051,7 @@ class Container:
         self.container_id = container_id or str(uuid.uuid4())
         self.ssl = SSLConfig()  # proton's container.ssl: the amqps:// defaults
         self._workers = workers
+        self._restart_workers = bool(restart_workers)
         self._driver: Driver | None = None
         self._observed: deque[tuple[Any, p.Event | None]] = deque()
         self._loop_thread: int | None = None
@@ -1307,6 +1309,9 @@ class Container:
                                Event("connection_opened", self, connection))
                 self._dispatch(handlers, "session_opened",
                                Event("session_opened", self, connection))
+        elif type(event) is p.ConnectionClosed and (
+                shard.failure is None and not shard.closed and not connection._closing):
+            self._on_lost(connection, shard, event.condition)
         elif type(event) is p.ConnectionClosed:
             condition = event.condition
             if not connection._closing and (
@@ -1323,6 +1328,19 @@ class Container:
                 name = "connection_error" if as_error else "connection_closing"
                 self._dispatch(handlers, name, Event(name, self, connection))
             self._maybe_ended(connection)
+
+    def _on_lost(self, connection: Connection, shard: Shard,
+                 condition: p.Condition | None) -> None:
+        """A shard was lost and is being opened again (proton's order: on_disconnected,
+        then on_connection_opened, on_link_opened and on_sendable once it is back)."""
+        connection._opened_fired = False
+        for link in connection._links:
+            if shard in link._shard_of.values():
+                link._opened_fired = False
+        transport = Transport(connection, condition or p.Condition(
+            "amqp:connection:failed", "the connection was lost"), None)
+        self._dispatch(self._handlers_of(connection), "disconnected",
+                       Event("disconnected", self, connection, transport=transport))
 
     def _on_inbound_connection(self, state: InboundConnection, event: p.Event | None
                                ) -> None:
@@ -1446,6 +1464,8 @@ class Container:
                            Event("link_opened", self, link=link))
 
     def _link_closed(self, link: _Link, core_link: Any, event: p.LinkClosed) -> None:
+        if event.with_connection and not core_link.closed:
+            return  # lost with its connection, to be attached again (or failed with it)
         shard = link._shard_of.get(core_link)
         inbound = link.connection._inbound
         connection_gone = link.connection._closing or (shard is not None and shard.closed) or (
@@ -1647,7 +1667,8 @@ class Container:
         driver = self._driver
         if driver is None:
             workers = default_worker_count() if self._workers is None else self._workers
-            driver = self._driver = Driver(workers, self.container_id)
+            driver = self._driver = Driver(workers, self.container_id,
+                                           restart_workers=self._restart_workers)
             driver.core.observer = self._observe
         return driver
 
@@ -1655,6 +1676,11 @@ class Container:
         """The worker processes' pids (none before the first connect or listen)."""
         driver = self._driver
         return [h.process.pid for h in driver.handles] if driver is not None else []
+
+    @property
+    def worker_restarts(self) -> int:
+        """How many dead workers were replaced."""
+        return self._driver.restarts if self._driver is not None else 0
 
     def connect(self, url: str | None = None, urls: list[str] | None = None,
                 handler: Any = None, user: str | None = None, password: str | None = None,
@@ -1668,8 +1694,12 @@ class Container:
         ``heartbeat=`` is taken as idle_timeout, ``allowed_mechs=`` as sasl_mechanisms,
         ``allow_insecure_mechs=`` as allow_insecure_mechanisms (False by default, unlike
         proton: PLAIN needs TLS), ``ssl_domain=`` (an SSLDomain or a security.TLS; default
-        ``container.ssl.client``) and ``sni=`` as TLS settings; ``reconnect=False`` is
-        what amqscale does (reconnect: issue #11). A TLS or authentication failure
+        ``container.ssl.client``) and ``sni=`` as TLS settings. `urls` is the failover
+        list; ``reconnect`` (None or True: the default Backoff; False; an
+        amqscale.Backoff; a list of delays) works as for amqscale.Container.connect: a
+        lost shard reaches ``on_disconnected``, then ``on_connection_opened``,
+        ``on_link_opened`` and ``on_sendable`` once it is back, with what was unsettled
+        sent again (proton leaves that to the handler). A TLS or authentication failure
         reaches ``on_transport_error``: ``event.transport.error`` is the TLSError or
         AuthenticationError. With neither `url` nor `urls`, proton's connection
         configuration file gives them (security.load_connect_config)."""
@@ -1683,9 +1713,8 @@ class Container:
             kw.setdefault("allow_insecure_mechs", from_file.get("allow_insecure_mechanisms"))
         if url is None:
             assert urls
-            if len(urls) > 1:
-                raise _not_yet("failover over several urls", "issue #11 (reliability)")
-            url = urls[0]
+            url, *others = urls
+            urls = others
         if "heartbeat" in kw:
             idle_timeout = kw.pop("heartbeat") or 0
         if "allowed_mechs" in kw:
@@ -1696,8 +1725,7 @@ class Container:
             raise _not_yet("sasl_enabled=False (amqscale always speaks SASL)")
         domain, sni, authzid = kw.pop("ssl_domain", kw.pop("tls", None)), kw.pop("sni", None), \
             kw.pop("authzid", None)
-        if kw.pop("reconnect", None) not in (None, False):
-            raise _not_yet("reconnect", "issue #11 (reliability)")
+        reconnect = kw.pop("reconnect", None)
         if kw:
             raise _not_yet(f"connect() option(s) {', '.join(sorted(kw))}")
         if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
@@ -1709,7 +1737,8 @@ class Container:
         parsed, options = connect_options(
             _normalise_url(url), shards, tls=tls, user=user, password=password,
             sasl_mechanisms=sasl_mechanisms, allow_insecure_mechanisms=insecure,
-            authzid=authzid, virtual_host=virtual_host, idle_timeout=float(idle_timeout))
+            authzid=authzid, virtual_host=virtual_host, idle_timeout=float(idle_timeout),
+            urls=urls, reconnect=True if reconnect is None else reconnect)
         driver = self._ensure_driver()
         driver.refresh()
         with driver.lock:
