@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         build_proton_examples,
     )
     from amqscale.testing.certs import Certificates, make_certificates
+    from amqscale.testing.proxy import FaultProxy
 
 _HOMES = {
     "ManagedProcess": "_process",
@@ -37,10 +38,12 @@ _HOMES = {
     "build_proton_examples": "brokers",
     "Certificates": "certs",
     "make_certificates": "certs",
+    "FaultProxy": "proxy",
 }
 
 __all__ = [
     "Certificates",
+    "FaultProxy",
     "ManagedProcess",
     "PeerStartError",
     "ProtonCBroker",
