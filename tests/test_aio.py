@@ -43,9 +43,10 @@ class Pair:
     connection: aio.Connection
 
 
-async def _pair() -> AsyncIterator[Pair]:
+async def _pair(restart_workers: bool = True) -> AsyncIterator[Pair]:
     pair = Pair()
-    async with aio.Container(workers=1) as pair.server, aio.Container(workers=1) as pair.client:
+    async with aio.Container(workers=1) as pair.server, aio.Container(
+            workers=1, restart_workers=restart_workers) as pair.client:
         pair.listener = await pair.server.listen("amqp://127.0.0.1:0")
         pair.connection = await pair.client.connect(pair.listener.url)
         yield pair
@@ -218,7 +219,7 @@ def test_a_refused_address_and_a_dead_worker_raise_their_errors() -> None:
         async with aio.Container(workers=1) as client:
             with pytest.raises(amqscale.ConnectionFailed, match="cannot connect"):
                 await client.connect(f"amqp://127.0.0.1:{amqscale.testing.free_port()}")
-            async for pair in _pair():
+            async for pair in _pair(restart_workers=False):
                 sender = await pair.connection.open_sender("q")
                 waiting = asyncio.create_task(sender.send(b"never settled"))
                 await pair.listener.receiver.receive(timeout=30)
@@ -228,6 +229,24 @@ def test_a_refused_address_and_a_dead_worker_raise_their_errors() -> None:
                 assert len(sender.unsettled) == 1  # kept, with its payload
                 with pytest.raises((amqscale.WorkerDied, amqscale.ConnectionFailed)):
                     await pair.client.connect(pair.listener.url)
+
+    run(main)
+
+
+def test_a_send_awaited_across_a_worker_restart_settles_once_accepted() -> None:
+    async def main() -> None:
+        async for pair in _pair():
+            sender = await pair.connection.open_sender("q")
+            waiting = asyncio.create_task(sender.send(b"sent twice"))
+            first = await pair.listener.receiver.receive(timeout=30)  # not settled
+            os.kill(pair.client.worker_pids()[0], signal.SIGKILL)
+            again = await pair.listener.receiver.receive(timeout=30)
+            assert again.body == first.body == b"sent twice"
+            again.accept()
+            tracker = await asyncio.wait_for(waiting, 30)
+            assert tracker.accepted and sender.resent == 1
+            assert pair.client.worker_restarts == 1
+            assert pair.connection.reconnects == 1
 
     run(main)
 

@@ -324,13 +324,21 @@ class RabbitMQ(ManagedProcess):
             raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
-    def declare_queue(self, name: str) -> None:
-        """Make queue `name` exist: an AMQP 1.0 attach to `/queue/NAME` declares it."""
+    def declare_queue(self, name: str, durable: bool = False) -> None:
+        """Make queue `name` exist: an AMQP 1.0 attach to `/queue/NAME` declares it, a
+        durable one (surviving a restart of the node) if the target is durable."""
+        from proton import Terminus
+        from proton.reactor import SenderOption
         from proton.utils import BlockingConnection
+
+        class DurableTarget(SenderOption):
+            def apply(self, sender: Any) -> None:
+                sender.target.durability = Terminus.DELIVERIES
 
         conn = BlockingConnection(self.url, timeout=30)
         try:
-            conn.create_sender(f"/queue/{name}", name=f"declare-{secrets.token_hex(4)}")
+            conn.create_sender(f"/queue/{name}", name=f"declare-{secrets.token_hex(4)}",
+                               options=DurableTarget() if durable else None)
         finally:
             conn.close()
 
