@@ -486,6 +486,11 @@ class Listener(ListenerView):
         # goes as soon as nothing refers to it, without waiting for the cycle collector.
         self.receiver = Receiver(self._driver, state.receiver, owner=container)
 
+    @property
+    def peers(self) -> list[Peer]:
+        self._driver.refresh()  # this face takes events only inside its calls
+        return super().peers
+
     def __enter__(self) -> Listener:
         return self
 

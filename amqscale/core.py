@@ -485,7 +485,8 @@ class Arrival:
     def __init__(self, link: ReceiverLink, first_id: int, payloads: list[bytes],
                  settled: Iterable[int] | None) -> None:
         self.link = link
-        self.generation = link.generation  # its ids mean nothing after a loss
+        # Its ids mean nothing once its link was lost (None: a link-less test arrival).
+        self.generation = link.generation if link is not None else 0
         self.first_id = first_id
         self.payloads = payloads
         self.settled = bytearray(len(payloads))  # 1: settled (by us or pre-settled)
@@ -520,7 +521,8 @@ class Arrival:
             self.link.receiver.lost += 1
             raise DeliveryLost(
                 f"this message from {self.link.receiver.address!r} cannot be settled: "
-                f"its connection was lost after it arrived (the peer delivers it again)",
+                f"its connection was lost after it arrived (the peer still holds it "
+                f"unsettled: a broker delivers it again)",
                 "amqscale:delivery-lost")
 
     def take_unsettled(self, lo: int, hi: int) -> list[int]:
@@ -582,11 +584,8 @@ class ReceiverLink:
                 self.failure is None and not self.receiver.endless):
             self._lose(event.condition)  # type: ignore[union-attr]
         elif kind is p.LinkClosed:
-            if event.with_connection:  # type: ignore[union-attr]
-                # An inbound link gone with its connection: the same for what it brought
-                # (its peer sends it again if it reconnects).
-                self.generation += 1
-                self.receiver.drop_untaken(self)
+            # (An inbound link gone with its connection keeps what it brought for the
+            # user to take: its peer may never send it again.)
             self.closed = True
             self.parts = []
             condition = event.condition  # type: ignore[union-attr]

@@ -55,10 +55,11 @@ class HandlerFailed(LinkDetached):
         _, _, self.traceback = description.partition("\n")
 
 
-class DeliveryLost(AMQPError):
+class DeliveryLost(LinkDetached):
     """A received message cannot be settled: the connection that brought it was lost
     (and may have been opened again) before it was settled. The peer still holds it as
-    unsettled and delivers it again; nothing was settled in its name."""
+    unsettled (a broker delivers it again, to this receiver once it is back or to
+    another); nothing was settled in its name."""
 
 
 class WorkerDied(AMQPError):

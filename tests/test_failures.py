@@ -100,7 +100,7 @@ def test_messages_larger_than_the_ring_cross_in_parts_both_ways() -> None:
 def test_worker_killed_mid_stream_the_other_shard_goes_on() -> None:
     receiver = ChildReceiver(None, "kill", 10**9, idle=30)
     try:
-        container = amqscale.Container(workers=2)
+        container = amqscale.Container(workers=2, restart_workers=False)
         pids = container.worker_pids()
         conn = container.connect(receiver.url, shards=2)
         sender = conn.open_sender("kill")

@@ -447,7 +447,8 @@ class KilledWorker(MessagingHandler):
 def test_a_killed_worker_reaches_on_transport_error() -> None:
     with Sink() as sink:
         handler = KilledWorker(sink.url)
-        Container(handler, workers=1).run()  # ends: its one connection is gone
+        # Ends: its one connection is gone with its worker.
+        Container(handler, workers=1, restart_workers=False).run()
     assert handler.conditions == ["amqscale:worker-died"]
     assert handler.disconnected == 1
     assert not handler.tracker.settled
@@ -656,7 +657,7 @@ def test_a_peer_closing_the_connection_with_an_error_reaches_on_connection_error
             self.seen: list[Any] = []
 
         def on_start(self, event: Any) -> None:
-            event.container.connect(self.url)
+            event.container.connect(self.url, reconnect=False)
 
         def on_connection_error(self, event: Any) -> None:
             condition = event.connection.remote_condition

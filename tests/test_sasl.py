@@ -19,6 +19,7 @@ from amqscale import AuthenticationError, ServerSASL
 from amqscale.security import TLS
 from amqscale.testing._process import LOOPBACK_V4, free_port
 from amqscale.testing.certs import PKI
+from amqscale.testing.faults import wait_until
 from amqscale.testing.kerberos import KerberosRealm
 
 TIMEOUT = 20
@@ -142,9 +143,12 @@ def test_external_takes_the_client_certificate(container: amqscale.Container,
     conn = container.connect(url_of(tls_listener, host="localhost"), tls=tls,
                              sasl_mechanisms="EXTERNAL", timeout=TIMEOUT)
     assert conn.security.sasl_mechanism == "EXTERNAL"
-    users = {peer.security.user for peer in tls_listener.peers
-             if peer.security.sasl_mechanism == "EXTERNAL"}
-    assert f"CN={pki.client_name}" in users
+
+    def users() -> set[str | None]:  # the listener's worker reports its side on its own
+        return {peer.security.user for peer in tls_listener.peers
+                if peer.security.sasl_mechanism == "EXTERNAL"}
+
+    assert wait_until(lambda: f"CN={pki.client_name}" in users(), TIMEOUT), users()
     conn.close()
     with pytest.raises(amqscale.TLSError, match="certificate required"):
         container.connect(url_of(tls_listener, host="localhost"), tls=TLS(ca=pki.ca),

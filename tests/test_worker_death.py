@@ -1,4 +1,5 @@
-"""A worker that dies: WorkerDied at the call, nothing lost, the rest keeps going.
+"""A worker that dies and is not replaced (restart_workers=False): WorkerDied at the
+call, nothing lost, the rest keeps going. (Replaced workers: tests/test_reliability.py.)
 
 Workers are killed with SIGKILL (SIGSTOP first where a test needs messages to be held by
 a worker that will never write them). The peers are proton-python (tests/proton_peers.py):
@@ -34,7 +35,7 @@ def test_worker_died_lists_every_unsettled_message_for_a_resend() -> None:
     id arrives exactly once."""
     with Sink(credit=10_000, accept=lambda m: _id(m) < 100) as first, \
             Sink(credit=10_000, accept=True) as second:
-        container = amqscale.Container(workers=1)
+        container = amqscale.Container(workers=1, restart_workers=False)
         try:
             pid = container.worker_pids()[0]
             sender = container.connect(first.url).open_sender("replay", window=1000)
@@ -53,7 +54,7 @@ def test_worker_died_lists_every_unsettled_message_for_a_resend() -> None:
             assert sorted(m.id for m in resend) == list(range(100, 300))
         finally:
             container.close()
-        with amqscale.Container(workers=1) as again:
+        with amqscale.Container(workers=1, restart_workers=False) as again:
             sender = again.connect(second.url).open_sender("replay")
             assert sender.send_many(resend).wait(timeout=20).accepted
             wait_for(lambda: len(second.messages) == 200, 20, "the resent messages")
@@ -65,7 +66,8 @@ def test_worker_dying_with_its_command_ring_full_raises_worker_died() -> None:
     """A stopped worker's command ring fills and send() blocks on it; when the worker is
     killed the blocked call raises WorkerDied (today: the ring's internal PeerDied)."""
     with Sink(credit=1_000_000, accept=True) as sink:
-        container = amqscale.Container(workers=1, ring_capacity=64 * 1024)
+        container = amqscale.Container(workers=1, ring_capacity=64 * 1024,
+                                       restart_workers=False)
         try:
             pid = container.worker_pids()[0]
             sender = container.connect(sink.url).open_sender("full", window=1_000_000)
@@ -91,7 +93,7 @@ def test_one_failed_shard_does_not_stop_the_others() -> None:
     killed. Sends go on over shard 1, flush reports WorkerDied, and the messages worker 0
     never wrote stay listed on Sender.unsettled: nothing lost, nothing sent twice."""
     with Sink(credit=100_000, accept=True) as sink, \
-            amqscale.Container(workers=2) as container:
+            amqscale.Container(workers=2, restart_workers=False) as container:
         pid0 = container.worker_pids()[0]
         sender = container.connect(sink.url, shards=2).open_sender("shards", window=1000)
         assert sender.send_many(
@@ -129,8 +131,9 @@ def test_accept_on_a_delivery_whose_link_failed_raises(how: str) -> None:
     """The delivery cannot be settled any more: accept() says so (today it pretends)."""
     source = Source(1).start()
     try:
-        with amqscale.Container(workers=1) as container:
-            receiver = container.connect(source.url).open_receiver("src", credit=1)
+        with amqscale.Container(workers=1, restart_workers=False) as container:
+            receiver = container.connect(source.url, reconnect=False).open_receiver(
+                "src", credit=1)
             delivery = receiver.receive(timeout=20)
             if how == "worker-killed":
                 os.kill(container.worker_pids()[0], signal.SIGKILL)
@@ -151,7 +154,7 @@ def test_accept_on_a_delivery_whose_link_failed_raises(how: str) -> None:
 
 def test_connect_after_a_worker_died_uses_live_workers() -> None:
     with Sink(credit=1000, accept=True) as sink, \
-            amqscale.Container(workers=2) as container:
+            amqscale.Container(workers=2, restart_workers=False) as container:
         pid0 = container.worker_pids()[0]
         os.kill(pid0, signal.SIGKILL)
         assert wait_gone([pid0]) == []
@@ -166,7 +169,7 @@ def test_connect_after_a_worker_died_uses_live_workers() -> None:
 def test_listener_receiver_reports_its_dead_worker() -> None:
     """A listener whose only worker died: receive() raises WorkerDied, it does not sit
     out its timeout as if nothing could come."""
-    with amqscale.Container(workers=1) as server:
+    with amqscale.Container(workers=1, restart_workers=False) as server:
         listener = server.listen("amqp://127.0.0.1:0")
         os.kill(server.worker_pids()[0], signal.SIGKILL)
         with pytest.raises(amqscale.WorkerDied):
