@@ -291,16 +291,20 @@ def hand_over_parts(driver: Driver, link: SenderLink, batch: Batch,
     over, the rest go whatever the deadline. Meanwhile the link takes messages but hands
     none over, so that nothing goes between the parts; they go after the last."""
     seq = batch.first
+    generation = link.generation
     link.parts_busy = True
     try:
         for sent, part in enumerate(parts):
             if sent >= PARTS_IN_FLIGHT:
                 done = sent - PARTS_IN_FLIGHT + 1
                 yield Wait(lambda done=done: link.parts_done(seq, done)  # type: ignore[misc]
-                           or link.failure is not None,
+                           or link.failure is not None or link.generation != generation,
                            f"part {sent} of message {seq} to go out", bounded=False)
-            if link.failure is not None:
-                break  # the message stays unsettled, with its payload, for a resend
+            if link.failure is not None or not link.attached or (
+                    link.generation != generation):
+                # It stays unsettled, with its payload: a failed link's for a resend by
+                # the user, a lost one's for the replay once it is attached again.
+                break
             with driver.lock:
                 link.slot.queue(part)
                 driver.write(link.slot)  # a dead worker ends this: the link then fails

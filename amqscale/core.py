@@ -542,7 +542,7 @@ class ReceiverLink:
 
     __slots__ = ("id", "slot", "receiver", "credit", "consumed", "settling", "opened",
                  "closed", "failure", "remote_source", "remote_target", "parts", "dirty",
-                 "counts", "attach", "attached", "generation", "lost")
+                 "counts", "attach", "attached", "generation", "lost", "counts_base")
 
     def __init__(self, link_id: int, slot: WorkerSlot, receiver: ReceiverState,
                  credit: int) -> None:
@@ -561,6 +561,7 @@ class ReceiverLink:
         self.dirty = False
         self.counts: p.HandlerCounts | None = None  # an in-worker handler's, the latest
         self.attach: p.OpenLink | None = None  # see SenderLink
+        self.counts_base: p.HandlerCounts | None = None  # counts of earlier attaches
         self.attached = True
         self.generation = 0
         self.lost: p.Condition | None = None
@@ -579,7 +580,9 @@ class ReceiverLink:
             self.remote_source = event.remote_source  # type: ignore[union-attr]
             self.remote_target = event.remote_target  # type: ignore[union-attr]
         elif kind is p.HandlerCounts:
-            self.counts = event  # type: ignore[assignment]
+            # Totals since the link's attach: those of earlier attaches are added.
+            base = self.counts_base
+            self.counts = event if base is None else _add_counts(base, event)  # type: ignore[assignment,arg-type]
         elif kind is p.LinkClosed and event.with_connection and (  # type: ignore[union-attr]
                 self.failure is None and not self.receiver.endless):
             self._lose(event.condition)  # type: ignore[union-attr]
@@ -603,6 +606,7 @@ class ReceiverLink:
         self.attached = False
         self.generation += 1
         self.lost = condition
+        self.counts_base = self.counts
         self.settling = {}
         self.parts = []
         self.consumed = 0
@@ -1536,6 +1540,12 @@ class ClientCore:
             if share or drain:
                 link.hand_over()  # settle first: a broker may count unsettled against us
                 link.slot.queue(p.Flow(link.id, share, drain))
+
+
+def _add_counts(a: p.HandlerCounts, b: p.HandlerCounts) -> p.HandlerCounts:
+    return p.HandlerCounts(b.link, a.handled + b.handled, a.accepted + b.accepted,
+                           a.rejected + b.rejected, a.released + b.released,
+                           a.modified + b.modified)
 
 
 def _discard(items: list[Any], item: Any) -> None:

@@ -72,6 +72,24 @@ def test_dropped_reset_stalled_and_cut_connections_lose_nothing(sink: tuple) -> 
         assert isinstance(conn.last_error, amqscale.ConnectionFailed)
 
 
+def test_large_messages_in_parts_across_drops_arrive_whole(sink: tuple) -> None:
+    listener, tally = sink
+    count, size = 12, 3 << 20  # each crosses the ring in several parts
+    with amqscale.Container(workers=1) as client, \
+            FaultProxy(upstream=("127.0.0.1", listener.port)) as proxy:
+        conn = client.connect(proxy.url)
+        sender = conn.open_sender("q", window=4)
+        trackers = []
+        for i in range(count):
+            trackers.append(sender.send(str(i).encode().ljust(size), timeout=60))
+            if i in (3, 7):
+                proxy.cut_after(size // 2)  # in the middle of a message
+        sender.flush(timeout=120)
+        assert all(t.accepted for t in trackers)
+        assert wait_until(lambda: tally.unique >= count, 60), tally.summary(count)
+        assert conn.reconnects == 2
+
+
 def test_random_faults_at_random_moments_lose_nothing(sink: tuple) -> None:
     listener, tally = sink
     count = 20_000
@@ -433,3 +451,22 @@ def test_counts_per_kind_are_kept() -> None:
     assert tally.unique == 3 and tally.duplicates == 1
     assert tally.missing(5) == [0, 3]
     assert collections.Counter(tally.seen)[2] == 2
+
+
+def test_an_in_worker_handler_goes_on_after_its_worker_is_killed(
+        rabbitmq: RabbitMQ, unique_name: str) -> None:
+    count = 6000
+    address = f"/queue/{unique_name}"
+    with amqscale.Container(workers=2) as client:
+        conn = client.connect(rabbitmq.url, shards=2)
+        sender = conn.open_sender(address, window=1000)
+        sender.send_many([amqscale.Message(id=i, body=b"h") for i in range(count)])
+        sender.flush(timeout=120)
+        receiver = conn.open_receiver(address, credit=200,
+                                      handler="worker_handler_app:Recorder")
+        receiver.wait(handled=count // 3, timeout=60)
+        os.kill(client.worker_pids()[0], signal.SIGKILL)
+        # At least every message once: those the dead worker had not settled come again.
+        receiver.wait(handled=count, timeout=120)
+        assert wait_until(lambda: rabbitmq.list_queues().get(unique_name) == 0, 60)
+        assert client.worker_restarts == 1 and receiver.failures == []
