@@ -96,6 +96,14 @@ def log_internal(exc: BaseException, what: str) -> None:
     traceback.print_exception(exc, file=sys.stderr)
 
 
+def _free_connection(ptr: Any) -> None:
+    """Free a connection made with pn_connection(): release the endpoint (its sessions
+    and links go with it) and drop our reference. Release alone keeps the object: 1.5 KB
+    a connection, forever (measured: RSS grew by that per connect/close cycle)."""
+    lib.pn_connection_release(ptr)
+    lib.pn_decref(ptr)
+
+
 def describe(conn: Connection) -> str:
     """A connection, for error messages: its id, direction and peer address."""
     if conn.listener is not None:
@@ -408,7 +416,7 @@ class Engine:
             lib.pn_decref(conn.transport)
             conn.transport = ffi.NULL
         if conn.ptr != ffi.NULL:
-            lib.pn_connection_release(conn.ptr)
+            _free_connection(conn.ptr)
             conn.ptr = ffi.NULL
 
     def _listen(self, cmd: p.Listen) -> None:
@@ -816,7 +824,7 @@ class Engine:
         self.dropped.append(conn)
         lib.pn_transport_unbind(conn.transport)
         lib.pn_decref(conn.transport)
-        lib.pn_connection_release(conn.ptr)
+        _free_connection(conn.ptr)
         conn.transport = ffi.NULL
         conn.dropped = True
 
