@@ -67,6 +67,8 @@ class Driver:
             self.restart_workers = restart_workers
             self.restarts = 0  # workers replaced
             self._retired: list[WorkerHandle] = []  # replaced workers' handles, to close
+            self._pumping = 0  # threads inside pump() (the lock guards it)
+            self._user_thread = threading.get_ident()  # the last one to pump
             self._restarted_at: list[list[float]] = [[] for _ in range(workers)]
             self._wait_ready()
         except BaseException:
@@ -200,20 +202,37 @@ class Driver:
 
         The wait also ends when one of `wake_fds` is readable (a face's own pipes: the
         event-driven face's injectors); reading them is the caller's business."""
-        if self._retired:
-            self._close_retired()
-        if not self._drain() and timeout != 0:
-            self._park(timeout, wake_fds)
-            self._drain()
-        self._check_workers()
+        with self.lock:
+            self._pumping += 1
+            self._user_thread = threading.get_ident()
+        try:
+            if self._retired:
+                self._close_retired()
+            if not self._drain() and timeout != 0:
+                self._park(timeout, wake_fds)
+                self._drain()
+            self._check_workers()
+        finally:
+            with self.lock:
+                self._pumping -= 1
 
     def _close_retired(self) -> None:
-        """Close the rings and pidfds of replaced workers: only the thread that pumps
-        (here, now) could have been waiting on them."""
+        """Close the rings and pidfds of replaced workers, once no other thread is in
+        pump(): only a pumping thread can be waiting on them."""
         with self.lock:
+            if self._pumping > 1:
+                return
             retired, self._retired = self._retired, []
         for handle in retired:
             self.supervisor.retire(handle)
+
+    def refresh_state(self) -> None:
+        """refresh() for a property that reports state, on the thread that uses the
+        Container (the last one that waited on it). Another thread (a monitor) reads
+        what that one last took: taking events itself would race the user's calls,
+        which change the core without the lock on their fast paths."""
+        if self._pumping == 0 and threading.get_ident() == self._user_thread:
+            self.refresh()
 
     def take_events(self) -> None:
         """Take what the workers published, without waiting, at most every LINGER.

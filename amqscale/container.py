@@ -324,7 +324,8 @@ class Connection(ConnectionView):
     """A connection to one peer: `shards` AMQP connections placed over the workers.
 
     `state`, `reconnects`, `last_error` and `url_in_use` take what the workers reported
-    before answering (this face handles events only inside its calls)."""
+    before answering (this face handles events only inside its calls); read from a
+    thread other than the one using the Container, they tell what that one last took."""
 
     def __init__(self, container: Container, state: ConnectionState) -> None:
         super().__init__(state)
@@ -333,22 +334,22 @@ class Connection(ConnectionView):
 
     @property
     def state(self) -> str:
-        self._driver.refresh()
+        self._driver.refresh_state()
         return super().state
 
     @property
     def reconnects(self) -> int:
-        self._driver.refresh()
+        self._driver.refresh_state()
         return super().reconnects
 
     @property
     def last_error(self) -> Exception | None:
-        self._driver.refresh()
+        self._driver.refresh_state()
         return super().last_error
 
     @property
     def url_in_use(self) -> list[URL]:
-        self._driver.refresh()
+        self._driver.refresh_state()
         return super().url_in_use
 
     def open_sender(self, address: str | None, *, window: int = 1000,
@@ -488,7 +489,7 @@ class Listener(ListenerView):
 
     @property
     def peers(self) -> list[Peer]:
-        self._driver.refresh()  # this face takes events only inside its calls
+        self._driver.refresh_state()  # this face takes events only inside its calls
         return super().peers
 
     def __enter__(self) -> Listener:

@@ -1056,10 +1056,19 @@ class ClientCore:
                                                  f"is closed")
 
     def forget_connection(self, connection: ConnectionState) -> None:
+        """The connection is closed: nothing routes to it or to its links any more."""
         for shard in connection.shards:
             if shard.failure is None:
                 shard.failure = ConnectionFailed(f"the connection to {connection.url} is closed")
             self.routes.pop(shard.id, None)
+            for link in shard.links:
+                if link.failure is None:
+                    link.failure = LinkDetached(
+                        f"the link is closed: its connection to {connection.url} is closed")
+                link.closed = True
+                self.routes.pop(link.id, None)
+                self.dirty.discard(link)
+            shard.links = []
 
     def open_sender(self, connection: ConnectionState, address: str | None, window: int,
                     presettled: bool, name: str | None, max_message_size: int,
