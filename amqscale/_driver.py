@@ -67,7 +67,6 @@ class Driver:
             self.restart_workers = restart_workers
             self.restarts = 0  # workers replaced
             self._retired: list[WorkerHandle] = []  # replaced workers' handles, to close
-            self._pumping = 0  # threads inside pump() (the lock guards it)
             self._user_thread = threading.get_ident()  # the last one to pump
             self._restarted_at: list[list[float]] = [[] for _ in range(workers)]
             self._wait_ready()
@@ -202,26 +201,19 @@ class Driver:
 
         The wait also ends when one of `wake_fds` is readable (a face's own pipes: the
         event-driven face's injectors); reading them is the caller's business."""
-        with self.lock:
-            self._pumping += 1
-            self._user_thread = threading.get_ident()
-        try:
-            if self._retired:
-                self._close_retired()
-            if not self._drain() and timeout != 0:
-                self._park(timeout, wake_fds)
-                self._drain()
-            self._check_workers()
-        finally:
-            with self.lock:
-                self._pumping -= 1
+        self._user_thread = threading.get_ident()
+        if self._retired:
+            self._close_retired()
+        if not self._drain() and timeout != 0:
+            self._park(timeout, wake_fds)
+            self._drain()
+        self._check_workers()
 
     def _close_retired(self) -> None:
-        """Close the rings and pidfds of replaced workers, once no other thread is in
-        pump(): only a pumping thread can be waiting on them."""
+        """Close the rings and pidfds of replaced workers: only a thread in pump() can
+        be waiting on them, and one thread at a time pumps (the thread contract:
+        refresh_state keeps monitors out)."""
         with self.lock:
-            if self._pumping > 1:
-                return
             retired, self._retired = self._retired, []
         for handle in retired:
             self.supervisor.retire(handle)
@@ -231,7 +223,7 @@ class Driver:
         Container (the last one that waited on it). Another thread (a monitor) reads
         what that one last took: taking events itself would race the user's calls,
         which change the core without the lock on their fast paths."""
-        if self._pumping == 0 and threading.get_ident() == self._user_thread:
+        if threading.get_ident() == self._user_thread:
             self.refresh()
 
     def take_events(self) -> None:
@@ -274,10 +266,12 @@ class Driver:
 
     def write_answers(self) -> None:
         """Write what the core queued in answer to events (a reconnect's open, its
-        attaches and resends, a refused inbound link): nothing else writes it."""
-        with self.lock:
-            if not self.closed and any(slot.queued for slot in self.core.slots):
-                self.write_all()
+        attaches and resends, a refused inbound link): nothing else writes it. (The
+        look without the lock is a hint: what another thread queues, it writes.)"""
+        if any(slot.queued for slot in self.core.slots):
+            with self.lock:
+                if not self.closed:
+                    self.write_all()
 
     def _apply(self, handle: WorkerHandle) -> bool:
         """Apply what `handle`'s worker published (the caller holds the lock)."""

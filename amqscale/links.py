@@ -567,7 +567,8 @@ class Delivery:
             return
         arrival = self._arrival
         link = arrival.link
-        arrival.check_live()  # its connection was lost: the peer will send it again
+        if arrival.generation != link.generation:
+            arrival.check_live()  # DeliveryLost: the peer has it again
         if link.failure is not None:
             raise link.failure  # nothing can settle it now: never pretend it was
         arrival.settled[self._index] = 1
