@@ -17,6 +17,7 @@ watches the rings' eventfds and the pidfds on the loop and does the linger pass 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import threading
@@ -32,6 +33,8 @@ from .errors import ContainerClosed, WorkerDied
 from .ipc.ring import PeerDied
 from .workers import cyrus
 from .workers import protocol as p
+
+log = logging.getLogger("amqscale")
 
 LINGER = 0.001  # seconds a partial batch may wait for the linger thread
 START_TIMEOUT = 30.0
@@ -347,8 +350,12 @@ class Driver:
             return  # replaced already
         new = self._restart(handle) if self.restart_workers else None
         if new is None:
+            log.warning("worker %d (pid %d) exited with code %s", handle.index,
+                        handle.process.pid, code)
             self.core.worker_died(slot, code)
             return
+        log.warning("worker %d (pid %d) exited with code %s; replaced by pid %d",
+                    handle.index, handle.process.pid, code, new.process.pid)
         self._outbound[handle.index] = new.rings.outbound
         self._handed_over_at[handle.index] = 0.0
         self.restarts += 1

@@ -11,6 +11,7 @@ Nothing here runs in a thread.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import socket
@@ -48,6 +49,11 @@ class Supervisor:
         self.ring_capacity = ring_capacity
         self.workers: list[WorkerHandle] = []
         self.closed = False
+        # Every worker is started from this one thread: a worker dies with the thread
+        # that started it (PR_SET_PDEATHSIG is per thread), and the thread that notices a
+        # death and replaces the worker may be a user's short-lived one.
+        self._spawner = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="amqscale-spawn")
         # Worker 0 accepts inbound connections and deals them to the others over these.
         channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                     for _ in range(workers - 1)]
@@ -74,13 +80,14 @@ class Supervisor:
         spec = p.WorkerSpec(index=index, parent_pid=os.getpid(), rings=handles.encode(),
                             handoff=handoff, sys_path=[x for x in sys.path if x])
         try:
-            process = subprocess.Popen(
+            process = self._spawner.submit(
+                subprocess.Popen,
                 [sys.executable, "-m", "amqscale.workers",
                  msgspec.json.encode(spec).decode()],
                 pass_fds=(*handles.fds(), *handoff),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
-            )
+            ).result()
         except BaseException:
             rings.close()
             raise
@@ -135,6 +142,7 @@ class Supervisor:
             if worker.pidfd is not None:
                 os.close(worker.pidfd)
                 worker.pidfd = None
+        self._spawner.shutdown(wait=False)
 
     @staticmethod
     def _reap(worker: WorkerHandle, deadline: float) -> None:

@@ -471,3 +471,22 @@ def test_an_in_worker_handler_goes_on_after_its_worker_is_killed(
         assert wait_until(lambda: rabbitmq.list_queues().get(unique_name) == 0, 120)
         assert client.worker_restarts == 1 and receiver.failures == []
         assert receiver.handled > count // 3 and receiver.links == 2
+
+
+def test_workers_outlive_the_thread_that_started_them() -> None:
+    # A worker dies with the thread that started it (PR_SET_PDEATHSIG is per thread):
+    # every worker, a replacement too, is started from the supervisor's own thread.
+    made: list[amqscale.Container] = []
+    starter = threading.Thread(target=lambda: made.append(
+        amqscale.Container(workers=1, restart_workers=False)))
+    starter.start()
+    starter.join()
+    with made[0] as container:
+        pid = container.worker_pids()[0]
+        time.sleep(0.5)  # one killed with its starting thread is gone by now
+        assert psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        listener = container.listen("amqp://127.0.0.1:0")
+        conn = container.connect(f"amqp://127.0.0.1:{listener.port}")
+        tracker = conn.open_sender("q").send(b"1")
+        listener.receiver.receive(timeout=30).accept()
+        assert tracker.wait(timeout=30).accepted

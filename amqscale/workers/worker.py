@@ -14,6 +14,7 @@ granted credit's worth of traffic, which is how backpressure reaches the network
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import os
 import signal
 import socket
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     # here too (its script's directory, its PYTHONPATH, its site-packages).
     sys.path.extend(entry for entry in spec.sys_path if entry not in sys.path)
     _die_with_parent(spec.parent_pid)
+    faulthandler.enable()  # a crash in C code still says where, on the user's stderr
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the parent's to handle
     rings = RingPair.attach(RingPairHandles.decode(spec.rings))
     try:
