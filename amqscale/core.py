@@ -1190,12 +1190,15 @@ class ClientCore:
         for slot in self.slots[1:]:
             if slot.failure is None:
                 listener.pending += 1
-                slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
-                                    self.container_id, listener.credit, adopt_only=True,
-                                    max_message_size=listener.max_message_size,
-                                    defer_attach=listener.defer_attach,
-                                    defer_open=listener.defer_open,
-                                    tls=listener.tls, sasl=listener.sasl))
+                slot.queue(self._listen_command(listener, adopt_only=True))
+
+    def _listen_command(self, listener: ListenerState, adopt_only: bool) -> p.Listen:
+        """What makes a worker take part in `listener` again (its port now known)."""
+        return p.Listen(listener.id, listener.host, listener.port or 0, self.container_id,
+                        listener.credit, adopt_only=adopt_only,
+                        max_message_size=listener.max_message_size,
+                        defer_attach=listener.defer_attach, defer_open=listener.defer_open,
+                        tls=listener.tls, sasl=listener.sasl)
 
     def close_listener(self, listener: ListenerState, senders: bool = True) -> None:
         """Stop accepting; release what was delivered and not taken, detach the inbound
@@ -1457,37 +1460,26 @@ class ClientCore:
             self._on_shard_closed(shard, p.ConnectionClosed(shard.id, condition))
             if self.observer is not None:
                 self.observer(shard, p.ConnectionClosed(shard.id, condition))
-        for target in list(self.routes.values()):
-            if target.slot is slot and type(target) is not Shard and target.failure is None \
-                    and (type(target) is InboundConnection
-                         or getattr(target, "sender", None) is not None
-                         and target.sender.listener is not None
-                         or getattr(target, "receiver", None) is not None
-                         and target.receiver.endless):
-                self._route(slot, p.ConnectionClosed(target.id, condition)
-                            if type(target) is InboundConnection
-                            else p.LinkClosed(target.id, condition))
-        for listener in self.listeners.values():
+        for listener in list(self.listeners.values()):
+            # What peers opened to it there is gone, as if their connections dropped.
+            ended: list[p.Event] = [
+                p.LinkClosed(link.id, condition)
+                for link in [*listener.receiver.links.values(),
+                             *(x for sender in listener.senders for x in sender.links)]
+                if link.slot is slot and not link.closed]
+            ended += [p.ConnectionClosed(c.id, condition)
+                      for c in listener.connections.values() if c.slot is slot]
+            for event in ended:
+                self._route(slot, event)
             if listener.failure is None and not listener.closed:
                 self._listen_again(listener, slot)
 
     def _listen_again(self, listener: ListenerState, slot: WorkerSlot) -> None:
-        if slot.index == 0:
+        if slot.index == 0:  # the accepting worker binds the same port again
             listener.relisten = True
-            slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
-                                self.container_id, listener.credit,
-                                max_message_size=listener.max_message_size,
-                                defer_attach=listener.defer_attach,
-                                defer_open=listener.defer_open,
-                                tls=listener.tls, sasl=listener.sasl))
         else:
             listener.pending += 1
-            slot.queue(p.Listen(listener.id, listener.host, listener.port or 0,
-                                self.container_id, listener.credit, adopt_only=True,
-                                max_message_size=listener.max_message_size,
-                                defer_attach=listener.defer_attach,
-                                defer_open=listener.defer_open,
-                                tls=listener.tls, sasl=listener.sasl))
+        slot.queue(self._listen_command(listener, adopt_only=slot.index != 0))
 
     def close(self) -> None:
         """The Container closed: every connection, link and listener is closed, and a

@@ -264,3 +264,36 @@ def test_a_link_closed_by_the_user_while_down_is_closed_at_once() -> None:
     workers.lose(connection.shards[0])
     core.close_links(sender.links)
     assert sender.links[0].closed
+
+
+def test_a_restarted_worker_gets_its_shards_links_and_listeners_again() -> None:
+    core, workers, _ = _core(workers=2)
+    listener = core.listen("127.0.0.1", 0, 10, 0)
+    workers.take()
+    workers.emit(0, p.Listening(listener.id, 5999))
+    core.adopt(listener)
+    workers.take()
+    workers.emit(1, p.Listening(listener.id, 5999))
+    connection = _connect(core, workers, shards=2)
+    sender = core.open_sender(connection, "q", 10, False, "s", 0)
+    workers.open_all()
+    for link in sender.links:
+        link.send_chunk([b"a"])
+    workers.take()
+    workers.emit(0, p.ConnectionOpened(-1, "peer", listener.id))
+    inbound = listener.connections[-1]
+    dead = core.slots[0]
+    core.worker_restarted(dead, -9)
+    again = workers.take(0)
+    kinds = [type(c).__name__ for c in again]
+    assert kinds == ["OpenConnection", "OpenLink", "Listen"]
+    assert again[2].port == 5999 and not again[2].adopt_only  # the same port, accepting
+    assert inbound.closed and -1 not in listener.connections
+    assert workers.take(1) == []  # the other worker's shard is left alone
+    shard = next(s for s in connection.shards if s.slot is dead)
+    workers.emit(0, p.ConnectionOpened(shard.id, "peer"))
+    link = next(x for x in sender.links if x.slot is dead)
+    workers.emit(0, p.LinkOpened(link.id, shard.id, link.attach.name, True))
+    assert _sends(workers.take(0)) == [(0, 1)] and sender.resent == 1
+    workers.emit(0, p.Listening(listener.id, 5999))
+    assert listener.port == 5999 and listener.pending == 0 and not listener.relisten
