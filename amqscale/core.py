@@ -1462,11 +1462,11 @@ class ClientCore:
                 self.observer(shard, p.ConnectionClosed(shard.id, condition))
         for listener in list(self.listeners.values()):
             # What peers opened to it there is gone, as if their connections dropped.
-            ended: list[p.Event] = [
-                p.LinkClosed(link.id, condition)
-                for link in [*listener.receiver.links.values(),
-                             *(x for sender in listener.senders for x in sender.links)]
-                if link.slot is slot and not link.closed]
+            inbound: list[SenderLink | ReceiverLink] = [
+                *listener.receiver.links.values(),
+                *(x for sender in listener.senders for x in sender.links)]
+            ended: list[p.Event] = [p.LinkClosed(link.id, condition) for link in inbound
+                                    if link.slot is slot and not link.closed]
             ended += [p.ConnectionClosed(c.id, condition)
                       for c in listener.connections.values() if c.slot is slot]
             for event in ended:
