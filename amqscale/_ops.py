@@ -28,6 +28,7 @@ from .core import (
     PARTS_IN_FLIGHT,
     Batch,
     ConnectionState,
+    LinkSettings,
     ListenerState,
     ReceiverLink,
     ReceiverState,
@@ -147,31 +148,68 @@ def close_connection(driver: Driver, state: ConnectionState) -> Steps[None]:
 
 def open_sender(driver: Driver, connection: ConnectionState, address: str | None,
                 window: int, presettled: bool, name: str | None,
-                max_message_size: int) -> Steps[SenderState]:
+                max_message_size: int, target: p.Terminus | None = None,
+                settings: LinkSettings | None = None) -> Steps[SenderState]:
     connection.check_usable()
     driver.check_open()
     with driver.lock:
         state = driver.core.open_sender(connection, address, window, presettled, name,
-                                        max_message_size)
+                                        max_message_size, target, settings)
         driver.write_all()
     yield from _links_opened(driver, state.links, f"sender to {address!r}")
+    if target is not None and target.dynamic:
+        state.address = _dynamic_address(driver, state.links, False)
     return state
+
+
+def _dynamic_address(driver: Driver, links: list[Any], is_source: bool) -> str:
+    """The address the peer gave the node it created for a dynamic terminus."""
+    remote = links[0].remote_source if is_source else links[0].remote_target
+    address = remote.address if remote is not None else None
+    if not address:
+        abandon_links(driver, links)
+        raise LinkDetached("the peer attached the dynamic "
+                           f"{'source' if is_source else 'target'} without an address")
+    return address
 
 
 def open_receiver(driver: Driver, connection: ConnectionState, address: str | None,
                   credit: int, auto_accept: bool, name: str | None,
                   max_message_size: int, handler: str | None = None,
-                  handler_args: dict[str, Any] | None = None) -> Steps[ReceiverState]:
+                  handler_args: dict[str, Any] | None = None,
+                  source: p.Terminus | None = None,
+                  settings: LinkSettings | None = None) -> Steps[ReceiverState]:
     connection.check_usable()
     driver.check_open()
     with driver.lock:
         state = driver.core.open_receiver(connection, address, credit, name, auto_accept,
-                                          max_message_size, handler=handler,
-                                          handler_args=handler_args)
+                                          max_message_size, source, handler=handler,
+                                          handler_args=handler_args, settings=settings)
         driver.write_all()
-    yield from _links_opened(driver, list(state.links.values()),
-                             f"receiver from {address!r}")
+    links = list(state.links.values())
+    yield from _links_opened(driver, links, f"receiver from {address!r}")
+    if source is not None and source.dynamic:
+        state.address = _dynamic_address(driver, links, True)
     return state
+
+
+def drain(driver: Driver, state: ReceiverState) -> Steps[int]:
+    """Ask every live link's peer to send what it has within the credit or give the
+    credit back; once each answered, how many deliveries are buffered."""
+    if state.closed:
+        raise LinkDetached(f"the receiver from {state.address!r} is closed")
+    links = [x for x in state.links.values() if x.failure is None and x.attached]
+    with driver.lock:
+        for link in links:
+            link.drain()
+        driver.write_all()
+    yield Wait(lambda: not any(x.draining and x.failure is None and x.attached
+                               for x in links),
+               f"the peer of the receiver from {state.address!r} to answer the drain",
+               settlements=False)
+    if not state.buffer and state.all_failed():
+        raise state.failure()
+    return sum(len(x.payloads) for x in state.buffer) - state.position
 
 
 def _links_opened(driver: Driver, links: list[Any], what: str) -> Steps[None]:
@@ -198,13 +236,14 @@ def abandon_links(driver: Driver, links: list[Any]) -> None:
 
 
 def close_links(driver: Driver, links: list[SenderLink] | list[ReceiverLink],
-                what: str) -> Steps[None]:
-    """Detach `links`; wait for the worker to confirm (giving up at the deadline)."""
+                what: str, detach: bool = False) -> Steps[None]:
+    """Close (or only `detach`) `links`; wait for the worker to confirm (giving up at
+    the deadline)."""
     core = driver.core
     if driver.closed:
         return
     with driver.lock:
-        core.close_links(links)
+        core.close_links(links, detach)
         driver.write_all()
     try:
         yield Wait(lambda: all(x.closed or x.slot.failure for x in links), what)
@@ -214,8 +253,10 @@ def close_links(driver: Driver, links: list[SenderLink] | list[ReceiverLink],
         core.forget_links(links)
 
 
-def close_receiver(driver: Driver, state: ReceiverState) -> Steps[None]:
-    """Release what was received and not taken, then detach every link."""
+def close_receiver(driver: Driver, state: ReceiverState,
+                   detach: bool = False) -> Steps[None]:
+    """Release what was received and not taken, then close (or only `detach`) every
+    link."""
     if state.closed:
         return
     state.closed = True
@@ -224,7 +265,7 @@ def close_receiver(driver: Driver, state: ReceiverState) -> Steps[None]:
     with driver.lock:
         driver.core.release_untaken(state)
     yield from close_links(driver, list(state.links.values()),
-                           f"the receiver from {state.address!r} to detach")
+                           f"the receiver from {state.address!r} to detach", detach)
 
 
 # ---- listening ------------------------------------------------------------------------------

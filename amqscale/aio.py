@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterable, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
 from typing import Any, overload
 
 from . import _ops, security
@@ -54,12 +54,16 @@ from .container import (
     ListenerView,
     check_limit,
     check_positive,
+    check_windows,
     check_worker_handler,
     connect_options,
     default_worker_count,
     explain_tls_failure,
+    receiver_options,
+    sender_options,
+    session_state_of,
 )
-from .core import ConnectionState, ListenerState, ReceiverState, SenderState
+from .core import ConnectionState, ListenerState, ReceiverState, SenderState, SessionState
 from .errors import (
     ContainerClosed,
     LinkDetached,
@@ -76,13 +80,16 @@ from .links import (
     HandlerReceiverView,
     ReceiverView,
     SenderView,
+    check_addressed,
 )
+from .links import AnonymousSender as _BlockingAnonymousSender
 from .links import Receiver as _BlockingReceiver
 from .links import Sender as _BlockingSender
 from .links import Tracker as _BlockingTracker
 from .links import Trackers as _BlockingTrackers
 from .message import Message
 from .reconnect import Backoff
+from .terminus import Source, Target
 from .url import parse_url
 
 __all__ = ["Connection", "Container", "Deliveries", "Delivery", "HandlerReceiver", "Listener",
@@ -201,16 +208,23 @@ class Container:
                       virtual_host: str | None = None, idle_timeout: float = 0.0,
                       urls: Sequence[str] | None = None,
                       reconnect: bool | Backoff | Sequence[float] = True,
+                      properties: Mapping[str, Any] | None = None,
+                      offered_capabilities: Sequence[str] | str | None = None,
+                      desired_capabilities: Sequence[str] | str | None = None,
+                      max_frame_size: int = 0, channel_max: int = 0,
                       timeout: float | None = OPEN_TIMEOUT) -> Connection:
         """Open `shards` AMQP connections to `url` (see amqscale.Container.connect:
-        failover over `urls` and `reconnect` work the same here)."""
+        failover over `urls` and `reconnect`, and our open's fields, work the same)."""
         driver, binding = self._live
         parsed, options = connect_options(
             url, shards, tls=tls, user=user, password=password,
             sasl_mechanisms=sasl_mechanisms,
             allow_insecure_mechanisms=allow_insecure_mechanisms, authzid=authzid,
             virtual_host=virtual_host, idle_timeout=idle_timeout, urls=urls,
-            reconnect=reconnect)
+            reconnect=reconnect, properties=properties,
+            offered_capabilities=offered_capabilities,
+            desired_capabilities=desired_capabilities, max_frame_size=max_frame_size,
+            channel_max=channel_max)
         try:
             state = await binding.run(_ops.connect(driver, parsed, shards, **options),
                                       timeout)
@@ -265,39 +279,61 @@ class Connection(ConnectionView):
         self._container = container
         self._driver, self._binding = container._live
 
-    async def open_sender(self, address: str | None, *, window: int = 1000,
+    async def open_sender(self, address: str | Target | None, *, window: int = 1000,
                           presettled: bool = False, name: str | None = None,
                           max_message_size: int | None = None,
-                          timeout: float | None = OPEN_TIMEOUT) -> Sender:
-        """A Sender to `address`: one link per shard (see the blocking open_sender)."""
+                          properties: Mapping[str, Any] | None = None,
+                          timeout: float | None = OPEN_TIMEOUT,
+                          session: Session | None = None) -> Sender:
+        """A Sender to `address`: one link per shard (see the blocking open_sender: a
+        Target, None for the anonymous relay, `properties`, `session`)."""
         check_positive(window, "window")
         limit = check_limit(max_message_size)
+        options = sender_options(address, name, properties, session_state_of(self, session))
         driver = self._driver
         state = await self._binding.run(_ops.open_sender(
-            driver, self._state, address, window, presettled, name, limit), timeout)
-        return Sender(self, state)
+            driver, self._state, options.address, window, presettled, name, limit,
+            options.target, options.settings), timeout)
+        return (AnonymousSender if options.anonymous else Sender)(self, state)
+
+    def session(self, incoming_window: int = 0, outgoing_window: int = 0) -> Session:
+        """A session of its own on each shard (see the blocking Connection.session)."""
+        check_windows(incoming_window, outgoing_window)
+        driver = self._driver
+        with driver.lock:
+            state = driver.core.begin_session(self._state, incoming_window, outgoing_window)
+            driver.write_all()
+        return Session(self, state)
 
     @overload
-    async def open_receiver(self, address: str | None, *, credit: int = 1000,
+    async def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                             auto_accept: bool = False, name: str | None = None,
                             max_message_size: int | None = None,
                             timeout: float | None = OPEN_TIMEOUT,
-                            handler: None = None, handler_args: None = None) -> Receiver: ...
+                            handler: None = None, handler_args: None = None,
+                            dynamic: bool = False, selector: str | None = None,
+                            properties: Mapping[str, Any] | None = None,
+                            session: Session | None = None) -> Receiver: ...
 
     @overload
-    async def open_receiver(self, address: str | None, *, credit: int = 1000,
+    async def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                             auto_accept: bool = False, name: str | None = None,
                             max_message_size: int | None = None,
                             timeout: float | None = OPEN_TIMEOUT,
                             handler: str | Any,
-                            handler_args: dict[str, Any] | None = None
-                            ) -> HandlerReceiver: ...
+                            handler_args: dict[str, Any] | None = None,
+                            dynamic: bool = False, selector: str | None = None,
+                            properties: Mapping[str, Any] | None = None,
+                            session: Session | None = None) -> HandlerReceiver: ...
 
-    async def open_receiver(self, address: str | None, *, credit: int = 1000,
+    async def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                             auto_accept: bool = False, name: str | None = None,
                             max_message_size: int | None = None,
                             timeout: float | None = OPEN_TIMEOUT,
-                            handler: Any = None, handler_args: dict[str, Any] | None = None
+                            handler: Any = None, handler_args: dict[str, Any] | None = None,
+                            dynamic: bool = False, selector: str | None = None,
+                            properties: Mapping[str, Any] | None = None,
+                            session: Session | None = None
                             ) -> Receiver | HandlerReceiver:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
         With `handler`, a HandlerReceiver: the consumer runs inside the workers, as with
@@ -305,9 +341,12 @@ class Connection(ConnectionView):
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
         path = check_worker_handler(handler, handler_args, auto_accept)
+        options = receiver_options(address, name, dynamic=dynamic, selector=selector,
+                                   properties=properties,
+                                   session=session_state_of(self, session))
         state = await self._binding.run(_ops.open_receiver(
-            self._driver, self._state, address, credit, auto_accept, name, limit, path,
-            handler_args), timeout)
+            self._driver, self._state, options.address, credit, auto_accept, name, limit,
+            path, handler_args, options.source, options.settings), timeout)
         if path is not None:
             return HandlerReceiver(self._driver, state, owner=self)
         return Receiver(self._driver, state, owner=self)
@@ -326,11 +365,13 @@ class Connection(ConnectionView):
 class Sender(SenderView):
     """Sends messages to one address over every shard of a connection."""
 
+    _blocking = _BlockingSender  # what encodes and checks (see AnonymousSender)
+
     def __init__(self, owner: Connection, state: SenderState) -> None:
         self._binding = owner._binding
         self._state = state
         self._tracker = Tracker
-        self._sender = _BlockingSender(owner._driver, state, owner, tracker=Tracker)
+        self._sender = self._blocking(owner._driver, state, owner, tracker=Tracker)
         self.address = state.address
         self.presettled = state.presettled
         self._fragment = owner._driver.core.fragment
@@ -451,6 +492,43 @@ class Sender(SenderView):
         await self.aclose()
 
 
+class AnonymousSender(Sender):
+    """A Sender with no target address (the anonymous relay): each Message goes to its
+    own ``address``."""
+
+    _blocking = _BlockingAnonymousSender
+
+    def _payload(self, message: Sendable) -> bytes:
+        check_addressed(message)
+        return super()._payload(message)
+
+
+class Session:
+    """A session of its own on each shard of a Connection (see amqscale.Session)."""
+
+    def __init__(self, connection: Connection, state: SessionState) -> None:
+        self.connection = connection
+        self._state = state
+
+    @property
+    def ended(self) -> bool:
+        return self._state.ended
+
+    async def open_sender(self, address: str | Target | None, **options: Any) -> Sender:
+        return await self.connection.open_sender(address, session=self, **options)
+
+    async def open_receiver(self, address: str | Source | None,
+                            **options: Any) -> Receiver | HandlerReceiver:
+        return await self.connection.open_receiver(address, session=self, **options)
+
+    def close(self) -> None:
+        """End the session on every shard; its links end with it."""
+        driver = self.connection._driver
+        with driver.lock:
+            driver.core.end_session(self._state)
+            driver.write_all()
+
+
 class Receiver(ReceiverView):
     """Receives from one address over every shard; ``async for`` it for Deliveries."""
 
@@ -492,11 +570,24 @@ class Receiver(ReceiverView):
                     return
                 raise
 
+    async def drain(self, timeout: float | None = None) -> int:
+        """Ask the peer to send what it has within the credit, or give the credit back;
+        once it answered, how many deliveries are buffered (see the blocking drain)."""
+        driver = self._receiver._driver
+        return await self._binding.run(_ops.drain(driver, self._state), timeout,
+                                       key=self._state)
+
     async def aclose(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Release what was received and not taken, detach every link and wait (up to
         `timeout`) for the peer to confirm."""
         driver = self._receiver._driver
         await self._binding.run(_ops.close_receiver(driver, self._state), timeout)
+
+    async def detach(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """As aclose(), but a durable subscription stays (see the blocking detach)."""
+        driver = self._receiver._driver
+        await self._binding.run(_ops.close_receiver(driver, self._state, detach=True),
+                                timeout)
 
     async def __aenter__(self) -> Receiver:
         return self

@@ -14,17 +14,27 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, overload
 
 from . import _ops, security
 from ._driver import Driver
 from ._supervisor import DEFAULT_RING_CAPACITY
-from .core import ConnectionState, ListenerState
+from .core import ConnectionState, LinkSettings, ListenerState, SessionState
 from .errors import TLSError
-from .links import CLOSE_TIMEOUT, HandlerReceiver, Receiver, Sender
+from .links import CLOSE_TIMEOUT, AnonymousSender, HandlerReceiver, Receiver, Sender
 from .reconnect import Backoff, failover_urls, reconnect_policy
+from .terminus import (
+    Source,
+    Target,
+    as_source,
+    as_target,
+    decode_properties,
+    encode_properties,
+    one_link,
+)
 from .url import URL, parse_url
+from .workers import protocol as p
 
 OPEN_TIMEOUT = 30.0
 
@@ -51,7 +61,10 @@ def check_limit(value: object) -> int:
 
 def connect_options(url: str | None, shards: int, *, virtual_host: str | None,
                     idle_timeout: float, urls: Sequence[str] | None = None,
-                    reconnect: Any = True, **credentials: Any
+                    reconnect: Any = True, properties: Mapping[str, Any] | None = None,
+                    offered_capabilities: Sequence[str] | str | None = None,
+                    desired_capabilities: Sequence[str] | str | None = None,
+                    max_frame_size: int = 0, channel_max: int = 0, **credentials: Any
                     ) -> tuple[URL, dict[str, Any]]:
     """`connect()`'s arguments checked, as the URL and the options of
     ClientCore.open_connection (the failover list `urls` and the reconnect `policy`, then
@@ -81,7 +94,91 @@ def connect_options(url: str | None, shards: int, *, virtual_host: str | None,
     options = security.client_options(parsed, **credentials)
     options.update(virtual_host=virtual_host, idle_timeout=float(idle_timeout),
                    urls=failover_urls(parsed, urls), policy=reconnect_policy(reconnect))
+    options.update(open_fields(properties, offered_capabilities, desired_capabilities,
+                               max_frame_size, channel_max))
     return parsed, options
+
+
+def open_fields(properties: Mapping[str, Any] | None,
+                offered_capabilities: Sequence[str] | str | None,
+                desired_capabilities: Sequence[str] | str | None,
+                max_frame_size: int, channel_max: int) -> dict[str, Any]:
+    """The OpenConnection fields of our open frame, checked."""
+    for value, what, top in ((max_frame_size, "max_frame_size", 2**32 - 1),
+                             (channel_max, "channel_max", 2**16 - 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+            raise ValueError(f"{what} must be an int in 0..{top} (0: proton's default), "
+                             f"not {value!r}")
+    if max_frame_size and max_frame_size < 512:
+        raise ValueError(f"max_frame_size must be at least 512 (AMQP's minimum), not "
+                         f"{max_frame_size}")
+    return {
+        "properties": encode_properties(properties, "properties"),
+        "offered_capabilities": _symbols(offered_capabilities, "offered_capabilities"),
+        "desired_capabilities": _symbols(desired_capabilities, "desired_capabilities"),
+        "max_frame_size": max_frame_size, "channel_max": channel_max,
+    }
+
+
+def _symbols(value: Sequence[str] | str | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    names = [value] if isinstance(value, str) else list(value)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"{what} must be non-empty strs, not {name!r}")
+    return names or None
+
+
+def check_windows(incoming_window: int, outgoing_window: int) -> None:
+    """A session's window arguments."""
+    for value, what in ((incoming_window, "incoming_window"),
+                        (outgoing_window, "outgoing_window")):
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+            raise ValueError(f"{what} must be an int in 0..2**32-1, not {value!r}")
+
+
+class SenderOptions(NamedTuple):
+    address: str | None
+    target: p.Terminus
+    settings: LinkSettings
+    anonymous: bool  # no target address: each message's own address decides
+
+
+def sender_options(address: str | Target | None, name: str | None,
+                   properties: Mapping[str, Any] | None,
+                   session: SessionState | None) -> SenderOptions:
+    """open_sender's arguments as the core takes them, checked."""
+    target = as_target(address)
+    single = one_link(target)
+    if single and target.durable_subscription and not name:
+        raise ValueError("a durable target needs name= (the link name it is known by)")
+    settings = LinkSettings(properties=encode_properties(properties, "properties"),
+                            session=session, one_link=single)
+    return SenderOptions(target.address, target.wire(), settings,
+                         target.address is None and not target.dynamic)
+
+
+class ReceiverOptions(NamedTuple):
+    address: str | None
+    source: p.Terminus
+    settings: LinkSettings
+
+
+def receiver_options(address: str | Source | None, name: str | None, *, dynamic: bool,
+                     selector: str | None, properties: Mapping[str, Any] | None,
+                     session: SessionState | None) -> ReceiverOptions:
+    """open_receiver's arguments as the core takes them, checked. A dynamic source or a
+    durable subscription is one link, on the first shard (docs/amqp.md)."""
+    source = as_source(address, dynamic=dynamic, selector=selector)
+    if source.address is None and not source.dynamic:
+        raise ValueError("a receiver needs an address, or dynamic=True")
+    if source.durable_subscription and not name:
+        raise ValueError("a durable subscription needs name= (the subscription's name) and "
+                         "a Container(container_id=...) that stays the same")
+    settings = LinkSettings(properties=encode_properties(properties, "properties"),
+                            session=session, one_link=one_link(source))
+    return ReceiverOptions(source.address, source.wire(), settings)
 
 
 def explain_tls_failure(error: TLSError, url: URL, tls: security.TLS | None) -> TLSError:
@@ -150,6 +247,10 @@ class Container:
                 virtual_host: str | None = None, idle_timeout: float = 0.0,
                 urls: Sequence[str] | None = None,
                 reconnect: bool | Backoff | Sequence[float] = True,
+                properties: Mapping[str, Any] | None = None,
+                offered_capabilities: Sequence[str] | str | None = None,
+                desired_capabilities: Sequence[str] | str | None = None,
+                max_frame_size: int = 0, channel_max: int = 0,
                 timeout: float | None = OPEN_TIMEOUT) -> Connection:
         """Open `shards` AMQP connections to `url`, placed over the live workers.
 
@@ -174,6 +275,11 @@ class Container:
         its links attached again under the same names and their unsettled messages sent
         again. Never after an authentication failure, a refused certificate, or a
         close the peer or the user meant.
+
+        Our open frame: the Container's `container_id`, `virtual_host` (the hostname
+        field; default: the URL's host), `properties` (str keys sent as symbols),
+        `offered_capabilities` and `desired_capabilities` (symbols), `max_frame_size`
+        and `channel_max` (0: proton's defaults). The peer's: ``remote_*``.
         """
         driver = self._driver
         driver.check_open()
@@ -182,7 +288,10 @@ class Container:
             sasl_mechanisms=sasl_mechanisms,
             allow_insecure_mechanisms=allow_insecure_mechanisms, authzid=authzid,
             virtual_host=virtual_host, idle_timeout=idle_timeout, urls=urls,
-            reconnect=reconnect)
+            reconnect=reconnect, properties=properties,
+            offered_capabilities=offered_capabilities,
+            desired_capabilities=desired_capabilities, max_frame_size=max_frame_size,
+            channel_max=channel_max)
         try:
             state = _ops.run(driver, _ops.connect(driver, parsed, shards, **options), timeout)
         except TLSError as exc:
@@ -309,6 +418,46 @@ class ConnectionView:
         urls = self._state.urls
         return [urls[s.url_index] for s in self._state.shards]
 
+    def _remote(self) -> p.ConnectionOpened | None:
+        for shard in self._state.shards:
+            if shard.remote is not None:
+                return shard.remote
+        return None
+
+    @property
+    def remote_container(self) -> str | None:
+        """The peer's container id (its open frame's; the first shard's)."""
+        remote = self._remote()
+        return remote.remote_container if remote is not None else None
+
+    @property
+    def remote_offered_capabilities(self) -> list[str]:
+        """What the peer's open offers, e.g. "ANONYMOUS-RELAY"."""
+        remote = self._remote()
+        return list(remote.remote_offered_capabilities or ()) if remote else []
+
+    @property
+    def remote_desired_capabilities(self) -> list[str]:
+        remote = self._remote()
+        return list(remote.remote_desired_capabilities or ()) if remote else []
+
+    @property
+    def remote_properties(self) -> dict[str, Any]:
+        """The peer's connection properties (RabbitMQ's "product", "version" ...)."""
+        remote = self._remote()
+        return decode_properties(remote.remote_properties) if remote else {}
+
+    @property
+    def remote_max_frame_size(self) -> int:
+        remote = self._remote()
+        return remote.remote_max_frame_size if remote else 0
+
+    @property
+    def remote_idle_timeout(self) -> float:
+        """The peer's idle timeout in seconds (0: none): we send at least twice as often."""
+        remote = self._remote()
+        return remote.remote_idle_timeout if remote else 0.0
+
     @property
     def security(self) -> security.Security:
         """What the connection negotiated (its first shard; every shard uses the same
@@ -352,47 +501,89 @@ class Connection(ConnectionView):
         self._driver.refresh_state()
         return super().url_in_use
 
-    def open_sender(self, address: str | None, *, window: int = 1000,
+    def open_sender(self, address: str | Target | None, *, window: int = 1000,
                     presettled: bool = False, name: str | None = None,
                     max_message_size: int | None = None,
-                    timeout: float | None = OPEN_TIMEOUT) -> Sender:
+                    properties: Mapping[str, Any] | None = None,
+                    timeout: float | None = OPEN_TIMEOUT,
+                    session: Session | None = None) -> Sender:
         """A Sender to `address`: one link per shard, each with up to `window` in flight.
 
         At-least-once by default; `presettled=True` is at-most-once (no outcomes). A
         message larger than `max_message_size`, or than the peer accepts, raises
         MessageTooLarge at send(). Shards that failed get no link.
+
+        `address` may be a Target (durability, capabilities, a dynamic node); None is the
+        anonymous relay: each message goes to its own ``Message.address`` (the peer must
+        offer ANONYMOUS-RELAY: see ``remote_offered_capabilities``). `name`: the link
+        name, as given when there is one link (else with a per-link suffix).
+        `properties`: the link's, in its attach. `session`: a Session of this
+        connection's (``Connection.session()``) instead of the default one.
         """
         check_positive(window, "window")
         limit = check_limit(max_message_size)
+        options = sender_options(address, name, properties, session_state_of(self, session))
         driver = self._driver
-        state = _ops.run(driver, _ops.open_sender(driver, self._state, address, window,
-                                                  presettled, name, limit), timeout)
-        return Sender(driver, state, owner=self)
+        state = _ops.run(driver, _ops.open_sender(
+            driver, self._state, options.address, window, presettled, name, limit,
+            options.target, options.settings), timeout)
+        kind = AnonymousSender if options.anonymous else Sender
+        return kind(driver, state, owner=self)
+
+    def session(self, incoming_window: int = 0, outgoing_window: int = 0) -> Session:
+        """A session of its own on each shard, beside the default one: its links
+        (``session.open_sender`` / ``open_receiver``) share its windows. `incoming_window`:
+        the bytes the peer may send ahead on it (proton's session capacity; 0: its
+        default); `outgoing_window`: the transfers we send ahead (0: proton's default)."""
+        check_windows(incoming_window, outgoing_window)
+        driver = self._driver
+        with driver.lock:
+            state = driver.core.begin_session(self._state, incoming_window, outgoing_window)
+            driver.write_all()
+        return Session(self, state)
 
     @overload
-    def open_receiver(self, address: str | None, *, credit: int = 1000,
+    def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                       auto_accept: bool = False, name: str | None = None,
                       max_message_size: int | None = None,
                       timeout: float | None = OPEN_TIMEOUT,
-                      handler: None = None, handler_args: None = None) -> Receiver: ...
+                      handler: None = None, handler_args: None = None,
+                      dynamic: bool = False, selector: str | None = None,
+                      properties: Mapping[str, Any] | None = None,
+                      session: Session | None = None) -> Receiver: ...
 
     @overload
-    def open_receiver(self, address: str | None, *, credit: int = 1000,
+    def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                       auto_accept: bool = False, name: str | None = None,
                       max_message_size: int | None = None,
                       timeout: float | None = OPEN_TIMEOUT,
                       handler: str | Any,
-                      handler_args: dict[str, Any] | None = None) -> HandlerReceiver: ...
+                      handler_args: dict[str, Any] | None = None,
+                      dynamic: bool = False, selector: str | None = None,
+                      properties: Mapping[str, Any] | None = None,
+                      session: Session | None = None) -> HandlerReceiver: ...
 
-    def open_receiver(self, address: str | None, *, credit: int = 1000,
+    def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                       auto_accept: bool = False, name: str | None = None,
                       max_message_size: int | None = None,
                       timeout: float | None = OPEN_TIMEOUT,
-                      handler: Any = None, handler_args: dict[str, Any] | None = None
-                      ) -> Receiver | HandlerReceiver:
+                      handler: Any = None, handler_args: dict[str, Any] | None = None,
+                      dynamic: bool = False, selector: str | None = None,
+                      properties: Mapping[str, Any] | None = None,
+                      session: Session | None = None) -> Receiver | HandlerReceiver:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
 
         `max_message_size` is announced to the peer (a larger message ends the link).
+
+        `address` may be a Source (durability and expiry for a durable subscription,
+        distribution mode "copy" to browse, filters, capabilities such as "topic").
+        `selector`: a JMS selector (``Source(selector=)``); whether the peer applies it
+        is in ``remote_source.selector``. `dynamic=True`: the peer creates a node for
+        this receiver (a temporary reply queue), named in ``Receiver.address``. A dynamic
+        source or a durable subscription is one link, on the first shard; a topic is
+        subscribed once per shard (each shard's link gets every message). `name`: the
+        link name, as given when there is one link (a durable subscription's name).
+        `properties` and `session` as for open_sender.
 
         `handler`: run the consumer inside the workers instead. An import path
         ("package.module:Name") or an importable class or function (not one of
@@ -408,10 +599,13 @@ class Connection(ConnectionView):
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
         path = check_worker_handler(handler, handler_args, auto_accept)
+        options = receiver_options(address, name, dynamic=dynamic, selector=selector,
+                                   properties=properties,
+                                   session=session_state_of(self, session))
         driver = self._driver
-        state = _ops.run(driver, _ops.open_receiver(driver, self._state, address, credit,
-                                                    auto_accept, name, limit, path,
-                                                    handler_args), timeout)
+        state = _ops.run(driver, _ops.open_receiver(
+            driver, self._state, options.address, credit, auto_accept, name, limit, path,
+            handler_args, options.source, options.settings), timeout)
         if path is not None:
             return HandlerReceiver(driver, state, owner=self)
         return Receiver(driver, state, owner=self)
@@ -425,6 +619,52 @@ class Connection(ConnectionView):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Session:
+    """A session the user began on a Connection (one AMQP session on each shard): its
+    links share its flow-control windows, apart from the connection's default session."""
+
+    def __init__(self, connection: Connection, state: SessionState) -> None:
+        self.connection = connection
+        self._state = state
+
+    @property
+    def ended(self) -> bool:
+        return self._state.ended
+
+    def open_sender(self, address: str | Target | None, **options: Any) -> Sender:
+        """``Connection.open_sender`` on this session."""
+        return self.connection.open_sender(address, session=self, **options)
+
+    def open_receiver(self, address: str | Source | None,
+                      **options: Any) -> Receiver | HandlerReceiver:
+        """``Connection.open_receiver`` on this session."""
+        return self.connection.open_receiver(address, session=self, **options)
+
+    def close(self) -> None:
+        """End the session on every shard; its links end with it."""
+        driver = self.connection._driver
+        with driver.lock:
+            driver.core.end_session(self._state)
+            driver.write_all()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def session_state_of(connection: Any, session: Any) -> SessionState | None:
+    """The core state of a Session of `connection` (any face's), checked."""
+    if session is None:
+        return None
+    if getattr(session, "connection", None) is not connection:
+        raise ValueError("the session belongs to another connection")
+    state: SessionState = session._state
+    state.check_usable()
+    return state
 
 
 class Peer(NamedTuple):

@@ -160,7 +160,8 @@ class SenderLink:
                  "opened", "closed", "failure", "remote_target", "remote_source", "dirty",
                  "remote_max",
                  "parts_seq", "parts_written", "parts_busy",
-                 "attach", "attached", "generation", "lost", "handed", "resent")
+                 "attach", "attached", "generation", "lost", "handed", "resent",
+                 "remote_properties")
 
     def __init__(self, link_id: int, slot: WorkerSlot, sender: SenderState) -> None:
         self.id = link_id
@@ -191,6 +192,7 @@ class SenderLink:
         self.lost: p.Condition | None = None  # why its connection went, while it is down
         self.handed = 0  # seqs below this went to a worker (a loss puts them in doubt)
         self.resent = 0  # messages sent again after a loss
+        self.remote_properties: bytes | None = None  # the peer's link properties
 
     def take(self, payloads: list[bytes]) -> Batch:
         """Number `payloads` as the link's next messages, in a new batch."""
@@ -280,6 +282,7 @@ class SenderLink:
             self.remote_target = event.remote_target  # type: ignore[union-attr]
             self.remote_source = event.remote_source  # type: ignore[union-attr]
             self.remote_max = event.remote_max_message_size  # type: ignore[union-attr]
+            self.remote_properties = event.remote_properties  # type: ignore[union-attr]
             if not self.attached and self.failure is None:
                 self._replay()
             self.attached = True
@@ -542,7 +545,8 @@ class ReceiverLink:
 
     __slots__ = ("id", "slot", "receiver", "credit", "consumed", "settling", "opened",
                  "closed", "failure", "remote_source", "remote_target", "parts", "dirty",
-                 "counts", "attach", "attached", "generation", "lost", "counts_base")
+                 "counts", "attach", "attached", "generation", "lost", "counts_base",
+                 "remote_properties", "draining")
 
     def __init__(self, link_id: int, slot: WorkerSlot, receiver: ReceiverState,
                  credit: int) -> None:
@@ -565,6 +569,8 @@ class ReceiverLink:
         self.attached = True
         self.generation = 0
         self.lost: p.Condition | None = None
+        self.remote_properties: bytes | None = None
+        self.draining = False  # a drain asked for, not answered yet
 
     def on_event(self, event: p.Event) -> None:
         kind = type(event)
@@ -579,6 +585,9 @@ class ReceiverLink:
             self.lost = None
             self.remote_source = event.remote_source  # type: ignore[union-attr]
             self.remote_target = event.remote_target  # type: ignore[union-attr]
+            self.remote_properties = event.remote_properties  # type: ignore[union-attr]
+        elif kind is p.Credit:
+            self._drained()
         elif kind is p.HandlerCounts:
             # Totals since the link's attach: those of earlier attaches are added.
             base = self.counts_base
@@ -599,10 +608,28 @@ class ReceiverLink:
                                             condition, self.slot.index)
             self.receiver.on_link_closed(self)
 
+    def drain(self) -> None:
+        """Ask the peer to send what it has within the credit, or give the credit back."""
+        if self.failure is None and self.attached:
+            self.hand_over()
+            self.draining = True
+            self.slot.queue(p.Flow(self.id, 0, drain=True))
+
+    def _drained(self) -> None:
+        """The peer answered a drain: it holds no credit now. What the user has not
+        taken, and took since the last grant, is granted as it is taken (see grant());
+        the rest of the link's credit is granted again now."""
+        self.draining = False
+        if self.failure is None and self.attached:
+            rest = self.credit - self.receiver.untaken_count(self) - self.consumed
+            if rest > 0:
+                self.slot.queue(p.Flow(self.id, rest))
+
     def _lose(self, condition: p.Condition | None) -> None:
         """Its connection is gone: what it delivered unsettled is the peer's again (it
         redelivers), so the untaken part of it leaves the buffer and the rest cannot be
         settled (Arrival.check_live). The credit is granted afresh on the new attach."""
+        self.draining = False
         self.attached = False
         self.generation += 1
         self.lost = condition
@@ -755,6 +782,14 @@ class ReceiverState:
         if self.endless and link.closed:
             self.on_link_closed(link)
 
+    def untaken_count(self, link: ReceiverLink) -> int:
+        """How many buffered deliveries of `link` the user has not taken."""
+        count = 0
+        for n, arrival in enumerate(self.buffer):
+            if arrival.link is link:
+                count += len(arrival.payloads) - (self.position if n == 0 else 0)
+        return count
+
     def untaken(self) -> dict[ReceiverLink, list[int]]:
         """The ids of buffered deliveries not yet taken and not settled, by link; they
         are marked settled (the caller releases them)."""
@@ -773,13 +808,40 @@ class ReceiverState:
 # ---- connections, listeners and the core itself -------------------------------------------
 
 
+class LinkSettings(NamedTuple):
+    """What a link's attach carries beyond its address and credit (the faces build them
+    from amqscale.terminus): the sender's source (rarely set), link properties (AMQP
+    encoded), the user's session, the receiver settle mode, and whether it is one link
+    on the first shard rather than one per shard."""
+
+    source: p.Terminus | None = None
+    properties: bytes | None = None
+    session: SessionState | None = None
+    rcv_settle_mode: int = p.RCV_FIRST
+    one_link: bool = False
+
+
+class SessionState:
+    """A session the user began: one AMQP session on each shard it began on."""
+
+    __slots__ = ("ids", "ended")
+
+    def __init__(self) -> None:
+        self.ids: dict[Shard, int] = {}  # shard -> the session's id there
+        self.ended = False
+
+    def check_usable(self) -> None:
+        if self.ended:
+            raise LinkDetached("the session is ended")
+
+
 class Shard:
     """One AMQP connection of a (possibly sharded) Connection, opened again on a new
     transport (a new id each time) when it is lost and its Connection reconnects."""
 
     __slots__ = ("id", "slot", "opened", "closed", "failure", "security", "connection",
                  "command", "links", "url_index", "delays", "delay", "lost_at", "tries",
-                 "reconnects", "ever_opened", "last_error", "closing")
+                 "reconnects", "ever_opened", "last_error", "closing", "sessions", "remote")
 
     def __init__(self, shard_id: int, slot: WorkerSlot,
                  connection: ConnectionState | None = None,
@@ -802,6 +864,8 @@ class Shard:
         self.ever_opened = False
         self.last_error: ConnectionFailed | None = None  # why it was lost last
         self.closing = False  # the user asked it to close: never reopened
+        self.sessions: list[p.BeginSession] = []  # the user's, begun again after a loss
+        self.remote: p.ConnectionOpened | None = None  # what the peer's open said
 
     @property
     def reconnecting(self) -> bool:
@@ -811,6 +875,7 @@ class Shard:
         if type(event) is p.ConnectionOpened:
             self.opened = True
             self.security = event.security
+            self.remote = event
         elif type(event) is p.ConnectionClosed:
             self.closed = True
             if self.failure is None:
@@ -1072,32 +1137,38 @@ class ClientCore:
 
     def open_sender(self, connection: ConnectionState, address: str | None, window: int,
                     presettled: bool, name: str | None, max_message_size: int,
-                    target: p.Terminus | None = None) -> SenderState:
+                    target: p.Terminus | None = None,
+                    settings: LinkSettings | None = None) -> SenderState:
         sender = SenderState(address, window, presettled, max_message_size)
         sender.fragment = self.fragment
-        for shard in self._usable_shards(connection):
+        settings = settings or LinkSettings()
+        shards = self._link_shards(connection, settings)
+        for shard in shards:
             link = SenderLink(self.next_id(), shard.slot, sender)
             sender.links.append(link)
-            self._open_link(shard, link, True, address, name, presettled, 0, 0, target)
+            self._open_link(shard, link, True, address, name, presettled, 0, 0, target,
+                            settings, len(shards))
         return sender
 
     def open_receiver(self, connection: ConnectionState, address: str | None, credit: int,
                       name: str | None, auto_accept: bool, max_message_size: int,
                       source: p.Terminus | None = None, handler: str | None = None,
-                      handler_args: dict[str, Any] | None = None) -> ReceiverState:
+                      handler_args: dict[str, Any] | None = None,
+                      settings: LinkSettings | None = None) -> ReceiverState:
         """A receiver over every usable shard, each link granted an equal share of
         `credit`. With `handler` (an import path), a handler in each worker that carries
         a shard takes the messages, and that worker keeps the share granted."""
         receiver = ReceiverState(address, credit, auto_accept)
         receiver.handler = handler
-        shards = self._usable_shards(connection)
+        settings = settings or LinkSettings()
+        shards = self._link_shards(connection, settings)
         per_link = max(1, credit // len(shards))
         group = self.next_id() if handler is not None else 0
         for shard in shards:
             link = ReceiverLink(self.next_id(), shard.slot, receiver, per_link)
             receiver.links[link.id] = link
             self._open_link(shard, link, False, address, name, False, per_link,
-                            max_message_size, source)
+                            max_message_size, source, settings, len(shards))
             if handler is not None:
                 command = shard.slot.queued[-1]
                 assert type(command) is p.OpenLink
@@ -1110,34 +1181,80 @@ class ClientCore:
         connection.check_usable()
         return [s for s in connection.shards if s.failure is None]
 
+    @staticmethod
+    def _link_shards(connection: ConnectionState, settings: LinkSettings) -> list[Shard]:
+        """The shards that get a link: every usable one, or the first (`one_link`: a
+        dynamic node or a durable subscription is one node, one name), or the session's."""
+        shards = ClientCore._usable_shards(connection)
+        session = settings.session
+        if session is not None:
+            session.check_usable()
+            shards = [x for x in shards if x in session.ids]
+            if not shards:
+                raise ConnectionFailed("every connection of the session failed")
+        return shards[:1] if settings.one_link else shards
+
     def _open_link(self, shard: Shard, link: SenderLink | ReceiverLink, is_sender: bool,
                    address: str | None, name: str | None, presettled: bool, credit: int,
-                   max_message_size: int, terminus: p.Terminus | None) -> None:
+                   max_message_size: int, terminus: p.Terminus | None,
+                   settings: LinkSettings | None = None, links: int = 0) -> None:
         self.routes[link.id] = link
-        link_name = f"{name or address or 'link'}-{'s' if is_sender else 'r'}-{link.id}"
+        settings = settings or LinkSettings()
+        if name and links == 1:
+            link_name = name  # the user's, as given: a durable subscription's name
+        else:
+            link_name = f"{name or address or 'link'}-{'s' if is_sender else 'r'}-{link.id}"
         terminus = terminus or p.Terminus(address=address)
+        session = settings.session
         link.attach = p.OpenLink(
             link.id, shard.id, link_name, is_sender,
-            source=p.Terminus() if is_sender else terminus,
+            source=(settings.source or p.Terminus()) if is_sender else terminus,
             target=terminus if is_sender else p.Terminus(),
             snd_settle_mode=p.SND_SETTLED if presettled else p.SND_UNSETTLED,
+            rcv_settle_mode=settings.rcv_settle_mode,
             credit=credit, max_message_size=max_message_size,
+            properties=settings.properties,
+            session=session.ids[shard] if session is not None else 0,
         )
         shard.links.append(link)
         shard.slot.queue(link.attach)
 
-    def close_links(self, links: Iterable[SenderLink | ReceiverLink]) -> None:
-        """Detach `links`; each is closed once the worker confirms (LinkClosed)."""
+    def close_links(self, links: Iterable[SenderLink | ReceiverLink],
+                    detach: bool = False) -> None:
+        """Close `links` (with `detach`, detach them only: a durable terminus stays);
+        each is closed once the worker confirms (LinkClosed)."""
         for link in links:
             self.dirty.discard(link)
             link.hand_over()  # what was batched goes before the detach
             if link.failure is None:
-                link.slot.queue(p.CloseLink(link.id))
+                link.slot.queue(p.CloseLink(link.id, detach=detach))
                 link.failure = LinkDetached("closed by the user")
                 if not link.attached:
                     link.closed = True  # its connection is lost: nothing will confirm
             elif link.slot.failure is not None:
                 link.closed = True  # its worker is gone: nothing will confirm
+
+    def begin_session(self, connection: ConnectionState, incoming_window: int = 0,
+                      outgoing_window: int = 0) -> SessionState:
+        """A session of the user's on each usable shard (its links go there), begun
+        again with the shard after a reconnect."""
+        session = SessionState()
+        for shard in self._usable_shards(connection):
+            begin = p.BeginSession(self.next_id(), shard.id, incoming_window, outgoing_window)
+            session.ids[shard] = begin.session
+            shard.sessions.append(begin)
+            shard.slot.queue(begin)
+        return session
+
+    def end_session(self, session: SessionState) -> None:
+        """End the session on every shard (its links end with it)."""
+        if session.ended:
+            return
+        session.ended = True
+        for shard, session_id in session.ids.items():
+            shard.sessions = [x for x in shard.sessions if x.session != session_id]
+            if shard.failure is None:
+                shard.slot.queue(p.EndSession(session_id))
 
     def forget_links(self, links: Iterable[SenderLink | ReceiverLink]) -> None:
         for link in links:
@@ -1367,6 +1484,9 @@ class ClientCore:
         url = shard.connection.urls[shard.url_index]
         shard.slot.queue(msgspec.structs.replace(
             shard.command, conn=shard.id, host=url.host, port=url.port, delay=delay))
+        shard.sessions = [msgspec.structs.replace(x, conn=shard.id) for x in shard.sessions]
+        for begin in shard.sessions:
+            shard.slot.queue(begin)
         for link in shard.links:
             if link.failure is None and link.attach is not None:
                 link.attach = msgspec.structs.replace(link.attach, conn=shard.id)
@@ -1519,18 +1639,20 @@ class ClientCore:
 
     def open_receiver_exact(self, connection: ConnectionState, address: str | None,
                             credit: int, name: str | None, max_message_size: int,
-                            source: p.Terminus | None = None) -> ReceiverState:
+                            source: p.Terminus | None = None,
+                            settings: LinkSettings | None = None) -> ReceiverState:
         """open_receiver with exactly `credit` granted at the attach, shared among the
         links as it divides (see `shares`), 0 included: a receiver whose user grants
         credit (the handlers' ``prefetch=0`` and ``Receiver.flow``) starts with none.
         Each link's `credit` is its share, at least 1 (the grant threshold's base)."""
         receiver = ReceiverState(address, credit, False)
-        shards = self._usable_shards(connection)
+        settings = settings or LinkSettings()
+        shards = self._link_shards(connection, settings)
         for shard, share in zip(shards, shares(credit, len(shards)), strict=True):
             link = ReceiverLink(self.next_id(), shard.slot, receiver, max(1, share))
             receiver.links[link.id] = link
             self._open_link(shard, link, False, address, name, False, share,
-                            max_message_size, source)
+                            max_message_size, source, settings, len(shards))
         return receiver
 
     def flow(self, receiver: ReceiverState, credit: int, drain: bool = False) -> None:

@@ -36,6 +36,7 @@ from .core import (
 )
 from .errors import HandlerFailed, LinkDetached
 from .message import Message
+from .terminus import Source, Target, decode_properties
 from .types import symbol
 from .workers import protocol as p
 
@@ -274,12 +275,41 @@ class Trackers(_Parts[Tracker]):
         return f"<Trackers {len(self)} messages settled={self.settled}>"
 
 
+def _first_opened(links: Iterable[Any]) -> Any:
+    """The first link the peer attached (every link of one Sender or Receiver asks for the
+    same termini), else the first link; None without links."""
+    first = None
+    for link in links:
+        if link.opened:
+            return link
+        first = first or link
+    return first
+
+
 class SenderView:
     """What every face's Sender tells of its state (the core's SenderState), and its
     window, which may be changed."""
 
     _state: SenderState
     _tracker: type[Tracker]
+
+    @property
+    def target(self) -> Target | None:
+        """The Target this sender asked for."""
+        link = _first_opened(self._state.links)
+        return Target.from_wire(link.attach.target) if link and link.attach else None
+
+    @property
+    def remote_target(self) -> Target | None:
+        """The peer's answer: the Target it attached (a dynamic node's address in it)."""
+        link = _first_opened(self._state.links)
+        return Target.from_wire(link.remote_target) if link else None
+
+    @property
+    def remote_properties(self) -> dict[str, Any]:
+        """The link properties of the peer's attach."""
+        link = _first_opened(self._state.links)
+        return decode_properties(link.remote_properties) if link else {}
 
     @property
     def window(self) -> int:
@@ -502,6 +532,33 @@ class Sender(SenderView):
         self.close()
 
 
+def check_addressed(message: object) -> None:
+    """A message for the anonymous relay must say where it goes (Message.address)."""
+    if not isinstance(message, Message):
+        raise TypeError("a sender without a target address (the anonymous relay) sends "
+                        f"Messages with an address, not {type(message).__name__}")
+    if not message.address:
+        raise ValueError("a sender without a target address (the anonymous relay) needs "
+                         "each Message's address")
+
+
+class AnonymousSender(Sender):
+    """A Sender with no target address (the anonymous relay, AMQP's ANONYMOUS-RELAY
+    capability): each Message goes to its own ``address``."""
+
+    def send(self, message: Message | bytes | bytearray | memoryview,
+             timeout: float | None = None) -> Tracker:
+        check_addressed(message)
+        return super().send(message, timeout)
+
+    def _encode_many(self, messages: Iterable[Message | bytes | bytearray | memoryview]
+                     ) -> list[bytes]:
+        items = list(messages)
+        for message in items:
+            check_addressed(message)
+        return super()._encode_many(items)
+
+
 class Delivery:
     """A received message, and the means to settle it."""
 
@@ -638,9 +695,33 @@ class ReceiverView:
 
     def __init__(self, state: ReceiverState) -> None:
         self._state = state
-        self.address = state.address
         self.credit = state.credit
         self.auto_accept = state.auto_accept
+
+    @property
+    def address(self) -> str | None:
+        """The source's address (a dynamic source's: the one the peer gave it)."""
+        return self._state.address
+
+    @property
+    def source(self) -> Source | None:
+        """The Source this receiver asked for."""
+        link = _first_opened(self._state.links.values())
+        return Source.from_wire(link.attach.source) if link and link.attach else None
+
+    @property
+    def remote_source(self) -> Source | None:
+        """The peer's answer: the Source it attached. Its `filters` are the ones the peer
+        applies (a peer that ignores a selector leaves it out), its `distribution_mode`
+        and `capabilities` what it does."""
+        link = _first_opened(self._state.links.values())
+        return Source.from_wire(link.remote_source) if link else None
+
+    @property
+    def remote_properties(self) -> dict[str, Any]:
+        """The link properties of the peer's attach."""
+        link = _first_opened(self._state.links.values())
+        return decode_properties(link.remote_properties) if link else {}
 
     @property
     def closed(self) -> bool:
@@ -750,10 +831,26 @@ class Receiver(ReceiverView):
     def _settle_batches(self) -> None:
         self._driver.flush()
 
+    def drain(self, timeout: float | None = None) -> int:
+        """Ask the peer to send now what it has for this receiver, within the credit, or
+        give the credit back; returns once it answered (AMQP's drain), with how many
+        deliveries are buffered to take. The credit is granted again after it: the
+        receiver goes on. A peer that never answers a drain (the Proton C example
+        broker) raises TimeoutError after `timeout` seconds."""
+        return _ops.run(self._driver, _ops.drain(self._driver, self._state), timeout)
+
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Release what was received but not taken, detach every link and wait (up to
-        `timeout`) for the peer to confirm: nothing on its way is lost from view."""
+        `timeout`) for the peer to confirm: nothing on its way is lost from view. The
+        link is closed: a durable subscription ends with it (see detach)."""
         _ops.run(self._driver, _ops.close_receiver(self._driver, self._state), timeout)
+
+    def detach(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """As close(), but detach the links without closing them: a durable subscription
+        stays on the peer, to be resumed by a receiver with the same name (and the same
+        container id) later; its messages accumulate meanwhile."""
+        _ops.run(self._driver, _ops.close_receiver(self._driver, self._state, detach=True),
+                 timeout)
 
     def __enter__(self) -> Receiver:
         return self

@@ -105,10 +105,10 @@ def test_a_lost_sender_attaches_again_and_resends_only_what_was_unsettled() -> N
     reopen = _opens(commands)
     assert len(reopen) == 1 and reopen[0].delay == 0 and reopen[0].conn == shard.id
     attach = [c for c in commands if type(c) is p.OpenLink]
-    assert [c.name for c in attach] == [link.attach.name] == ["s-s-2"]  # the same name
+    assert [c.name for c in attach] == [link.attach.name] == ["s"]  # same name
     assert _sends(commands) == []
     workers.emit(0, p.ConnectionOpened(shard.id, "peer"))
-    workers.emit(0, p.LinkOpened(link.id, shard.id, "s-s-2", True))
+    workers.emit(0, p.LinkOpened(link.id, shard.id, "s", True))
     assert _sends(workers.take()) == [(2, 2), (4, 1)]  # c and d again, then e
     assert sender.resent == 2 and connection.reconnects == 1
     assert connection.state == "open"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import uuid
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -76,6 +77,11 @@ _EXPIRY = {
     "connection-close": lib.PN_EXPIRE_WITH_CONNECTION,
     "never": lib.PN_EXPIRE_NEVER,
 }
+_EXPIRY_NAMES = {code: name for name, code in _EXPIRY.items()}
+_DISTRIBUTION = {"move": lib.PN_DIST_MODE_MOVE, "copy": lib.PN_DIST_MODE_COPY}
+_DISTRIBUTION_NAMES = {code: name for name, code in _DISTRIBUTION.items()}
+# What a listener's open offers: its Receiver takes a message whatever its address.
+LISTENER_CAPABILITIES = ["ANONYMOUS-RELAY"]
 
 
 INTERNAL_ERROR = "amqscale:internal-error"
@@ -129,15 +135,77 @@ def _set_condition(cond: Any, condition: p.Condition | None) -> None:
 
 
 def _read_terminus(term: Any) -> p.Terminus | None:
-    if lib.pn_terminus_get_type(term) == lib.PN_UNSPECIFIED:
+    """A remote source or target, every field the attach carried (None: a null one)."""
+    kind = lib.pn_terminus_get_type(term)
+    if kind == lib.PN_UNSPECIFIED:
         return None
+    expiry = lib.pn_terminus_get_expiry_policy(term)
     return p.Terminus(
         address=_text(lib.pn_terminus_get_address(term)),
         dynamic=bool(lib.pn_terminus_is_dynamic(term)),
+        durable=_DURABILITY_NUMBERS.get(lib.pn_terminus_get_durability(term), 0),
+        expiry_policy=_EXPIRY_NAMES.get(expiry) if expiry != lib.PN_EXPIRE_WITH_SESSION
+        else None,
+        timeout=lib.pn_terminus_get_timeout(term),
+        capabilities=_read_symbols(lib.pn_terminus_capabilities(term)),
+        filter=encode_data(lib.pn_terminus_filter(term)),
+        distribution_mode=_DISTRIBUTION_NAMES.get(
+            lib.pn_terminus_get_distribution_mode(term)),
+        node_properties=encode_data(lib.pn_terminus_properties(term)),
+        coordinator=kind == lib.PN_COORDINATOR,
     )
 
 
+_DURABILITY_NUMBERS = {code: number for number, code in _DURABILITY.items()}
+
+
+def encode_data(data: Any) -> bytes | None:
+    """A pn_data_t's AMQP encoding, or None when it holds nothing (off the hot path)."""
+    if data == ffi.NULL:  # proton makes some (remote properties) only once they come
+        return None
+    size = lib.pn_data_encoded_size(data)
+    if size <= 0:
+        return None
+    buffer = ffi.new("char[]", size)
+    n = lib.pn_data_encode(data, buffer, size)
+    return ffi.unpack(buffer, n) if n > 0 else None
+
+
+def _decode_into(data: Any, encoded: bytes | None) -> None:
+    """Fill a pn_data_t from AMQP bytes the user side encoded (and checked)."""
+    if encoded and data != ffi.NULL:
+        lib.pn_data_clear(data)
+        if lib.pn_data_decode(data, encoded, len(encoded)) < 0:
+            lib.pn_data_clear(data)
+
+
+def _read_symbols(data: Any) -> list[str] | None:
+    """Capabilities: an array of symbols, or one symbol (both are allowed)."""
+    if data == ffi.NULL:
+        return None
+    lib.pn_data_rewind(data)
+    if not lib.pn_data_next(data):
+        return None
+    kind = lib.pn_data_type(data)
+    if kind == lib.PN_SYMBOL:
+        return [_bytes_text(lib.pn_data_get_symbol(data))]
+    if kind != lib.PN_ARRAY or lib.pn_data_get_array_type(data) != lib.PN_SYMBOL:
+        return None
+    names = []
+    lib.pn_data_enter(data)
+    while lib.pn_data_next(data):
+        names.append(_bytes_text(lib.pn_data_get_symbol(data)))
+    lib.pn_data_exit(data)
+    return names
+
+
+def _bytes_text(value: Any) -> str:
+    return ffi.unpack(value.start, value.size).decode("utf-8", "replace")
+
+
 def _write_terminus(term: Any, spec: p.Terminus) -> None:
+    if spec.coordinator:
+        lib.pn_terminus_set_type(term, lib.PN_COORDINATOR)
     if spec.address is not None:
         lib.pn_terminus_set_address(term, spec.address.encode())
     if spec.dynamic:
@@ -148,11 +216,31 @@ def _write_terminus(term: Any, spec: p.Terminus) -> None:
         lib.pn_terminus_set_expiry_policy(term, _EXPIRY[spec.expiry_policy])
     if spec.timeout:
         lib.pn_terminus_set_timeout(term, spec.timeout)
-    if spec.filter:
-        data = lib.pn_terminus_filter(term)
-        lib.pn_data_decode(data, spec.filter, len(spec.filter))
+    _decode_into(lib.pn_terminus_filter(term), spec.filter)
+    _decode_into(lib.pn_terminus_properties(term), spec.node_properties)
+    if spec.distribution_mode:
+        lib.pn_terminus_set_distribution_mode(term, _DISTRIBUTION[spec.distribution_mode])
     if spec.capabilities:
-        _put_symbols(lib.pn_terminus_capabilities(term), spec.capabilities)
+        data = lib.pn_terminus_capabilities(term)
+        lib.pn_data_clear(data)
+        _put_symbols(data, spec.capabilities)
+
+
+def _set_open_fields(ptr: Any, offered: list[str] | None, desired: list[str] | None,
+                     properties: bytes | None) -> None:
+    """What our open carries besides proton's own fields."""
+    if offered:
+        _put_symbols(lib.pn_connection_offered_capabilities(ptr), offered)
+    if desired:
+        _put_symbols(lib.pn_connection_desired_capabilities(ptr), desired)
+    _decode_into(lib.pn_connection_properties(ptr), properties)
+
+
+def _name_dynamic(term: Any) -> None:
+    """A peer asked us for a dynamic node and the user named none: a unique address
+    (AMQP 1.0, 3.5.3: the node's address goes in our attach)."""
+    if lib.pn_terminus_is_dynamic(term) and lib.pn_terminus_get_address(term) == ffi.NULL:
+        lib.pn_terminus_set_address(term, f"amqscale.dynamic.{uuid.uuid4()}".encode())
 
 
 def _put_symbols(data: Any, names: list[str]) -> None:
@@ -173,7 +261,7 @@ class Link:
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
         "fast_limit", "max_message_size", "part_id", "part_size", "out", "releasing",
-        "deferred", "own_session",
+        "deferred", "own_session", "draining", "detached",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -218,6 +306,10 @@ class Link:
         self.deferred = False
         # A session for this link alone (OpenLink.own_session), ended when it ends.
         self.own_session: Any = None
+        # Receiver: the user asked for a drain that the peer has not answered yet.
+        self.draining = False
+        # We detached it without closing it (CloseLink.detach): its terminus stays.
+        self.detached = False
 
 
 class Connection:
@@ -313,6 +405,8 @@ class Engine:
         self._tag = ffi.new("pn_bytes_t *", (8, self._tag_buf))[0]
         # Links with deliveries or outcomes gathered in this pump (see flush_events).
         self._dirty: list[Link] = []
+        # The sessions users began (BeginSession): id -> (connection, pn_session_t).
+        self.sessions: dict[int, tuple[Connection, Any]] = {}
         self._handlers: dict[type, Callable[[Any], None]] = {
             p.Send: self._send, p.SendPart: self._send, p.Settle: self._settle,
             p.Flow: self._flow,
@@ -322,6 +416,7 @@ class Engine:
             p.Listen: self._listen, p.CloseLink: self._close_link,
             p.CloseConnection: self._close_connection,
             p.CloseListener: lambda cmd: self._close_listener(cmd.listener),
+            p.BeginSession: self._begin_session, p.EndSession: self._end_session,
         }
 
     # ---- commands ------------------------------------------------------------------------
@@ -381,6 +476,8 @@ class Engine:
             self.emit(p.ConnectionClosed(cmd.conn, p.Condition(
                 p.TLS_SETUP_FAILED, f"{describe(conn)}: {exc}"), failed_in="tls"))
             return
+        _set_open_fields(conn.ptr, cmd.offered_capabilities, cmd.desired_capabilities,
+                         cmd.properties)
         lib.pn_connection_open(conn.ptr)
         conn.session = lib.pn_session(conn.ptr)
         lib.pn_session_open(conn.session)
@@ -394,6 +491,8 @@ class Engine:
             lib.pn_transport_set_idle_timeout(conn.transport, int(cmd.idle_timeout * 1000))
         if cmd.max_frame_size:
             lib.pn_transport_set_max_frame(conn.transport, cmd.max_frame_size)
+        if cmd.channel_max:
+            lib.pn_transport_set_channel_max(conn.transport, cmd.channel_max)
 
     def _start_transport(self, conn: Connection, container_id: str, server: bool,
                          configure: Callable[[], None] | None = None) -> None:
@@ -478,12 +577,20 @@ class Engine:
             return
         make = lib.pn_sender if cmd.is_sender else lib.pn_receiver
         session = conn.session
-        if cmd.own_session:
+        if cmd.session:
+            owner, session = self.sessions.get(cmd.session, (None, None))
+            if owner is not conn or lib.pn_session_state(session) & LOCAL_CLOSED:
+                self.emit(p.LinkClosed(cmd.link, p.Condition(
+                    "amqp:session:unattached",
+                    f"session {cmd.session} is not open on {describe(conn)}")))
+                return
+        elif cmd.own_session:
             session = lib.pn_session(conn.ptr)
             lib.pn_session_open(session)
         ptr = make(session, cmd.name.encode())
         _write_terminus(lib.pn_link_source(ptr), cmd.source)
         _write_terminus(lib.pn_link_target(ptr), cmd.target)
+        _decode_into(lib.pn_link_properties(ptr), cmd.properties)
         lib.pn_link_set_snd_settle_mode(ptr, cmd.snd_settle_mode)
         lib.pn_link_set_rcv_settle_mode(ptr, cmd.rcv_settle_mode)
         link = self._new_link(cmd.link, ptr, conn, cmd.is_sender, cmd.max_message_size)
@@ -528,6 +635,10 @@ class Engine:
                 link.sent_in_head = 0
             else:
                 link.sent_in_head = end
+        if credit > 0 and not pending:
+            # Nothing more to send: a peer that asked for a drain gets its credit back
+            # (proton does nothing unless the drain flag is set).
+            lib.pn_link_drained(ptr)
 
     def _transfer(self, link: Link, payloads: list[bytes], start: int, end: int,
                   first_seq: int) -> None:
@@ -655,13 +766,14 @@ class Engine:
         if link is None or link.closed:
             return
         if cmd.drain:
+            link.draining = True
             lib.pn_link_drain(link.ptr, cmd.credit)
         else:
             lib.pn_link_flow(link.ptr, cmd.credit)
 
     def _close_link(self, cmd: p.CloseLink) -> None:
         link = self.links.get(cmd.link)
-        if link is None:
+        if link is None or link.detached:
             return
         if lib.pn_link_state(link.ptr) & LOCAL_CLOSED == 0:
             if not link.is_sender:
@@ -670,7 +782,33 @@ class Engine:
                 link.releasing = True
                 link.fast_limit = -1
             _set_condition(lib.pn_link_condition(link.ptr), cmd.condition)
-            lib.pn_link_close(link.ptr)
+            if cmd.detach:
+                link.detached = True
+                lib.pn_link_detach(link.ptr)
+            else:
+                lib.pn_link_close(link.ptr)
+
+    def _begin_session(self, cmd: p.BeginSession) -> None:
+        conn = self.connections.get(cmd.conn)
+        if conn is None or conn.closed_sent:
+            return  # its links will hear that the connection ended
+        session = lib.pn_session(conn.ptr)
+        if cmd.incoming_window:
+            lib.pn_session_set_incoming_capacity(session, cmd.incoming_window)
+        if cmd.outgoing_window:
+            lib.pn_session_set_outgoing_window(session, cmd.outgoing_window)
+        lib.pn_session_open(session)
+        self.sessions[cmd.session] = (conn, session)
+
+    def _end_session(self, cmd: p.EndSession) -> None:
+        conn, session = self.sessions.pop(cmd.session, (None, None))
+        if conn is None or lib.pn_session_state(session) & LOCAL_CLOSED:
+            return
+        for link in list(conn.links.values()):
+            if lib.pn_link_session(link.ptr) == session and not link.closed:
+                self._close_link(p.CloseLink(link.id))
+        _set_condition(lib.pn_session_condition(session), cmd.condition)
+        lib.pn_session_close(session)
 
     def _release_unsettled(self, link: Link) -> None:
         """Before a receiving link detaches, give back what the user did not settle (also
@@ -950,11 +1088,24 @@ class Engine:
                 return
             listener = self.listeners.get(conn.listener)  # type: ignore[arg-type]
             if listener is None or not listener.defer_open:
-                lib.pn_connection_open(ptr)  # answer its open now, else AcceptConnection
+                # Answer its open now (else AcceptConnection does).
+                _set_open_fields(ptr, LISTENER_CAPABILITIES, None, None)
+                lib.pn_connection_open(ptr)
         conn.opened = True
-        self.emit(p.ConnectionOpened(conn.id, _text(lib.pn_connection_remote_container(ptr)),
-                                     conn.listener,
-                                     security.negotiated(conn.transport, conn.uses_tls)))
+        transport = conn.transport
+        self.emit(p.ConnectionOpened(
+            conn.id, _text(lib.pn_connection_remote_container(ptr)), conn.listener,
+            security.negotiated(transport, conn.uses_tls),
+            remote_offered_capabilities=_read_symbols(
+                lib.pn_connection_remote_offered_capabilities(ptr)),
+            remote_desired_capabilities=_read_symbols(
+                lib.pn_connection_remote_desired_capabilities(ptr)),
+            remote_properties=encode_data(lib.pn_connection_remote_properties(ptr)),
+            remote_hostname=_text(lib.pn_connection_remote_hostname(ptr)),
+            remote_max_frame_size=lib.pn_transport_get_remote_max_frame(transport),
+            remote_channel_max=lib.pn_transport_remote_channel_max(transport),
+            remote_idle_timeout=lib.pn_transport_get_remote_idle_timeout(transport) / 1000,
+        ))
 
     def _refuse(self, conn: Connection, condition: p.Condition) -> None:
         """Close an inbound connection at once, before the user hears of it."""
@@ -968,14 +1119,8 @@ class Engine:
         if conn is None or not lib.pn_connection_state(conn.ptr) & LOCAL_UNINIT:
             return  # gone, or answered already
         ptr = conn.ptr
-        if cmd.offered_capabilities:
-            _put_symbols(lib.pn_connection_offered_capabilities(ptr), cmd.offered_capabilities)
-        if cmd.desired_capabilities:
-            _put_symbols(lib.pn_connection_desired_capabilities(ptr), cmd.desired_capabilities)
-        if cmd.properties:
-            data = lib.pn_connection_properties(ptr)
-            if lib.pn_data_decode(data, cmd.properties, len(cmd.properties)) < 0:
-                lib.pn_data_clear(data)  # not a map: sent without (the user side encodes)
+        _set_open_fields(ptr, cmd.offered_capabilities, cmd.desired_capabilities,
+                         cmd.properties)
         lib.pn_connection_open(ptr)
         # The sessions the peer began meanwhile: proton sends nothing of an endpoint
         # opened before the connection's open went out, so they are opened only now.
@@ -1049,6 +1194,9 @@ class Engine:
             inbound=conn.listener is not None,
             remote_max_message_size=lib.pn_link_remote_max_message_size(ptr),
             inbound_conn=conn.id if conn.listener is not None else 0,
+            remote_properties=encode_data(lib.pn_link_remote_properties(ptr)),
+            remote_snd_settle_mode=lib.pn_link_remote_snd_settle_mode(ptr),
+            remote_rcv_settle_mode=lib.pn_link_remote_rcv_settle_mode(ptr),
         ))
         if link.is_sender:
             self._pump_sender(link)
@@ -1076,6 +1224,8 @@ class Engine:
             _write_terminus(lib.pn_link_source(ptr), source)
         if target is not None:
             _write_terminus(lib.pn_link_target(ptr), target)
+        _name_dynamic(lib.pn_link_source(ptr))
+        _name_dynamic(lib.pn_link_target(ptr))
         snd_settle_mode = lib.pn_link_remote_snd_settle_mode(ptr)
         lib.pn_link_set_snd_settle_mode(ptr, snd_settle_mode)
         lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
@@ -1113,7 +1263,7 @@ class Engine:
         conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))
         link = conn.links.get(ptr) if conn is not None else None
         condition = _condition(lib.pn_link_remote_condition(ptr))
-        if lib.pn_link_state(ptr) & LOCAL_CLOSED == 0:
+        if lib.pn_link_state(ptr) & LOCAL_CLOSED == 0 and not (link and link.detached):
             lib.pn_link_close(ptr)
         if conn is not None and link is not None:
             self._link_ended(link, condition)
@@ -1122,8 +1272,16 @@ class Engine:
     def _on_flow(self, ptr: Any) -> None:
         conn = self.by_ptr.get(lib.pn_session_connection(lib.pn_link_session(ptr)))
         link = conn.links.get(ptr) if conn is not None else None
-        if link is not None and link.is_sender:
+        if link is None:
+            return
+        if link.is_sender:
             self._pump_sender(link)
+        elif link.draining and lib.pn_link_credit(ptr) <= lib.pn_link_queued(ptr):
+            # The peer answered the drain: its flow left no credit beyond what arrived.
+            link.draining = False
+            lib.pn_link_set_drain(ptr, False)
+            self._flush_link(link)  # the deliveries before it come first
+            self.emit(p.Credit(link.id, 0, drained=True))
 
     def _on_outcome(self, link: Link, delivery: Any) -> None:
         """The receiver updated a sent delivery: settle it once the outcome is final."""

@@ -82,16 +82,22 @@ class Condition(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Terminus(msgspec.Struct, array_like=True, omit_defaults=True):
-    """A link's source or target. Extended by later features (filters, durability...)."""
+    """A link's source or target, as its attach carries it (amqscale.terminus builds and
+    checks them for the user). The AMQP-encoded fields are opaque to the worker."""
 
     address: str | None = None
     dynamic: bool = False
-    durable: int = 0
-    expiry_policy: str | None = None
-    timeout: int = 0
+    durable: int = 0  # 0 none, 1 configuration, 2 unsettled-state
+    expiry_policy: str | None = None  # None: the default (session-end)
+    timeout: int = 0  # seconds
     capabilities: list[str] | None = None
     # AMQP-encoded filter map (amqscale.codec), opaque to the worker.
     filter: bytes | None = None
+    distribution_mode: str | None = None  # "move", "copy"; sources only
+    # AMQP-encoded dynamic-node-properties map (a dynamic terminus's).
+    node_properties: bytes | None = None
+    # A target that is a transaction coordinator (AMQP 1.0 part 4), not a node.
+    coordinator: bool = False
 
 
 class WorkerSpec(msgspec.Struct):
@@ -163,6 +169,11 @@ class OpenConnection(msgspec.Struct, tag=1, array_like=True):
     connect_timeout: float = 30.0
     # Seconds to wait before connecting (a reconnect's backoff): the worker keeps time.
     delay: float = 0.0
+    # Our open's capabilities and properties (an AMQP-encoded map with symbol keys).
+    offered_capabilities: list[str] | None = None
+    desired_capabilities: list[str] | None = None
+    properties: bytes | None = None
+    channel_max: int = 0  # 0: proton's default
 
     def __repr__(self) -> str:  # the password never reaches a log or a traceback
         return (f"OpenConnection(conn={self.conn}, host={self.host!r}, port={self.port}, "
@@ -236,6 +247,11 @@ class OpenLink(msgspec.Struct, tag=3, array_like=True):
     # session ends, and a link that closes mid-stream (a failed handler) must not strand
     # messages for as long as the connection lives.
     own_session: bool = False
+    # The link's properties in its attach (an AMQP-encoded map with symbol keys).
+    properties: bytes | None = None
+    # The session it goes on: 0, the connection's default one; else one the user began
+    # (BeginSession) on this connection.
+    session: int = 0
 
 
 class Send(msgspec.Struct, tag=4, array_like=True):
@@ -288,8 +304,12 @@ class Flow(msgspec.Struct, tag=6, array_like=True):
 
 
 class CloseLink(msgspec.Struct, tag=7, array_like=True):
+    """End a link: close it (its terminus goes too), or with `detach` only detach it, so
+    that a durable terminus (a durable subscription) stays for a later attach."""
+
     link: int
     condition: Condition | None = None
+    detach: bool = False
 
 
 class CloseConnection(msgspec.Struct, tag=8, array_like=True):
@@ -320,6 +340,24 @@ class AcceptConnection(msgspec.Struct, tag=14, array_like=True):
     properties: bytes | None = None
 
 
+class BeginSession(msgspec.Struct, tag=15, array_like=True):
+    """Begin a session of the user's on connection `conn`, numbered `session` (unique
+    per user process); its links name it in OpenLink.session. `incoming_window`: the
+    bytes it lets the peer send ahead (proton's session capacity); 0: proton's default."""
+
+    session: int
+    conn: int
+    incoming_window: int = 0
+    outgoing_window: int = 0
+
+
+class EndSession(msgspec.Struct, tag=16, array_like=True):
+    """End a user's session (its links end with it)."""
+
+    session: int
+    condition: Condition | None = None
+
+
 class Shutdown(msgspec.Struct, tag=10, array_like=True):
     """Close everything gracefully and exit."""
 
@@ -331,6 +369,7 @@ class Stats(msgspec.Struct, tag=11, array_like=True):
 Command = (
     OpenConnection | Listen | OpenLink | Send | Settle | Flow | CloseLink | CloseConnection
     | CloseListener | Shutdown | Stats | SendPart | AcceptLink | AcceptConnection
+    | BeginSession | EndSession
 )
 
 # ---- events -----------------------------------------------------------------------------
@@ -365,6 +404,14 @@ class ConnectionOpened(msgspec.Struct, tag=102, array_like=True):
     remote_container: str | None = None
     listener: int | None = None
     security: Security | None = None
+    # What the peer's open carried (properties: an AMQP-encoded map).
+    remote_offered_capabilities: list[str] | None = None
+    remote_desired_capabilities: list[str] | None = None
+    remote_properties: bytes | None = None
+    remote_hostname: str | None = None
+    remote_max_frame_size: int = 0
+    remote_channel_max: int = 0
+    remote_idle_timeout: float = 0.0
 
 
 class ConnectionClosed(msgspec.Struct, tag=103, array_like=True):
@@ -405,6 +452,10 @@ class LinkOpened(msgspec.Struct, tag=106, array_like=True):
     remote_max_message_size: int = 0
     # An inbound link's connection: the worker's id of it (as in ConnectionOpened).
     inbound_conn: int = 0
+    # The peer's link properties (an AMQP-encoded map) and settle modes.
+    remote_properties: bytes | None = None
+    remote_snd_settle_mode: int = SND_MIXED
+    remote_rcv_settle_mode: int = RCV_FIRST
 
 
 class LinkClosed(msgspec.Struct, tag=107, array_like=True):
@@ -538,7 +589,8 @@ HANDLER_ERROR = "amqscale:handler-error"
 
 
 class Credit(msgspec.Struct, tag=110, array_like=True):
-    """A sending link's credit changed (drain completion included)."""
+    """A receiving link's drain ended (`drained`): the peer used or gave back the credit
+    it had, after the deliveries that came before this (AMQP 1.0, 2.6.7)."""
 
     link: int
     credit: int

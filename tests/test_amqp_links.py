@@ -1,0 +1,475 @@
+"""What an attach and an open carry, end to end: termini (filters, distribution mode,
+durability, expiry, capabilities, dynamic nodes), link and connection properties,
+capabilities, explicit sessions, drain, detach versus close, the anonymous relay.
+
+The observer is proton-python (its own reactor in a thread of the test process): it
+records each field as the wire carried it and answers as the test configures it, so what
+amqscale sent and what it reports back are both checked against an implementation that
+shares no code with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from proton import Array, Data, Endpoint, Terminus
+from proton import Message as ProtonMessage
+from proton_peers import _Listening, wait_for
+
+import amqscale
+from amqscale import aio
+from amqscale.errors import LinkDetached
+from amqscale.terminus import SELECTOR_DESCRIPTOR, Source, Target
+from amqscale.testing._process import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Observer(_Listening):
+    """Listens; records every open, session and attach; mirrors each attach (a dynamic
+    terminus gets `dynamic_address`); as a sender, offers `queued` messages per link and
+    answers drains unless `answer_drain` is False; accepts what it receives."""
+
+    def __init__(self, *, dynamic_address: str | None = "node-1", queued: int = 0,
+                 answer_drain: bool = True, offered: list[str] | None = None,
+                 properties: dict[str, Any] | None = None) -> None:
+        super().__init__(prefetch=0, auto_accept=True)
+        self.port = free_port()
+        self.dynamic_address = dynamic_address
+        self.queued = queued
+        self.answer_drain = answer_drain
+        self.offered = offered
+        self.properties = properties
+        self.opens: list[dict[str, Any]] = []
+        self.links: list[dict[str, Any]] = []
+        self.closes: list[tuple[str, bool]] = []  # (link name, closed) of remote detaches
+        self.messages: list[ProtonMessage] = []
+        self.drains = 0
+        self.drained = threading.Event()
+        self.credits: list[int] = []
+        self.sent: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def on_connection_init(self, event: Any) -> None:
+        conn = event.connection
+        if self.offered:
+            conn.offered_capabilities = self.offered
+        if self.properties:
+            conn.properties = self.properties
+
+    def on_connection_opening(self, event: Any) -> None:
+        conn, transport = event.connection, event.transport
+        self.opens.append({
+            "container": conn.remote_container, "hostname": conn.remote_hostname,
+            "properties": dict(conn.remote_properties or {}),
+            "offered": list(conn.remote_offered_capabilities or []),
+            "desired": list(conn.remote_desired_capabilities or []),
+            "max_frame": transport.remote_max_frame_size,
+            "channel_max": transport.remote_channel_max,
+            "idle_timeout": transport.remote_idle_timeout,
+        })
+
+    def on_link_opening(self, event: Any) -> None:
+        link = event.link
+        source, target = link.remote_source, link.remote_target
+        self.links.append({
+            "name": link.name, "is_sender": link.is_sender,
+            "session": hash(link.session), "properties": dict(link.remote_properties or {}),
+            "source": _terminus(source), "target": _terminus(target),
+        })
+        self.mirror(link)
+        for ours in (link.source, link.target):
+            if ours.dynamic and self.dynamic_address is not None:
+                ours.address = self.dynamic_address
+        if link.is_receiver:
+            link.flow(100)
+
+    def on_link_flow(self, event: Any) -> None:
+        link = event.link
+        if not link.is_sender:
+            return
+        with self.lock:
+            self.credits.append(link.credit)
+            sent = self.sent.get(link.name, 0)
+            while link.credit and sent < self.queued:
+                link.send(ProtonMessage(id=sent, body=f"message-{sent}"))
+                sent += 1
+            self.sent[link.name] = sent
+            if link.drain_mode:
+                self.drains += 1
+                if self.answer_drain:
+                    link.drained()
+                    self.drained.set()
+
+    def on_link_remote_close(self, event: Any) -> None:
+        self.closes.append((event.link.name, True))
+        self._answer_detach(event.link)
+
+    def on_link_remote_detach(self, event: Any) -> None:
+        self.closes.append((event.link.name, False))
+        self._answer_detach(event.link)
+
+    @staticmethod
+    def _answer_detach(link: Any) -> None:
+        if not link.state & Endpoint.LOCAL_CLOSED:
+            link.close()
+
+    def on_message(self, event: Any) -> None:
+        self.messages.append(event.message)
+
+
+def _terminus(term: Any) -> dict[str, Any]:
+    filters = term.filter
+    filters.rewind()
+    return {
+        "type": term.type, "address": term.address, "dynamic": term.dynamic,
+        "durability": term.durability, "expiry": term.expiry_policy,
+        "timeout": term.timeout, "distribution": term.distribution_mode,
+        "capabilities": _symbols(term.capabilities),
+        "filter": filters.get_object() if filters.next() else None,
+    }
+
+
+def _symbols(data: Data) -> list[str]:
+    data.rewind()
+    if not data.next():
+        return []
+    value = data.get_object()
+    if isinstance(value, Array):
+        return [str(x) for x in value.elements]
+    return [str(value)]
+
+
+@pytest.fixture
+def container() -> Any:
+    with amqscale.Container(workers=2, container_id="amqp-links-test") as c:
+        yield c
+
+
+# ---- the open frame ---------------------------------------------------------------------
+
+
+def test_our_open_carries_its_fields_and_the_peers_come_back(container: Any) -> None:
+    with Observer(offered=["ANONYMOUS-RELAY", "x-peer-cap"],
+                  properties={"product": "observer", "version": "1"}) as peer:
+        conn = container.connect(
+            peer.url, virtual_host="vhost-a", idle_timeout=20, max_frame_size=4096,
+            channel_max=9, properties={"client": "amqscale", "n": 7},
+            offered_capabilities="x-offer", desired_capabilities=["ANONYMOUS-RELAY"])
+        seen = peer.opens[0]
+        assert seen["container"] == "amqp-links-test"
+        assert seen["hostname"] == "vhost-a"
+        assert seen["properties"] == {"client": "amqscale", "n": 7}
+        assert seen["offered"] == ["x-offer"] and seen["desired"] == ["ANONYMOUS-RELAY"]
+        assert seen["max_frame"] == 4096 and seen["channel_max"] == 9
+        # proton advertises half of its own timeout, so that the peer's heartbeats come
+        # at least twice within it (as proton-python does).
+        assert seen["idle_timeout"] == 10.0
+        assert conn.remote_offered_capabilities == ["ANONYMOUS-RELAY", "x-peer-cap"]
+        assert conn.remote_properties == {"product": "observer", "version": "1"}
+        assert conn.remote_container is not None and conn.remote_max_frame_size > 0
+        conn.close()
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"max_frame_size": 100}, "at least 512"),
+    ({"channel_max": 70000}, "channel_max"),
+    ({"properties": ["not", "a", "map"]}, "properties must be a dict"),
+    ({"offered_capabilities": [""]}, "offered_capabilities"),
+    ({"properties": {"bad": object()}}, "properties"),
+])
+def test_bad_open_fields_are_refused_at_connect(container: Any, kwargs: dict[str, Any],
+                                                 error: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=error):
+        container.connect("amqp://127.0.0.1:1", **kwargs)
+
+
+# ---- termini and link properties -----------------------------------------------------
+
+
+def test_a_source_reaches_the_peer_field_by_field_and_its_answer_comes_back(
+        container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url)
+        source = Source("orders", selector="colour = 'red'", distribution_mode="copy",
+                        durable="unsettled-state", expiry_policy="never", timeout=30,
+                        capabilities=["topic", "shared"])
+        receiver = conn.open_receiver(source, name="sub-1", properties={"purpose": "t"})
+        link = peer.links[0]
+        assert link["name"] == "sub-1"  # as given: one link
+        assert link["properties"] == {"purpose": "t"}
+        got = link["source"]
+        assert got["address"] == "orders" and got["distribution"] == Terminus.DIST_MODE_COPY
+        assert got["durability"] == Terminus.DELIVERIES
+        assert got["expiry"] == Terminus.EXPIRE_NEVER and got["timeout"] == 30
+        assert got["capabilities"] == ["topic", "shared"]
+        selector = got["filter"]["selector"]
+        assert selector.descriptor == SELECTOR_DESCRIPTOR and selector.value == "colour = 'red'"
+        remote = receiver.remote_source
+        assert remote is not None and remote.selector == "colour = 'red'"
+        assert remote.distribution_mode == "copy" and remote.durable_subscription
+        assert remote.capabilities == ("topic", "shared")
+        assert receiver.source == source
+        conn.close()
+
+
+def test_a_target_and_a_sender_s_link_properties_reach_the_peer(container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url)
+        sender = conn.open_sender(Target("events", durable="configuration",
+                                         capabilities="queue"), properties={"k": 1})
+        sender.send(b"x").wait(10)
+        link = peer.links[0]
+        assert link["target"]["address"] == "events"
+        assert link["target"]["durability"] == Terminus.CONFIGURATION
+        assert link["target"]["capabilities"] == ["queue"]
+        assert link["properties"] == {"k": 1}
+        assert sender.remote_target == Target("events", durable="configuration",
+                                              capabilities=("queue",))
+        conn.close()
+
+
+def test_a_sharded_receiver_names_each_link_apart_a_durable_subscription_is_one_link(
+        container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url, shards=2)
+        conn.open_receiver("q", name="plain")
+        conn.open_receiver(Source("t", durable="unsettled-state", expiry_policy="never"),
+                           name="durable-sub")
+        names = [x["name"] for x in peer.links]
+        assert len(names) == 3 and names[2] == "durable-sub"
+        assert all(n.startswith("plain-r-") for n in names[:2]) and names[0] != names[1]
+        conn.close()
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda: Source("q", durable="forever"), "durable must be one of"),
+    (lambda: Source("q", expiry_policy="soon"), "expiry_policy must be one of"),
+    (lambda: Source("q", distribution_mode="steal"), "distribution_mode must be one of"),
+    (lambda: Source("q", dynamic=True), "dynamic terminus has no address"),
+    (lambda: Source("q", selector=""), "selector must be a non-empty str"),
+    (lambda: Source("q", timeout=-1), "timeout must be whole seconds"),
+    (lambda: Source("q", capabilities=[1]), "capabilities must be non-empty strs"),
+    (lambda: Source("q", filters={"f": object()}), "filters"),
+    (lambda: Target("q", dynamic_node_properties=[1]), "must be a dict"),
+])
+def test_bad_termini_are_refused_where_they_are_made(make: Any, error: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=error):
+        make()
+
+
+def test_bad_link_arguments_are_refused_before_anything_is_sent(container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url)
+        with pytest.raises(ValueError, match="durable subscription needs name="):
+            conn.open_receiver(Source("t", durable="configuration", expiry_policy="never"))
+        with pytest.raises(ValueError, match="needs an address, or dynamic=True"):
+            conn.open_receiver(None)
+        with pytest.raises(ValueError, match="not beside it"):
+            conn.open_receiver(Source("q"), selector="a = 1")
+        with pytest.raises(TypeError, match="address must be"):
+            conn.open_sender(42)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="properties must be a dict"):
+            conn.open_sender("q", properties=[1])  # type: ignore[arg-type]
+        assert peer.links == []
+        conn.close()
+
+
+# ---- dynamic nodes -----------------------------------------------------------------------
+
+
+def test_a_dynamic_receiver_is_one_link_named_by_the_peer(container: Any) -> None:
+    with Observer(dynamic_address="tmp.reply-7") as peer:
+        conn = container.connect(peer.url, shards=2)
+        receiver = conn.open_receiver(None, dynamic=True)
+        assert receiver.address == "tmp.reply-7"
+        assert receiver.remote_source is not None and receiver.remote_source.dynamic
+        assert len(peer.links) == 1
+        assert peer.links[0]["source"]["dynamic"] and peer.links[0]["source"]["address"] is None
+        sender = conn.open_sender(Target(dynamic=True))
+        assert sender.address == "tmp.reply-7" and len(peer.links) == 2
+        conn.close()
+
+
+def test_a_dynamic_source_answered_without_an_address_is_a_clear_error(
+        container: Any) -> None:
+    with Observer(dynamic_address=None) as peer:
+        conn = container.connect(peer.url)
+        with pytest.raises(LinkDetached, match="dynamic source without an address"):
+            conn.open_receiver(None, dynamic=True)
+        wait_for(lambda: peer.closes != [], 10, "the detach")
+        conn.close()
+
+
+def test_the_listener_names_a_dynamic_node_and_offers_the_anonymous_relay(
+        container: Any) -> None:
+    listener = container.listen("amqp://127.0.0.1:0")
+    conn = container.connect(listener.url)
+    assert "ANONYMOUS-RELAY" in conn.remote_offered_capabilities
+    receiver = conn.open_receiver(None, dynamic=True)
+    assert receiver.address and receiver.address.startswith("amqscale.dynamic.")
+    other = conn.open_receiver(None, dynamic=True)
+    assert other.address != receiver.address
+    conn.close()
+    listener.close()
+
+
+# ---- the anonymous relay ----------------------------------------------------------------
+
+
+def test_the_anonymous_relay_to_amqscale_s_listener(container: Any) -> None:
+    listener = container.listen("amqp://127.0.0.1:0")
+    conn = container.connect(listener.url)
+    sender = conn.open_sender(None)
+    with pytest.raises(TypeError, match="anonymous relay"):
+        sender.send(b"no address")
+    with pytest.raises(ValueError, match="needs each Message's address"):
+        sender.send_many([amqscale.Message(body=1, address="a"), amqscale.Message(body=2)])
+    trackers = [sender.send(amqscale.Message(body=i, address=f"queue-{i}")) for i in range(3)]
+    got = [listener.receiver.receive(10) for _ in range(3)]
+    assert [(d.message.address, d.message.body) for d in got] == [
+        (f"queue-{i}", i) for i in range(3)]  # the refused ones never went
+    for delivery in got:
+        delivery.accept()
+    assert all(t.wait(10).accepted for t in trackers)
+    with pytest.raises(TimeoutError):
+        listener.receiver.receive(0.2)
+    conn.close()
+    listener.close()
+
+
+def test_the_anonymous_relay_to_a_proton_peer(container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url)
+        sender = conn.open_sender(None)
+        sender.send(amqscale.Message(body="hello", address="somewhere")).wait(10)
+        assert peer.links[0]["target"]["address"] is None
+        assert peer.links[0]["target"]["type"] == Terminus.TARGET
+        assert [(m.address, m.body) for m in peer.messages] == [("somewhere", "hello")]
+        conn.close()
+
+
+# ---- drain ----------------------------------------------------------------------------------
+
+
+def test_drain_returns_once_the_peer_answered_and_the_credit_comes_back(
+        container: Any) -> None:
+    with Observer(queued=3) as peer:
+        conn = container.connect(peer.url)
+        receiver = conn.open_receiver("q", credit=10)
+        wait_for(lambda: sum(peer.sent.values()) == 3, 10, "the peer's three messages")
+        assert receiver.drain(10) == 3
+        assert peer.drained.is_set() and peer.drains == 1
+        assert [receiver.receive(0).message.body for _ in range(3)] == [
+            f"message-{i}" for i in range(3)]
+        # The credit was granted again after the drain: the peer sees some again.
+        wait_for(lambda: peer.credits[-1] > 0, 10, "credit after the drain")
+        assert receiver.drain(10) == 0 and peer.drains == 2
+        conn.close()
+
+
+def test_a_drain_the_peer_never_answers_times_out_and_the_receiver_goes_on(
+        container: Any) -> None:
+    with Observer(queued=1, answer_drain=False) as peer:
+        conn = container.connect(peer.url)
+        receiver = conn.open_receiver("q", credit=5)
+        assert receiver.receive(10).message.body == "message-0"
+        with pytest.raises(TimeoutError, match="answer the drain"):
+            receiver.drain(0.5)
+        assert peer.drains == 1
+        conn.close()
+
+
+def test_amqscale_answers_a_drain_as_a_sender(container: Any) -> None:
+    """A proton-python receiver drains a link to amqscale's listener: amqscale, with
+    nothing to send, gives the credit back (pn_link_drained)."""
+    from proton.utils import BlockingConnection
+
+    listener = container.listen("amqp://127.0.0.1:0")
+    client = BlockingConnection(listener.url, timeout=10)
+    try:
+        receiver = client.create_receiver("anything", credit=0)
+        receiver.link.drain(5)
+        client.wait(lambda: receiver.link.credit == 0 and not receiver.link.draining(),
+                    timeout=10, msg="the drain's answer")
+    finally:
+        client.close()
+        listener.close()
+
+
+# ---- sessions, detach and close -------------------------------------------------------------
+
+
+def test_an_explicit_session_carries_its_links(container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url)
+        default = conn.open_sender("a")
+        with conn.session(incoming_window=1 << 20) as session:
+            sender = session.open_sender("b")
+            receiver = session.open_receiver("c")
+            sender.send(b"on the session").wait(10)
+            sessions = {x["session"] for x in peer.links}
+            assert len(sessions) == 2  # the default session and ours
+            assert peer.links[1]["session"] == peer.links[2]["session"]
+            assert receiver.address == "c"
+        with pytest.raises(LinkDetached):
+            session.open_sender("d")
+        wait_for(lambda: len(peer.closes) >= 2, 10, "the session's links to end")
+        default.send(b"the default session goes on").wait(10)
+        other = amqscale.Container(workers=1)
+        try:
+            foreign = other.connect(peer.url)
+            with pytest.raises(ValueError, match="another connection"):
+                foreign.open_sender("x", session=conn.session())
+        finally:
+            other.close()
+        conn.close()
+
+
+def test_detach_keeps_a_durable_subscription_close_ends_it(container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url)
+        durable = Source("t", durable="unsettled-state", expiry_policy="never")
+        conn.open_receiver(durable, name="keep").detach()
+        conn.open_receiver(durable, name="end").close()
+        wait_for(lambda: len(peer.closes) == 2, 10, "both detaches")
+        assert sorted(peer.closes) == [("end", True), ("keep", False)]
+        conn.close()
+
+
+# ---- the asyncio face ------------------------------------------------------------------------
+
+
+def test_the_asyncio_face_has_the_same_link_options() -> None:
+    async def main(peer: Observer) -> None:
+        async with aio.Container(workers=1) as container:
+            conn = await container.connect(peer.url, properties={"face": "aio"})
+            receiver = await conn.open_receiver(None, dynamic=True)
+            assert receiver.address == "node-1"
+            queued = await conn.open_receiver(Source("q", selector="x > 1"), credit=4)
+            assert queued.remote_source is not None and queued.remote_source.selector == "x > 1"
+            assert await queued.drain(10) >= 0
+            sender = conn.open_sender(None)
+            anonymous = await sender
+            with pytest.raises(TypeError, match="anonymous relay"):
+                anonymous.put_nowait(b"x")
+            await anonymous.send(amqscale.Message(body=1, address="elsewhere"))
+            session = conn.session()
+            on_session = await session.open_sender("s")
+            await on_session.send(b"y")
+            await conn.aclose()
+
+    with Observer(queued=2) as peer:
+        asyncio.run(main(peer))
+        assert peer.opens[0]["properties"] == {"face": "aio"}
+        assert ("elsewhere", 1) in [(m.address, m.body) for m in peer.messages]
+        assert len({x["session"] for x in peer.links}) == 2
+
+
+def test_time_is_not_asserted_here() -> None:
+    """(A guard for this module: the waits above are bounded, never measured.)"""
+    assert time.monotonic() > 0
