@@ -46,6 +46,7 @@ RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 PROTON_EXAMPLES = Path("/usr/share/proton/examples/c")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RHEA_PEER_SCRIPT = REPO_ROOT / "tests" / "peers" / "rhea_peer.js"
+SPEC_BROKER_SCRIPT = REPO_ROOT / "tests" / "peers" / "spec_broker.py"
 
 
 def cache_dir() -> Path:
@@ -503,10 +504,70 @@ class RheaPeer(ManagedProcess):
         return self._summary
 
 
+class SpecBroker(ManagedProcess):
+    """The AMQP 1.0 test broker on proton-python's engine (`tests/peers/spec_broker.py`).
+
+    Queues (move and browse), topics with durable and shared subscriptions, JMS selectors,
+    dynamic nodes, the anonymous relay, drain, local transactions and every outcome, all in
+    memory; its docstring is the contract. `refuse_coordinator=True` refuses transactions;
+    `window` is the credit it gives to senders. `stats()` returns its state: "queues"
+    {ADDR: depth}, "topics" {ADDR: [subscription]}, "subscriptions" {NAME: depth},
+    "dead_letter", "transactions" {"declared", "committed", "aborted", "open"} and
+    "connections" (what each client sent in its open and attaches).
+    """
+
+    name = "spec-broker"
+    start_timeout = 30.0
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        window: int = 100,
+        refuse_coordinator: bool = False,
+        keep_workdir: bool = False,
+    ) -> None:
+        _require(SPEC_BROKER_SCRIPT, "the spec broker script")
+        super().__init__(port, keep_workdir=keep_workdir)
+        self.window = window
+        self.refuse_coordinator = refuse_coordinator
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable,
+            str(SPEC_BROKER_SCRIPT),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--window", str(self.window),
+        ]  # fmt: skip
+        return cmd + (["--refuse-coordinator"] if self.refuse_coordinator else [])
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def stats(self, timeout: float = 30.0) -> dict[str, Any]:
+        """The broker's state now (see the class docstring for the keys)."""
+        from proton.utils import BlockingConnection
+
+        conn = BlockingConnection(self.url, timeout=timeout)
+        try:
+            receiver = conn.create_receiver("$stats", name=f"stats-{secrets.token_hex(4)}")
+            message = receiver.receive(timeout=timeout)
+            receiver.accept()
+        finally:
+            conn.close()
+        if not isinstance(message.body, str):
+            raise RuntimeError(f"unexpected $stats body {message.body!r}")
+        return dict(json.loads(message.body))
+
+
 PEERS: dict[str, type[ManagedProcess]] = {
     "rabbitmq": RabbitMQ,
     "proton-c": ProtonCBroker,
     "rhea": RheaPeer,
+    "spec-broker": SpecBroker,
 }
 
 
