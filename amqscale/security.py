@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import warnings
@@ -31,7 +32,7 @@ from .url import URL
 from .workers import protocol as p
 
 __all__ = ["TLS", "ServerSASL", "Security", "InsecureTLSWarning", "TLS_VERSIONS",
-           "load_connect_config"]
+           "load_connect_config", "ConnectConfigError"]
 
 Security = p.Security
 TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
@@ -268,65 +269,212 @@ def listener_options(url: URL, *, tls: TLS | None = None, sasl: ServerSASL | Non
 # ---- connect.json, as proton's clients read it ------------------------------------------
 
 
+class ConnectConfigError(ValueError):
+    """A connection configuration file (connect.json) that cannot be read as documented:
+    bad JSON, an unknown key, a value of the wrong type, settings that contradict each
+    other. The message names the file and the key."""
+
+
+CONNECT_FILE_ENV = "MESSAGING_CONNECT_FILE"
+
+# The keys of each object, and the JSON types each takes (null: as if absent). `enable` is
+# the documented spelling, `enabled` proton-python's and rhea's (see load_connect_config).
+_TOP_KEYS: dict[str, tuple[type, ...]] = {
+    "scheme": (str,), "host": (str,), "port": (int, str), "user": (str,),
+    "password": (str,), "sasl": (dict,), "tls": (dict,)}
+_SASL_KEYS: dict[str, tuple[type, ...]] = {
+    "enable": (bool,), "enabled": (bool,), "mechanisms": (list, str),
+    "allow_insecure": (bool,)}
+_TLS_KEYS: dict[str, tuple[type, ...]] = {
+    "enable": (bool,), "enabled": (bool,), "ca": (str,), "cert": (str,), "key": (str,),
+    "verify": (bool,)}
+_JSON_TYPES = {str: "a string", int: "a number", dict: "an object", list: "a list",
+               bool: "true or false"}
+_PORT_NAMES = {"amqp": 5672, "amqps": 5671}
+
+
 def connect_config_paths() -> list[Path]:
-    """Where proton looks for its connection configuration, in order."""
-    paths = []
-    if os.environ.get("MESSAGING_CONNECT_FILE"):
-        paths.append(Path(os.environ["MESSAGING_CONNECT_FILE"]))
-    paths += [Path("connect.json"), Path.home() / ".config" / "messaging" / "connect.json",
-              Path("/etc/messaging/connect.json")]
-    return paths
+    """Where the connection configuration file is looked for, in order (proton's
+    docs/connect-config.md): the file `MESSAGING_CONNECT_FILE` names, if it is set (and
+    then only that one); else ./connect.json, ~/.config/messaging/connect.json and
+    /etc/messaging/connect.json."""
+    named = os.environ.get(CONNECT_FILE_ENV)
+    if named:
+        return [Path(named)]
+    return [Path("connect.json"), Path.home() / ".config" / "messaging" / "connect.json",
+            Path("/etc/messaging/connect.json")]
 
 
 def load_connect_config(path: str | Path | None = None) -> dict[str, Any]:
-    """`connect()`'s arguments from a proton connection configuration file (JSON, the
-    schema of proton's docs/connect-config.md): url, user, password, sasl_mechanisms,
-    allow_insecure_mechanisms, tls. The first of `connect_config_paths()` that exists,
-    or `path`; FileNotFoundError when there is none."""
+    """`connect()`'s arguments from a connection configuration file, connect.json.
+
+    The format is the documented one (Qpid Proton's docs/connect-config.md, the AMQ
+    clients' "File-based configuration" chapter): a JSON object, with JavaScript comments
+    allowed, every key optional, null meaning the default::
+
+        {"scheme": "amqps", "host": "localhost", "port": "amqps",
+         "user": null, "password": null,
+         "sasl": {"enable": true, "mechanisms": null, "allow_insecure": false},
+         "tls": {"ca": null, "cert": null, "key": null, "verify": true}}
+
+    - `scheme` "amqp" or "amqps" (the default); `port` a number, or "amqp" (5672) or
+      "amqps" (5671), by default the scheme's; `host` by default localhost.
+    - `sasl.mechanisms`: a list of names, or one string of space-separated names.
+      `sasl.allow_insecure` (default false): PLAIN may be sent without TLS.
+    - `tls` is allowed with scheme amqps only; `verify` false accepts any server
+      certificate, or none (it warns, as TLS(verify="none") does).
+
+    Where proton-python 0.40 reads the file otherwise, the documented form wins and
+    proton's spelling is accepted too (docs/security.md has the table):
+
+    - `sasl.enable` is documented, proton-python (and rhea) read `sasl.enabled`: both are
+      accepted, and must agree when both are given. False (no SASL layer at all) cannot
+      be done: amqscale's workers always run SASL (their OpenConnection command has no
+      field to leave it out), so it raises NotImplementedError rather than connect
+      otherwise than configured.
+    - `sasl.allow_insecure` is documented (default false) and ignored by proton-python,
+      which always allows PLAIN in cleartext: amqscale honours it, so a file naming
+      PLAIN over amqp without it is refused at connect().
+    - `tls.enable` / `tls.enabled` is in neither the documentation nor proton-python
+      (the scheme alone decides TLS): accepted only when it agrees with the scheme.
+    - unknown keys and values of the wrong type raise ConnectConfigError naming the file
+      and the key (proton-python ignores the first and fails later on the second).
+    - With `MESSAGING_CONNECT_FILE` naming a file that does not exist, or no file at
+      all, FileNotFoundError: proton-python connects to amqps://localhost:5671 instead.
+
+    Returns url, and those of user, password, sasl_mechanisms, allow_insecure_mechanisms
+    and tls that the file gives (tls: always, for amqps). `path`: read that file instead
+    of looking for one (`connect_config_paths()`)."""
     candidates = [Path(path)] if path is not None else connect_config_paths()
     for candidate in candidates:
         if candidate.is_file():
             return _from_connect_json(candidate)
-    raise FileNotFoundError("no connection configuration file: looked at "
+    if path is None and os.environ.get(CONNECT_FILE_ENV):
+        raise FileNotFoundError(f"{CONNECT_FILE_ENV} names {str(candidates[0])!r}, which "
+                                "is not a file")
+    raise FileNotFoundError("no URL given and no connection configuration file: looked at "
                             + ", ".join(str(x) for x in candidates))
 
 
-def _from_connect_json(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the connection configuration {str(path)!r}: "
-                         f"{exc}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{str(path)!r}: the configuration must be a JSON object")
-    known = {"scheme", "host", "port", "user", "password", "sasl", "tls"}
-    unknown = set(config) - known
+def _strip_json_comments(text: str) -> str:
+    """JSON with JavaScript comments (/* */ and //) turned into plain JSON; what looks like
+    a comment inside a string stays."""
+    pattern = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^\\"])*"', re.DOTALL)
+    return pattern.sub(lambda m: m.group(0) if m.group(0).startswith('"') else " ", text)
+
+
+def _checked(section: dict[str, Any], keys: dict[str, tuple[type, ...]], where: str,
+             file: str) -> dict[str, Any]:
+    """The section's non-null values, each of its key's types; unknown keys refused."""
+    unknown = sorted(set(section) - set(keys))
     if unknown:
-        raise ValueError(f"{str(path)!r}: unknown keys {sorted(unknown)} (known: "
-                         f"{sorted(known)})")
-    scheme = config.get("scheme", "amqps")
+        name = ", ".join(f"{where}{key}" for key in unknown)
+        raise ConnectConfigError(f"{file}: unknown key {name} (the keys of "
+                                 f"{where[:-1] or 'the file'}: {', '.join(keys)})")
+    values = {}
+    for key, value in section.items():
+        if value is None:
+            continue
+        types = keys[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            wanted = " or ".join(_JSON_TYPES[t] for t in types)
+            raise ConnectConfigError(f"{file}: {where}{key} must be {wanted}, not "
+                                     f"{json.dumps(value)}")
+        values[key] = value
+    return values
+
+
+def _enabled(section: dict[str, Any], where: str, file: str) -> bool | None:
+    """`enable` (documented) or `enabled` (proton-python's), which must agree."""
+    enable, enabled = section.get("enable"), section.get("enabled")
+    if enable is not None and enabled is not None and enable != enabled:
+        raise ConnectConfigError(f"{file}: {where}enable and {where}enabled disagree")
+    return enable if enable is not None else enabled
+
+
+def _from_connect_json(path: Path) -> dict[str, Any]:
+    file = str(path)
+    try:
+        config = json.loads(_strip_json_comments(path.read_text()))
+    except OSError as exc:
+        raise ConnectConfigError(f"cannot read the connection configuration {file}: "
+                                 f"{exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConnectConfigError(f"{file} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConnectConfigError(f"{file}: the configuration must be a JSON object")
+    top = _checked(config, _TOP_KEYS, "", file)
+    sasl = _checked(top.get("sasl", {}), _SASL_KEYS, "sasl.", file)
+    tls = _checked(top["tls"], _TLS_KEYS, "tls.", file) if "tls" in top else None
+
+    scheme = top.get("scheme", "amqps")
     if scheme not in ("amqp", "amqps"):
-        raise ValueError(f"{str(path)!r}: scheme must be amqp or amqps, not {scheme!r}")
-    port = config.get("port", 5671 if scheme == "amqps" else 5672)
-    host = config.get("host", "localhost")
+        raise ConnectConfigError(f"{file}: scheme must be \"amqp\" or \"amqps\", not "
+                                 f"{json.dumps(scheme)}")
+    port = _port(top.get("port", scheme), file)
+    host = top.get("host", "localhost")
+    if not host:
+        raise ConnectConfigError(f"{file}: host must not be empty")
     options: dict[str, Any] = {"url": f"{scheme}://{_bracket(host)}:{port}"}
-    if config.get("user"):
-        options["user"] = config["user"]
-    if config.get("password") is not None:
-        options["password"] = config["password"]
-    sasl = config.get("sasl") or {}
-    if sasl.get("mechanisms"):
-        options["sasl_mechanisms"] = sasl["mechanisms"]
-    if sasl.get("allow_insecure"):
-        options["allow_insecure_mechanisms"] = bool(sasl["allow_insecure"])
-    tls = config.get("tls")
+    if top.get("user"):
+        options["user"] = top["user"]
+    if "password" in top:
+        if not top.get("user"):
+            raise ConnectConfigError(f"{file}: a password without a user")
+        options["password"] = top["password"]
+
+    if _enabled(sasl, "sasl.", file) is False:
+        raise NotImplementedError(
+            f"{file}: sasl.enable false (no SASL layer) is not supported by amqscale: its "
+            "workers always run SASL (ANONYMOUS without a user); remove the key, or set it "
+            "true")
+    if "mechanisms" in sasl:
+        mechanisms = sasl["mechanisms"]
+        if isinstance(mechanisms, list) and not all(
+                isinstance(x, str) and x.strip() for x in mechanisms):
+            raise ConnectConfigError(f"{file}: sasl.mechanisms must be a list of mechanism "
+                                     f"names, not {json.dumps(mechanisms)}")
+        try:
+            options["sasl_mechanisms"] = mechanism_list(mechanisms, "sasl.mechanisms")
+        except ValueError as exc:
+            raise ConnectConfigError(f"{file}: {exc}") from None
+    if "allow_insecure" in sasl:
+        options["allow_insecure_mechanisms"] = sasl["allow_insecure"]
+
     if tls is not None:
-        if scheme != "amqps":
-            raise ValueError(f"{str(path)!r}: a tls section needs scheme amqps")
-        verify = tls.get("verify", True)
-        options["tls"] = TLS(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"),
-                             verify="peer-name" if verify else "none")
+        enabled = _enabled(tls, "tls.", file)
+        settings = {k: v for k, v in tls.items() if k not in ("enable", "enabled")}
+        if scheme == "amqp" and (enabled or settings):
+            raise ConnectConfigError(
+                f"{file}: a tls section needs scheme \"amqps\" (the scheme is \"amqp\": "
+                "TLS is never implied)")
+        if scheme == "amqps" and enabled is False:
+            raise ConnectConfigError(
+                f"{file}: tls.enable false with scheme \"amqps\": for a connection without "
+                "TLS set scheme \"amqp\" (amqps never falls back to cleartext)")
+    if scheme == "amqps":
+        options["tls"] = _connect_tls(tls or {}, file)
     return options
+
+
+def _port(value: int | str, file: str) -> int:
+    number = _PORT_NAMES.get(value) if isinstance(value, str) else value
+    if isinstance(value, str) and number is None and value.isdigit():
+        number = int(value)
+    if not isinstance(number, int) or not 0 < number < 65536:
+        raise ConnectConfigError(f"{file}: port must be a number from 1 to 65535, \"amqp\" "
+                                 f"or \"amqps\", not {json.dumps(value)}")
+    return number
+
+
+def _connect_tls(tls: dict[str, Any], file: str) -> TLS:
+    verify = tls.get("verify", True)
+    try:
+        return TLS(ca=tls.get("ca"), cert=tls.get("cert"), key=tls.get("key"),
+                   verify="peer-name" if verify else "none")
+    except (ValueError, OSError) as exc:
+        error = ConnectConfigError if isinstance(exc, ValueError) else type(exc)
+        raise error(f"{file}: tls: {exc}") from None
 
 
 def _bracket(host: str) -> str:

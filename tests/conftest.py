@@ -4,7 +4,8 @@ import pytest
 
 from amqscale.testing.brokers import SpecBroker
 
-pytest_plugins = ["amqscale.testing.fixtures"]
+# The shipped fixtures, and the interop matrix's recorder (tests/interop_plugin.py).
+pytest_plugins = ["amqscale.testing.fixtures", "interop_plugin"]
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import threading
 
+import pytest
 from proton import Message as ProtonMessage
 from proton.utils import BlockingConnection
 
@@ -21,6 +22,7 @@ def _receive_all(receiver: amqscale.Receiver, count: int) -> list[amqscale.Messa
     return messages
 
 
+@pytest.mark.interop("listen: inbound sender", "proton-c")
 def test_receives_from_proton_c_send(proton_c_broker: ProtonCBroker) -> None:
     """The Proton C `send` example connects straight to an amqscale listener."""
     count = 2000
@@ -50,6 +52,7 @@ def _proton_send(url: str, count: int, errors: list[BaseException]) -> None:
         errors.append(exc)
 
 
+@pytest.mark.interop("listen: inbound sender", "proton-python")
 def test_receives_from_proton_python() -> None:
     errors: list[BaseException] = []
     with amqscale.Container(workers=1) as container:
@@ -64,6 +67,7 @@ def test_receives_from_proton_python() -> None:
     assert [m.properties for m in messages] == [{"i": i} for i in range(100)]
 
 
+@pytest.mark.interop("send", "proton-c")
 def test_sends_to_proton_c_receive(proton_c_broker: ProtonCBroker, unique_name: str) -> None:
     """amqscale -> the Proton C broker -> the Proton C `receive` example."""
     count = 500
@@ -86,6 +90,7 @@ def test_sends_to_proton_c_receive(proton_c_broker: ProtonCBroker, unique_name: 
     assert '{"sequence"=0}' in output
 
 
+@pytest.mark.interop("send", "rhea")
 def test_sends_to_rhea(rhea_peer: RheaPeer, unique_name: str) -> None:
     count = 3000
     with amqscale.Container(workers=2) as container:
@@ -102,6 +107,7 @@ def test_sends_to_rhea(rhea_peer: RheaPeer, unique_name: str) -> None:
     assert all(0 <= i < count for i in recorded)
 
 
+@pytest.mark.interop("receive", "rhea")
 def test_receives_from_rhea(rhea_peer: RheaPeer) -> None:
     with amqscale.Container(workers=1) as container:
         conn = container.connect(rhea_peer.url)
