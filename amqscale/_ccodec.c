@@ -46,6 +46,10 @@ static PyTypeObject *T_ulong, *T_uint, *T_ushort, *T_ubyte, *T_byte, *T_short, *
     *T_uuid, *T_described, *T_array, *T_annotation_dict, *T_property_dict, *T_symbol_list,
     *T_type_code;
 static PyObject *O_undescribed, *O_uint0, *O_ulong0, *O_safe_unknown;
+/* The Python-native values (datetime, Decimal) and the converters (amqscale.types) to the
+   raw values encoded here: converting in Python keeps one reference for their rules. */
+static PyTypeObject *T_datetime, *T_decimal;
+static PyObject *F_timestamp_of, *F_decimal32_of, *F_decimal64_of, *F_decimal128_of;
 static Py_ssize_t uuid_int_off, uuid_safe_off;
 static int type_code_of[256];         /* constructor byte -> TypeCode (decoded arrays) */
 static int array_constructor[64];     /* TypeCode -> element constructor byte, or -1 */
@@ -647,6 +651,40 @@ enc_described(Out *o, PyObject *v, int depth)
 
 static int enc_array32_body(Out *o, PyObject *v, int depth);
 
+/* The converter of a native value x to the raw value of array type code, or NULL. */
+static PyObject *
+native_converter(unsigned char code, PyTypeObject *t)
+{
+    if (code == 0x83)
+        return PyType_IsSubtype(t, T_datetime) ? F_timestamp_of : NULL;
+    if (!PyType_IsSubtype(t, T_decimal))
+        return NULL;
+    return code == 0x74 ? F_decimal32_of : code == 0x84 ? F_decimal64_of : F_decimal128_of;
+}
+
+/* x, a datetime or Decimal, converted in Python to its raw value and encoded as that by
+   enc (an element or a value); a conversion error stays set (Python then re-raises it). */
+static int
+enc_native(Out *o, PyObject *convert, PyObject *x, unsigned char code,
+           int (*enc)(Out *, unsigned char, PyObject *, int), int depth)
+{
+    PyObject *raw = PyObject_CallOneArg(convert, x);
+    if (raw == NULL)
+        return -1;
+    int r = enc(o, code, raw, depth);
+    Py_DECREF(raw);
+    return r;
+}
+
+static int enc_array_element(Out *o, unsigned char code, PyObject *x, int depth);
+
+/* A raw timestamp or decimal128 as a value (enc_native's enc for enc_value). */
+static int
+enc_raw_value(Out *o, unsigned char code, PyObject *raw, int depth)
+{
+    return put1(o, code) < 0 ? -1 : enc_array_element(o, code, raw, depth);
+}
+
 /* One array element in the wide encoding of the array's constructor. */
 static int
 enc_array_element(Out *o, unsigned char code, PyObject *x, int depth)
@@ -654,6 +692,11 @@ enc_array_element(Out *o, unsigned char code, PyObject *x, int depth)
     PyTypeObject *t = Py_TYPE(x);
     long long i;
     unsigned long long u;
+    if ((code == 0x83 || code == 0x74 || code == 0x84 || code == 0x94) && !is_known_int(t) &&
+        t != &PyBytes_Type && t != T_decimal128) {
+        PyObject *convert = native_converter(code, t);
+        return convert == NULL ? -1 : enc_native(o, convert, x, code, enc_array_element, depth);
+    }
     switch (code) {
     case 0x40:
         return x == Py_None ? 0 : -1;
@@ -934,6 +977,11 @@ enc_value(Out *o, PyObject *v, int depth)
             return -1;
         return enc_array32_body(o, v, depth);
     }
+    /* Last, so that they cost the common types nothing. */
+    if (PyType_IsSubtype(t, T_datetime))
+        return enc_native(o, F_timestamp_of, v, 0x83, enc_raw_value, depth);
+    if (PyType_IsSubtype(t, T_decimal))
+        return enc_native(o, F_decimal128_of, v, 0x94, enc_raw_value, depth);
     return -1;
 }
 
@@ -2237,6 +2285,12 @@ py_setup(PyObject *module, PyObject *config)
     GET_OBJ(codes, "type_codes");
     GET_OBJ(constructors, "array_constructors");
     GET_OBJ(limit, "max_zero_width_array");
+    GET_TYPE(T_datetime, "datetime");
+    GET_TYPE(T_decimal, "Decimal");
+    GET_OBJ(F_timestamp_of, "timestamp_of");
+    GET_OBJ(F_decimal32_of, "decimal32_of");
+    GET_OBJ(F_decimal64_of, "decimal64_of");
+    GET_OBJ(F_decimal128_of, "decimal128_of");
 
     /* the subclasses this module builds with int.__new__ & co. must be what they seem */
     PyTypeObject *ints[] = {T_ulong, T_uint, T_ushort, T_ubyte, T_byte, T_short, T_int32,

@@ -28,12 +28,18 @@ proton wrapper types           their type: ``ulong`` -> ulong, ``symbol`` -> sym
                                ``ubyte``, ``ushort``, ``uint``
 ``Described(d, v)``            described value
 ``Array(d, type, *elems)``     array (``d`` is ``UNDESCRIBED`` or the descriptor)
+aware ``datetime.datetime``    timestamp (milliseconds, floored; naive raises)
+``decimal.Decimal``            decimal128 (IEEE 754-2008 BID, exact or ValueError)
 =============================  ===================================================
 
 Decoding gives back the types ``proton.Data.get_object`` gives (``ulong``, ``int32``, ...;
-a long is a plain ``int``). The encoder picks the same encodings proton does, so the bytes are
-identical to ``proton.Data.encode()`` for the same value: the compact forms of null, boolean,
-uint, ulong, int and long (``uint0``, ``smalluint``, ``ulong0``, ``smallulong``, ``smallint``,
+a long is a plain ``int``), so that round trips are lossless; ``datetimes=True`` gives
+timestamps as UTC-aware ``datetime`` and ``decimals=True`` decimal32/64/128 as ``Decimal``
+(docs/types.md has the whole mapping and the rules).
+
+The encoder picks the same encodings proton does, so the bytes are identical to
+``proton.Data.encode()`` for the same value: the compact forms of null, boolean, uint, ulong,
+int and long (``uint0``, ``smalluint``, ``ulong0``, ``smallulong``, ``smallint``,
 ``smalllong``), ``str8``/``vbin8``/``sym8`` below 256 bytes and the 32-bit forms above,
 ``list0`` for an empty list, and the 32-bit forms of list, map and array otherwise (proton
 never uses ``list8``/``map8``/``array8``). Array elements use the wide form of their type.
@@ -55,6 +61,8 @@ import importlib
 import os
 import struct
 from collections.abc import Callable, Iterable
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -81,9 +89,17 @@ from proton import (
     ushort,
 )
 
-from .types import TypeCode
+from .types import (
+    TypeCode,
+    decimal32_of,
+    decimal64_of,
+    decimal128_of,
+    timestamp_of,
+    to_datetime,
+    to_decimal,
+)
 
-__all__ = ["DecodeError", "decode", "decode_from", "encode", "encode_into"]
+__all__ = ["DecodeError", "decode", "decode_from", "encode", "encode_into", "natives"]
 
 Buffer = bytes | bytearray | memoryview
 
@@ -308,6 +324,16 @@ def _enc_decimal128(buf: bytearray, v: bytes) -> None:
     buf += v
 
 
+def _enc_datetime(buf: bytearray, v: datetime) -> None:
+    buf += _pack_Bq(0x83, timestamp_of(v))
+
+
+def _enc_decimal(buf: bytearray, v: Decimal) -> None:
+    # decimal128: the only width that holds every Decimal a 34-digit context makes.
+    buf += b"\x94"
+    buf += decimal128_of(v)
+
+
 def _enc_char(buf: bytearray, v: str) -> None:
     if len(v) != 1:
         raise ValueError(f"AMQP char must be a single character, not {v!r}")
@@ -524,6 +550,8 @@ _ENC: dict[type, _Encoder] = {
     PropertyDict: _enc_map,
     Described: _enc_described,
     Array: _enc_array,
+    datetime: _enc_datetime,
+    Decimal: _enc_decimal,
 }
 _ENC_get = _ENC.get
 
@@ -563,6 +591,16 @@ def _array_typed(name: str, types: type | tuple[type, ...], body: _Encoder) -> _
         if not isinstance(x, types):
             raise TypeError(f"an array of {name} cannot hold an object of type {type(x).__name__}")
         body(buf, x)
+
+    return encode_element
+
+
+def _array_native(native: type, to_raw: Callable[[Any], Any], raw: _Encoder) -> _Encoder:
+    """An array element encoder that also takes ``native`` values (datetime, Decimal),
+    converted by ``to_raw`` to the raw value ``raw`` encodes."""
+
+    def encode_element(buf: bytearray, x: Any) -> None:
+        raw(buf, to_raw(x) if isinstance(x, native) else x)
 
     return encode_element
 
@@ -633,13 +671,28 @@ _ARRAY_ELEMENTS: dict[int, tuple[bytes, _Encoder]] = {
     ),
     TypeCode.TIMESTAMP: (
         b"\x83",
-        _array_int("timestamp", "q", -0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
+        _array_native(
+            datetime,
+            timestamp_of,
+            _array_int("timestamp", "q", -0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
+        ),
     ),
     TypeCode.FLOAT: (b"\x72", _array_float("float", "f")),
     TypeCode.DOUBLE: (b"\x82", _array_float("double", "d")),
-    TypeCode.DECIMAL32: (b"\x74", _array_int("decimal32", "I", 0, 0xFFFFFFFF)),
-    TypeCode.DECIMAL64: (b"\x84", _array_int("decimal64", "Q", 0, 0xFFFFFFFFFFFFFFFF)),
-    TypeCode.DECIMAL128: (b"\x94", _array_typed("decimal128", bytes, _ab_16)),
+    TypeCode.DECIMAL32: (
+        b"\x74",
+        _array_native(Decimal, decimal32_of, _array_int("decimal32", "I", 0, 0xFFFFFFFF)),
+    ),
+    TypeCode.DECIMAL64: (
+        b"\x84",
+        _array_native(
+            Decimal, decimal64_of, _array_int("decimal64", "Q", 0, 0xFFFFFFFFFFFFFFFF)
+        ),
+    ),
+    TypeCode.DECIMAL128: (
+        b"\x94",
+        _array_native(Decimal, decimal128_of, _array_typed("decimal128", bytes, _ab_16)),
+    ),
     TypeCode.UUID: (b"\x98", _array_typed("uuid", UUID, _ab_uuid)),
     TypeCode.BINARY: (
         b"\xb0",
@@ -1202,24 +1255,85 @@ def as_bytes(data: Buffer) -> bytes:
     return bytes(data)
 
 
-def decode_from(data: Buffer, offset: int = 0) -> tuple[Any, int]:
-    """Decode one value at ``offset``; returns it and the offset just past it."""
+def decode_from(
+    data: Buffer, offset: int = 0, datetimes: bool = False, decimals: bool = False
+) -> tuple[Any, int]:
+    """Decode one value at ``offset``; returns it and the offset just past it.
+    ``datetimes`` and ``decimals`` as in :func:`decode`."""
     if _c_decode_from is not None:
         # The C fast path: the same values, or None for anything it does not handle,
         # malformed input included, so that the errors are the Python code's own.
         r = _c_decode_from(data, offset)
         if r is not None:
-            return r
-    return _py_decode_from(data, offset)
+            return (natives(r[0], datetimes, decimals), r[1]) if datetimes or decimals else r
+    v, end = _py_decode_from(data, offset)
+    return natives(v, datetimes, decimals), end
 
 
-def decode(data: Buffer) -> Any:
-    """Decode exactly one value: trailing bytes are an error (they would be silently lost)."""
+def decode(data: Buffer, datetimes: bool = False, decimals: bool = False) -> Any:
+    """Decode exactly one value: trailing bytes are an error (they would be silently lost).
+
+    By default every value comes back as the class that re-encodes to it (a timestamp as
+    proton's ``timestamp``, decimals as proton's raw ``decimal32/64/128``). Opt-ins:
+    ``datetimes=True`` gives timestamps as UTC-aware ``datetime`` (``ValueError`` for one
+    outside years 1..9999), ``decimals=True`` gives decimal32/64/128 as ``decimal.Decimal``;
+    both reach into lists, maps (keys too), arrays and described values."""
+    # The options are not keyword-only: on CPython 3.11 a call to a function with keyword-only
+    # defaults skips the specialised call path and costs ~40 ns, a tenth of a decode.
     if _c_decode is not None:
         v = _c_decode(data)  # the C fast path, as in decode_from
         if v is not _C_NOT_HANDLED:
-            return v
-    return _py_decode(data)
+            return natives(v, datetimes, decimals) if datetimes or decimals else v
+    return natives(_py_decode(data), datetimes, decimals)
+
+
+def natives(value: Any, datetimes: bool, decimals: bool) -> Any:
+    """``value`` (as decoded) with its timestamps as ``datetime`` when ``datetimes`` and its
+    decimals as ``Decimal`` when ``decimals``; lists are converted in place. A pass after
+    decoding, so that the default decoding (C or Python) pays nothing for the options."""
+    if not (datetimes or decimals):
+        return value
+    convert: dict[type, Callable[[Any], Any]] = {}
+    if datetimes:
+        convert[timestamp] = to_datetime
+    if decimals:
+        convert[decimal32] = convert[decimal64] = convert[decimal128] = to_decimal
+    return _natives(value, convert)
+
+
+def _natives(v: Any, convert: dict[type, Callable[[Any], Any]]) -> Any:
+    t = type(v)
+    f = convert.get(t)
+    if f is not None:
+        return f(v)
+    if isinstance(v, list):  # list, and the body forms AmqpSequence, SequenceSections
+        for i, x in enumerate(v):
+            v[i] = _natives(x, convert)
+        return v
+    if t is dict:
+        return _native_map(v, convert)
+    if t is Described:
+        return Described(_natives(v.descriptor, convert), _natives(v.value, convert))
+    if t is Array:
+        d = v.descriptor
+        if d is not UNDESCRIBED:
+            d = _natives(d, convert)
+        return Array(d, v.type, *[_natives(x, convert) for x in v.elements])
+    return v
+
+
+def _native_map(v: dict[Any, Any], convert: dict[type, Callable[[Any], Any]]) -> dict[Any, Any]:
+    try:
+        out = {_natives(k, convert): _natives(x, convert) for k, x in v.items()}
+    except TypeError:  # a key that became unhashable: Decimal('sNaN')
+        raise ValueError("a map key converted to Decimal is a signalling NaN") from None
+    if len(out) != len(v):
+        # Decimal('1.0') == Decimal('1.00') == 1: distinct AMQP keys, one Python key.
+        raise ValueError(
+            "map keys that differ in AMQP are equal once converted (e.g. Decimal('1.0') and "
+            "Decimal('1.00')); decode without decimals=True to keep them apart"
+        )
+    return out
 
 
 def _py_decode_from(data: Buffer, offset: int = 0) -> tuple[Any, int]:
@@ -1284,6 +1398,12 @@ def _load_ccodec() -> Any:
                 "type_codes": _TYPE_CODE,
                 "array_constructors": {int(t): c[0] for t, (c, _) in _ARRAY_ELEMENTS.items()},
                 "max_zero_width_array": MAX_ZERO_WIDTH_ARRAY,
+                "datetime": datetime,
+                "Decimal": Decimal,
+                "timestamp_of": timestamp_of,
+                "decimal32_of": decimal32_of,
+                "decimal64_of": decimal64_of,
+                "decimal128_of": decimal128_of,
             }
         )
     except Exception:  # ImportError, or a setup() that does not recognise the classes

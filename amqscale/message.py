@@ -25,6 +25,7 @@ import inspect
 import math
 import struct
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 from uuid import UUID
 
@@ -32,9 +33,9 @@ from proton import Array, char, symbol, timestamp, ubyte, uint, ulong
 
 from . import codec as _c
 from .codec import Buffer, DecodeError, as_bytes, error_reason
-from .types import AmqpSequence, AmqpValue, DataSections, SequenceSections
+from .types import AmqpSequence, AmqpValue, DataSections, SequenceSections, timestamp_of
 
-__all__ = ["Message"]
+__all__ = ["Message", "convert_natives"]
 
 _ENC_get = _c._ENC_get
 _enc_other = _c._enc_other
@@ -161,6 +162,16 @@ def _millis(field: str, value: Any, lo: int, hi: int) -> int | None:
     if not lo <= ms <= hi:
         raise ValueError(f"{field}: {value!r} seconds is out of range")
     return int(ms)
+
+
+def _time_millis(field: str, value: Any) -> int | None:
+    """expiry_time and creation_time: seconds as proton takes them (rounded to the
+    millisecond), or an aware datetime (floored to its millisecond, see types.timestamp_of)."""
+    if isinstance(value, datetime):
+        return int(timestamp_of(value, field))
+    if type(value) is bool or not isinstance(value, (int, float, type(None))):
+        _type_error(field, "seconds as int or float, or an aware datetime", value)
+    return _millis(field, value, -(2**63), 2**63 - 1)
 
 
 def _check_int(field: str, value: Any, lo: int, hi: int) -> None:
@@ -524,23 +535,25 @@ class Message(_MessageBase):
 
     @property
     def expiry_time(self) -> float | None:
-        """Absolute expiry time, seconds since the Unix epoch."""
+        """Absolute expiry time, seconds since the Unix epoch. Set it to seconds or to an
+        aware ``datetime`` (floored to the millisecond; a naive one raises TypeError)."""
         ms = self._expiry_time
         return None if ms is None else ms / 1000
 
     @expiry_time.setter
-    def expiry_time(self, value: float | None) -> None:
-        self._expiry_time = _millis("expiry_time", value, -(2**63), 2**63 - 1)
+    def expiry_time(self, value: float | datetime | None) -> None:
+        self._expiry_time = _time_millis("expiry_time", value)
 
     @property
     def creation_time(self) -> float | None:
-        """Creation time, seconds since the Unix epoch."""
+        """Creation time, seconds since the Unix epoch. Set it to seconds or to an aware
+        ``datetime`` (floored to the millisecond; a naive one raises TypeError)."""
         ms = self._creation_time
         return None if ms is None else ms / 1000
 
     @creation_time.setter
-    def creation_time(self, value: float | None) -> None:
-        self._creation_time = _millis("creation_time", value, -(2**63), 2**63 - 1)
+    def creation_time(self, value: float | datetime | None) -> None:
+        self._creation_time = _time_millis("creation_time", value)
 
     # ------------------------------------------------------------------------------------
     # Encoding
@@ -699,21 +712,25 @@ class Message(_MessageBase):
     # Decoding
 
     @classmethod
-    def decode(cls, data: Buffer) -> Message:
+    def decode(cls, data: Buffer, datetimes: bool = False, decimals: bool = False) -> Message:
         """Decode a bare message (the payload of a transfer). Accepts every encoding the
         specification allows, symbolic section descriptors included; raises
         :class:`amqscale.codec.DecodeError` naming the offset of anything malformed.
 
         The body comes back in the form that re-encodes to the same sections (see
-        :mod:`amqscale.types`); binary values are ``bytes``."""
+        :mod:`amqscale.types`); binary values are ``bytes``. ``datetimes=True`` and
+        ``decimals=True`` give the timestamps and decimals in the annotations, application
+        properties, body and footer as ``datetime`` and ``Decimal`` (see
+        :func:`convert_natives`). The options are positional-or-keyword, not keyword-only,
+        which would cost every call (see :func:`amqscale.codec.decode`)."""
         if _c_decode_message is not None:
             # The C fast path (amqscale/_ccodec.c): the same message, field for field and type
             # for type, in a fraction of the time. None for what it does not handle (symbolic
             # descriptors, malformed input, ...): Python then runs and words the error.
             m = _c_decode_message(cls, data)
             if m is not None:
-                return m
-        return cls._decode_python(data)
+                return convert_natives(m, datetimes, decimals) if datetimes or decimals else m
+        return convert_natives(cls._decode_python(data), datetimes, decimals)
 
     @classmethod
     def _decode_python(cls, data: Buffer) -> Message:
@@ -933,6 +950,21 @@ class Message(_MessageBase):
                 continue
             parts.append(f"{name}={v!r}")
         return f"Message({', '.join(parts)})"
+
+
+def convert_natives(message: Message, datetimes: bool = False, decimals: bool = False) -> Message:
+    """``message`` (decoded) with the timestamps (``datetimes``) and decimals (``decimals``)
+    of its delivery and message annotations, application properties, body and footer
+    converted in place to ``datetime`` and ``Decimal``, as :func:`amqscale.codec.decode`
+    does; returns it. For messages decoded without the options, e.g. a batch. The
+    ``creation_time`` and ``expiry_time`` properties stay seconds (``float``)."""
+    if not (datetimes or decimals):
+        return message
+    for name in ("instructions", "annotations", "properties", "body", "footer"):
+        value = getattr(message, name)
+        if value is not None and not isinstance(value, (bytes, DataSections, AmqpValue)):
+            setattr(message, name, _c.natives(value, datetimes, decimals))
+    return message
 
 
 _HEADER_DEFAULTS = {"durable": False, "priority": 4, "first_acquirer": False, "delivery_count": 0}

@@ -45,7 +45,7 @@ autodoc_typehints_format = "short"
 nitpicky = True
 nitpick_ignore_regex = [
     (r"py:.*", r"(proton|cproton|msgspec|asyncio|uvloop|collections|typing|types|enum|"
-               r"pathlib|os|random)\..*"),
+               r"pathlib|os|random|datetime|decimal)\..*"),
     (r"py:.*", r"amqscale\.(core|_driver|_ops|_loop|_supervisor|workers|ipc|codec)\..*"),
     (r"py:.*", r"(p|_links|_c)\..*"),
     (r"py:.*", r"amqscale\.(\w+\.)*_\w+(\.\w+)*"),  # private modules and classes
