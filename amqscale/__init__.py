@@ -18,7 +18,7 @@ workers through shared-memory rings. The vocabulary is Qpid Proton's:
 """
 
 from .codec import DecodeError
-from .container import Connection, Container, Listener
+from .container import Connection, Container, Listener, Session
 from .errors import (
     AMQPError,
     AuthenticationError,
@@ -36,6 +36,7 @@ from .errors import (
 )
 from .ipc.ring import RecordTooLarge
 from .links import (
+    AnonymousSender,
     Deliveries,
     Delivery,
     HandlerReceiver,
@@ -43,10 +44,13 @@ from .links import (
     Sender,
     Tracker,
     Trackers,
+    Transaction,
 )
 from .message import Message
 from .reconnect import Backoff
 from .security import TLS, ServerSASL
+from .terminus import Source, Target
+from .transactions import TransactionError
 from .types import (
     UNDESCRIBED,
     AmqpSequence,
@@ -83,5 +87,6 @@ __all__ = [
     "UNDESCRIBED", "URLError", "WindowFull", "WorkerDied", "byte", "char", "decimal32", "decimal64",
     "decimal128", "float32", "int32", "short", "symbol", "timestamp", "ubyte", "uint",
     "ulong", "ushort",
+    "AnonymousSender", "Session", "Source", "Target", "Transaction", "TransactionError",
 ]
 __version__ = "0.1.0"

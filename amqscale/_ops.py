@@ -36,6 +36,7 @@ from .core import (
     SenderState,
 )
 from .errors import AMQPError, ConnectionFailed, HandlerFailed, LinkDetached
+from .transactions import Transaction, Transactions
 from .url import URL
 from .workers import protocol as p
 
@@ -210,6 +211,31 @@ def drain(driver: Driver, state: ReceiverState) -> Steps[int]:
     if not state.buffer and state.all_failed():
         raise state.failure()
     return sum(len(x.payloads) for x in state.buffer) - state.position
+
+
+def declare(driver: Driver, connection: ConnectionState) -> Steps[Transaction]:
+    """Declare a transaction (its coordinator link opened first, if the shard has none);
+    TransactionError if the peer refuses."""
+    driver.check_open()
+    with driver.lock:
+        txn = Transactions(driver.core).declare(connection)
+        driver.write_all()
+    yield Wait(lambda: txn.declared, "the transaction to be declared")
+    if txn.failure is not None:
+        raise txn.failure
+    return txn
+
+
+def discharge(driver: Driver, txn: Transaction, fail: bool) -> Steps[None]:
+    """Commit (`fail`: abort) the transaction; TransactionError if the peer refuses."""
+    driver.check_open()
+    with driver.lock:
+        Transactions(driver.core).discharge(txn, fail)
+        driver.write_all()
+    yield Wait(lambda: txn.discharged,
+               f"the transaction to be {'aborted' if fail else 'committed'}")
+    if txn.failure is not None:
+        raise txn.failure
 
 
 def _links_opened(driver: Driver, links: list[Any], what: str) -> Steps[None]:

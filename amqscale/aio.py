@@ -87,13 +87,16 @@ from .links import Receiver as _BlockingReceiver
 from .links import Sender as _BlockingSender
 from .links import Tracker as _BlockingTracker
 from .links import Trackers as _BlockingTrackers
+from .links import Transaction as _BlockingTransaction
 from .message import Message
 from .reconnect import Backoff
 from .terminus import Source, Target
+from .transactions import Transaction as TransactionState
 from .url import parse_url
 
-__all__ = ["Connection", "Container", "Deliveries", "Delivery", "HandlerReceiver", "Listener",
-           "Receiver", "Sender", "Tracker", "Trackers"]
+__all__ = ["AnonymousSender", "Connection", "Container", "Deliveries", "Delivery",
+           "HandlerReceiver", "Listener", "Receiver", "Sender", "Session", "Tracker", "Trackers",
+           "Transaction"]
 
 Sendable = Message | bytes | bytearray | memoryview
 
@@ -295,6 +298,12 @@ class Connection(ConnectionView):
             driver, self._state, options.address, window, presettled, name, limit,
             options.target, options.settings), timeout)
         return (AnonymousSender if options.anonymous else Sender)(self, state)
+
+    async def transaction(self, timeout: float | None = OPEN_TIMEOUT) -> Transaction:
+        """Declare a local transaction (see the blocking Connection.transaction);
+        ``async with`` commits at the end, aborts on an exception."""
+        state = await self._binding.run(_ops.declare(self._driver, self._state), timeout)
+        return Transaction(self, state)
 
     def session(self, incoming_window: int = 0, outgoing_window: int = 0) -> Session:
         """A session of its own on each shard (see the blocking Connection.session)."""
@@ -501,6 +510,49 @@ class AnonymousSender(Sender):
     def _payload(self, message: Sendable) -> bytes:
         check_addressed(message)
         return super()._payload(message)
+
+
+class Transaction:
+    """A local transaction (see amqscale.Transaction): ``send`` and ``accept`` take part,
+    ``await commit()`` / ``await abort()`` end it."""
+
+    def __init__(self, connection: Connection, state: TransactionState) -> None:
+        self._binding = connection._binding
+        self._driver = connection._driver
+        self._state = state
+        self._sync = _BlockingTransaction(connection._driver, state)
+
+    @property
+    def id(self) -> bytes | None:
+        return self._state.id
+
+    @property
+    def state(self) -> str:
+        return self._state.state
+
+    def send(self, sender: Sender, message: Sendable) -> Tracker:
+        """Send `message` in the transaction; await the Tracker for its outcome."""
+        tracker: Tracker = self._sync.send(sender._sender, message)  # type: ignore[assignment]
+        return tracker  # the sender makes the asyncio face's Trackers
+
+    def accept(self, delivery: Delivery) -> None:
+        self._sync.accept(delivery)
+
+    def settle(self, delivery: Delivery, state: int) -> None:
+        self._sync.settle(delivery, state)
+
+    async def commit(self, timeout: float | None = None) -> None:
+        await self._binding.run(_ops.discharge(self._driver, self._state, False), timeout)
+
+    async def abort(self, timeout: float | None = None) -> None:
+        await self._binding.run(_ops.discharge(self._driver, self._state, True), timeout)
+
+    async def __aenter__(self) -> Transaction:
+        return self
+
+    async def __aexit__(self, kind: object, *exc: object) -> None:
+        if self._state.state == "open":
+            await (self.commit() if kind is None else self.abort())
 
 
 class Session:

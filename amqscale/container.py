@@ -22,7 +22,14 @@ from ._driver import Driver
 from ._supervisor import DEFAULT_RING_CAPACITY
 from .core import ConnectionState, LinkSettings, ListenerState, SessionState
 from .errors import TLSError
-from .links import CLOSE_TIMEOUT, AnonymousSender, HandlerReceiver, Receiver, Sender
+from .links import (
+    CLOSE_TIMEOUT,
+    AnonymousSender,
+    HandlerReceiver,
+    Receiver,
+    Sender,
+    Transaction,
+)
 from .reconnect import Backoff, failover_urls, reconnect_policy
 from .terminus import (
     Source,
@@ -529,6 +536,15 @@ class Connection(ConnectionView):
             options.target, options.settings), timeout)
         kind = AnonymousSender if options.anonymous else Sender
         return kind(driver, state, owner=self)
+
+    def transaction(self, timeout: float | None = OPEN_TIMEOUT) -> Transaction:
+        """Declare a local transaction (AMQP 1.0, part 4) on the connection (its first
+        shard, for a sharded one); TransactionError if the peer has no coordinator or
+        refuses. ``with conn.transaction() as txn:`` commits at the end, aborts on an
+        exception."""
+        driver = self._driver
+        state = _ops.run(driver, _ops.declare(driver, self._state), timeout)
+        return Transaction(driver, state)
 
     def session(self, incoming_window: int = 0, outgoing_window: int = 0) -> Session:
         """A session of its own on each shard, beside the default one: its links

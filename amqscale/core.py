@@ -99,10 +99,16 @@ class Result(NamedTuple):
     delivery_failed: bool = False
     undeliverable_here: bool = False
     annotations: dict[Any, Any] | None = None
+    data: Any = None  # the outcome's own fields: a declared's [txn-id]
 
 
 ACCEPTED = Result(p.ACCEPTED)
 SENT_SETTLED = Result(None)
+# A transactional message (or a transaction's control message) whose connection was lost
+# before it was settled: the peer rolls the transaction back, so it is not sent again.
+ROLLED_BACK = Result(p.REJECTED, p.Condition(
+    "amqp:transaction:rollback",
+    "the connection was lost: the peer rolled the transaction back"))
 
 
 class Batch:
@@ -114,10 +120,13 @@ class Batch:
     come out of order.
     """
 
-    __slots__ = ("link", "first", "size", "payloads", "done", "head", "results", "pending")
+    __slots__ = ("link", "first", "size", "payloads", "done", "head", "results", "pending",
+                 "txn")
 
-    def __init__(self, link: SenderLink, first: int, payloads: list[bytes]) -> None:
+    def __init__(self, link: SenderLink, first: int, payloads: list[bytes],
+                 txn: bytes | None = None) -> None:
         self.link = link
+        self.txn = txn  # sent in this transaction: never sent again after a loss
         self.first = first  # the seq of payloads[0]
         self.size = len(payloads)
         # Kept until every message is settled, so that unsettled ones can be sent again.
@@ -194,9 +203,9 @@ class SenderLink:
         self.resent = 0  # messages sent again after a loss
         self.remote_properties: bytes | None = None  # the peer's link properties
 
-    def take(self, payloads: list[bytes]) -> Batch:
+    def take(self, payloads: list[bytes], txn: bytes | None = None) -> Batch:
         """Number `payloads` as the link's next messages, in a new batch."""
-        batch = Batch(self, self.next_seq, payloads)
+        batch = Batch(self, self.next_seq, payloads, txn)
         self.next_seq += len(payloads)
         self.unsettled += len(payloads)
         self.batches.append(batch)
@@ -231,13 +240,17 @@ class SenderLink:
             self.slot.queue(p.Send(self.id, batch.first, batch.payloads,
                                    self.sender.presettled))
 
-    def send_chunk(self, payloads: list[bytes]) -> Batch:
-        """Hand over `payloads` as one Send after what send() batched (order is kept)."""
+    def send_chunk(self, payloads: list[bytes], txn: bytes | None = None) -> Batch:
+        """Hand over `payloads` as one Send after what send() batched (order is kept),
+        in transaction `txn` if one is given."""
         self.hand_over()
-        batch = self.take(payloads)
+        batch = self.take(payloads, txn)
         if self.attached:
             self.handed = batch.first + batch.size
-            self.slot.queue(p.Send(self.id, batch.first, payloads, self.sender.presettled))
+            self.slot.queue(p.Send(self.id, batch.first, payloads, self.sender.presettled,
+                                   txn))
+        elif txn is not None or self.sender.coordinator:
+            self._roll_back(batch)  # its transaction went with the connection
         return batch
 
     def parts_done(self, seq: int, count: int) -> bool:
@@ -315,7 +328,10 @@ class SenderLink:
         self.lost = None
         self.open = None
         presettled, fragment = self.sender.presettled, self.sender.fragment
-        for batch in self.batches:
+        for batch in list(self.batches):
+            if batch.txn is not None or self.sender.coordinator:
+                self._roll_back(batch)
+                continue
             assert batch.payloads is not None
             run: list[bytes] = []
             for i in range(batch.size):
@@ -335,6 +351,16 @@ class SenderLink:
                     run.append(payload)
             self._queue_run(batch.first + batch.size - len(run), run, presettled)
         self.handed = self.next_seq
+
+    def _roll_back(self, batch: Batch) -> None:
+        """A transaction's messages whose connection was lost: the peer rolled it back."""
+        rolled_back = 0
+        for i in range(batch.size):
+            if batch.result(i) is None:
+                rolled_back += batch.settle(i, i + 1, ROLLED_BACK)
+        self.unsettled -= rolled_back
+        counts = self.sender.counts
+        counts[p.REJECTED] = counts.get(p.REJECTED, 0) + rolled_back
 
     def _queue_run(self, first: int, payloads: list[bytes], presettled: bool) -> None:
         if payloads:
@@ -358,7 +384,8 @@ class SenderLink:
         else:
             result = Result(
                 state, event.condition, event.delivery_failed, event.undeliverable_here,
-                codec.decode(event.annotations) if event.annotations else None)
+                codec.decode(event.annotations) if event.annotations else None,
+                codec.decode(event.data) if event.data else None)
         runs = event.runs
         for i in range(0, len(runs), 2):
             self._settle_run(runs[i], runs[i + 1], result)
@@ -388,7 +415,7 @@ class SenderState:
     """A Sender's links (one per shard), which one takes messages, and its counters."""
 
     __slots__ = ("address", "window", "presettled", "links", "current", "counts", "closed",
-                 "max_message_size", "waiter", "listener", "fragment")
+                 "max_message_size", "waiter", "listener", "fragment", "coordinator")
 
     def __init__(self, address: str | None, window: int, presettled: bool,
                  max_message_size: int) -> None:
@@ -404,6 +431,8 @@ class SenderState:
         # An inbound sender's listener: a remote receiver attached to it (one link).
         self.listener: ListenerState | None = None
         self.fragment = p.MAX_FRAGMENT  # larger messages cross in SendParts
+        # A transaction coordinator's link: its declares and discharges are never resent.
+        self.coordinator = False
 
     @property
     def resent(self) -> int:
@@ -819,6 +848,7 @@ class LinkSettings(NamedTuple):
     session: SessionState | None = None
     rcv_settle_mode: int = p.RCV_FIRST
     one_link: bool = False
+    shards: list[Shard] | None = None  # only these (a transaction coordinator's shard)
 
 
 class SessionState:
@@ -947,7 +977,7 @@ class InboundConnection:
     its `remote_container`, and whether it is still up (`closed`, `condition`)."""
 
     __slots__ = ("id", "slot", "listener", "remote_container", "opened", "closed",
-                 "condition", "failure", "security")
+                 "condition", "failure", "security", "remote")
 
     def __init__(self, conn_id: int, slot: WorkerSlot, listener: ListenerState,
                  remote_container: str | None, security: p.Security | None = None) -> None:
@@ -960,6 +990,7 @@ class InboundConnection:
         self.closed = False
         self.condition: p.Condition | None = None
         self.failure: Exception | None = None
+        self.remote: p.ConnectionOpened | None = None  # what the peer's open said
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.ConnectionClosed:
@@ -1065,6 +1096,9 @@ class ClientCore:
         self.rng = rng or random.Random()
         self.slots = [WorkerSlot(i) for i in range(workers)]
         self.fragment = fragment  # messages larger than this cross in SendParts
+        # Each shard's transaction coordinator link, kept for its next transaction
+        # (amqscale.transactions).
+        self.coordinators: dict[Shard, SenderState] = {}
         self._ids = itertools.count(1)
         self._placement = itertools.count()
         self.routes: dict[int, Any] = {}  # connection and link ids -> their state
@@ -1123,6 +1157,7 @@ class ClientCore:
     def forget_connection(self, connection: ConnectionState) -> None:
         """The connection is closed: nothing routes to it or to its links any more."""
         for shard in connection.shards:
+            self.coordinators.pop(shard, None)
             if shard.failure is None:
                 shard.failure = ConnectionFailed(f"the connection to {connection.url} is closed")
             self.routes.pop(shard.id, None)
@@ -1186,6 +1221,10 @@ class ClientCore:
         """The shards that get a link: every usable one, or the first (`one_link`: a
         dynamic node or a durable subscription is one node, one name), or the session's."""
         shards = ClientCore._usable_shards(connection)
+        if settings.shards is not None:
+            shards = [x for x in shards if x in settings.shards]
+            if not shards:
+                raise ConnectionFailed("the connection's shard failed")
         session = settings.session
         if session is not None:
             session.check_usable()
@@ -1501,6 +1540,7 @@ class ClientCore:
             return None
         connection = InboundConnection(event.conn, slot, listener, event.remote_container,
                                        event.security)
+        connection.remote = event
         listener.connections[event.conn] = connection
         self.routes[event.conn] = connection
         return connection

@@ -236,3 +236,30 @@ def _log_error(endpoint: Any, kind: str) -> None:
         log.warning("%s error: %s: %s", kind, condition.name, condition.description)
     else:
         log.warning("%s closed by the peer", kind)
+
+
+class TransactionHandler:
+    """The callbacks of a local transaction (``Container.declare_transaction``), as
+    proton's: mix it into a MessagingHandler, override what is needed. `event.transaction`
+    is the Transaction; its ``failure`` says why in the *_failed callbacks."""
+
+    def on_transaction_declared(self, event: Any) -> None:
+        pass
+
+    def on_transaction_committed(self, event: Any) -> None:
+        pass
+
+    def on_transaction_aborted(self, event: Any) -> None:
+        pass
+
+    def on_transaction_declare_failed(self, event: Any) -> None:
+        """The peer refused the declare: logged."""
+        log.warning("transaction declare failed: %s", event.transaction.failure)
+
+    def on_transaction_commit_failed(self, event: Any) -> None:
+        """The peer refused the commit (or rolled it back): logged."""
+        log.warning("transaction commit failed: %s", event.transaction.failure)
+
+
+class TransactionalClientHandler(MessagingHandler, TransactionHandler):
+    """A MessagingHandler with the transaction callbacks (proton's name)."""

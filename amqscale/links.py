@@ -34,9 +34,11 @@ from .core import (
     SenderLink,
     SenderState,
 )
-from .errors import HandlerFailed, LinkDetached
+from .errors import HandlerFailed, LinkDetached, MessageTooLarge
 from .message import Message
 from .terminus import Source, Target, decode_properties
+from .transactions import Transaction as TransactionState
+from .transactions import Transactions
 from .types import symbol
 from .workers import protocol as p
 
@@ -557,6 +559,86 @@ class AnonymousSender(Sender):
         for message in items:
             check_addressed(message)
         return super()._encode_many(items)
+
+
+class Transaction:
+    """A local transaction of a Connection (``Connection.transaction()``): messages sent
+    with ``send()`` and deliveries settled with ``accept()`` (or ``settle()``) take effect
+    together at ``commit()``, or not at all (``abort()``). As a context manager it
+    commits at the end, or aborts on an exception. It lives on one AMQP connection (a
+    sharded connection's first shard): senders and receivers take part through their
+    link on that shard. Its messages must fit one ring record."""
+
+    def __init__(self, driver: Driver, state: TransactionState) -> None:
+        self._driver = driver
+        self._state = state
+
+    @property
+    def id(self) -> bytes | None:
+        """The peer's transaction id."""
+        return self._state.id
+
+    @property
+    def state(self) -> str:
+        """"open", "committing", "aborting", "committed", "aborted" or "failed"."""
+        return self._state.state
+
+    def send(self, sender: Sender, message: Message | bytes | bytearray | memoryview
+             ) -> Tracker:
+        """Send `message` in the transaction (not subject to the sender's window); its
+        Tracker settles with the peer's outcome, which takes effect at the commit."""
+        payload = sender._encode(message)
+        if isinstance(sender, AnonymousSender):
+            check_addressed(message)
+        if len(payload) > sender._fragment:
+            raise MessageTooLarge(f"a message in a transaction must fit one ring record "
+                                  f"({sender._fragment} bytes encoded), not {len(payload)}")
+        driver = self._driver
+        with driver.lock:
+            transactions = Transactions(driver.core)
+            link = transactions.link_on(self._state, sender._state.links)
+            batch = transactions.send(self._state, link, payload)
+            driver.write(link.slot)
+        return sender._tracker(batch, 0)
+
+    def accept(self, delivery: Delivery) -> None:
+        """Accept `delivery` in the transaction (settled now; in effect at the commit)."""
+        self.settle(delivery, p.ACCEPTED)
+
+    def settle(self, delivery: Delivery, state: int) -> None:
+        """Settle `delivery` with `state` (p.ACCEPTED, p.RELEASED, ...) in the transaction."""
+        arrival = delivery._arrival
+        if delivery.settled:
+            raise ValueError("the delivery is settled already")
+        arrival.check_live()
+        driver = self._driver
+        with driver.lock:
+            Transactions(driver.core).settle(self._state, arrival.link, [delivery.id], state)
+            arrival.settled[delivery._index] = 1
+            driver.write(arrival.link.slot)
+
+    def commit(self, timeout: float | None = None) -> None:
+        """Commit; raises TransactionError (condition amqp:transaction:rollback when the
+        peer rolled it back instead) if the peer refuses."""
+        _ops.run(self._driver, _ops.discharge(self._driver, self._state, False), timeout)
+
+    def abort(self, timeout: float | None = None) -> None:
+        """Roll the transaction back: its messages are dropped, its deliveries released."""
+        _ops.run(self._driver, _ops.discharge(self._driver, self._state, True), timeout)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if self._state.state != "open":
+            return
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self.state} id={self.id!r}>"
 
 
 class Delivery:

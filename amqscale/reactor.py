@@ -44,6 +44,7 @@ from .core import (
     Arrival,
     ConnectionState,
     InboundConnection,
+    LinkSettings,
     ListenerState,
     ReceiverLink,
     ReceiverState,
@@ -52,11 +53,14 @@ from .core import (
     Shard,
     WorkerSlot,
 )
-from .errors import LinkDetached
+from .errors import LinkDetached, MessageTooLarge
 from .handlers import Reject, Release, dispatch, messaging_handler
 from .handlers import Task as _Task
 from .message import Message
 from .security import TLS, TLS_VERSIONS, ServerSASL, listener_options, load_connect_config
+from .terminus import Source, Target, decode_properties, one_link, selector_filter
+from .transactions import Transaction as TransactionState
+from .transactions import Transactions
 from .types import symbol
 from .url import URL, parse_url
 from .workers import protocol as p
@@ -386,12 +390,12 @@ class LinkOption:
 
 class SenderOption(LinkOption):
     def test(self, link: Any) -> bool:
-        return isinstance(link, Sender)
+        return bool(link.is_sender)
 
 
 class ReceiverOption(LinkOption):
     def test(self, link: Any) -> bool:
-        return isinstance(link, Receiver)
+        return not link.is_sender
 
 
 class AtMostOnce(LinkOption):
@@ -402,62 +406,106 @@ class AtLeastOnce(LinkOption):
     """Messages are settled by the peer's outcome (the default)."""
 
 
-class _NotYet(LinkOption):
-    """An option whose terminus feature is not built yet: accepted as a name, refused
-    with NotImplementedError when a link is created with it."""
+class _TerminusOption(LinkOption):
+    """A proton link option that sets fields of the link's terminus (amqscale.terminus):
+    `fields(is_sender)` gives them, as the Source or Target keyword arguments."""
 
-    feature = ""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-        self.kwargs = kwargs
+    def fields(self, is_sender: bool) -> dict[str, Any]:
+        raise NotImplementedError
 
 
-class Selector(_NotYet, ReceiverOption):
-    feature = "the Selector link option (a source filter)"
+class Selector(_TerminusOption, ReceiverOption):
+    """A JMS selector on the source (the filter `apache.org:selector-filter:string`),
+    under the filter-set key `name`."""
 
     def __init__(self, value: str, name: str = "selector") -> None:
-        super().__init__(value, name)
+        self.filter = {name: selector_filter(value)}
+
+    def fields(self, is_sender: bool) -> dict[str, Any]:
+        return {"filters": self.filter}
 
 
-class Filter(_NotYet, ReceiverOption):
-    feature = "the Filter link option (a source filter set)"
+class Filter(_TerminusOption, ReceiverOption):
+    """A source filter set: {name: value}, a Described value for typed filters."""
+
+    def __init__(self, filter_set: dict[Any, Any] | None = None) -> None:
+        if not isinstance(filter_set, dict | None):
+            raise TypeError(f"a filter set is a dict, not {filter_set!r}")
+        self.filter_set = dict(filter_set or {})
+
+    def fields(self, is_sender: bool) -> dict[str, Any]:
+        return {"filters": {str(k): v for k, v in self.filter_set.items()}}
 
 
-class Copy(_NotYet, ReceiverOption):
-    feature = "the Copy link option (distribution mode copy: browsing)"
+class Copy(_TerminusOption, ReceiverOption):
+    """Distribution mode copy: browse (the messages stay for others)."""
+
+    def fields(self, is_sender: bool) -> dict[str, Any]:
+        return {"distribution_mode": "copy"}
 
 
-class Move(_NotYet, ReceiverOption):
-    feature = "the Move link option (distribution mode move)"
+class Move(_TerminusOption, ReceiverOption):
+    """Distribution mode move: consume."""
+
+    def fields(self, is_sender: bool) -> dict[str, Any]:
+        return {"distribution_mode": "move"}
 
 
-class DurableSubscription(_NotYet, ReceiverOption):
-    feature = "the DurableSubscription link option (durable source, never expires)"
+class DurableSubscription(_TerminusOption, ReceiverOption):
+    """A durable source that never expires: with a stable link name and container id, a
+    subscription that outlives the link (detach it with ``receiver.detach()``)."""
+
+    def fields(self, is_sender: bool) -> dict[str, Any]:
+        return {"durable": "unsettled-state", "expiry_policy": "never"}
 
 
-class DynamicNodeProperties(_NotYet, LinkOption):
-    feature = "the DynamicNodeProperties link option"
+class DynamicNodeProperties(_TerminusOption, LinkOption):
+    """Properties of the node a dynamic source (receiver) or target (sender) asks for."""
+
+    def __init__(self, props: dict[Any, Any] | None = None) -> None:
+        if not isinstance(props, dict | None):
+            raise TypeError(f"dynamic node properties are a dict, not {props!r}")
+        self.properties = dict(props or {})
+
+    def fields(self, is_sender: bool) -> dict[str, Any]:
+        return {"dynamic_node_properties": {str(k): v for k, v in self.properties.items()}}
 
 
-def _check_options(options: Any, is_sender: bool) -> bool:
-    """Whether the link is pre-settled; NotImplementedError for what is not built yet."""
-    if options is None:
-        return False
+def _check_options(options: Any, is_sender: bool) -> tuple[bool, dict[str, Any]]:
+    """Whether the link is pre-settled, and the terminus fields the options set (a
+    Source's for a receiver, a Target's for a sender)."""
     presettled = False
+    fields: dict[str, Any] = {}
+    if options is None:
+        return presettled, fields
     for option in options if isinstance(options, (list, tuple)) else [options]:
-        if isinstance(option, _NotYet):
-            raise _not_yet(option.feature)
+        if not isinstance(option, LinkOption):
+            raise TypeError(f"options must be LinkOptions, not {type(option).__name__}")
+        kind = "sender" if is_sender else "receiver"
         if isinstance(option, AtMostOnce):
             presettled = True
         elif isinstance(option, AtLeastOnce):
             presettled = False
-        elif isinstance(option, LinkOption):
-            raise _not_yet(f"the custom link option {type(option).__name__} (link options "
-                           "that set terminus fields)")
+        elif isinstance(option, _TerminusOption):
+            if not option.test(_Kind(is_sender)):
+                raise ValueError(f"{type(option).__name__} is an option for a "
+                                 f"{'receiver' if is_sender else 'sender'}, not a {kind}")
+            for key, value in option.fields(is_sender).items():
+                if key == "filters":
+                    value = {**fields.get("filters", {}), **value}
+                fields[key] = value
         else:
-            raise TypeError(f"options must be LinkOptions, not {type(option).__name__}")
-    return presettled
+            raise _not_yet(f"the custom link option {type(option).__name__} (link options "
+                           "that set terminus fields through proton's objects)")
+    return presettled, fields
+
+
+class _Kind:
+    """What LinkOption.test() is asked about before the link exists."""
+
+    def __init__(self, is_sender: bool) -> None:
+        self.is_sender = is_sender
+        self.is_receiver = not is_sender
 
 
 # ---- deliveries -----------------------------------------------------------------------------
@@ -640,6 +688,38 @@ class Connection:
     def session(self) -> Session:
         return self._session
 
+    def _remote(self) -> p.ConnectionOpened | None:
+        if self._inbound is not None:
+            return self._inbound.remote
+        for shard in self._state.shards if self._state is not None else ():
+            if shard.remote is not None:
+                return shard.remote
+        return None
+
+    @property
+    def remote_offered_capabilities(self) -> list[str] | None:
+        """The capabilities the peer's open offers (e.g. ANONYMOUS-RELAY), as proton."""
+        remote = self._remote()
+        return remote.remote_offered_capabilities if remote is not None else None
+
+    @property
+    def remote_desired_capabilities(self) -> list[str] | None:
+        remote = self._remote()
+        return remote.remote_desired_capabilities if remote is not None else None
+
+    @property
+    def remote_properties(self) -> dict[str, Any] | None:
+        remote = self._remote()
+        if remote is None or remote.remote_properties is None:
+            return None
+        return decode_properties(remote.remote_properties)
+
+    @property
+    def remote_hostname(self) -> str | None:
+        """The hostname (virtual host) of the peer's open."""
+        remote = self._remote()
+        return remote.remote_hostname if remote is not None else None
+
     @property
     def security(self) -> p.Security:
         """What the connection negotiated (TLS protocol, cipher, peer certificate
@@ -786,6 +866,35 @@ class Sender(_Link):
         """Messages sent and not settled yet (with a failed shard's, kept)."""
         return [t for by_seq in self._trackers.values() for t in by_seq.values()]
 
+    def _send_in(self, txn: TransactionState, message: Message | bytes, tag: Any) -> Tracker:
+        """send() in a transaction (Transaction.send): on the link of the transaction's
+        shard, alone in its Send."""
+        driver = self.container._driver
+        if self._closing or driver is None:
+            raise LinkDetached(f"sender to {self.address!r} is closed")
+        payload = (message.encode() if isinstance(message, Message)
+                   else _links.encode_body(message))
+        if len(payload) > driver.core.fragment:
+            raise MessageTooLarge("a message in a transaction must fit one ring record "
+                                  f"({driver.core.fragment} bytes encoded)")
+        with driver.lock:
+            transactions = Transactions(driver.core)
+            link = transactions.link_on(txn, self._state.links)
+            batch = transactions.send(txn, link, payload)
+        return self._track(link, batch, 0, tag)
+
+    def _track(self, link: SenderLink, batch: Any, index: int, tag: Any) -> Tracker:
+        tracker = Tracker(batch, index)
+        tracker.link = self
+        tracker.local_state = None
+        if tag is None:
+            tag = next(self._tags) if self._tags is not None else str(next(self._count))
+        tracker.tag = tag
+        if not self._state.presettled:
+            self._trackers.setdefault(link, {})[batch.first + index] = tracker
+        self.container._sent.add(self)
+        return tracker
+
     def send(self, message: Message | bytes, tag: Any = None) -> Tracker:
         """Send `message` (a Message, or bytes as the body); returns its Tracker.
 
@@ -797,6 +906,9 @@ class Sender(_Link):
         driver = container._driver
         assert driver is not None
         state = self._state
+        if (self.target.address is None and not self.target.dynamic
+                and state.listener is None):
+            _links.check_addressed(message)  # the anonymous relay
         if isinstance(message, Message):
             payload = message.encode()
         elif isinstance(message, (bytes, bytearray, memoryview)):
@@ -827,16 +939,7 @@ class Sender(_Link):
                     driver.core.mark_dirty(link)
         if large:  # its parts go as the worker takes them, from the loop's passes
             container._start(_ops.hand_over_parts(driver, link, batch, parts))
-        tracker = Tracker(batch, index)
-        tracker.link = self
-        tracker.local_state = None
-        if tag is None:
-            tag = next(self._tags) if self._tags is not None else str(next(self._count))
-        tracker.tag = tag
-        if not state.presettled:
-            self._trackers.setdefault(link, {})[batch.first + index] = tracker
-        container._sent.add(self)
-        return tracker
+        return self._track(link, batch, index, tag)
 
     def _close_now(self) -> None:
         """Detach once every message sent is settled (as the blocking Sender.close()
@@ -908,8 +1011,14 @@ class Receiver(_Link):
 
     @property
     def address(self) -> str | None:
-        """The source address (an inbound link's: the address its peer sends to)."""
-        return self.source.address if self._links is None else self.target.address
+        """The source address (an inbound link's: the address its peer sends to; a
+        dynamic source's: the one the peer gave it, once attached)."""
+        if self._links is not None:
+            return self.target.address
+        if self.source.dynamic:
+            remote = self.remote_source
+            return remote.address if remote is not None else None
+        return self.source.address
 
     @property
     def remote_source(self) -> p.Terminus | None:
@@ -981,6 +1090,91 @@ class Receiver(_Link):
 
     def __repr__(self) -> str:
         return f"<Receiver from {self.address!r}>"
+
+
+class Transaction:
+    """A local transaction (``Container.declare_transaction``), as proton's: ``send``,
+    ``accept`` / ``update`` take part, ``commit()`` / ``abort()`` end it; the handler
+    hears ``on_transaction_declared``, ``on_transaction_committed``,
+    ``on_transaction_aborted``, ``on_transaction_declare_failed``,
+    ``on_transaction_commit_failed``."""
+
+    def __init__(self, container: Container, connection: Connection,
+                 state: TransactionState, handler: Any) -> None:
+        self.container = container
+        self.connection = connection
+        self.handler = handler
+        self._state = state
+        self._told: set[str] = set()
+        self._done = False
+
+    @property
+    def id(self) -> bytes | None:
+        return self._state.id
+
+    @property
+    def failure(self) -> Exception | None:
+        """Why it failed (TransactionError), in the *_failed callbacks."""
+        return self._state.failure
+
+    def _handlers(self) -> list[Any]:
+        if self.handler is not None:
+            return [self.handler]
+        return self.container._handlers_of(self.connection)
+
+    def _news(self) -> list[str]:
+        """The callbacks its state now calls for, each once."""
+        state = self._state
+        names: list[str] = []
+        if state.declared and "declared" not in self._told:
+            self._told.add("declared")
+            if state.failure is not None:
+                self._done = True
+                return ["transaction_declare_failed"]
+            names.append("transaction_declared")
+        if state.discharge is not None and state.discharged and not self._done:
+            self._done = True
+            if state.failure is not None:
+                names.append("transaction_commit_failed")
+            else:
+                names.append("transaction_aborted" if state.fail else
+                             "transaction_committed")
+        return names
+
+    def send(self, sender: Sender, message: Message | bytes, tag: Any = None) -> Tracker:
+        """Send `message` on `sender` in the transaction; its Tracker as send()'s."""
+        return sender._send_in(self._state, message, tag)
+
+    def accept(self, delivery: Delivery) -> None:
+        """Accept `delivery` in the transaction (settled now; in effect at the commit)."""
+        self.update(delivery, Delivery.ACCEPTED)
+
+    def update(self, delivery: Delivery, state: int) -> None:
+        """Settle `delivery` with `state` in the transaction."""
+        driver = self.container._driver
+        assert driver is not None
+        arrival = delivery._arrival
+        arrival.check_live()
+        if delivery.settled:
+            raise ValueError("the delivery is settled already")
+        with driver.lock:
+            Transactions(driver.core).settle(self._state, arrival.link, [delivery.id], state)
+            arrival.settled[delivery._index] = 1
+
+    def commit(self) -> None:
+        self._discharge(False)
+
+    def abort(self) -> None:
+        self._discharge(True)
+
+    def _discharge(self, fail: bool) -> None:
+        driver = self.container._driver
+        assert driver is not None
+        with driver.lock:
+            Transactions(driver.core).discharge(self._state, fail)
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self._state.state} id={self.id!r}>"
 
 
 class Acceptor:
@@ -1065,6 +1259,8 @@ class Container:
         self._acceptors: list[Acceptor] = []
         self._by_shard: dict[Shard, Connection] = {}
         self._senders: dict[SenderLink, Sender] = {}
+        # Transactions waiting for news from their coordinator link.
+        self._transactions: dict[SenderLink, list[Transaction]] = {}
         self._receivers: dict[ReceiverLink, Receiver] = {}
         self._inbound: list[Receiver | Sender] = []  # a listener's links
         # Connections peers opened to our listeners, by the worker's id of each.
@@ -1277,6 +1473,8 @@ class Container:
             connection = self._by_shard.get(target)
             if connection is not None:
                 self._on_shard(connection, target, event)
+        elif kind is SenderLink and target in self._transactions:
+            self._on_coordinator(target)
         elif kind is SenderLink:
             sender = self._senders.get(target)
             if sender is None and type(event) is p.LinkOpened and event.inbound:
@@ -1709,8 +1907,11 @@ class Container:
             user = user or from_file.get("user")
             password = password if password is not None else from_file.get("password")
             sasl_mechanisms = sasl_mechanisms or from_file.get("sasl_mechanisms")
-            kw.setdefault("ssl_domain", from_file.get("tls"))
-            kw.setdefault("allow_insecure_mechs", from_file.get("allow_insecure_mechanisms"))
+            if "tls" not in kw:  # explicit arguments (either spelling) win over the file
+                kw.setdefault("ssl_domain", from_file.get("tls"))
+            if "allow_insecure_mechanisms" not in kw:
+                kw.setdefault("allow_insecure_mechs",
+                              from_file.get("allow_insecure_mechanisms", False))
         if url is None:
             assert urls
             url, *others = urls
@@ -1770,21 +1971,27 @@ class Container:
                       handler: Any = None, tags: Any = None, options: Any = None) -> Sender:
         """A Sender to `target` on `context` (a Connection, or a URL whose path is the
         target); ``on_link_opened`` and ``on_sendable`` follow. `tags`: an iterator of
-        tags for the Trackers. Options: AtMostOnce, AtLeastOnce."""
-        presettled = _check_options(options, True)  # before anything is opened
-        if source is not None:
-            raise _not_yet("a sender's source address")
+        tags for the Trackers. No target (None on a Connection): the anonymous relay,
+        each Message goes to its own address. Options: AtMostOnce, AtLeastOnce,
+        DynamicNodeProperties."""
+        presettled, fields = _check_options(options, True)  # before anything is opened
         connection, path_address = self._context(context, handler)
         address = target if target is not None else path_address
+        terminus = Target(address, **fields)
+        settings = LinkSettings(source=p.Terminus(address=source) if source else None,
+                                one_link=one_link(terminus))
         driver = self._ensure_driver()
         state_conn = connection._state
         assert state_conn is not None
         shards = [s for s in state_conn.shards if s.failure is None]
         with driver.lock:
             state = driver.core.open_sender(state_conn, address, DEFAULT_WINDOW, presettled,
-                                            name, 0)
+                                            name, 0, terminus.wire(), settings)
         state.waiter = driver
         sender = Sender(connection, state, handler, name, iter(tags) if tags else None)
+        sender.target = terminus.wire()
+        if source:
+            sender.source = p.Terminus(address=source)
         sender._shard_of = dict(zip(state.links, shards, strict=False))
         connection._links.append(sender)
         for link in state.links:
@@ -1806,14 +2013,14 @@ class Container:
         This process gets the link's events (``on_link_opened``; ``on_link_error`` with
         the traceback in ``link.remote_condition`` when a worker's handler raised) and
         ``receiver.counts()``, never the messages."""
-        if dynamic:
-            raise _not_yet("dynamic=True (a node the peer creates)")
-        _check_options(options, False)  # before anything is opened
-        if target is not None:
-            raise _not_yet("a receiver's target address")
+        _, fields = _check_options(options, False)  # before anything is opened
         path = check_worker_handler(worker_handler, worker_handler_args, False)
         connection, path_address = self._context(context, handler)
         address = source if source is not None else path_address
+        if dynamic:
+            address = None  # the peer names the node (proton sends no address either)
+        terminus = Source(address, dynamic=bool(dynamic), **fields)
+        link_settings = LinkSettings(one_link=one_link(terminus))
         handlers = [handler] if handler is not None else self._handlers_of(connection)
         settings = messaging_handler(handlers)
         prefetch = settings.prefetch if settings is not None else 0
@@ -1827,12 +2034,17 @@ class Container:
             if path is not None:
                 state = driver.core.open_receiver(
                     state_conn, address, max(credit, len(shards)), name, False, 0,
-                    handler=path, handler_args=worker_handler_args)
+                    terminus.wire(), handler=path, handler_args=worker_handler_args,
+                    settings=link_settings)
                 prefetch = 0  # the workers keep it granted
             else:
-                state = driver.core.open_receiver_exact(state_conn, address, credit, name, 0)
+                state = driver.core.open_receiver_exact(state_conn, address, credit, name, 0,
+                                                        terminus.wire(), link_settings)
         state.waiter = driver
         receiver = Receiver(connection, state, handler, name, prefetch, auto_accept)
+        receiver.source = terminus.wire()
+        if target is not None:
+            receiver.target = p.Terminus(address=target)
         if path is not None:
             receiver._in_workers = _links.HandlerReceiverView(driver, state, connection)
         receiver._shard_of = dict(zip(state.links.values(), shards, strict=False))
@@ -1885,9 +2097,36 @@ class Container:
         return acceptor
 
     def declare_transaction(self, context: Any, handler: Any = None,
-                            settle_before_discharge: bool = False) -> Any:
-        """Transactions are not built yet: NotImplementedError naming the issue."""
-        raise _not_yet("transactions (declare_transaction)")
+                            settle_before_discharge: bool = False) -> Transaction:
+        """Declare a local transaction on `context` (a Connection, or a URL); `handler`
+        (default: the connection's handlers) gets ``on_transaction_declared`` with
+        ``event.transaction``, then ``on_transaction_committed`` or
+        ``on_transaction_aborted`` (``on_transaction_declare_failed`` and
+        ``on_transaction_commit_failed`` when the peer refuses). A transaction is one
+        AMQP connection: a sharded connection's first shard."""
+        connection, _ = self._context(context, handler)
+        driver = self._ensure_driver()
+        state_conn = connection._state
+        assert state_conn is not None
+        with driver.lock:
+            state = Transactions(driver.core).declare(state_conn)
+        txn = Transaction(self, connection, state, handler)
+        self._transactions.setdefault(state.coordinator, []).append(txn)
+        return txn
+
+    def _on_coordinator(self, link: SenderLink) -> None:
+        """An outcome (or the end) of a coordinator link: tell each of its transactions'
+        handlers what changed."""
+        pending = self._transactions.get(link, [])
+        for txn in list(pending):
+            for name in txn._news():
+                event = Event(name, self, connection=txn.connection)
+                event.transaction = txn  # type: ignore[attr-defined]
+                self._dispatch(txn._handlers(), name, event)
+            if txn._done:
+                pending.remove(txn)
+        if not pending:
+            self._transactions.pop(link, None)
 
     # ---- timers and injectors -------------------------------------------------------------
 

@@ -37,11 +37,10 @@ from amqscale.reactor import (
     AtMostOnce,
     Container,
     Copy,
-    DurableSubscription,
     DynamicNodeProperties,
     EventInjector,
     Filter,
-    Move,
+    LinkOption,
     Selector,
 )
 from amqscale.testing._process import free_port
@@ -492,18 +491,26 @@ def test_stop_ends_run_and_closes_what_is_open() -> None:
     assert not any(psutil.pid_exists(pid) for pid in handler.pids)
 
 
-@pytest.mark.parametrize("option", [Selector("colour = 'green'"), Filter({}), Copy(), Move(),
-                                    DurableSubscription(), DynamicNodeProperties({})],
-                         ids=lambda o: type(o).__name__)
-def test_link_options_not_built_yet_raise_naming_the_issue(option: Any) -> None:
+def test_link_option_misuse_is_refused_before_anything_opens() -> None:
+    class Custom(LinkOption):
+        def apply(self, link: Any) -> None:
+            pass
+
     container = Container()
-    with pytest.raises(NotImplementedError, match=r"#12") as raised:
-        container.create_receiver("amqp://127.0.0.1:1/q", options=option)
-    assert type(option).__name__ in str(raised.value)
-    with pytest.raises(NotImplementedError, match=r"dynamic=True.*#12"):
-        container.create_receiver("amqp://127.0.0.1:1", dynamic=True)
-    with pytest.raises(NotImplementedError, match=r"transactions.*#12"):
-        container.declare_transaction(None)
+    with pytest.raises(ValueError, match="an option for a receiver, not a sender"):
+        container.create_sender("amqp://127.0.0.1:1/q", options=Selector("a = 1"))
+    with pytest.raises(ValueError, match="an option for a receiver, not a sender"):
+        container.create_sender("amqp://127.0.0.1:1/q", options=[Copy()])
+    with pytest.raises(NotImplementedError, match="custom link option Custom"):
+        container.create_receiver("amqp://127.0.0.1:1/q", options=Custom())
+    with pytest.raises(TypeError, match="must be LinkOptions"):
+        container.create_receiver("amqp://127.0.0.1:1/q", options=[object()])
+    with pytest.raises(TypeError, match="selector must be a non-empty str"):
+        Selector("")
+    with pytest.raises(TypeError, match="a filter set is a dict"):
+        Filter([1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="dynamic node properties are a dict"):
+        DynamicNodeProperties([1])  # type: ignore[arg-type]
     assert container.worker_pids() == []  # refused before anything was opened
 
 

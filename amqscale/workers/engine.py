@@ -226,6 +226,44 @@ def _write_terminus(term: Any, spec: p.Terminus) -> None:
         _put_symbols(data, spec.capabilities)
 
 
+def _set_transactional(delivery: Any, txn: bytes, outcome: int | None) -> None:
+    """Our state of `delivery`: transactional-state [txn-id, outcome] (AMQP 1.0, 4.5.8),
+    proton's custom disposition (its data is the state's fields)."""
+    data = lib.pn_disposition_data(lib.pn_delivery_local(delivery))
+    lib.pn_data_clear(data)
+    lib.pn_data_put_list(data)
+    lib.pn_data_enter(data)
+    lib.pn_data_put_binary(data, (len(txn), ffi.from_buffer(txn)))
+    if outcome is not None:
+        lib.pn_data_put_described(data)
+        lib.pn_data_enter(data)
+        lib.pn_data_put_ulong(data, outcome)
+        lib.pn_data_put_list(data)
+        lib.pn_data_exit(data)
+    lib.pn_data_exit(data)
+    lib.pn_delivery_update(delivery, p.TRANSACTIONAL_STATE)
+
+
+def _transactional_outcome(disposition: Any) -> int:
+    """The outcome inside a peer's transactional-state (0: none yet)."""
+    data = lib.pn_disposition_data(disposition)
+    if data == ffi.NULL:
+        return 0
+    lib.pn_data_rewind(data)
+    if not lib.pn_data_next(data) or lib.pn_data_type(data) != lib.PN_LIST:
+        return 0
+    lib.pn_data_enter(data)
+    outcome = 0
+    if lib.pn_data_next(data) and lib.pn_data_next(data) and (
+            lib.pn_data_type(data) == lib.PN_DESCRIBED):
+        lib.pn_data_enter(data)
+        if lib.pn_data_next(data) and lib.pn_data_type(data) == lib.PN_ULONG:
+            outcome = lib.pn_data_get_ulong(data)
+        lib.pn_data_exit(data)
+    lib.pn_data_exit(data)
+    return outcome
+
+
 def _set_open_fields(ptr: Any, offered: list[str] | None, desired: list[str] | None,
                      properties: bytes | None) -> None:
     """What our open carries besides proton's own fields."""
@@ -628,7 +666,7 @@ class Engine:
                 return  # the rest of a message in parts comes first
             start = link.sent_in_head
             end = min(len(cmd.payloads), start + credit)
-            self._transfer(link, cmd.payloads, start, end, cmd.first_seq)
+            self._transfer(link, cmd.payloads, start, end, cmd.first_seq, cmd.txn)
             credit -= end - start
             if end == len(cmd.payloads):
                 pending.popleft()
@@ -641,8 +679,11 @@ class Engine:
             lib.pn_link_drained(ptr)
 
     def _transfer(self, link: Link, payloads: list[bytes], start: int, end: int,
-                  first_seq: int) -> None:
+                  first_seq: int, txn: bytes | None = None) -> None:
         """One delivery per payload; the tag is the message's seq (unique while unsettled)."""
+        if txn is not None:
+            self._transfer_in(txn, link, payloads, start, end, first_seq)
+            return
         self.sent += end - start
         ptr = link.ptr
         tag_buf = self._tag_buf
@@ -669,6 +710,29 @@ class Engine:
             _advance(ptr)
             seq += 1
 
+    def _transfer_in(self, txn: bytes, link: Link, payloads: list[bytes], start: int,
+                     end: int, first_seq: int) -> None:
+        """Transfers of a transaction: each carries transactional-state (txn-id)."""
+        self.sent += end - start
+        ptr = link.ptr
+        seq = first_seq + start
+        for payload in payloads[start:end]:
+            ffi.memmove(self._tag_buf, seq.to_bytes(8, "little"), 8)
+            delivery = lib.pn_delivery(ptr, self._tag)
+            _set_transactional(delivery, txn, None)
+            if link.settle_on_send:
+                lib.pn_link_send(ptr, payload, len(payload))
+                _advance(ptr)
+                _settle(delivery)
+                p.add_to_runs(link.sent_settled, seq, seq + 1)
+                if not link.dirty:
+                    self._mark(link)
+            else:
+                link.unsettled[delivery] = seq
+                lib.pn_link_send(ptr, payload, len(payload))
+                _advance(ptr)
+            seq += 1
+
     def _send_parts(self, link: Link) -> bool:
         """Write the queued parts of the message at the head of `link.pending`, while
         less than SEND_AHEAD_PARTS parts are unsent on the connection. The first part
@@ -685,6 +749,8 @@ class Engine:
                         return True  # no credit: _pump_sender stops
                     ffi.memmove(self._tag_buf, part.seq.to_bytes(8, "little"), 8)
                     link.out = lib.pn_delivery(ptr, self._tag)
+                    if part.txn is not None:
+                        _set_transactional(link.out, part.txn, None)
                 elif link.conn.unsent_parts >= SEND_AHEAD_PARTS * self.fragment:
                     link.conn.stalled.add(link)
                     return False
@@ -745,6 +811,10 @@ class Engine:
             delivery = deliveries.pop(delivery_id, None)
             if delivery is None:
                 continue  # pre-settled, or its link ended: nothing to tell the peer
+            if cmd.txn is not None:
+                _set_transactional(delivery, cmd.txn, state)
+                settle(delivery)
+                continue
             if not plain:
                 self._describe_outcome(delivery, cmd)
             update(delivery, state)
@@ -1300,13 +1370,21 @@ class Engine:
             if not link.dirty:
                 self._mark(link)
             return
-        if not (p.ACCEPTED < state <= p.MODIFIED or lib.pn_delivery_settled(delivery)):
+        if state == p.TRANSACTIONAL_STATE:  # the outcome inside it decides
+            state = _transactional_outcome(lib.pn_delivery_remote(delivery))
+        if not (p.ACCEPTED < state <= p.MODIFIED or state == p.DECLARED
+                or lib.pn_delivery_settled(delivery)):
             return  # a non-terminal state (received): wait for the outcome
         seq = link.unsettled.pop(delivery, None)
         if seq is None:
             self._untracked_outcome(link, delivery)
             return
         _settle(delivery)
+        if state == p.ACCEPTED:  # accepted inside a transactional state
+            p.add_to_runs(link.accepted, seq, seq + 1)
+            if not link.dirty:
+                self._mark(link)
+            return
         self._emit_outcome(link, delivery, seq, state)
 
     def _untracked_outcome(self, link: Link, delivery: Any) -> None:
@@ -1324,6 +1402,8 @@ class Engine:
             delivery_failed=bool(lib.pn_disposition_is_failed(remote)),
             undeliverable_here=bool(lib.pn_disposition_is_undeliverable(remote)),
             annotations=self._encode_data(lib.pn_disposition_annotations(remote)),
+            data=encode_data(lib.pn_disposition_data(remote)) if state == p.DECLARED
+            else None,
         ))
 
     def _encode_data(self, data: Any) -> bytes | None:

@@ -59,11 +59,16 @@ ACCEPTED = 0x24
 REJECTED = 0x25
 RELEASED = 0x26
 MODIFIED = 0x27
+# Local transactions (AMQP 1.0, part 4): a declare's outcome (its data: [txn-id]), and the
+# state a transactional transfer or disposition carries ([txn-id, outcome]).
+DECLARED = 0x33
+TRANSACTIONAL_STATE = 0x34
 OUTCOME_NAMES = {
     ACCEPTED: "accepted",
     REJECTED: "rejected",
     RELEASED: "released",
     MODIFIED: "modified",
+    DECLARED: "declared",
 }
 
 # Settle modes (AMQP 1.0, 2.8.2 and 2.8.3).
@@ -261,6 +266,8 @@ class Send(msgspec.Struct, tag=4, array_like=True):
     first_seq: int
     payloads: list[bytes]
     settled: bool = False
+    # Sent in this transaction (its txn-id): each transfer carries transactional-state.
+    txn: bytes | None = None
 
 
 class SendPart(msgspec.Struct, tag=12, array_like=True):
@@ -276,6 +283,7 @@ class SendPart(msgspec.Struct, tag=12, array_like=True):
     chunk: bytes
     last: bool
     settled: bool = False
+    txn: bytes | None = None  # as Send.txn (read from the first part)
 
     def __repr__(self) -> str:  # a megabyte of chunk helps no log
         return (f"SendPart(link={self.link}, seq={self.seq}, {len(self.chunk)} bytes, "
@@ -293,6 +301,9 @@ class Settle(msgspec.Struct, tag=5, array_like=True):
     undeliverable_here: bool = False
     # AMQP-encoded annotations map for MODIFIED.
     annotations: bytes | None = None
+    # The disposition is part of this transaction (its txn-id): it takes effect when the
+    # transaction commits (the condition and annotations are then not sent).
+    txn: bytes | None = None
 
 
 class Flow(msgspec.Struct, tag=6, array_like=True):
@@ -543,6 +554,8 @@ class Outcomes(msgspec.Struct, tag=109, array_like=True):
     undeliverable_here: bool = False
     # AMQP-encoded message-annotations map of a MODIFIED outcome.
     annotations: bytes | None = None
+    # The outcome's own fields, AMQP-encoded: a DECLARED's [txn-id].
+    data: bytes | None = None
 
 
 def add_to_runs(runs: list[int], start: int, end: int) -> None:

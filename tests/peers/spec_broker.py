@@ -1401,14 +1401,18 @@ class Broker:
     def _control(self, st: LinkState, delivery: Delivery, raw: bytes) -> None:
         """A declare or discharge on a coordinator link."""
         try:
-            body = decode_message(raw).body
+            message = decode_message(raw)
+            body = message.body
         except Exception as err:
             self._reject(delivery, "amqp:decode-error", f"cannot decode the control: {err}")
             return
         if not isinstance(body, Described) or not isinstance(body.value, list):
             self._reject(delivery, "amqp:decode-error", "expected a declare or discharge list")
             return
-        fields = body.value
+        # proton decodes a binary as a memoryview into the message's own buffer: copy it
+        # while the message lives.
+        fields = [bytes(x) if isinstance(x, memoryview) else x for x in body.value]
+        del message
         if body.descriptor in DECLARE:
             if fields and fields[0] is not None:
                 self._reject(delivery, "amqp:not-implemented", "global transactions")
