@@ -184,7 +184,8 @@ def receiver_options(address: str | Source | None, name: str | None, *, dynamic:
         raise ValueError("a durable subscription needs name= (the subscription's name) and "
                          "a Container(container_id=...) that stays the same")
     settings = LinkSettings(properties=encode_properties(properties, "properties"),
-                            session=session, one_link=one_link(source))
+                            session=session, one_link=one_link(source),
+                            exact_name="shared" in source.capabilities)
     return ReceiverOptions(source.address, source.wire(), settings)
 
 
@@ -597,8 +598,10 @@ class Connection(ConnectionView):
         is in ``remote_source.selector``. `dynamic=True`: the peer creates a node for
         this receiver (a temporary reply queue), named in ``Receiver.address``. A dynamic
         source or a durable subscription is one link, on the first shard; a topic is
-        subscribed once per shard (each shard's link gets every message). `name`: the
-        link name, as given when there is one link (a durable subscription's name).
+        subscribed once per shard (each shard's link gets every message) unless the
+        Source has the "shared" capability (its links share one subscription, by name).
+        `name`: the link name, as given when there is one link or the source is shared
+        (a durable subscription's name).
         `properties` and `session` as for open_sender.
 
         `handler`: run the consumer inside the workers instead. An import path

@@ -849,6 +849,9 @@ class LinkSettings(NamedTuple):
     rcv_settle_mode: int = p.RCV_FIRST
     one_link: bool = False
     shards: list[Shard] | None = None  # only these (a transaction coordinator's shard)
+    # Every link takes the user's name as given, on each shard (a shared subscription's
+    # links share it by name); else only a lone link does.
+    exact_name: bool = False
 
 
 class SessionState:
@@ -1178,6 +1181,9 @@ class ClientCore:
         sender.fragment = self.fragment
         settings = settings or LinkSettings()
         shards = self._link_shards(connection, settings)
+        if target is not None and target.address is None and not (
+                target.dynamic or target.coordinator):
+            _check_relay(shards)
         for shard in shards:
             link = SenderLink(self.next_id(), shard.slot, sender)
             sender.links.append(link)
@@ -1239,7 +1245,7 @@ class ClientCore:
                    settings: LinkSettings | None = None, links: int = 0) -> None:
         self.routes[link.id] = link
         settings = settings or LinkSettings()
-        if name and links == 1:
+        if name and (links == 1 or settings.exact_name):
             link_name = name  # the user's, as given: a durable subscription's name
         else:
             link_name = f"{name or address or 'link'}-{'s' if is_sender else 'r'}-{link.id}"
@@ -1703,6 +1709,23 @@ class ClientCore:
             if share or drain:
                 link.hand_over()  # settle first: a broker may count unsettled against us
                 link.slot.queue(p.Flow(link.id, share, drain))
+
+
+def _check_relay(shards: list[Shard]) -> None:
+    """A sender with no target address needs a peer that offers the anonymous relay
+    (AMQP 1.0 names the capability ANONYMOUS-RELAY; a peer without it may refuse the link,
+    or worse: the Proton C example broker crashes on a null address). Shards whose peer
+    has not opened yet are not judged."""
+    for shard in shards:
+        remote = shard.remote
+        if remote is not None and RELAY not in (remote.remote_offered_capabilities or ()):
+            raise LinkDetached(
+                f"the peer does not offer {RELAY} (its open offers "
+                f"{remote.remote_offered_capabilities or 'no capabilities'}): a sender "
+                "needs a target address there", "amqp:not-implemented")
+
+
+RELAY = "ANONYMOUS-RELAY"
 
 
 def _add_counts(a: p.HandlerCounts, b: p.HandlerCounts) -> p.HandlerCounts:

@@ -48,6 +48,16 @@ FEATURES = [
     "SASL SCRAM",
     "SASL EXTERNAL",
     "connect.json",
+    "open: properties and capabilities",
+    "link: termini and properties",
+    "explicit session",
+    "selector",
+    "browse (copy)",
+    "durable subscription",
+    "dynamic node",
+    "anonymous relay",
+    "drain",
+    "transactions",
 ]
 
 # (feature, peer) -> why the feature means nothing there, for cells no test covers.

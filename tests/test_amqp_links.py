@@ -153,6 +153,7 @@ def container() -> Any:
 # ---- the open frame ---------------------------------------------------------------------
 
 
+@pytest.mark.interop("open: properties and capabilities", "proton-python")
 def test_our_open_carries_its_fields_and_the_peers_come_back(container: Any) -> None:
     with Observer(offered=["ANONYMOUS-RELAY", "x-peer-cap"],
                   properties={"product": "observer", "version": "1"}) as peer:
@@ -191,6 +192,7 @@ def test_bad_open_fields_are_refused_at_connect(container: Any, kwargs: dict[str
 # ---- termini and link properties -----------------------------------------------------
 
 
+@pytest.mark.interop("link: termini and properties", "proton-python")
 def test_a_source_reaches_the_peer_field_by_field_and_its_answer_comes_back(
         container: Any) -> None:
     with Observer() as peer:
@@ -217,6 +219,7 @@ def test_a_source_reaches_the_peer_field_by_field_and_its_answer_comes_back(
         conn.close()
 
 
+@pytest.mark.interop("link: termini and properties", "proton-python")
 def test_a_target_and_a_sender_s_link_properties_reach_the_peer(container: Any) -> None:
     with Observer() as peer:
         conn = container.connect(peer.url)
@@ -282,6 +285,7 @@ def test_bad_link_arguments_are_refused_before_anything_is_sent(container: Any) 
 # ---- dynamic nodes -----------------------------------------------------------------------
 
 
+@pytest.mark.interop("dynamic node", "proton-python")
 def test_a_dynamic_receiver_is_one_link_named_by_the_peer(container: Any) -> None:
     with Observer(dynamic_address="tmp.reply-7") as peer:
         conn = container.connect(peer.url, shards=2)
@@ -305,6 +309,7 @@ def test_a_dynamic_source_answered_without_an_address_is_a_clear_error(
         conn.close()
 
 
+@pytest.mark.interop("dynamic node", "amqscale")
 def test_the_listener_names_a_dynamic_node_and_offers_the_anonymous_relay(
         container: Any) -> None:
     listener = container.listen("amqp://127.0.0.1:0")
@@ -342,8 +347,9 @@ def test_the_anonymous_relay_to_amqscale_s_listener(container: Any) -> None:
     listener.close()
 
 
+@pytest.mark.interop("anonymous relay", "proton-python")
 def test_the_anonymous_relay_to_a_proton_peer(container: Any) -> None:
-    with Observer() as peer:
+    with Observer(offered=["ANONYMOUS-RELAY"]) as peer:
         conn = container.connect(peer.url)
         sender = conn.open_sender(None)
         sender.send(amqscale.Message(body="hello", address="somewhere")).wait(10)
@@ -353,9 +359,20 @@ def test_the_anonymous_relay_to_a_proton_peer(container: Any) -> None:
         conn.close()
 
 
+def test_no_anonymous_sender_to_a_peer_that_does_not_offer_the_relay(container: Any) -> None:
+    with Observer() as peer:
+        conn = container.connect(peer.url)
+        with pytest.raises(LinkDetached, match="does not offer ANONYMOUS-RELAY"):
+            conn.open_sender(None)
+        assert peer.links == []  # nothing was attached
+        conn.open_sender("named").send(b"x").wait(10)  # the connection is fine
+        conn.close()
+
+
 # ---- drain ----------------------------------------------------------------------------------
 
 
+@pytest.mark.interop("drain", "proton-python")
 def test_drain_returns_once_the_peer_answered_and_the_credit_comes_back(
         container: Any) -> None:
     with Observer(queued=3) as peer:
@@ -384,6 +401,7 @@ def test_a_drain_the_peer_never_answers_times_out_and_the_receiver_goes_on(
         conn.close()
 
 
+@pytest.mark.interop("drain", "amqscale")
 def test_amqscale_answers_a_drain_as_a_sender(container: Any) -> None:
     """A proton-python receiver drains a link to amqscale's listener: amqscale, with
     nothing to send, gives the credit back (pn_link_drained)."""
@@ -404,6 +422,7 @@ def test_amqscale_answers_a_drain_as_a_sender(container: Any) -> None:
 # ---- sessions, detach and close -------------------------------------------------------------
 
 
+@pytest.mark.interop("explicit session", "proton-python")
 def test_an_explicit_session_carries_its_links(container: Any) -> None:
     with Observer() as peer:
         conn = container.connect(peer.url)
@@ -430,6 +449,7 @@ def test_an_explicit_session_carries_its_links(container: Any) -> None:
         conn.close()
 
 
+@pytest.mark.interop("durable subscription", "proton-python")
 def test_detach_keeps_a_durable_subscription_close_ends_it(container: Any) -> None:
     with Observer() as peer:
         conn = container.connect(peer.url)
@@ -463,7 +483,7 @@ def test_the_asyncio_face_has_the_same_link_options() -> None:
             await on_session.send(b"y")
             await conn.aclose()
 
-    with Observer(queued=2) as peer:
+    with Observer(queued=2, offered=["ANONYMOUS-RELAY"]) as peer:
         asyncio.run(main(peer))
         assert peer.opens[0]["properties"] == {"face": "aio"}
         assert ("elsewhere", 1) in [(m.address, m.body) for m in peer.messages]
