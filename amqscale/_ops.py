@@ -298,15 +298,18 @@ def close_receiver(driver: Driver, state: ReceiverState,
 
 
 def listen(driver: Driver, url: URL, credit: int, max_message_size: int,
-           **security: Any) -> Steps[ListenerState]:
-    """Worker 0 binds and accepts, then every other worker adopts the listener."""
+           policy: Any = None, **security: Any) -> Steps[ListenerState]:
+    """Worker 0 binds and accepts, then every other worker adopts the listener. With a
+    `policy` (see ListenerState.policy) every inbound link waits for its decision."""
     driver.check_open()
     driver.refresh()
     core = driver.core
     if core.slots[0].failure is not None:
         raise core.slots[0].failure  # the accepting worker is gone
     with driver.lock:
-        state = core.listen(url.host, url.port, credit, max_message_size, **security)
+        state = core.listen(url.host, url.port, credit, max_message_size,
+                            defer_attach=policy is not None, **security)
+        state.policy = policy
         driver.write_all()
     try:
         yield Wait(lambda: state.port is not None or state.failure is not None,
@@ -324,6 +327,20 @@ def listen(driver: Driver, url: URL, credit: int, max_message_size: int,
         close_listener(driver, state)
         raise state.failure
     return state
+
+
+def offered_sender(state: ListenerState) -> Steps[SenderState]:
+    """The next remote receiver's sender that the user has not taken."""
+    while True:
+        if state.offered:
+            sender = state.offered.popleft()
+            if not sender.closed and not all(x.failure for x in sender.links):
+                return sender
+            continue
+        if state.closed or state.failure is not None:
+            raise state.failure or ConnectionFailed("the listener is closed")
+        yield Wait(lambda: bool(state.offered) or state.closed or state.failure is not None,
+                   "a remote receiver to attach", settlements=False)
 
 
 def close_listener(driver: Driver, state: ListenerState) -> None:

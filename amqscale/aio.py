@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Mapping, Sequence
 from typing import Any, overload
 
 from . import _ops, security
@@ -51,6 +51,7 @@ from ._supervisor import DEFAULT_RING_CAPACITY
 from .container import (
     OPEN_TIMEOUT,
     ConnectionView,
+    InboundLink,
     ListenerView,
     check_limit,
     check_positive,
@@ -59,6 +60,7 @@ from .container import (
     connect_options,
     default_worker_count,
     explain_tls_failure,
+    link_policy,
     receiver_options,
     sender_options,
     session_state_of,
@@ -241,14 +243,17 @@ class Container:
                      max_message_size: int | None = None,
                      tls: security.TLS | None = None,
                      sasl: security.ServerSASL | None = None,
+                     accept_link: Callable[[InboundLink], Any] | None = None,
                      timeout: float | None = OPEN_TIMEOUT) -> Listener:
-        """Accept inbound AMQP connections on `url` (see amqscale.Container.listen)."""
+        """Accept inbound AMQP connections on `url` (see amqscale.Container.listen:
+        `accept_link` decides each inbound link; it runs on the event loop)."""
         driver, binding = self._live
         parsed = parse_url(url)
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
         options = security.listener_options(parsed, tls=tls, sasl=sasl)
-        state = await binding.run(_ops.listen(driver, parsed, credit, limit, **options),
+        state = await binding.run(_ops.listen(driver, parsed, credit, limit,
+                                              policy=link_policy(accept_link), **options),
                                   timeout)
         return Listener(self, state)
 
@@ -679,10 +684,18 @@ class Listener(ListenerView):
     """Inbound connections on one port, spread over the workers."""
 
     def __init__(self, container: Container, state: ListenerState) -> None:
-        driver, _ = container._live
+        driver, binding = container._live
         super().__init__(driver, state)
         self._container = container
+        self._binding = binding  # what its Senders wait with
         self.receiver = Receiver(driver, state.receiver, owner=container)
+
+    async def accept_sender(self, timeout: float | None = None) -> Sender:
+        """The Sender of the next remote receiver that attached (see the blocking
+        Listener.accept_sender)."""
+        state = await self._binding.run(_ops.offered_sender(self._state), timeout,
+                                        key=self._state)
+        return Sender(self, state)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Listener:
         return self

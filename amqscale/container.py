@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, overload
 
 from . import _ops, security
 from ._driver import Driver
 from ._supervisor import DEFAULT_RING_CAPACITY
-from .core import ConnectionState, LinkSettings, ListenerState, SessionState
+from .core import ConnectionState, LinkRequest, LinkSettings, ListenerState, SessionState
 from .errors import TLSError
 from .links import (
     CLOSE_TIMEOUT,
@@ -143,6 +143,47 @@ def check_windows(incoming_window: int, outgoing_window: int) -> None:
                         (outgoing_window, "outgoing_window")):
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
             raise ValueError(f"{what} must be an int in 0..2**32-1, not {value!r}")
+
+
+class InboundLink(NamedTuple):
+    """An inbound link a listener's `accept_link` decides on: its `name`, the peer's
+    `role` ("sender": it sends to us; "receiver": it takes messages from us), the peer's
+    `source` and `target`, its link `properties`, the peer's `container_id`, and what its
+    connection negotiated (`security`: the user it authenticated as, ...)."""
+
+    name: str
+    role: str
+    source: Source | None
+    target: Target | None
+    properties: dict[str, Any]
+    container_id: str | None
+    security: security.Security
+
+
+def link_policy(accept_link: Callable[[InboundLink], Any] | None
+                ) -> Callable[[LinkRequest], p.Condition | None] | None:
+    """The core's form of a listener's `accept_link` (see Container.listen)."""
+    if accept_link is None:
+        return None
+    if not callable(accept_link):
+        raise TypeError(f"accept_link must be callable, not {accept_link!r}")
+
+    def decide(request: LinkRequest) -> p.Condition | None:
+        answer = accept_link(InboundLink(
+            request.name, request.role, Source.from_wire(request.source),
+            Target.from_wire(request.target), decode_properties(request.properties),
+            request.container_id, request.security or security.Security()))
+        if answer is None:
+            return None
+        if isinstance(answer, str):
+            return p.Condition(answer, "refused by the listener")
+        if (isinstance(answer, tuple) and len(answer) == 2
+                and all(isinstance(x, str) for x in answer)):
+            return p.Condition(*answer)
+        raise TypeError(f"accept_link returns None, a condition name or (name, "
+                        f"description), not {answer!r}")
+
+    return decide
 
 
 class SenderOptions(NamedTuple):
@@ -308,15 +349,24 @@ class Container:
 
     def listen(self, url: str, *, credit: int = 1000, max_message_size: int | None = None,
                tls: security.TLS | None = None, sasl: security.ServerSASL | None = None,
+               accept_link: Callable[[InboundLink], Any] | None = None,
                timeout: float | None = OPEN_TIMEOUT) -> Listener:
         """Accept inbound AMQP connections on `url`, spread over every worker.
 
         Port 0 picks a free port (see `Listener.port`). Remote senders' messages arrive
         on `Listener.receiver`; each inbound link is granted `credit` and told our
         `max_message_size` (a larger message ends its link). A remote receiver's link is
-        attached and left idle: this face has nothing to send it (the event-driven face,
-        ``amqscale.reactor``, offers it to the handler as a Sender); it is detached when
-        the listener closes.
+        a Sender of its own: ``Listener.accept_sender()`` gives them in order (the address
+        it asked for is ``sender.address``; a dynamic source gets a unique one); they are
+        detached when the listener closes. The listener offers ANONYMOUS-RELAY: its
+        receiver takes a message whatever its address (``message.address`` says).
+
+        `accept_link(link)`, if given, decides each inbound link (an InboundLink: name,
+        role, source, target, properties, container_id, security) as it attaches: it
+        returns None to attach it, or a condition to refuse it with (a str such as
+        "amqp:unauthorized-access", or a (name, description) pair); an exception in it
+        refuses the link with amqp:internal-error. It runs inside this face's calls (as
+        every event here), in the thread making them.
 
         `amqps://` with `tls` (a TLS with cert= and key=; verify="peer" requires client
         certificates) serves TLS only: a plain connection is refused. `sasl`
@@ -327,8 +377,9 @@ class Container:
         check_positive(credit, "credit")
         limit = check_limit(max_message_size)
         options = security.listener_options(parsed, tls=tls, sasl=sasl)
+        policy = link_policy(accept_link)
         state = _ops.run(self._driver, _ops.listen(self._driver, parsed, credit, limit,
-                                                   **options), timeout)
+                                                   policy=policy, **options), timeout)
         return Listener(self, state)
 
     # ---- closing ------------------------------------------------------------------------
@@ -750,6 +801,13 @@ class Listener(ListenerView):
     def peers(self) -> list[Peer]:
         self._driver.refresh_state()  # this face takes events only inside its calls
         return super().peers
+
+    def accept_sender(self, timeout: float | None = None) -> Sender:
+        """The Sender of the next remote receiver that attached (waiting up to `timeout`
+        seconds for one: TimeoutError): what it sends goes to that peer's link. Its
+        `address` is the source the peer asked for; `remote_source` the whole of it."""
+        state = _ops.run(self._driver, _ops.offered_sender(self._state), timeout)
+        return Sender(self._driver, state, owner=self._container)
 
     def __enter__(self) -> Listener:
         return self

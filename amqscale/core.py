@@ -1036,6 +1036,21 @@ class ConnectionState:
             raise failures[0]
 
 
+class LinkRequest(NamedTuple):
+    """An inbound link a listener's `accept_link` decides on: its name, the peer's role
+    ("sender": it sends to us; "receiver": it takes from us), the peer's termini and link
+    properties (AMQP-encoded), the peer's container id and what its connection
+    negotiated (the user it authenticated as, ...)."""
+
+    name: str
+    role: str
+    source: p.Terminus | None
+    target: p.Terminus | None
+    properties: bytes | None
+    container_id: str | None
+    security: p.Security | None
+
+
 class ListenerState:
     """A listener: its port, the receiver its remote senders' messages go to, and a
     SenderState per remote receiver attached (`senders`, each with one link, `window`
@@ -1043,7 +1058,7 @@ class ListenerState:
 
     __slots__ = ("id", "host", "port", "credit", "max_message_size", "failure", "pending",
                  "receiver", "closed", "senders", "window", "connections", "defer_attach",
-                 "defer_open", "tls", "sasl", "relisten")
+                 "defer_open", "tls", "sasl", "relisten", "offered", "policy")
 
     def __init__(self, listener_id: int, host: str, credit: int,
                  max_message_size: int, window: int = INBOUND_WINDOW,
@@ -1066,6 +1081,11 @@ class ListenerState:
         self.defer_attach = defer_attach  # its links wait for accept_link()
         self.defer_open = defer_open  # its connections wait for accept_connection()
         self.relisten = False  # a new worker 0 is binding its port again
+        # Remote receivers' senders the user has not taken yet (Listener.accept_sender).
+        self.offered: deque[SenderState] = deque()
+        # Decides each inbound link of a defer_attach listener whose face does not:
+        # called with a LinkRequest, returns None (attach it) or a Condition (refuse it).
+        self.policy: Callable[[LinkRequest], p.Condition | None] | None = None
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.Listening:
@@ -1583,6 +1603,8 @@ class ClientCore:
             sender.links.append(sending)
             listener.senders.append(sender)
             self.routes[event.link] = sending
+            if self._decide(listener, sending, event):
+                listener.offered.append(sender)
             return sending
         link = ReceiverLink(event.link, slot, listener.receiver, listener.credit)
         link.opened = True
@@ -1590,7 +1612,33 @@ class ClientCore:
         link.remote_target = event.remote_target
         listener.receiver.links[event.link] = link
         self.routes[event.link] = link
+        self._decide(listener, link, event)
         return link
+
+    def _decide(self, listener: ListenerState, link: SenderLink | ReceiverLink,
+                event: p.LinkOpened) -> bool:
+        """Let the listener's policy attach or refuse an inbound link; True if attached
+        (or left to the face: no policy)."""
+        if listener.policy is None:
+            return True
+        connection = listener.connections.get(event.inbound_conn)
+        request = LinkRequest(
+            event.name, "receiver" if event.is_sender else "sender", event.remote_source,
+            event.remote_target, event.remote_properties,
+            connection.remote_container if connection is not None else None,
+            connection.security if connection is not None else None)
+        try:
+            refusal = listener.policy(request)
+        except Exception as exc:  # the user's code: the link is refused, nothing else
+            refusal = p.Condition("amqp:internal-error",
+                                  f"the listener's accept_link raised {exc!r}")
+        if refusal is None:
+            self.accept_link(link, None, None)
+            return True
+        link.slot.queue(p.CloseLink(link.id, refusal))
+        link.failure = LinkDetached(f"refused: {refusal.name}", refusal.name,
+                                    refusal.description)
+        return False
 
     def worker_died(self, slot: WorkerSlot, code: int | None) -> None:
         """Everything on a dead worker fails with WorkerDied; unsettled messages stay."""

@@ -493,3 +493,116 @@ def test_the_asyncio_face_has_the_same_link_options() -> None:
 def test_time_is_not_asserted_here() -> None:
     """(A guard for this module: the waits above are bounded, never measured.)"""
     assert time.monotonic() > 0
+
+
+# ---- the listener as a full peer ------------------------------------------------------------
+
+
+@pytest.mark.interop("listen: inbound receiver", "proton-python")
+def test_a_listener_sends_to_the_remote_receivers_that_attach(container: Any) -> None:
+    from proton.utils import BlockingConnection
+
+    listener = container.listen("amqp://127.0.0.1:0")
+    client = BlockingConnection(listener.url, timeout=15)
+    try:
+        first = client.create_receiver("feed-a", name="a", credit=10)
+        second = client.create_receiver("feed-b", name="b", credit=10)
+        senders = [listener.accept_sender(15), listener.accept_sender(15)]
+        assert [s.address for s in senders] == ["feed-a", "feed-b"]
+        trackers = [s.send(amqscale.Message(body=f"to {s.address} {i}"))
+                    for s in senders for i in range(3)]
+        got_a, got_b = [], []
+        for _ in range(3):
+            got_a.append(first.receive(15).body)
+            first.accept()
+            got_b.append(second.receive(15).body)
+            second.accept()
+        assert got_a == [f"to feed-a {i}" for i in range(3)]
+        assert got_b == [f"to feed-b {i}" for i in range(3)]
+        client.close()  # proton's blocking client sends its dispositions as it closes
+        assert all(tracker.wait(15).accepted for tracker in trackers)
+        with pytest.raises(TimeoutError):
+            listener.accept_sender(0.2)
+    finally:
+        client.close()
+        listener.close()
+
+
+def test_accept_link_decides_each_inbound_link() -> None:
+    """The blocking face decides inside its calls: the proton client runs in a thread
+    while this one waits in accept_sender() and receive()."""
+    from proton.utils import BlockingConnection
+    from proton.utils import LinkDetached as ProtonLinkDetached
+
+    seen: list[Any] = []
+    refusals: list[str] = []
+
+    def decide(link: Any) -> Any:
+        seen.append(link)
+        if link.name == "forbidden":
+            return ("amqp:unauthorized-access", "not this one")
+        if link.name == "buggy":
+            raise RuntimeError("a bug in the policy")
+        return None
+
+    def client_side(url: str) -> None:
+        client = BlockingConnection(url, timeout=15)
+        try:
+            client.create_receiver("allowed", name="ok", credit=5)
+            for name in ("forbidden", "buggy"):
+                try:
+                    client.create_sender("q", name=name)
+                except ProtonLinkDetached as exc:
+                    refusals.append(str(exc))
+            client.create_sender("q", name="fine").send(ProtonMessage(body="through"),
+                                                         timeout=15)
+        finally:
+            client.close()
+
+    with amqscale.Container(workers=1, container_id="deciding") as server:
+        listener = server.listen("amqp://127.0.0.1:0", accept_link=decide)
+        thread = threading.Thread(target=client_side, args=(listener.url,), daemon=True)
+        thread.start()
+        assert listener.accept_sender(15).address == "allowed"
+        delivery = listener.receiver.receive(15)
+        assert delivery.message.body == "through"
+        delivery.accept()
+        thread.join(15)
+        assert [x.name for x in seen] == ["ok", "forbidden", "buggy", "fine"]
+        assert seen[0].role == "receiver" and seen[1].role == "sender"
+        assert seen[0].source.address == "allowed" and seen[0].container_id
+        assert len(refusals) == 2
+        assert "unauthorized-access" in refusals[0] and "not this one" in refusals[0]
+        assert "internal-error" in refusals[1] and "a bug in the policy" in refusals[1]
+        listener.close()
+    with pytest.raises(TypeError, match="accept_link must be callable"):
+        amqscale.Container(workers=1).listen("amqp://127.0.0.1:0",
+                                             accept_link="no")  # type: ignore[arg-type]
+
+
+def test_the_asyncio_listener_sends_to_remote_receivers() -> None:
+    from proton.utils import BlockingConnection
+
+    async def main() -> None:
+        async with aio.Container(workers=1) as container:
+            listener = await container.listen("amqp://127.0.0.1:0")
+            loop = asyncio.get_running_loop()
+            client = await loop.run_in_executor(
+                None, lambda: BlockingConnection(listener.url, timeout=15))
+            receiver = await loop.run_in_executor(
+                None, lambda: client.create_receiver("aio-feed", credit=5))
+            sender = await listener.accept_sender(15)
+            assert sender.address == "aio-feed"
+            tracker = sender.put_nowait(amqscale.Message(body="from asyncio"))
+
+            def take() -> Any:
+                body = receiver.receive(15).body
+                receiver.accept()
+                client.close()  # it sends its disposition as it closes
+                return body
+
+            assert await loop.run_in_executor(None, take) == "from asyncio"
+            assert (await tracker.wait(15)).accepted
+            listener.close()
+
+    asyncio.run(main())
