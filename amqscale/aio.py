@@ -61,6 +61,7 @@ from .container import (
     default_worker_count,
     explain_tls_failure,
     link_policy,
+    natives,
     receiver_options,
     sender_options,
     session_state_of,
@@ -327,7 +328,8 @@ class Connection(ConnectionView):
                             handler: None = None, handler_args: None = None,
                             dynamic: bool = False, selector: str | None = None,
                             properties: Mapping[str, Any] | None = None,
-                            session: Session | None = None) -> Receiver: ...
+                            session: Session | None = None, datetimes: bool = False,
+                            decimals: bool = False) -> Receiver: ...
 
     @overload
     async def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
@@ -338,7 +340,8 @@ class Connection(ConnectionView):
                             handler_args: dict[str, Any] | None = None,
                             dynamic: bool = False, selector: str | None = None,
                             properties: Mapping[str, Any] | None = None,
-                            session: Session | None = None) -> HandlerReceiver: ...
+                            session: Session | None = None, datetimes: bool = False,
+                            decimals: bool = False) -> HandlerReceiver: ...
 
     async def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                             auto_accept: bool = False, name: str | None = None,
@@ -347,7 +350,8 @@ class Connection(ConnectionView):
                             handler: Any = None, handler_args: dict[str, Any] | None = None,
                             dynamic: bool = False, selector: str | None = None,
                             properties: Mapping[str, Any] | None = None,
-                            session: Session | None = None
+                            session: Session | None = None, datetimes: bool = False,
+                            decimals: bool = False
                             ) -> Receiver | HandlerReceiver:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
         With `handler`, a HandlerReceiver: the consumer runs inside the workers, as with
@@ -358,9 +362,11 @@ class Connection(ConnectionView):
         options = receiver_options(address, name, dynamic=dynamic, selector=selector,
                                    properties=properties,
                                    session=session_state_of(self, session))
+        decoding = natives(datetimes, decimals)
         state = await self._binding.run(_ops.open_receiver(
             self._driver, self._state, options.address, credit, auto_accept, name, limit,
             path, handler_args, options.source, options.settings), timeout)
+        state.natives = decoding
         if path is not None:
             return HandlerReceiver(self._driver, state, owner=self)
         return Receiver(self._driver, state, owner=self)

@@ -137,6 +137,13 @@ def _symbols(value: Sequence[str] | str | None, what: str) -> list[str] | None:
     return names or None
 
 
+def natives(datetimes: bool, decimals: bool) -> tuple[bool, bool] | None:
+    """A receiver's decoding opt-ins (ReceiverState.natives), checked."""
+    if not isinstance(datetimes, bool) or not isinstance(decimals, bool):
+        raise TypeError("datetimes and decimals are bools")
+    return (datetimes, decimals) if datetimes or decimals else None
+
+
 def check_windows(incoming_window: int, outgoing_window: int) -> None:
     """A session's window arguments."""
     for value, what in ((incoming_window, "incoming_window"),
@@ -618,7 +625,8 @@ class Connection(ConnectionView):
                       handler: None = None, handler_args: None = None,
                       dynamic: bool = False, selector: str | None = None,
                       properties: Mapping[str, Any] | None = None,
-                      session: Session | None = None) -> Receiver: ...
+                      session: Session | None = None, datetimes: bool = False,
+                      decimals: bool = False) -> Receiver: ...
 
     @overload
     def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
@@ -629,7 +637,8 @@ class Connection(ConnectionView):
                       handler_args: dict[str, Any] | None = None,
                       dynamic: bool = False, selector: str | None = None,
                       properties: Mapping[str, Any] | None = None,
-                      session: Session | None = None) -> HandlerReceiver: ...
+                      session: Session | None = None, datetimes: bool = False,
+                      decimals: bool = False) -> HandlerReceiver: ...
 
     def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                       auto_accept: bool = False, name: str | None = None,
@@ -638,7 +647,8 @@ class Connection(ConnectionView):
                       handler: Any = None, handler_args: dict[str, Any] | None = None,
                       dynamic: bool = False, selector: str | None = None,
                       properties: Mapping[str, Any] | None = None,
-                      session: Session | None = None) -> Receiver | HandlerReceiver:
+                      session: Session | None = None, datetimes: bool = False,
+                      decimals: bool = False) -> Receiver | HandlerReceiver:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
 
         `max_message_size` is announced to the peer (a larger message ends the link).
@@ -653,7 +663,9 @@ class Connection(ConnectionView):
         Source has the "shared" capability (its links share one subscription, by name).
         `name`: the link name, as given when there is one link or the source is shared
         (a durable subscription's name).
-        `properties` and `session` as for open_sender.
+        `properties` and `session` as for open_sender. `datetimes` / `decimals`: AMQP
+        timestamps and decimals in received messages come back as aware datetimes and
+        Decimals (off by default: proton's types re-encode losslessly; docs/types.md).
 
         `handler`: run the consumer inside the workers instead. An import path
         ("package.module:Name") or an importable class or function (not one of
@@ -673,9 +685,11 @@ class Connection(ConnectionView):
                                    properties=properties,
                                    session=session_state_of(self, session))
         driver = self._driver
+        decoding = natives(datetimes, decimals)
         state = _ops.run(driver, _ops.open_receiver(
             driver, self._state, options.address, credit, auto_accept, name, limit, path,
             handler_args, options.source, options.settings), timeout)
+        state.natives = decoding
         if path is not None:
             return HandlerReceiver(driver, state, owner=self)
         return Receiver(driver, state, owner=self)

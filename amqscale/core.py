@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import random
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +37,7 @@ from .errors import (
     TLSError,
     WorkerDied,
 )
-from .message import Message
+from .message import Message, convert_natives
 from .reconnect import Policy
 from .url import URL
 from .workers import protocol as p
@@ -44,6 +46,8 @@ from .workers import protocol as p
 # "not handled here" (the caller decodes one by one).
 decode_messages: Callable[[list[bytes]], list[Message] | None] = (
     (lambda payloads: None) if codec._ccodec is None else codec._ccodec.decode_messages)
+
+frames_log = logging.getLogger("amqscale.frames")
 
 SEND_BATCH = 128  # messages per Send command when the worker is busy
 # Parts of a large message handed to a worker and not yet given to its engine, at most:
@@ -58,12 +62,15 @@ def condition_text(cond: p.Condition | None) -> str:
 
 
 def link_failure(kind: str, address: str | None, cond: p.Condition | None,
-                 worker: int | None = None) -> LinkDetached:
+                 worker: int | None = None, where: str = "") -> LinkDetached:
+    """The error of a link the peer (or the worker) ended: it names the link's address
+    and, `where` given, the peer it is attached to."""
+    on = f" on {where}" if where else ""
     if cond is not None and cond.name in (p.HANDLER_ERROR, p.HANDLER_NOT_FOUND):
         summary = cond.description.partition("\n")[0]
-        return HandlerFailed(f"{kind} {address!r}: {summary}", cond.name, cond.description,
-                             worker)
-    return LinkDetached(f"{kind} {address!r} detached{condition_text(cond)}",
+        return HandlerFailed(f"{kind} {address!r}{on}: {summary}", cond.name,
+                             cond.description, worker)
+    return LinkDetached(f"{kind} {address!r}{on} detached{condition_text(cond)}",
                         cond.name if cond else None, cond.description if cond else "")
 
 
@@ -170,7 +177,7 @@ class SenderLink:
                  "remote_max",
                  "parts_seq", "parts_written", "parts_busy",
                  "attach", "attached", "generation", "lost", "handed", "resent",
-                 "remote_properties")
+                 "remote_properties", "where")
 
     def __init__(self, link_id: int, slot: WorkerSlot, sender: SenderState) -> None:
         self.id = link_id
@@ -202,6 +209,7 @@ class SenderLink:
         self.handed = 0  # seqs below this went to a worker (a loss puts them in doubt)
         self.resent = 0  # messages sent again after a loss
         self.remote_properties: bytes | None = None  # the peer's link properties
+        self.where = ""  # the URL of its peer, for errors
 
     def take(self, payloads: list[bytes], txn: bytes | None = None) -> Batch:
         """Number `payloads` as the link's next messages, in a new batch."""
@@ -306,7 +314,8 @@ class SenderLink:
             self.closed = True
             if self.failure is None:
                 self.failure = link_failure("sender to", self.sender.address,
-                                            event.condition)  # type: ignore[union-attr]
+                                            event.condition,  # type: ignore[union-attr]
+                                            where=self.where)
 
     def _lose(self, condition: p.Condition | None) -> None:
         """Its connection is gone: what went to the worker unsettled is in doubt."""
@@ -533,6 +542,9 @@ class Arrival:
         message = messages[index]
         if message is None:
             message = messages[index] = Message.decode(self.payloads[index])
+            natives = self.link.receiver.natives
+            if natives is not None:
+                convert_natives(message, *natives)
         return message
 
     def messages_in(self, lo: int, hi: int) -> list[Message]:
@@ -543,6 +555,10 @@ class Arrival:
         if messages[lo:hi].count(None) == hi - lo:
             decoded = decode_messages(self.payloads[lo:hi])
             if decoded is not None:
+                natives = self.link.receiver.natives
+                if natives is not None:
+                    for message in decoded:
+                        convert_natives(message, *natives)
                 messages[lo:hi] = decoded
                 return decoded
         return [self.message(index) for index in range(lo, hi)]
@@ -575,7 +591,7 @@ class ReceiverLink:
     __slots__ = ("id", "slot", "receiver", "credit", "consumed", "settling", "opened",
                  "closed", "failure", "remote_source", "remote_target", "parts", "dirty",
                  "counts", "attach", "attached", "generation", "lost", "counts_base",
-                 "remote_properties", "draining")
+                 "remote_properties", "draining", "where")
 
     def __init__(self, link_id: int, slot: WorkerSlot, receiver: ReceiverState,
                  credit: int) -> None:
@@ -600,6 +616,7 @@ class ReceiverLink:
         self.lost: p.Condition | None = None
         self.remote_properties: bytes | None = None
         self.draining = False  # a drain asked for, not answered yet
+        self.where = ""  # the URL of its peer, for errors
 
     def on_event(self, event: p.Event) -> None:
         kind = type(event)
@@ -634,7 +651,7 @@ class ReceiverLink:
                 p.HANDLER_ERROR, p.HANDLER_NOT_FOUND)
             if self.failure is None or handler_failed:
                 self.failure = link_failure("receiver from", self.receiver.address,
-                                            condition, self.slot.index)
+                                            condition, self.slot.index, self.where)
             self.receiver.on_link_closed(self)
 
     def drain(self) -> None:
@@ -717,7 +734,7 @@ class ReceiverState:
     """A Receiver's links and the arrivals buffered for the user, in arrival order."""
 
     __slots__ = ("address", "credit", "auto_accept", "endless", "links", "buffer",
-                 "position", "closed", "ended", "waiter", "handler", "lost")
+                 "position", "closed", "ended", "waiter", "handler", "lost", "natives")
 
     def __init__(self, address: str | None, credit: int, auto_accept: bool = False,
                  endless: bool = False) -> None:
@@ -736,6 +753,8 @@ class ReceiverState:
         # Deliveries whose connection was lost before they were settled: dropped from
         # the buffer untaken, or refused a settlement (DeliveryLost). The peer has them.
         self.lost = 0
+        # (datetimes, decimals): timestamps and decimals decoded as datetime and Decimal.
+        self.natives: tuple[bool, bool] | None = None
 
     def drop_untaken(self, link: ReceiverLink) -> None:
         """Forget what `link` delivered and the user has not taken, except pre-settled
@@ -1265,6 +1284,8 @@ class ClientCore:
                    settings: LinkSettings | None = None, links: int = 0) -> None:
         self.routes[link.id] = link
         settings = settings or LinkSettings()
+        if shard.connection is not None:
+            link.where = str(shard.connection.urls[shard.url_index])
         if name and (links == 1 or settings.exact_name):
             link_name = name  # the user's, as given: a durable subscription's name
         else:
@@ -1420,6 +1441,9 @@ class ClientCore:
 
     def _route(self, slot: WorkerSlot, event: p.Event) -> None:
         kind = type(event)
+        if kind is p.Trace:
+            self._log_frames(slot, event)  # type: ignore[arg-type]
+            return
         link_id = getattr(event, "link", None)
         if link_id is not None:
             target = self.routes.get(link_id)
@@ -1639,6 +1663,23 @@ class ClientCore:
         link.failure = LinkDetached(f"refused: {refusal.name}", refusal.name,
                                     refusal.description)
         return False
+
+    def _log_frames(self, slot: WorkerSlot, event: p.Trace) -> None:
+        """A worker's frame trace, to the logger "amqscale.frames" (DEBUG), or to stderr
+        when nothing handles that logger: PN_TRACE_FRM=1 shows frames as with proton."""
+        target = self.routes.get(event.conn)
+        if type(target) is Shard and target.connection is not None:
+            where = f"connection {event.conn} to {target.connection.urls[target.url_index]}"
+        elif type(target) is InboundConnection:
+            where = f"inbound connection {event.conn} (listener {target.listener.id})"
+        else:
+            where = f"connection {event.conn}"
+        prefix = f"[worker {slot.index}, {where}] "
+        if frames_log.hasHandlers():
+            for line in event.lines:
+                frames_log.debug("%s%s", prefix, line)
+        else:
+            sys.stderr.write("".join(f"{prefix}{line}\n" for line in event.lines))
 
     def worker_died(self, slot: WorkerSlot, code: int | None) -> None:
         """Everything on a dead worker fails with WorkerDied; unsettled messages stay."""

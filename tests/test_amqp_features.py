@@ -437,3 +437,34 @@ def test_a_dynamic_target_is_a_node_the_peer_names(container: Any, peer_url: str
     sender.send(Message(body="to the new node")).wait(15)
     assert _bodies(conn.open_receiver(sender.address), 1) == ["to the new node"]
     conn.close()
+
+
+# ---- Python's own types on receipt -----------------------------------------------------------
+
+
+def test_a_receiver_may_take_timestamps_and_decimals_as_python_s_types(
+        container: Any, spec_broker: SpecBroker) -> None:
+    import datetime
+    import decimal
+
+    from amqscale.types import decimal128, timestamp
+
+    when = datetime.datetime(2026, 12, 1, 12, 30, 5, 123000, tzinfo=datetime.timezone.utc)
+    price = decimal.Decimal("12.50")
+    conn = container.connect(spec_broker.url)
+    queue = unique("natives")
+    _send(conn, queue, [Message(body={"at": when, "price": price}, properties={"at": when})
+                        for _ in range(2)])
+    native = conn.open_receiver(queue, credit=1, datetimes=True, decimals=True)
+    got = native.receive(15)
+    got.accept()
+    assert got.message.body == {"at": when, "price": price}
+    assert got.message.properties == {"at": when}
+    native.close()
+    plain = conn.open_receiver(queue, credit=1)
+    body = plain.receive(15).message.body
+    assert type(body["at"]) is timestamp and body["at"] == int(when.timestamp() * 1000)
+    assert type(body["price"]) is decimal128  # lossless by default
+    with pytest.raises(TypeError, match="bools"):
+        conn.open_receiver(queue, datetimes="yes")  # type: ignore[call-overload]
+    conn.close()

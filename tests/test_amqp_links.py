@@ -606,3 +606,33 @@ def test_the_asyncio_listener_sends_to_remote_receivers() -> None:
             listener.close()
 
     asyncio.run(main())
+
+
+
+# ---- frame tracing ---------------------------------------------------------------------------
+
+
+def test_pn_trace_frm_sends_the_workers_frames_to_the_user_s_log(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from amqscale.security import ServerSASL
+
+    monkeypatch.setenv("PN_TRACE_FRM", "1")  # the workers inherit it when they start
+    caplog.set_level("DEBUG", logger="amqscale.frames")
+    with amqscale.Container(workers=1) as traced:
+        listener = traced.listen("amqp://127.0.0.1:0", sasl=ServerSASL(
+            users={"alice": "s3cret-pw"}, mechanisms="PLAIN", allow_insecure_mechanisms=True))
+        conn = traced.connect(listener.url, user="alice", password="s3cret-pw",
+                              sasl_mechanisms="PLAIN", allow_insecure_mechanisms=True)
+        sender = conn.open_sender("traced")
+        sender.send(b"x")
+        delivery = listener.receiver.receive(15)
+        delivery.accept()
+        conn.close()
+        listener.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "amqscale.frames"]
+    ours = [x for x in lines if f"to {listener.url}" in x]
+    assert any("-> @open(16)" in x for x in ours)
+    assert any("-> @attach(18)" in x and "traced" in x for x in ours)
+    assert any("-> @transfer(20)" in x for x in ours)
+    assert any("@sasl-init(65)" in x and "initial-response=<hidden>" in x for x in lines)
+    assert not any("s3cret-pw" in x for x in lines)  # the password never reaches a log

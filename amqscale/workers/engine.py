@@ -16,6 +16,7 @@ dicts below map C objects (connections, links, deliveries) to their Python state
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 import uuid
@@ -85,6 +86,8 @@ LISTENER_CAPABILITIES = ["ANONYMOUS-RELAY"]
 
 
 INTERNAL_ERROR = "amqscale:internal-error"
+# A SASL frame's response field in proton's frame trace (a binary: b"...", escapes inside).
+_SASL_SECRET = re.compile(r'((?:initial-)?response)=b"(?:[^"\\]|\\.)*"')
 _logged: set[tuple[str, str, int]] = set()
 
 
@@ -445,6 +448,11 @@ class Engine:
         self._dirty: list[Link] = []
         # The sessions users began (BeginSession): id -> (connection, pn_session_t).
         self.sessions: dict[int, tuple[Connection, Any]] = {}
+        # Frame tracing (proton's PN_TRACE_FRM=1): each transport's lines go to the user
+        # process as Trace events, not to this process's stderr.
+        self._trace: dict[int, list[str]] = {}
+        self._tracer = ffi.callback("void(pn_transport_t *, const char *)", self._on_trace) \
+            if os.environ.get("PN_TRACE_FRM") not in (None, "", "0") else None
         self._handlers: dict[type, Callable[[Any], None]] = {
             p.Send: self._send, p.SendPart: self._send, p.Settle: self._settle,
             p.Flow: self._flow,
@@ -538,6 +546,9 @@ class Engine:
         lib.pn_connection_set_container(conn.ptr, container_id.encode())
         lib.pn_connection_collect(conn.ptr, self.collector)
         conn.transport = lib.pn_transport()
+        if self._tracer is not None:
+            lib.pn_transport_trace(conn.transport, lib.PN_TRACE_FRM)
+            lib.pn_transport_set_tracer(conn.transport, self._tracer)
         if server:
             lib.pn_transport_set_server(conn.transport)
         if configure is not None:
@@ -1572,8 +1583,20 @@ class Engine:
             self.emit(p.Outcomes(link.id, link.sent_settled, p.SENT_SETTLED))
             link.sent_settled = []
 
+    def _on_trace(self, transport: Any, line: Any) -> None:
+        conn = self.by_ptr.get(lib.pn_transport_connection(transport))
+        conn_id = conn.id if conn is not None else 0
+        text = ffi.string(line).decode("utf-8", "replace")
+        # SASL responses carry credentials (PLAIN's password): never in a log.
+        self._trace.setdefault(conn_id, []).append(_SASL_SECRET.sub(r"\1=<hidden>", text))
+
     def flush_events(self) -> None:
-        """Emit the deliveries and outcomes this pump gathered, a batch per link."""
+        """Emit the deliveries and outcomes this pump gathered, a batch per link (and
+        the frame trace, when tracing)."""
+        if self._trace:
+            for conn_id, lines in self._trace.items():
+                self.emit(p.Trace(conn_id, lines))
+            self._trace = {}
         if self._dirty:
             for link in self._dirty:
                 link.dirty = False

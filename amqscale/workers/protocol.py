@@ -610,10 +610,18 @@ class Credit(msgspec.Struct, tag=110, array_like=True):
     drained: bool = False
 
 
+class Trace(msgspec.Struct, tag=115, array_like=True):
+    """Proton's frame trace of connection `conn` (PN_TRACE_FRM=1 in the environment):
+    the lines proton wrote since the last pass, for the user process's log."""
+
+    conn: int
+    lines: list[str]
+
+
 Event = (
     Ready | ConnectionOpened | ConnectionClosed | Listening | ListenFailed | LinkOpened
     | LinkClosed | Deliveries | Outcomes | Credit | WorkerStats | DeliveryPart | PartsWritten
-    | HandlerCounts
+    | HandlerCounts | Trace
 )
 
 _command_encoder = msgspec.msgpack.Encoder()
