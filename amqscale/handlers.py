@@ -241,7 +241,7 @@ def _log_error(endpoint: Any, kind: str) -> None:
 class TransactionHandler:
     """The callbacks of a local transaction (``Container.declare_transaction``), as
     proton's: mix it into a MessagingHandler, override what is needed. `event.transaction`
-    is the Transaction; its ``failure`` says why in the *_failed callbacks."""
+    is the Transaction; its ``failure`` says why in the ``*_failed`` callbacks."""
 
     def on_transaction_declared(self, event: Any) -> None:
         pass

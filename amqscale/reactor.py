@@ -71,7 +71,8 @@ __all__ = [
     "Acceptor", "ApplicationEvent", "AtLeastOnce", "AtMostOnce", "Condition", "Connection",
     "Container", "Copy", "Delivery", "DurableSubscription", "DynamicNodeProperties", "Event",
     "EventInjector", "Filter", "LinkOption", "Move", "ReceiverOption", "Receiver",
-    "Selector", "Sender", "SenderOption", "Session", "Task", "Tracker", "Transport",
+    "Selector", "Sender", "SenderOption", "Session", "Task", "Tracker", "Transaction",
+    "Transport",
 ]
 
 # Endpoint states, with proton's bit values (Endpoint.LOCAL_ACTIVE ...).
@@ -1114,7 +1115,7 @@ class Transaction:
 
     @property
     def failure(self) -> Exception | None:
-        """Why it failed (TransactionError), in the *_failed callbacks."""
+        """Why it failed (TransactionError), in the ``*_failed`` callbacks."""
         return self._state.failure
 
     def _handlers(self) -> list[Any]:

@@ -87,7 +87,7 @@ class _Terminus:
     durable: str = "none"
     expiry_policy: str | None = None
     timeout: int = 0
-    capabilities: tuple[str, ...] = ()
+    capabilities: Sequence[str] = ()  # kept as a tuple
     dynamic_node_properties: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
