@@ -293,12 +293,14 @@ class Connection(ConnectionView):
                           max_message_size: int | None = None,
                           properties: Mapping[str, Any] | None = None,
                           timeout: float | None = OPEN_TIMEOUT,
-                          session: Session | None = None) -> Sender:
+                          session: Session | None = None,
+                          rcv_settle_mode: str = "first") -> Sender:
         """A Sender to `address`: one link per shard (see the blocking open_sender: a
         Target, None for the anonymous relay, `properties`, `session`)."""
         check_positive(window, "window")
         limit = check_limit(max_message_size)
-        options = sender_options(address, name, properties, session_state_of(self, session))
+        options = sender_options(address, name, properties, session_state_of(self, session),
+                                 rcv_settle_mode)
         driver = self._driver
         state = await self._binding.run(_ops.open_sender(
             driver, self._state, options.address, window, presettled, name, limit,
@@ -329,7 +331,7 @@ class Connection(ConnectionView):
                             dynamic: bool = False, selector: str | None = None,
                             properties: Mapping[str, Any] | None = None,
                             session: Session | None = None, datetimes: bool = False,
-                            decimals: bool = False) -> Receiver: ...
+                            decimals: bool = False, rcv_settle_mode: str = "first") -> Receiver: ...
 
     @overload
     async def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
@@ -341,7 +343,8 @@ class Connection(ConnectionView):
                             dynamic: bool = False, selector: str | None = None,
                             properties: Mapping[str, Any] | None = None,
                             session: Session | None = None, datetimes: bool = False,
-                            decimals: bool = False) -> HandlerReceiver: ...
+                            decimals: bool = False, rcv_settle_mode: str = "first"
+                            ) -> HandlerReceiver: ...
 
     async def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                             auto_accept: bool = False, name: str | None = None,
@@ -351,7 +354,7 @@ class Connection(ConnectionView):
                             dynamic: bool = False, selector: str | None = None,
                             properties: Mapping[str, Any] | None = None,
                             session: Session | None = None, datetimes: bool = False,
-                            decimals: bool = False
+                            decimals: bool = False, rcv_settle_mode: str = "first"
                             ) -> Receiver | HandlerReceiver:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
         With `handler`, a HandlerReceiver: the consumer runs inside the workers, as with
@@ -361,7 +364,8 @@ class Connection(ConnectionView):
         path = check_worker_handler(handler, handler_args, auto_accept)
         options = receiver_options(address, name, dynamic=dynamic, selector=selector,
                                    properties=properties,
-                                   session=session_state_of(self, session))
+                                   session=session_state_of(self, session),
+                                   rcv_settle_mode=rcv_settle_mode)
         decoding = natives(datetimes, decimals)
         state = await self._binding.run(_ops.open_receiver(
             self._driver, self._state, options.address, credit, auto_accept, name, limit,

@@ -144,6 +144,16 @@ def natives(datetimes: bool, decimals: bool) -> tuple[bool, bool] | None:
     return (datetimes, decimals) if datetimes or decimals else None
 
 
+def settle_mode(rcv_settle_mode: str) -> int:
+    """A receiver settle mode's AMQP number: "first" (settle at once) or "second"
+    (settle after the sender has settled the outcome)."""
+    modes = {"first": p.RCV_FIRST, "second": p.RCV_SECOND}
+    if rcv_settle_mode not in modes:
+        raise ValueError(f"rcv_settle_mode must be 'first' or 'second', not "
+                         f"{rcv_settle_mode!r}")
+    return modes[rcv_settle_mode]
+
+
 def check_windows(incoming_window: int, outgoing_window: int) -> None:
     """A session's window arguments."""
     for value, what in ((incoming_window, "incoming_window"),
@@ -202,14 +212,16 @@ class SenderOptions(NamedTuple):
 
 def sender_options(address: str | Target | None, name: str | None,
                    properties: Mapping[str, Any] | None,
-                   session: SessionState | None) -> SenderOptions:
+                   session: SessionState | None,
+                   rcv_settle_mode: str = "first") -> SenderOptions:
     """open_sender's arguments as the core takes them, checked."""
     target = as_target(address)
     single = one_link(target)
     if single and target.durable_subscription and not name:
         raise ValueError("a durable target needs name= (the link name it is known by)")
     settings = LinkSettings(properties=encode_properties(properties, "properties"),
-                            session=session, one_link=single)
+                            session=session, one_link=single,
+                            rcv_settle_mode=settle_mode(rcv_settle_mode))
     return SenderOptions(target.address, target.wire(), settings,
                          target.address is None and not target.dynamic)
 
@@ -222,7 +234,8 @@ class ReceiverOptions(NamedTuple):
 
 def receiver_options(address: str | Source | None, name: str | None, *, dynamic: bool,
                      selector: str | None, properties: Mapping[str, Any] | None,
-                     session: SessionState | None) -> ReceiverOptions:
+                     session: SessionState | None, rcv_settle_mode: str = "first"
+                     ) -> ReceiverOptions:
     """open_receiver's arguments as the core takes them, checked. A dynamic source or a
     durable subscription is one link, on the first shard (docs/amqp.md)."""
     source = as_source(address, dynamic=dynamic, selector=selector)
@@ -233,7 +246,8 @@ def receiver_options(address: str | Source | None, name: str | None, *, dynamic:
                          "a Container(container_id=...) that stays the same")
     settings = LinkSettings(properties=encode_properties(properties, "properties"),
                             session=session, one_link=one_link(source),
-                            exact_name="shared" in source.capabilities)
+                            exact_name="shared" in source.capabilities,
+                            rcv_settle_mode=settle_mode(rcv_settle_mode))
     return ReceiverOptions(source.address, source.wire(), settings)
 
 
@@ -572,7 +586,8 @@ class Connection(ConnectionView):
                     max_message_size: int | None = None,
                     properties: Mapping[str, Any] | None = None,
                     timeout: float | None = OPEN_TIMEOUT,
-                    session: Session | None = None) -> Sender:
+                    session: Session | None = None,
+                    rcv_settle_mode: str = "first") -> Sender:
         """A Sender to `address`: one link per shard, each with up to `window` in flight.
 
         At-least-once by default; `presettled=True` is at-most-once (no outcomes). A
@@ -585,10 +600,13 @@ class Connection(ConnectionView):
         name, as given when there is one link (else with a per-link suffix).
         `properties`: the link's, in its attach. `session`: a Session of this
         connection's (``Connection.session()``) instead of the default one.
+        `rcv_settle_mode="second"` asks the peer to settle only after we settled its
+        outcome (which amqscale does as the outcome comes).
         """
         check_positive(window, "window")
         limit = check_limit(max_message_size)
-        options = sender_options(address, name, properties, session_state_of(self, session))
+        options = sender_options(address, name, properties, session_state_of(self, session),
+                                 rcv_settle_mode)
         driver = self._driver
         state = _ops.run(driver, _ops.open_sender(
             driver, self._state, options.address, window, presettled, name, limit,
@@ -626,7 +644,8 @@ class Connection(ConnectionView):
                       dynamic: bool = False, selector: str | None = None,
                       properties: Mapping[str, Any] | None = None,
                       session: Session | None = None, datetimes: bool = False,
-                      decimals: bool = False) -> Receiver: ...
+                      decimals: bool = False, rcv_settle_mode: str = "first"
+                      ) -> Receiver: ...
 
     @overload
     def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
@@ -638,7 +657,8 @@ class Connection(ConnectionView):
                       dynamic: bool = False, selector: str | None = None,
                       properties: Mapping[str, Any] | None = None,
                       session: Session | None = None, datetimes: bool = False,
-                      decimals: bool = False) -> HandlerReceiver: ...
+                      decimals: bool = False, rcv_settle_mode: str = "first"
+                      ) -> HandlerReceiver: ...
 
     def open_receiver(self, address: str | Source | None, *, credit: int = 1000,
                       auto_accept: bool = False, name: str | None = None,
@@ -648,7 +668,8 @@ class Connection(ConnectionView):
                       dynamic: bool = False, selector: str | None = None,
                       properties: Mapping[str, Any] | None = None,
                       session: Session | None = None, datetimes: bool = False,
-                      decimals: bool = False) -> Receiver | HandlerReceiver:
+                      decimals: bool = False, rcv_settle_mode: str = "first"
+                      ) -> Receiver | HandlerReceiver:
         """A Receiver from `address`: one link per shard, `credit` shared among them.
 
         `max_message_size` is announced to the peer (a larger message ends the link).
@@ -663,7 +684,9 @@ class Connection(ConnectionView):
         Source has the "shared" capability (its links share one subscription, by name).
         `name`: the link name, as given when there is one link or the source is shared
         (a durable subscription's name).
-        `properties` and `session` as for open_sender. `datetimes` / `decimals`: AMQP
+        `rcv_settle_mode="second"`: a delivery is settled here only after the sender
+        settled our outcome (AMQP 1.0, 2.6.12; the peer may refuse the mode). `properties`
+        and `session` as for open_sender. `datetimes` / `decimals`: AMQP
         timestamps and decimals in received messages come back as aware datetimes and
         Decimals (off by default: proton's types re-encode losslessly; docs/types.md).
 
@@ -683,7 +706,8 @@ class Connection(ConnectionView):
         path = check_worker_handler(handler, handler_args, auto_accept)
         options = receiver_options(address, name, dynamic=dynamic, selector=selector,
                                    properties=properties,
-                                   session=session_state_of(self, session))
+                                   session=session_state_of(self, session),
+                                   rcv_settle_mode=rcv_settle_mode)
         driver = self._driver
         decoding = natives(datetimes, decimals)
         state = _ops.run(driver, _ops.open_receiver(

@@ -468,3 +468,31 @@ def test_a_receiver_may_take_timestamps_and_decimals_as_python_s_types(
     with pytest.raises(TypeError, match="bools"):
         conn.open_receiver(queue, datetimes="yes")  # type: ignore[call-overload]
     conn.close()
+
+
+# ---- receiver settle mode second ------------------------------------------------------------
+
+
+@on("rcv-settle-mode second", "spec-broker")
+def test_receiver_settle_mode_second_both_ways(container: Any, peer_url: str,
+                                               spec_broker: SpecBroker) -> None:
+    conn = container.connect(peer_url)
+    queue = unique("second")
+    sender = conn.open_sender(queue, rcv_settle_mode="second", name=unique("s2"))
+    trackers = [sender.send(Message(body=i)) for i in range(3)]
+    assert all(t.wait(15).accepted for t in trackers)  # the broker settled after us
+    receiver = conn.open_receiver(queue, rcv_settle_mode="second", credit=5,
+                                  name=unique("r2"))
+    assert _bodies(receiver, 3) == [0, 1, 2]
+    stats = spec_broker.stats()
+    links = {x["name"]: x for c in stats["connections"] for x in c["links"]}
+    assert links[receiver_name(receiver)]["rcv_settle_mode"] == 1
+    receiver.close()
+    assert spec_broker.stats()["queues"].get(queue, 0) == 0  # accepted and settled
+    with pytest.raises(ValueError, match="rcv_settle_mode must be"):
+        conn.open_receiver(queue, rcv_settle_mode="third")
+    conn.close()
+
+
+def receiver_name(receiver: Any) -> str:
+    return next(iter(receiver._state.links.values())).attach.name

@@ -302,7 +302,7 @@ class Link:
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
         "fast_limit", "max_message_size", "part_id", "part_size", "out", "releasing",
-        "deferred", "own_session", "draining", "detached",
+        "deferred", "own_session", "draining", "detached", "awaiting",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
@@ -351,6 +351,9 @@ class Link:
         self.draining = False
         # We detached it without closing it (CloseLink.detach): its terminus stays.
         self.detached = False
+        # Receiver settle mode second: deliveries we gave an outcome, to settle once the
+        # sender has (AMQP 1.0, 2.6.12); None in mode first.
+        self.awaiting: set[Any] | None = None
 
 
 class Connection:
@@ -644,6 +647,8 @@ class Engine:
         lib.pn_link_set_rcv_settle_mode(ptr, cmd.rcv_settle_mode)
         link = self._new_link(cmd.link, ptr, conn, cmd.is_sender, cmd.max_message_size)
         link.settle_on_send = cmd.snd_settle_mode == p.SND_SETTLED
+        if not cmd.is_sender and cmd.rcv_settle_mode == p.RCV_SECOND:
+            link.awaiting = set()
         if cmd.own_session:
             link.own_session = session
         lib.pn_link_open(ptr)
@@ -824,12 +829,14 @@ class Engine:
                 continue  # pre-settled, or its link ended: nothing to tell the peer
             if cmd.txn is not None:
                 _set_transactional(delivery, cmd.txn, state)
+            else:
+                if not plain:
+                    self._describe_outcome(delivery, cmd)
+                update(delivery, state)
+            if link.awaiting is not None and not lib.pn_delivery_settled(delivery):
+                link.awaiting.add(delivery)  # settled once the sender settles it
+            else:
                 settle(delivery)
-                continue
-            if not plain:
-                self._describe_outcome(delivery, cmd)
-            update(delivery, state)
-            settle(delivery)
 
     def _describe_outcome(self, delivery: Any, cmd: p.Settle) -> None:
         local = lib.pn_delivery_local(delivery)
@@ -1312,6 +1319,8 @@ class Engine:
         lib.pn_link_set_rcv_settle_mode(ptr, lib.pn_link_remote_rcv_settle_mode(ptr))
         if link.is_sender:  # a remote receiver that asked for pre-settled messages gets them
             link.settle_on_send = snd_settle_mode == p.SND_SETTLED
+        elif lib.pn_link_remote_rcv_settle_mode(ptr) == p.RCV_SECOND:
+            link.awaiting = set()  # as the remote sender asked: settle after it does
         lib.pn_link_open(ptr)
         if not link.is_sender:
             listener = self.listeners.get(link.conn.listener)  # type: ignore[arg-type]
@@ -1469,6 +1478,11 @@ class Engine:
             return
         if link.part_id < 0:  # not streaming yet
             if not size:
+                awaiting = link.awaiting
+                if awaiting and delivery in awaiting and lib.pn_delivery_settled(delivery):
+                    awaiting.discard(delivery)  # the sender settled our outcome: done
+                    _settle(delivery)
+                    return
                 if _aborted(delivery):
                     self._on_recv_error(link, delivery, PN_ABORTED)
                 return  # a state change of a delivery already taken
