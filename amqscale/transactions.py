@@ -45,11 +45,15 @@ class TransactionError(AMQPError):
 class Transaction:
     """One local transaction: declared, then open, then committed, aborted or failed."""
 
-    __slots__ = ("shard", "coordinator", "declare", "discharge", "id", "failure", "fail")
+    __slots__ = ("shard", "coordinator", "declare", "discharge", "id", "failure", "fail",
+                 "generation")
 
     def __init__(self, shard: Shard, coordinator: SenderLink, declare: Batch) -> None:
         self.shard = shard
         self.coordinator = coordinator
+        # The coordinator's connection when declared: a transaction dies with it (the
+        # link may be attached again on a new connection, which knows nothing of it).
+        self.generation = coordinator.generation
         self.declare = declare
         self.discharge: Batch | None = None
         self.id: bytes | None = None  # the peer's txn-id, once declared
@@ -115,7 +119,8 @@ class Transaction:
         """The txn-id, if work may still be added to it; else why not."""
         if self.id is None or self.discharge is not None or self.failure is not None:
             raise TransactionError(f"the transaction is {self.state}, not open")
-        if self.shard.failure is not None or not self.coordinator.attached:
+        if self.shard.failure is not None or not self.coordinator.attached or (
+                self.coordinator.generation != self.generation):
             raise TransactionError("the transaction's connection was lost: the peer "
                                    "rolled it back", "amqp:transaction:rollback")
         return self.id

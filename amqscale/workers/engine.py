@@ -822,21 +822,37 @@ class Engine:
         update = lib.pn_delivery_update
         settle = lib.pn_delivery_settle
         state = cmd.state
+        if cmd.txn is not None or link.awaiting is not None:
+            self._settle_specially(link, cmd)
+            return
         plain = state in (p.ACCEPTED, p.RELEASED)
         for delivery_id in cmd.ids:
             delivery = deliveries.pop(delivery_id, None)
             if delivery is None:
                 continue  # pre-settled, or its link ended: nothing to tell the peer
+            if not plain:
+                self._describe_outcome(delivery, cmd)
+            update(delivery, state)
+            settle(delivery)
+
+    def _settle_specially(self, link: Link, cmd: p.Settle) -> None:
+        """Settle in a transaction (transactional-state), or in receiver settle mode
+        second (our outcome now, the settle once the sender has settled)."""
+        awaiting = link.awaiting
+        for delivery_id in cmd.ids:
+            delivery = link.deliveries.pop(delivery_id, None)
+            if delivery is None:
+                continue
             if cmd.txn is not None:
-                _set_transactional(delivery, cmd.txn, state)
+                _set_transactional(delivery, cmd.txn, cmd.state)
             else:
-                if not plain:
+                if cmd.state not in (p.ACCEPTED, p.RELEASED):
                     self._describe_outcome(delivery, cmd)
-                update(delivery, state)
-            if link.awaiting is not None and not lib.pn_delivery_settled(delivery):
-                link.awaiting.add(delivery)  # settled once the sender settles it
+                lib.pn_delivery_update(delivery, cmd.state)
+            if awaiting is not None and not lib.pn_delivery_settled(delivery):
+                awaiting.add(delivery)  # settled once the sender settles it
             else:
-                settle(delivery)
+                _settle(delivery)
 
     def _describe_outcome(self, delivery: Any, cmd: p.Settle) -> None:
         local = lib.pn_delivery_local(delivery)
@@ -1035,7 +1051,13 @@ class Engine:
         self.connections.pop(conn.id, None)
         self.by_ptr.pop(conn.ptr, None)
         self.dropped.append(conn)
+        self._forget_sessions(conn)
         conn.dropped = True  # its proton objects are left as they are: they may be broken
+
+    def _forget_sessions(self, conn: Connection) -> None:
+        """The user's sessions of a connection that is gone (they go with it)."""
+        for session_id in [k for k, (owner, _) in self.sessions.items() if owner is conn]:
+            del self.sessions[session_id]
 
     def _drop(self, conn: Connection) -> None:
         """Forget a connection whose transport is closed at both ends."""
@@ -1048,6 +1070,7 @@ class Engine:
         del self.connections[conn.id]
         del self.by_ptr[conn.ptr]
         self.dropped.append(conn)
+        self._forget_sessions(conn)
         lib.pn_transport_unbind(conn.transport)
         lib.pn_decref(conn.transport)
         _free_connection(conn.ptr)
