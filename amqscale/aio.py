@@ -65,6 +65,7 @@ from .container import (
     receiver_options,
     sender_options,
     session_state_of,
+    tls_in_use,
 )
 from .core import ConnectionState, ListenerState, ReceiverState, SenderState, SessionState
 from .errors import (
@@ -236,7 +237,7 @@ class Container:
                                       timeout)
         except TLSError as exc:  # explaining it makes one more connection: not on the loop
             explained = await asyncio.get_running_loop().run_in_executor(
-                None, explain_tls_failure, exc, parsed, tls)
+                None, explain_tls_failure, exc, parsed, tls_in_use(tls, url, urls))
             raise explained from None
         return Connection(self, state)
 

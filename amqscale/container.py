@@ -251,6 +251,19 @@ def receiver_options(address: str | Source | None, name: str | None, *, dynamic:
     return ReceiverOptions(source.address, source.wire(), settings)
 
 
+def tls_in_use(tls: security.TLS | None, url: str | None,
+               urls: Sequence[str] | None) -> security.TLS | None:
+    """The TLS settings connect() used: the argument, or with no URL at all, the
+    connection configuration file's (read again: only to explain a failure)."""
+    if tls is not None or url is not None or urls:
+        return tls
+    try:
+        found = security.load_connect_config().get("tls")
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, security.TLS) else None
+
+
 def explain_tls_failure(error: TLSError, url: URL, tls: security.TLS | None) -> TLSError:
     """A refused server certificate, explained (see security.explain_verify_failure)."""
     if "certificate verify failed" not in error.description:
@@ -365,7 +378,7 @@ class Container:
         try:
             state = _ops.run(driver, _ops.connect(driver, parsed, shards, **options), timeout)
         except TLSError as exc:
-            raise explain_tls_failure(exc, parsed, tls) from None
+            raise explain_tls_failure(exc, parsed, tls_in_use(tls, url, urls)) from None
         return Connection(self, state)
 
     def listen(self, url: str, *, credit: int = 1000, max_message_size: int | None = None,

@@ -445,3 +445,18 @@ def test_the_event_driven_face_refuses_plain_without_allow_insecure(
     configure(plain_over_amqp(rabbitmq))
     with pytest.raises(ValueError, match="SASL PLAIN would send the password in cleartext"):
         reactor.Container(ConfiguredHelloWorld(unique_name), workers=1).run()
+
+
+def test_a_refused_certificate_is_explained_with_the_file_s_tls_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amqscale.container import tls_in_use
+
+    (tmp_path / "ca.pem").write_text("")  # it must exist (what it holds is not read here)
+    path = tmp_path / "connect.json"
+    path.write_text(json.dumps({"scheme": "amqps", "tls": {"ca": str(tmp_path / "ca.pem")}}))
+    monkeypatch.setenv("MESSAGING_CONNECT_FILE", str(path))
+    found = tls_in_use(None, None, None)
+    assert found is not None and str(found.ca) == str(tmp_path / "ca.pem")
+    given = amqscale.TLS(verify="peer")
+    assert tls_in_use(given, None, None) is given  # an argument wins
+    assert tls_in_use(None, "amqps://h", None) is None  # a URL given: not the file's
