@@ -1235,19 +1235,24 @@ class ClientCore:
                       source: p.Terminus | None = None, handler: str | None = None,
                       handler_args: dict[str, Any] | None = None,
                       settings: LinkSettings | None = None) -> ReceiverState:
-        """A receiver over every usable shard, each link granted an equal share of
-        `credit`. With `handler` (an import path), a handler in each worker that carries
-        a shard takes the messages, and that worker keeps the share granted."""
+        """A receiver over every usable shard, the links' shares of `credit` adding up to
+        it (as even as they divide). With `handler` (an import path), a handler in each
+        worker that carries a shard takes the messages, and that worker keeps the share
+        granted."""
         receiver = ReceiverState(address, credit, auto_accept)
         receiver.handler = handler
         settings = settings or LinkSettings()
         shards = self._link_shards(connection, settings)
-        per_link = max(1, credit // len(shards))
         group = self.next_id() if handler is not None else 0
-        for shard in shards:
-            link = ReceiverLink(self.next_id(), shard.slot, receiver, per_link)
+        # The links' shares add up to `credit` (a link's grant threshold counts from 1);
+        # an in-worker handler's link gets at least 1, or its worker would get nothing.
+        split = shares(credit, len(shards))
+        if handler is not None:
+            split = [max(1, x) for x in split]
+        for shard, share in zip(shards, split, strict=True):
+            link = ReceiverLink(self.next_id(), shard.slot, receiver, max(1, share))
             receiver.links[link.id] = link
-            self._open_link(shard, link, False, address, name, False, per_link,
+            self._open_link(shard, link, False, address, name, False, share,
                             max_message_size, source, settings, len(shards))
             if handler is not None:
                 command = shard.slot.queued[-1]

@@ -119,6 +119,16 @@ def test_a_receiver_grants_credit_only_for_what_was_taken() -> None:
     assert [c.credit for c in workers.take() if type(c) is p.Flow] == [1]
 
 
+def test_a_receiver_s_credit_over_shards_adds_up_to_what_was_asked() -> None:
+    core, workers = _core(workers=3)
+    _receiver(core, workers, credit=10, shards=3)
+    assert sorted(c.credit for c in sum(workers.taken, []) if type(c) is p.OpenLink) == [3, 3, 4]
+    core, workers = _core(workers=3)
+    receiver = _receiver(core, workers, credit=2, shards=3)  # fewer than the shards
+    assert sorted(c.credit for c in sum(workers.taken, []) if type(c) is p.OpenLink) == [0, 1, 1]
+    assert all(link.credit >= 1 for link in receiver.links.values())  # grant thresholds
+
+
 def test_releasing_what_was_prefetched_but_not_taken() -> None:
     core, workers = _core(workers=1)
     receiver = _receiver(core, workers)
