@@ -53,6 +53,7 @@ from .container import (
     ConnectionView,
     InboundLink,
     ListenerView,
+    check_credit,
     check_limit,
     check_positive,
     check_windows,
@@ -360,7 +361,7 @@ class Connection(ConnectionView):
         """A Receiver from `address`: one link per shard, `credit` shared among them.
         With `handler`, a HandlerReceiver: the consumer runs inside the workers, as with
         the blocking ``Connection.open_receiver``."""
-        check_positive(credit, "credit")
+        check_credit(credit, handler)
         limit = check_limit(max_message_size)
         path = check_worker_handler(handler, handler_args, auto_accept)
         options = receiver_options(address, name, dynamic=dynamic, selector=selector,
@@ -637,6 +638,10 @@ class Receiver(ReceiverView):
                 if exc.condition is None:
                     return
                 raise
+
+    def flow(self, credit: int) -> None:
+        """Grant `credit` more (see the blocking Receiver.flow)."""
+        self._receiver.flow(credit)
 
     async def drain(self, timeout: float | None = None) -> int:
         """Ask the peer to send what it has within the credit, or give the credit back;

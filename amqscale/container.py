@@ -58,6 +58,15 @@ def check_positive(value: object, what: str) -> None:
         raise ValueError(f"{what} must be a positive int, not {value!r}")
 
 
+def check_credit(credit: object, handler: object) -> None:
+    """A receiver's credit: positive, or 0 for credit the user grants (Receiver.flow),
+    which an in-worker handler cannot do."""
+    if handler is not None or credit != 0:
+        check_positive(credit, "credit")
+    elif not isinstance(credit, int) or isinstance(credit, bool):
+        raise ValueError(f"credit must be an int, not {credit!r}")
+
+
 def check_limit(value: object) -> int:
     """A max_message_size argument as the protocol takes it (0: no limit)."""
     if value is None:
@@ -683,7 +692,9 @@ class Connection(ConnectionView):
                       session: Session | None = None, datetimes: bool = False,
                       decimals: bool = False, rcv_settle_mode: str = "first"
                       ) -> Receiver | HandlerReceiver:
-        """A Receiver from `address`: one link per shard, `credit` shared among them.
+        """A Receiver from `address`: one link per shard, `credit` shared among them and
+        granted again as deliveries are taken; `credit=0`: none is granted but what
+        ``Receiver.flow(n)`` grants (with ``drain()``: a pull consumer).
 
         `max_message_size` is announced to the peer (a larger message ends the link).
 
@@ -714,7 +725,7 @@ class Connection(ConnectionView):
         wait); a handler that cannot be imported raises `HandlerFailed` here. Open at
         least as many shards as there are workers to use every core.
         """
-        check_positive(credit, "credit")
+        check_credit(credit, handler)
         limit = check_limit(max_message_size)
         path = check_worker_handler(handler, handler_args, auto_accept)
         options = receiver_options(address, name, dynamic=dynamic, selector=selector,

@@ -54,6 +54,9 @@ SEND_BATCH = 128  # messages per Send command when the worker is busy
 # the worker keeps what it is sent, so this bounds what the message costs it.
 PARTS_IN_FLIGHT = 4
 SETTLE_BATCH = 128
+# A receiving link's `credit` when the user grants it (credit=0, Receiver.flow): so large
+# that taking deliveries never reaches the automatic grant's threshold.
+MANUAL_CREDIT = 1 << 62
 INBOUND_WINDOW = 1000  # messages in flight on a link a remote receiver attached to us
 
 
@@ -666,7 +669,7 @@ class ReceiverLink:
         taken, and took since the last grant, is granted as it is taken (see grant());
         the rest of the link's credit is granted again now."""
         self.draining = False
-        if self.failure is None and self.attached:
+        if self.failure is None and self.attached and self.credit != MANUAL_CREDIT:
             rest = self.credit - self.receiver.untaken_count(self) - self.consumed
             if rest > 0:
                 self.slot.queue(p.Flow(self.id, rest))
@@ -1250,7 +1253,9 @@ class ClientCore:
         if handler is not None:
             split = [max(1, x) for x in split]
         for shard, share in zip(shards, split, strict=True):
-            link = ReceiverLink(self.next_id(), shard.slot, receiver, max(1, share))
+            # With no credit the user grants it (Receiver.flow): no automatic grants.
+            base = max(1, share) if credit else MANUAL_CREDIT
+            link = ReceiverLink(self.next_id(), shard.slot, receiver, base)
             receiver.links[link.id] = link
             self._open_link(shard, link, False, address, name, False, share,
                             max_message_size, source, settings, len(shards))

@@ -913,12 +913,28 @@ class Receiver(ReceiverView):
     def _settle_batches(self) -> None:
         self._driver.flush()
 
+    def flow(self, credit: int) -> None:
+        """Grant `credit` more, shared among the links as it divides: the way a receiver
+        opened with ``credit=0`` gets messages at all (and ``drain()`` then asks for what
+        is there now)."""
+        if not isinstance(credit, int) or isinstance(credit, bool) or credit < 1:
+            raise ValueError(f"credit must be a positive int, not {credit!r}")
+        state = self._state
+        if state.closed:
+            raise LinkDetached(f"the receiver from {self.address!r} is closed")
+        driver = self._driver
+        with driver.lock:
+            driver.core.flow(state, credit)
+            driver.write_all()
+
     def drain(self, timeout: float | None = None) -> int:
         """Ask the peer to send now what it has for this receiver, within the credit, or
         give the credit back; returns once it answered (AMQP's drain), with how many
         deliveries are buffered to take. The credit is granted again after it: the
-        receiver goes on. A peer that never answers a drain (the Proton C example
-        broker) raises TimeoutError after `timeout` seconds."""
+        receiver goes on (one opened with ``credit=0`` keeps none: a pull consumer's
+        ``flow(n)`` then ``drain()`` takes at most n, what is there). A peer that never
+        answers a drain (the Proton C example broker) raises TimeoutError after
+        `timeout` seconds."""
         return _ops.run(self._driver, _ops.drain(self._driver, self._state), timeout)
 
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:

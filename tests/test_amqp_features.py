@@ -496,3 +496,31 @@ def test_receiver_settle_mode_second_both_ways(container: Any, peer_url: str,
 
 def receiver_name(receiver: Any) -> str:
     return next(iter(receiver._state.links.values())).attach.name
+
+
+# ---- manual credit: a pull consumer -----------------------------------------------------------
+
+
+@on("drain", "spec-broker")
+def test_a_pull_consumer_grants_its_own_credit_and_drains(container: Any, peer_url: str,
+                                                          spec_broker: SpecBroker) -> None:
+    conn = container.connect(peer_url, shards=2)
+    queue = unique("pull")
+    _send(conn, queue, [Message(body=i) for i in range(7)])
+    receiver = conn.open_receiver(queue, credit=0)
+    with pytest.raises(TimeoutError):
+        receiver.receive(0.3)  # no credit, nothing comes
+    receiver.flow(4)
+    have = receiver.drain(15)  # at most 4, what the broker had for each link
+    assert have == 4
+    first = _bodies(receiver, 4)
+    assert receiver.drain(15) == 0  # no credit was granted again
+    receiver.flow(10)
+    assert receiver.drain(15) == 3
+    assert sorted(first + _bodies(receiver, 3)) == list(range(7))
+    assert spec_broker.stats()["queues"].get(queue, 0) == 0
+    with pytest.raises(ValueError, match="credit must be a positive int"):
+        receiver.flow(0)
+    with pytest.raises(ValueError, match="credit must be a positive int"):
+        conn.open_receiver(queue, credit=0, handler="amqscale.handlers:MessagingHandler")
+    conn.close()

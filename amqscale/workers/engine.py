@@ -454,6 +454,8 @@ class Engine:
         # Frame tracing (proton's PN_TRACE_FRM=1): each transport's lines go to the user
         # process as Trace events, not to this process's stderr.
         self._trace: dict[int, list[str]] = {}
+        # Receiving links whose drain is not answered yet (see _check_drained).
+        self._draining: set[Link] = set()
         self._tracer = ffi.callback("void(pn_transport_t *, const char *)", self._on_trace) \
             if os.environ.get("PN_TRACE_FRM") not in (None, "", "0") else None
         self._handlers: dict[type, Callable[[Any], None]] = {
@@ -871,6 +873,7 @@ class Engine:
             return
         if cmd.drain:
             link.draining = True
+            self._draining.add(link)
             lib.pn_link_drain(link.ptr, cmd.credit)
         else:
             lib.pn_link_flow(link.ptr, cmd.credit)
@@ -1389,12 +1392,20 @@ class Engine:
             return
         if link.is_sender:
             self._pump_sender(link)
-        elif link.draining and lib.pn_link_credit(ptr) <= lib.pn_link_queued(ptr):
-            # The peer answered the drain: its flow left no credit beyond what arrived.
-            link.draining = False
-            lib.pn_link_set_drain(ptr, False)
-            self._flush_link(link)  # the deliveries before it come first
-            self.emit(p.Credit(link.id, 0, drained=True))
+        elif link.draining:
+            self._check_drained(link)
+
+    def _check_drained(self, link: Link) -> None:
+        """A drain is over once the link has no credit left beyond what arrived: the
+        peer's flow gave it back, or its transfers used it all (then it owes no flow)."""
+        ptr = link.ptr
+        if lib.pn_link_credit(ptr) > lib.pn_link_queued(ptr):
+            return
+        link.draining = False
+        self._draining.discard(link)
+        lib.pn_link_set_drain(ptr, False)
+        self._flush_link(link)  # the deliveries before it come first
+        self.emit(p.Credit(link.id, 0, drained=True))
 
     def _on_outcome(self, link: Link, delivery: Any) -> None:
         """The receiver updated a sent delivery: settle it once the outcome is final."""
@@ -1634,6 +1645,12 @@ class Engine:
             for conn_id, lines in self._trace.items():
                 self.emit(p.Trace(conn_id, lines))
             self._trace = {}
+        if self._draining:
+            for link in list(self._draining):
+                if link.closed:
+                    self._draining.discard(link)
+                else:
+                    self._check_drained(link)
         if self._dirty:
             for link in self._dirty:
                 link.dirty = False
