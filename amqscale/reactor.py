@@ -907,9 +907,6 @@ class Sender(_Link):
         driver = container._driver
         assert driver is not None
         state = self._state
-        if (self.target.address is None and not self.target.dynamic
-                and state.listener is None):
-            _links.check_addressed(message)  # the anonymous relay
         if isinstance(message, Message):
             payload = message.encode()
         elif isinstance(message, (bytes, bytearray, memoryview)):
@@ -1893,7 +1890,9 @@ class Container:
         ``heartbeat=`` is taken as idle_timeout, ``allowed_mechs=`` as sasl_mechanisms,
         ``allow_insecure_mechs=`` as allow_insecure_mechanisms (False by default, unlike
         proton: PLAIN needs TLS), ``ssl_domain=`` (an SSLDomain or a security.TLS; default
-        ``container.ssl.client``) and ``sni=`` as TLS settings. `urls` is the failover
+        ``container.ssl.client``) and ``sni=`` as TLS settings; ``offered_capabilities=``,
+        ``desired_capabilities=``, ``properties=``, ``max_frame_size=`` and
+        ``channel_max=`` go in our open, as proton's do. `urls` is the failover
         list; ``reconnect`` (None or True: the default Backoff; False; an
         amqscale.Backoff; a list of delays) works as for amqscale.Container.connect: a
         lost shard reaches ``on_disconnected``, then ``on_connection_opened``,
@@ -1928,6 +1927,9 @@ class Container:
         domain, sni, authzid = kw.pop("ssl_domain", kw.pop("tls", None)), kw.pop("sni", None), \
             kw.pop("authzid", None)
         reconnect = kw.pop("reconnect", None)
+        open_fields = {key: kw.pop(key) for key in (
+            "offered_capabilities", "desired_capabilities", "properties", "max_frame_size",
+            "channel_max") if key in kw}
         if kw:
             raise _not_yet(f"connect() option(s) {', '.join(sorted(kw))}")
         if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:
@@ -1940,7 +1942,7 @@ class Container:
             _normalise_url(url), shards, tls=tls, user=user, password=password,
             sasl_mechanisms=sasl_mechanisms, allow_insecure_mechanisms=insecure,
             authzid=authzid, virtual_host=virtual_host, idle_timeout=float(idle_timeout),
-            urls=urls, reconnect=True if reconnect is None else reconnect)
+            urls=urls, reconnect=True if reconnect is None else reconnect, **open_fields)
         driver = self._ensure_driver()
         driver.refresh()
         with driver.lock:

@@ -6,8 +6,7 @@ at a time, each after the previous response has been printed.
 
     python examples/client.py [-a localhost:5672/examples] [REQUEST ...]
 
-Needs dynamic nodes (issue #12, "AMQP completeness"); run it against server.py (through
-a broker) or server_direct.py.
+Run it against server.py (through a broker with dynamic nodes) or server_direct.py.
 """
 
 import argparse

@@ -5,8 +5,8 @@ the receiver's address, then await its answer.
 
     python examples/client_async.py [-a localhost:5672/examples] [REQUEST ...]
 
-Needs dynamic nodes (issue #12, "AMQP completeness"): `open_receiver(None, dynamic=True)`,
-with the address the peer assigned in `Receiver.address`.
+The reply receiver is `open_receiver(None, dynamic=True)`, with the address the peer
+assigned in `Receiver.address`.
 """
 
 import argparse

@@ -9,7 +9,8 @@ Proton's version decides it is done with `receiver.drained` (a method, never cal
 always true). Draining is no help here either: RabbitMQ 3.10 fails the link on a drain,
 and the Proton C broker never answers one. So this one waits for a quiet spell.
 
-Needs browsing (the Copy option; issue #12, "AMQP completeness").
+It needs a broker that browses (RabbitMQ 3.10, the Proton C broker and broker.py consume
+instead).
 """
 
 import argparse

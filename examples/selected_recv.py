@@ -5,7 +5,8 @@ queue for another receiver.
 
     python examples/selected_recv.py [-a localhost:5672/examples] [-m 0]
 
-Needs selectors (issue #12, "AMQP completeness"), and a broker that applies them.
+It needs a broker that applies selectors (RabbitMQ 3.10, the Proton C broker and
+broker.py ignore them).
 """
 
 import argparse

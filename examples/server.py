@@ -6,8 +6,6 @@ routes each by the message's own address, which it can only do if it offers the
 ANONYMOUS-RELAY capability. A broker that does not is told so, and the server exits 1.
 
     python examples/server.py [-a localhost:5672/examples]
-
-Needs anonymous relay (issue #12, "AMQP completeness"); client.py needs dynamic nodes.
 """
 
 import argparse

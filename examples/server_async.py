@@ -5,8 +5,6 @@ each in upper case to its reply_to, with its correlation_id, over one anonymous 
 A request is accepted once its reply is settled. Runs until Ctrl-C.
 
     python examples/server_async.py [-a localhost:5672/examples]
-
-Needs anonymous relay (issue #12, "AMQP completeness").
 """
 
 import argparse

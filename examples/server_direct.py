@@ -7,8 +7,7 @@ address. A request's reply goes on the link whose address is its reply_to.
     python examples/server_direct.py [-a localhost:8888]
 
 Proton's version listens on 0.0.0.0:8888 and takes no options; this one listens on
-loopback unless told otherwise. client.py and sync_client.py need dynamic nodes (issue
-#12, "AMQP completeness").
+loopback unless told otherwise. Its clients: client.py and sync_client.py.
 """
 
 import argparse

@@ -6,10 +6,12 @@ ANONYMOUS-RELAY, else over a sender per reply_to address.
 
     python examples/server_tx.py [-a localhost:5672/examples]
 
-Needs transactions (issue #12, "AMQP completeness"), and a broker that has them.
+It needs a broker with transactions: if one refuses the declare, it says so and exits 1
+(proton's waits for ever), leaving the request on the queue.
 """
 
 import argparse
+import sys
 
 from amqscale import Message
 from amqscale.handlers import MessagingHandler, TransactionHandler
@@ -26,11 +28,12 @@ def split_url(url):
 class TxRequest(TransactionHandler):
     """One request's transaction: reply, accept the request, commit."""
 
-    def __init__(self, response, sender, request_delivery):
+    def __init__(self, response, sender, request_delivery, server):
         super().__init__()
         self.response = response
         self.sender = sender
         self.request_delivery = request_delivery
+        self.server = server
 
     def on_transaction_declared(self, event):
         event.transaction.send(self.sender, self.response)
@@ -43,6 +46,11 @@ class TxRequest(TransactionHandler):
     def on_transaction_aborted(self, event):
         print("Request processing aborted", flush=True)
 
+    def on_transaction_declare_failed(self, event):
+        print("transaction declare failed:", event.transaction.failure, file=sys.stderr)
+        self.server.exit_status = 1
+        self.server.conn.close()
+
 
 class TxServer(MessagingHandler):
     def __init__(self, url):
@@ -50,6 +58,7 @@ class TxServer(MessagingHandler):
         self.server, self.address = split_url(url)
         self.senders = {}
         self.relay = None
+        self.exit_status = 0
 
     def on_start(self, event):
         self.container = event.container
@@ -70,7 +79,7 @@ class TxServer(MessagingHandler):
         response = Message(address=reply_to, body=event.message.body.upper(),
                            correlation_id=event.message.correlation_id)
         self.container.declare_transaction(
-            self.conn, handler=TxRequest(response, sender, event.delivery))
+            self.conn, handler=TxRequest(response, sender, event.delivery, self))
 
 
 def main():
@@ -79,10 +88,12 @@ def main():
     parser.add_argument("-a", "--address", default="localhost:5672/examples",
                         help="address from which requests are received (default %(default)s)")
     opts = parser.parse_args()
+    server = TxServer(opts.address)
     try:
-        Container(TxServer(opts.address)).run()
+        Container(server).run()
     except KeyboardInterrupt:
         pass
+    sys.exit(server.exit_status)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,10 @@
 #!/usr/bin/env python3
 """Request/response with amqscale's blocking API: each call sends a request and waits
 (up to the timeout) for its response, matched by correlation_id. The replies come to a
-receiver with a dynamic source, whose address the peer makes up.
+receiver with a dynamic source, whose address the peer makes up:
+`open_receiver(None, dynamic=True)`, with the address it assigned in `Receiver.address`.
 
     python examples/sync_client.py [-a localhost:5672/examples] [-t 5]
-
-Needs dynamic nodes (issue #12, "AMQP completeness"): `open_receiver(None, dynamic=True)`,
-with the address the peer assigned in `Receiver.address`.
 """
 
 import argparse

@@ -5,10 +5,12 @@ no message arrives outside a transaction.
 
     python examples/tx_recv.py [-a localhost:5672/examples] [-m 100] [-b 10]
 
-Needs transactions (issue #12, "AMQP completeness"), and a broker that has them.
+It needs a broker with transactions: one that refuses the declare is told so, and it
+exits 1 (proton's waits for ever).
 """
 
 import argparse
+import sys
 
 from amqscale.handlers import MessagingHandler, TransactionHandler
 from amqscale.reactor import Container
@@ -30,6 +32,7 @@ class TxRecv(MessagingHandler, TransactionHandler):
         self.current_batch = 0
         self.committed = 0
         self.transaction = None
+        self.exit_status = 0
 
     def on_start(self, event):
         self.container = event.container
@@ -40,6 +43,11 @@ class TxRecv(MessagingHandler, TransactionHandler):
     def on_transaction_declared(self, event):
         self.transaction = event.transaction
         self.receiver.flow(self.batch_size)
+
+    def on_transaction_declare_failed(self, event):
+        print("transaction declare failed:", event.transaction.failure, file=sys.stderr)
+        self.exit_status = 1
+        self.conn.close()
 
     def on_message(self, event):
         print(event.message.body)
@@ -73,10 +81,12 @@ def main():
     parser.add_argument("-b", "--batch-size", type=int, default=10,
                         help="number of messages in each transaction (default %(default)s)")
     opts = parser.parse_args()
+    recv = TxRecv(opts.address, opts.messages, opts.batch_size)
     try:
-        Container(TxRecv(opts.address, opts.messages, opts.batch_size)).run()
+        Container(recv).run()
     except KeyboardInterrupt:
         pass
+    sys.exit(recv.exit_status)
 
 
 if __name__ == "__main__":

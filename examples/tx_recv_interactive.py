@@ -6,8 +6,9 @@ event's name picks the handler method (on_fetch, on_commit, ...).
 
     python examples/tx_recv_interactive.py [-a localhost:5672/examples]
 
-Proton's version always uses localhost:5672 and "examples"; -a is added here.
-Needs transactions (issue #12, "AMQP completeness"), and a broker that has them.
+Proton's version always uses localhost:5672 and "examples"; -a is added here. It needs a
+broker with transactions: if one refuses the declare, it says so, and 'quit' (or the end
+of input) exits 1.
 """
 
 import argparse
@@ -30,6 +31,7 @@ class TxRecv(MessagingHandler, TransactionHandler):
         super().__init__(prefetch=0, auto_accept=False)
         self.server, self.address = split_url(url)
         self.transaction = None
+        self.exit_status = 0
 
     def on_start(self, event):
         self.container = event.container
@@ -45,6 +47,12 @@ class TxRecv(MessagingHandler, TransactionHandler):
     def on_transaction_declared(self, event):
         self.transaction = event.transaction
         print("transaction declared", flush=True)
+
+    def on_transaction_declare_failed(self, event):
+        print("transaction declare failed:", event.transaction.failure, file=sys.stderr,
+              flush=True)
+        self.exit_status = 1
+        self.conn.close()
 
     def on_transaction_committed(self, event):
         print("transaction committed", flush=True)
@@ -76,7 +84,8 @@ def main():
                         help="address from which messages are received (default %(default)s)")
     opts = parser.parse_args()
 
-    container = Container(TxRecv(opts.address))
+    recv = TxRecv(opts.address)
+    container = Container(recv)
     events = EventInjector()
     container.selectable(events)
     thread = threading.Thread(target=container.run, daemon=True)
@@ -94,6 +103,7 @@ def main():
         pass
     events.close()
     thread.join(timeout=10)
+    sys.exit(recv.exit_status)
 
 
 if __name__ == "__main__":

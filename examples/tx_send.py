@@ -5,10 +5,12 @@ after that.
 
     python examples/tx_send.py [-a localhost:5672/examples] [-m 100] [-b 10]
 
-Needs transactions (issue #12, "AMQP completeness"), and a broker that has them.
+It needs a broker with transactions: one that refuses the declare is told so, and it
+exits 1 (proton's waits for ever).
 """
 
 import argparse
+import sys
 
 from amqscale import Message
 from amqscale.handlers import MessagingHandler, TransactionHandler
@@ -31,6 +33,7 @@ class TxSend(MessagingHandler, TransactionHandler):
         self.committed = 0      # messages in committed transactions
         self.current_batch = 0  # messages sent in the open transaction
         self.transaction = None
+        self.exit_status = 0
 
     def on_start(self, event):
         self.container = event.container
@@ -41,6 +44,11 @@ class TxSend(MessagingHandler, TransactionHandler):
     def on_transaction_declared(self, event):
         self.transaction = event.transaction
         self.send()
+
+    def on_transaction_declare_failed(self, event):
+        print("transaction declare failed:", event.transaction.failure, file=sys.stderr)
+        self.exit_status = 1
+        self.conn.close()
 
     def on_sendable(self, event):
         self.send()
@@ -78,10 +86,12 @@ def main():
     parser.add_argument("-b", "--batch-size", type=int, default=10,
                         help="number of messages in each transaction (default %(default)s)")
     opts = parser.parse_args()
+    send = TxSend(opts.address, opts.messages, opts.batch_size)
     try:
-        Container(TxSend(opts.address, opts.messages, opts.batch_size)).run()
+        Container(send).run()
     except KeyboardInterrupt:
         pass
+    sys.exit(send.exit_status)
 
 
 if __name__ == "__main__":

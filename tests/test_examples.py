@@ -3,14 +3,14 @@ as a program against a real peer, its output checked.
 
 Each example runs as a subprocess (`sys.executable`, this tree on PYTHONPATH) in its own
 process group, with a bounded wait; it is stopped by its pid (its group: its workers too).
-The peers: amqscale's own blocking listener, the Proton C broker, RabbitMQ, the examples'
-own listening programs (direct_*, server_direct) and examples/broker.py.
+The peers: amqscale's own blocking listener, the Proton C broker, RabbitMQ, the spec broker
+(tests/peers/spec_broker.py: selectors, browsing, dynamic nodes, the anonymous relay,
+transactions), the examples' own listening programs (direct_*, server_direct) and
+examples/broker.py.
 
 Most examples use the event-driven face (`amqscale.handlers`, `amqscale.reactor`): they are
 its acceptance tests and fail while it is missing. The asyncio twins skip while
-`amqscale.aio` cannot be imported. An example that needs a feature of issue #12 ("AMQP
-completeness") is a strict xfail naming it: it must start passing when the feature and a
-peer that has it are there.
+`amqscale.aio` cannot be imported.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import pytest
 
 import amqscale
 from amqscale.testing._process import free_port
+from amqscale.testing.brokers import SpecBroker
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -46,14 +47,6 @@ REQUESTS = [
     "And the mome raths outgrabe.",
 ]
 RESPONSES = [f"{r} => {r.upper()}" for r in REQUESTS]
-
-
-def issue12(feature: str, peer: str = "") -> pytest.MarkDecorator:
-    """A strict xfail: the example needs `feature`, which issue #12 builds."""
-    reason = f"needs {feature} (issue #12, AMQP completeness)"
-    if peer:
-        reason += f"; {peer}"
-    return pytest.mark.xfail(strict=True, reason=reason)
 
 
 # ---- running examples -------------------------------------------------------------------
@@ -105,16 +98,20 @@ class Example:
         self.proc.stdin.flush()
 
     def wait_for(self, predicate: Callable[[list[str]], bool],
-                 timeout: float = RUN_TIMEOUT) -> None:
-        """Until `predicate(stdout lines)` holds; fails if the program ends first."""
+                 timeout: float = RUN_TIMEOUT, stderr: bool = False) -> None:
+        """Until `predicate(stdout lines)` (or of stderr's) holds; fails if the program
+        ends first."""
+        def lines() -> list[str]:
+            return [line.strip() for line in self.err] if stderr else self.lines
+
         deadline = time.monotonic() + timeout
         with self._changed:
-            while not predicate(self.lines):
+            while not predicate(lines()):
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self._reading()):
                     break
                 self._changed.wait(min(left, 0.2))
-        if not predicate(self.lines):
+        if not predicate(lines()):
             ended = self.proc.poll() is not None
             self.kill()
             pytest.fail(("ended" if ended else f"still running after {timeout} s")
@@ -226,21 +223,31 @@ def example_broker(examples: Examples) -> str:
 
 
 BROKERS = ["proton_c", "rabbitmq", "example_broker"]
+RELAY_BROKERS = ["spec_broker", "example_broker"]  # dynamic nodes and ANONYMOUS-RELAY
 
 
 @pytest.fixture(params=BROKERS)
 def broker(request: pytest.FixtureRequest) -> str:
-    """A broker's host:port: the Proton C broker, RabbitMQ, then examples/broker.py."""
+    """A broker's host:port: the Proton C broker, RabbitMQ, then examples/broker.py (or
+    the spec broker, for RELAY_BROKERS)."""
     if request.param == "proton_c":
         return hostport(request.getfixturevalue("proton_c_broker").url)
     if request.param == "rabbitmq":
         return hostport(request.getfixturevalue("rabbitmq").url)
+    if request.param == "spec_broker":
+        return hostport(request.getfixturevalue("spec_broker").url)
     return str(request.getfixturevalue("example_broker"))
 
 
 @pytest.fixture
 def proton_c(proton_c_broker: object) -> str:
     return hostport(proton_c_broker.url)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def spec(spec_broker: SpecBroker) -> str:
+    """The spec broker's host:port (a session's: tests use their own addresses)."""
+    return hostport(spec_broker.url)
 
 
 def aio() -> None:
@@ -305,7 +312,7 @@ def test_simple_send_to_amqscale_listener(examples: Examples) -> None:
         listener = container.listen("amqp://127.0.0.1:0")
         send = examples.start("simple_send", "-a", f"127.0.0.1:{listener.port}/examples",
                               "-m", "100")
-        got = []
+        got: list[tuple[object, object]] = []
         deadline = time.monotonic() + RUN_TIMEOUT
         while len(got) < 100:
             if send.proc.poll() is not None:
@@ -371,112 +378,146 @@ def test_colour_send(examples: Examples, proton_c: str, unique_name: str) -> Non
     assert examples.run("simple_recv", "-a", address).lines == colours
 
 
-@issue12("selectors (the Selector option)",
-         "and a peer that applies them: RabbitMQ 3.10, the Proton C broker and "
-         "examples/broker.py ignore selectors")
-def test_selected_recv(examples: Examples, proton_c: str, unique_name: str) -> None:
-    address = f"{proton_c}/{unique_name}"
+def test_selected_recv(examples: Examples, spec_broker: SpecBroker, spec: str,
+                       unique_name: str) -> None:
+    """The spec broker applies the selector: selected_recv gets the green ones, in order,
+    and the red ones stay on the queue for simple_recv."""
+    address = f"{spec}/{unique_name}"
     examples.run("colour_send", "-a", address)
     green = examples.run("selected_recv", "-a", address, "-m", "50")
     assert green.lines == [f"green {i}" for i in range(1, 101, 2)]
+    assert spec_broker.stats()["queues"].get(unique_name) == 50
     red = examples.run("simple_recv", "-a", address, "-m", "50")
     assert red.lines == [f"red {i}" for i in range(2, 101, 2)]
+    assert spec_broker.stats()["queues"].get(unique_name) == 0
 
 
-@issue12("browsing (the Copy option)",
-         "and a peer that browses: RabbitMQ 3.10, the Proton C broker and examples/broker.py "
-         "consume instead")
-def test_queue_browser(examples: Examples, proton_c: str, unique_name: str) -> None:
-    address = f"{proton_c}/{unique_name}"
+def test_queue_browser(examples: Examples, spec_broker: SpecBroker, spec: str,
+                       unique_name: str) -> None:
+    """The spec broker browses (distribution mode copy): queue_browser prints every
+    message, in order, and leaves them all there."""
+    address = f"{spec}/{unique_name}"
     examples.run("simple_send", "-a", address, "-m", "10")
     browsed = examples.run("queue_browser", "-a", address, "-t", "2")
-    assert len(browsed.lines) == 10
+    assert len(browsed.lines) == 10, browsed.describe()
     for line, sequence in zip(browsed.lines, SEQUENCE[:10], strict=True):
-        assert line.startswith("Message(") and sequence in line
-    # browsing left them all there
+        assert line.startswith("Message(") and sequence in line, browsed.describe()
+    assert spec_broker.stats()["queues"].get(unique_name) == 10
     assert examples.run("simple_recv", "-a", address, "-m", "10").lines == SEQUENCE[:10]
 
 
 # ---- request/response -------------------------------------------------------------------
 
+def run_beside(examples: Examples, server: Example, name: str, *args: str,
+               timeout: float = RUN_TIMEOUT) -> Example:
+    """Run example `name` to its end (exit 0) while `server` runs: fails at once, with
+    both outputs, if the server ends first."""
+    client = examples.start(name, *args)
+    deadline = time.monotonic() + timeout
+    while client.proc.poll() is None and time.monotonic() < deadline:
+        if server.proc.poll() is not None:
+            client.kill()
+            server.wait(rc=None)
+            pytest.fail(f"{server.name} ended while {name} ran\n{server.describe()}\n"
+                        f"{client.describe()}")
+        time.sleep(0.1)
+    return client.wait(max(deadline - time.monotonic(), 0.1))
 
-@issue12("dynamic nodes (client.py) and anonymous relay (server.py)")
-def test_client_server(examples: Examples, example_broker: str) -> None:
-    address = f"{example_broker}/examples"
+
+def assert_served(server: Example) -> None:
+    """The server printed each request it received, in order, and ended cleanly."""
+    received = [x for x in server.lines if x.startswith("Received")]
+    assert len(received) == len(REQUESTS), server.describe()
+    for line, request in zip(received, REQUESTS, strict=True):
+        assert request in line, server.describe()
+    assert server.proc.returncode == 0, server.describe()
+
+
+@pytest.mark.parametrize("broker", RELAY_BROKERS, indirect=True)
+def test_client_server(examples: Examples, broker: str, unique_name: str) -> None:
+    """client.py's dynamic reply queue and server.py's anonymous relay, through the spec
+    broker and through examples/broker.py (amqscale's listener makes both)."""
+    address = f"{broker}/{unique_name}"
     server = examples.start("server", "-a", address)
     server.wait_for(lambda lines: any(x.startswith("Listening on") for x in lines))
-    client = examples.run("client", "-a", address)
+    client = run_beside(examples, server, "client", "-a", address)
     assert client.lines == RESPONSES
-    server.interrupt()
-    assert sum(x.startswith("Received") for x in server.lines) == len(REQUESTS)
+    assert_served(server.interrupt())
 
 
-@issue12("connection capabilities (connect(desired_capabilities=...), "
-         "remote_offered_capabilities), for anonymous relay")
 def test_server_refuses_broker_without_relay(examples: Examples, proton_c: str) -> None:
     """server.py needs ANONYMOUS-RELAY; the Proton C broker does not offer it: it says so
     and exits 1."""
     server = examples.run("server", "-a", f"{proton_c}/examples", rc=1)
-    assert "ANONYMOUS-RELAY" in "\n".join(server.err)
+    assert server.lines == [f"Listening on {proton_c}/examples"]
+    assert server.err == ["Server needs a broker which supports ANONYMOUS-RELAY"], \
+        server.describe()
 
 
-@issue12("dynamic nodes (client.py's reply receiver)")
 def test_client_server_direct(examples: Examples) -> None:
     port = free_port(("127.0.0.1",))
     server = examples.listening("server_direct", port, "-a", f"127.0.0.1:{port}")
-    client = examples.run("client", "-a", f"127.0.0.1:{port}/examples")
+    client = run_beside(examples, server, "client", "-a", f"127.0.0.1:{port}/examples")
     assert client.lines == RESPONSES
-    server.interrupt()
+    assert_served(server.interrupt())
 
 
-@issue12("dynamic nodes (the blocking face's open_receiver(None, dynamic=True))")
 def test_sync_client_server_direct(examples: Examples) -> None:
     port = free_port(("127.0.0.1",))
     server = examples.listening("server_direct", port, "-a", f"127.0.0.1:{port}")
-    client = examples.run("sync_client", "-a", f"127.0.0.1:{port}/examples")
+    client = run_beside(examples, server, "sync_client", "-a", f"127.0.0.1:{port}/examples")
     assert client.lines == RESPONSES
-    server.interrupt()
+    assert_served(server.interrupt())
 
 
-@issue12("dynamic nodes (client_async.py) and anonymous relay (server_async.py)")
-def test_client_server_async(examples: Examples, example_broker: str) -> None:
+@pytest.mark.parametrize("broker", RELAY_BROKERS, indirect=True)
+def test_client_server_async(examples: Examples, broker: str, unique_name: str) -> None:
     aio()
-    address = f"{example_broker}/examples"
+    address = f"{broker}/{unique_name}"
     server = examples.start("server_async", "-a", address)
     server.wait_for(lambda lines: any(x.startswith("Listening on") for x in lines))
-    client = examples.run("client_async", "-a", address)
+    client = run_beside(examples, server, "client_async", "-a", address)
     assert client.lines == RESPONSES
-    server.interrupt()
+    assert_served(server.interrupt())
 
 
 # ---- transactions -----------------------------------------------------------------------
+# The spec broker has local transactions; RabbitMQ 3.10 refuses a coordinator link
+# (not-implemented): the examples say so and exit 1 rather than wait for ever.
 
-TX_PEER = ("and a peer that has them: RabbitMQ 3.10 answers not-implemented, the Proton C "
-           "broker crashes on a coordinator link, examples/broker.py has none")
 
-
-@issue12("transactions (server_tx.py) and dynamic nodes (client.py)", TX_PEER)
-def test_client_server_tx(examples: Examples, rabbitmq: object) -> None:
-    address = f"{hostport(rabbitmq.url)}/examples"  # type: ignore[attr-defined]
+def test_client_server_tx(examples: Examples, spec_broker: SpecBroker, spec: str,
+                          unique_name: str) -> None:
+    address = f"{spec}/{unique_name}"
+    before = spec_broker.stats()["transactions"]
     server = examples.start("server_tx", "-a", address)
-    client = examples.run("client", "-a", address)
+    client = run_beside(examples, server, "client", "-a", address)
     assert client.lines == RESPONSES
+    server.wait_for(lambda lines: lines.count("Request processed successfully") == 4)
     server.interrupt()
-    assert server.lines.count("Request processed successfully") == len(REQUESTS)
+    assert server.lines == ["Request processed successfully"] * len(REQUESTS)
+    stats = spec_broker.stats()
+    assert stats["transactions"]["committed"] - before["committed"] == len(REQUESTS)
+    assert stats["queues"].get(unique_name) == 0  # each request accepted by its commit
 
 
-@issue12("transactions", TX_PEER)
-def test_tx_send_tx_recv(examples: Examples, rabbitmq: object, unique_name: str) -> None:
-    address = f"{hostport(rabbitmq.url)}/{unique_name}"  # type: ignore[attr-defined]
+def test_tx_send_tx_recv(examples: Examples, spec_broker: SpecBroker, spec: str,
+                         unique_name: str) -> None:
+    address = f"{spec}/{unique_name}"
+    before = spec_broker.stats()["transactions"]
     recv = examples.start("tx_recv", "-a", address)
     send = examples.run("tx_send", "-a", address)
     assert send.lines == ["all messages committed"]
     assert recv.wait().lines == SEQUENCE
+    stats = spec_broker.stats()
+    # ten batches of ten each way
+    assert stats["transactions"]["committed"] - before["committed"] == 20
+    assert stats["queues"].get(unique_name) == 0
 
 
-@issue12("transactions", TX_PEER)
-def test_tx_recv_interactive(examples: Examples, rabbitmq: object, unique_name: str) -> None:
-    address = f"{hostport(rabbitmq.url)}/{unique_name}"  # type: ignore[attr-defined]
+def test_tx_recv_interactive(examples: Examples, spec_broker: SpecBroker, spec: str,
+                             unique_name: str) -> None:
+    address = f"{spec}/{unique_name}"
     examples.run("simple_send", "-a", address, "-m", "2")
     recv = examples.start("tx_recv_interactive", "-a", address, stdin=True)
     recv.wait_for(lambda lines: "transaction declared" in lines)
@@ -489,9 +530,64 @@ def test_tx_recv_interactive(examples: Examples, rabbitmq: object, unique_name: 
     recv.wait_for(lambda lines: lines.count(SEQUENCE[0]) == 2)
     recv.write("commit\n")
     recv.wait_for(lambda lines: "transaction committed" in lines)
+    recv.wait_for(lambda lines: lines.count("transaction declared") == 3)
     recv.write("quit\n")
     recv.wait()
+    assert recv.lines == [
+        "Enter 'fetch', 'commit', 'abort' or 'quit'", "transaction declared",
+        SEQUENCE[0], "transaction aborted", "transaction declared",
+        SEQUENCE[0], "transaction committed", "transaction declared"]
     assert examples.run("simple_recv", "-a", address, "-m", "1").lines == SEQUENCE[1:2]
+
+
+def assert_declare_refused(example: Example) -> None:
+    """The example said the declare failed, and why (RabbitMQ's not-implemented)."""
+    err = "\n".join(example.err)
+    assert "transaction declare failed" in err and "not-implemented" in err, \
+        example.describe()
+    assert "Traceback" not in err, example.describe()
+
+
+@pytest.mark.parametrize("name", ["tx_send", "tx_recv"])
+def test_tx_refused_by_rabbitmq(examples: Examples, rabbitmq: object, unique_name: str,
+                                name: str) -> None:
+    """RabbitMQ 3.10 has no transactions: tx_send and tx_recv fail at once, saying so."""
+    address = f"{hostport(rabbitmq.url)}/{unique_name}"  # type: ignore[attr-defined]
+    example = examples.run(name, "-a", address, rc=1, timeout=30)
+    assert example.lines == []
+    assert_declare_refused(example)
+
+
+def test_server_tx_refused_by_rabbitmq(examples: Examples, rabbitmq: object,
+                                       unique_name: str) -> None:
+    """server_tx declares a transaction per request: against RabbitMQ 3.10 the first one
+    fails, it says so and exits 1; the request stays on the queue."""
+    url = rabbitmq.url  # type: ignore[attr-defined]
+    server = examples.start("server_tx", "-a", f"{hostport(url)}/{unique_name}")
+    with amqscale.Container(workers=1) as container:
+        conn = container.connect(url)
+        sender = conn.open_sender(unique_name)
+        sender.send(amqscale.Message(reply_to=f"{unique_name}-replies",
+                                     body=REQUESTS[0])).wait(timeout=RUN_TIMEOUT)
+        conn.close()
+    server.wait(timeout=30, rc=1)
+    assert server.lines == []
+    assert_declare_refused(server)
+    assert rabbitmq.list_queues().get(unique_name) == 1  # type: ignore[attr-defined]
+
+
+def test_tx_recv_interactive_refused_by_rabbitmq(examples: Examples, rabbitmq: object,
+                                                 unique_name: str) -> None:
+    """tx_recv_interactive against RabbitMQ 3.10: the declare fails at once, it says so,
+    and 'quit' exits 1."""
+    address = f"{hostport(rabbitmq.url)}/{unique_name}"  # type: ignore[attr-defined]
+    recv = examples.start("tx_recv_interactive", "-a", address, stdin=True)
+    recv.wait_for(lambda lines: any("transaction declare failed" in x for x in lines),
+                  timeout=30, stderr=True)
+    recv.write("quit\n")
+    recv.wait(timeout=30, rc=1)
+    assert recv.lines == ["Enter 'fetch', 'commit', 'abort' or 'quit'"]
+    assert_declare_refused(recv)
 
 
 # ---- sqlite -----------------------------------------------------------------------------
