@@ -57,6 +57,10 @@ SETTLE_BATCH = 128
 # A receiving link's `credit` when the user grants it (credit=0, Receiver.flow): so large
 # that taking deliveries never reaches the automatic grant's threshold.
 MANUAL_CREDIT = 1 << 62
+# A connection lost sooner than this after it opened does not start the reconnect
+# schedule afresh, but goes on with it: a peer (or a message) that breaks every
+# connection at once meets the backoff, not a reconnect storm.
+STABLE_CONNECTION = 1.0
 INBOUND_WINDOW = 1000  # messages in flight on a link a remote receiver attached to us
 
 
@@ -896,7 +900,8 @@ class Shard:
 
     __slots__ = ("id", "slot", "opened", "closed", "failure", "security", "connection",
                  "command", "links", "url_index", "delays", "delay", "lost_at", "tries",
-                 "reconnects", "ever_opened", "last_error", "closing", "sessions", "remote")
+                 "reconnects", "ever_opened", "last_error", "closing", "sessions", "remote",
+                 "up_since")
 
     def __init__(self, shard_id: int, slot: WorkerSlot,
                  connection: ConnectionState | None = None,
@@ -920,11 +925,12 @@ class Shard:
         self.last_error: ConnectionFailed | None = None  # why it was lost last
         self.closing = False  # the user asked it to close: never reopened
         self.sessions: list[p.BeginSession] = []  # the user's, begun again after a loss
+        self.up_since: float | None = None  # when it last opened, while it is open
         self.remote: p.ConnectionOpened | None = None  # what the peer's open said
 
     @property
     def reconnecting(self) -> bool:
-        return self.delays is not None and self.failure is None
+        return self.delays is not None and self.failure is None and self.up_since is None
 
     def on_event(self, event: p.Event) -> None:
         if type(event) is p.ConnectionOpened:
@@ -1503,8 +1509,7 @@ class ClientCore:
         if shard.ever_opened:
             shard.reconnects += 1
         shard.ever_opened = True
-        shard.delays = None  # the next loss starts the schedule, and the list, afresh
-        shard.tries = 0
+        shard.up_since = self.clock()
 
     def _on_shard_closed(self, shard: Shard, event: p.ConnectionClosed) -> None:
         """A shard's transport ended: open it again if that may help and the policy
@@ -1544,6 +1549,12 @@ class ClientCore:
             return False
         now = self.clock()
         shard.last_error = connection_failure(event)
+        if shard.up_since is not None:  # it was open: lost now
+            if now - shard.up_since >= STABLE_CONNECTION:
+                shard.delays = None  # it stayed up: the schedule starts afresh
+            else:
+                shard.url_index = len(urls) - 1  # lost at once: the schedule goes on,
+            shard.up_since = None  # so that a peer that drops it every time is not hammered
         if shard.delays is None:  # just lost: a new schedule, from the list's start
             shard.delays = policy.delays(self.rng)
             shard.lost_at = now

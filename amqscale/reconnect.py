@@ -2,9 +2,10 @@
 
 The schedule is proton's (0, then `initial`, doubling up to `max_delay`: 0, 0.1, 0.2, 0.4,
 ... 10, 10, ...) with jitter added, so that a fleet of clients that lost one broker does not
-come back in lock-step. Unlike proton's `Backoff`, the schedule starts again after every
-successful open: a connection that ran for a week and drops retries at once, not at the
-delay where its last outage ended.
+come back in lock-step. Unlike proton's `Backoff`, the schedule starts again after an open
+that lasted (the core's STABLE_CONNECTION, a second): a connection that ran for a week and
+drops retries at once, not at the delay where its last outage ended, while one that a peer
+breaks as soon as it opens keeps meeting the growing delays.
 
 A "try" is one round through the failover list (every URL once), as proton counts
 `max_tries`; each URL of a round is tried at that round's delay.

@@ -143,6 +143,28 @@ def test_a_lost_receiver_drops_its_untaken_prefetch_and_refuses_stale_settlement
     again.check_live()
 
 
+def test_a_connection_lost_as_soon_as_it_opens_goes_on_with_the_backoff() -> None:
+    """A peer (or a message it cannot take) that breaks every connection at once meets
+    the growing delays, not a reconnect storm."""
+    core, workers, clock = _core()
+    policy = Backoff(initial=1, factor=2, max_delay=8, jitter=0)
+    connection = _connect(core, workers, policy)
+    shard = connection.shards[0]
+    delays = []
+    for _ in range(5):
+        clock.now += 0.5  # up for half a second each time: not stable
+        workers.lose(shard)
+        command = _opens(workers.take())[0]
+        delays.append(command.delay)
+        clock.now += command.delay
+        workers.emit(0, p.ConnectionOpened(shard.id, "peer"))
+        assert connection.state == "open"
+    assert delays == [0, 1, 2, 4, 8]
+    clock.now += 5  # this time it stayed up
+    workers.lose(shard)
+    assert _opens(workers.take())[0].delay == 0
+
+
 def test_failover_tries_each_url_in_rounds_and_starts_again_after_an_open() -> None:
     core, workers, clock = _core()
     policy = Backoff(initial=1, factor=2, max_delay=4, jitter=0)
@@ -155,6 +177,7 @@ def test_failover_tries_each_url_in_rounds_and_starts_again_after_an_open() -> N
         tried.append((command.port, command.delay))
     assert tried == [(5672, 0), (5673, 0), (5672, 1), (5673, 1), (5672, 2), (5673, 2)]
     workers.emit(0, p.ConnectionOpened(shard.id, "peer"))
+    clock.now += 1  # it stayed up (STABLE_CONNECTION): the next loss starts afresh
     workers.lose(shard)
     assert [(c.port, c.delay) for c in _opens(workers.take())] == [(5672, 0)]
     clock.now += 1
