@@ -1244,11 +1244,16 @@ enc_body(Out *o, PyObject *body)
     return enc_value(o, body, 0);
 }
 
+/* The bare message of a Message with no field set: no section would be left, and a
+   zero-byte transfer is not a message (proton's decoder refuses it). */
+static const unsigned char EMPTY_MESSAGE[] = {0x00, 0x53, 0x73, 0x45};
+
 static int
 enc_message(Out *o, PyObject *m)
 {
     PyObject *f[N_FIELDS];
     int i, present;
+    Py_ssize_t start = o->len;
     for (i = 0; i < N_FIELDS; i++) {
         f[i] = SLOT(m, field_off[i]);
         if (f[i] == NULL)
@@ -1284,6 +1289,9 @@ enc_message(Out *o, PyObject *m)
         return -1;
     if (map_present(f[F_FOOTER], &present) < 0 ||
         (present && enc_annotations(o, 0x78, f[F_FOOTER]) < 0))
+        return -1;
+    /* A message with nothing set: an empty properties section, as Python writes it. */
+    if (o->len == start && put_bytes(o, EMPTY_MESSAGE, sizeof(EMPTY_MESSAGE)) < 0)
         return -1;
     return 0;
 }

@@ -559,7 +559,8 @@ class Message(_MessageBase):
     # Encoding
 
     def encode(self) -> bytes:
-        """The bare message: its sections in the specification's order, empty ones left out.
+        """The bare message: its sections in the specification's order, empty ones left out
+        (a message with nothing set is one empty properties section: a transfer needs bytes).
 
         Header and properties are described lists with trailing nulls trimmed, list8 when
         they fit, exactly as proton writes them; the maps and the body are what
@@ -643,6 +644,8 @@ class Message(_MessageBase):
 
         if self.footer:
             _annotations_section(buf, _FOOTER, self.footer, "footer")
+        if not buf:  # nothing set: no section is left, and a transfer needs bytes
+            return EMPTY_MESSAGE
         return bytes(buf)
 
     def _encode_header(self, buf: bytearray) -> None:
@@ -950,6 +953,12 @@ class Message(_MessageBase):
                 continue
             parts.append(f"{name}={v!r}")
         return f"Message({', '.join(parts)})"
+
+
+# A Message with nothing set, encoded: an empty properties section (described list0).
+# Without it the transfer would carry no bytes, which no peer decodes as a message; it
+# decodes back to a Message with nothing set.
+EMPTY_MESSAGE = b"\x00\x53\x73\x45"
 
 
 def convert_natives(message: Message, datetimes: bool = False, decimals: bool = False) -> Message:
