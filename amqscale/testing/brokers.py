@@ -455,22 +455,30 @@ class RheaPeer(ManagedProcess):
     endless. `stats()` asks the running peer for its counts; `summary()` reads the counts it
     wrote when stopped. Name links uniquely: rhea drops a connection whose session has a
     sender and a receiver with the same link name.
+
+    `record_full=N` keeps the first N messages of each address whole (every field, in the
+    address's "messages"); `outcomes="outcome"` settles each message whose application
+    property `outcome` is set as it says: accept, reject, release or modify (the header
+    comment of rhea_peer.js tells which other properties it reads).
     """
 
     name = "rhea"
     start_timeout = 30.0
 
-    def __init__(self, port: int = 0, *, record: int = 0, keep_workdir: bool = False) -> None:
+    def __init__(self, port: int = 0, *, record: int = 0, record_full: int = 0,
+                 outcomes: str | None = None, keep_workdir: bool = False) -> None:
         _require(RHEA_PEER_SCRIPT.parent / "node_modules" / "rhea", "rhea (npm)")
         if shutil.which("node") is None:
             raise PeerStartError("node not found: run scripts/setup.sh")
         super().__init__(port, keep_workdir=keep_workdir)
         self.record = record
+        self.record_full = record_full
+        self.outcomes = outcomes
         self._summary: dict[str, Any] | None = None
 
     def command(self) -> list[str]:
         assert self.workdir is not None
-        return [
+        cmd = [
             "node",
             str(RHEA_PEER_SCRIPT),
             "--host", self.host,
@@ -478,6 +486,11 @@ class RheaPeer(ManagedProcess):
             "--record", str(self.record),
             "--summary", str(self.workdir / "summary.json"),
         ]  # fmt: skip
+        if self.record_full:
+            cmd += ["--record-full", str(self.record_full)]
+        if self.outcomes:
+            cmd += ["--outcomes", self.outcomes]
+        return cmd
 
     def stats(self, timeout: float = 30.0) -> dict[str, Any]:
         """The peer's counts now: {"received", "sent", "addresses": {ADDR: {...}}}."""
