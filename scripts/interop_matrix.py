@@ -58,6 +58,9 @@ FEATURES = [
     "anonymous relay",
     "drain",
     "transactions",
+    "rcv-settle-mode second",
+    "message fidelity",
+    "outcomes from a foreign receiver",
 ]
 
 # (feature, peer) -> why the feature means nothing there, for cells no test covers.
