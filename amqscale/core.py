@@ -549,10 +549,15 @@ class Arrival:
         message = messages[index]
         if message is None:
             message = messages[index] = Message.decode(self.payloads[index])
-            natives = self.link.receiver.natives
+            natives = self._natives()
             if natives is not None:
                 convert_natives(message, *natives)
         return message
+
+    def _natives(self) -> tuple[bool, bool] | None:
+        """Its receiver's decoding opt-ins (None: an arrival of no receiver's, in tests)."""
+        link = self.link
+        return link.receiver.natives if link is not None else None
 
     def messages_in(self, lo: int, hi: int) -> list[Message]:
         """Messages lo..hi-1, decoded (a list at a time in C when none is yet)."""
@@ -562,7 +567,7 @@ class Arrival:
         if messages[lo:hi].count(None) == hi - lo:
             decoded = decode_messages(self.payloads[lo:hi])
             if decoded is not None:
-                natives = self.link.receiver.natives
+                natives = self._natives()
                 if natives is not None:
                     for message in decoded:
                         convert_natives(message, *natives)

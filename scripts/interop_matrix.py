@@ -66,10 +66,31 @@ FEATURES = [
 # (feature, peer) -> why the feature means nothing there, for cells no test covers.
 _BROKER_ONLY = ("a broker only accepts connections: it opens none to an amqscale "
                 "listener")
+_NOT_A_BROKER = {
+    "amqscale": "amqscale's listener is a peer, not a broker: it has no nodes to filter, "
+                "browse or subscribe to, and no transaction coordinator",
+    "proton-python": "the proton-python peer here is a client library's reactor, not a "
+                     "broker: no nodes to filter, browse or subscribe to, no coordinator",
+    "rhea": "the rhea peer here (tests/peers/rhea_peer.js) is a sink and a source, not a "
+            "broker: no nodes to filter, browse or subscribe to, no coordinator",
+}
+_CRASHES = ("the Proton C example broker crashes (it segfaults on a null address: a "
+            "dynamic source, a coordinator target); not run, so as not to kill it")
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
-    (feature, peer): _BROKER_ONLY
-    for feature in ("listen: inbound sender", "listen: inbound receiver")
-    for peer in ("rabbitmq", "spec-broker")
+    **{(feature, peer): _BROKER_ONLY
+       for feature in ("listen: inbound sender", "listen: inbound receiver")
+       for peer in ("rabbitmq", "spec-broker")},
+    **{(feature, peer): reason
+       for peer, reason in _NOT_A_BROKER.items()
+       for feature in ("selector", "browse (copy)", "transactions")},
+    **{("durable subscription", peer): _NOT_A_BROKER[peer] for peer in ("amqscale", "rhea")},
+    ("dynamic node", "proton-c"): _CRASHES,
+    ("transactions", "proton-c"): _CRASHES,
+    ("durable subscription", "proton-c"): "the Proton C example broker has no topics or "
+                                          "durable subscriptions (it consumes from queues)",
+    ("durable subscription", "rabbitmq"): "RabbitMQ 3.10's AMQP 1.0 plugin has no durable "
+                                          "subscriptions (a /topic link gets a queue of its "
+                                          "own, which outlives the link unasked)",
 }
 
 LABELS = {"pass": "pass", "refused": "refused by the peer", "n/a": "not applicable",

@@ -44,6 +44,8 @@ def peer_url(request: pytest.FixtureRequest, peer: str) -> Iterator[str]:
         yield request.getfixturevalue("rabbitmq").url
     elif peer == "proton-c":
         yield request.getfixturevalue("proton_c_broker").url
+    elif peer == "rhea":
+        yield request.getfixturevalue("rhea_peer").url
     elif peer == "amqscale":
         with amqscale.Container(workers=1) as server:
             yield server.listen("amqp://127.0.0.1:0").url
@@ -142,15 +144,20 @@ def test_browsing_sees_every_message_and_takes_none(container: Any, peer_url: st
     conn.close()
 
 
-@on("browse (copy)", "proton-c")
-def test_a_peer_that_cannot_browse_leaves_copy_out(container: Any, peer_url: str,
-                                                   interop: Any) -> None:
+@on("browse (copy)", "proton-c", "rabbitmq")
+def test_a_peer_that_cannot_browse_says_so_in_its_source_or_not(
+        container: Any, peer_url: str, peer: str, interop: Any) -> None:
     conn = container.connect(peer_url)
     receiver = conn.open_receiver(Source(unique("q"), distribution_mode="copy"))
     assert receiver.remote_source is not None
-    assert receiver.remote_source.distribution_mode is None
-    interop.refused("the Proton C example broker consumes (no distribution modes): its "
-                    "source has none, as remote_source.distribution_mode shows")
+    if peer == "proton-c":
+        assert receiver.remote_source.distribution_mode is None
+        interop.refused("the Proton C example broker consumes (no distribution modes): its "
+                        "source has none, as remote_source.distribution_mode shows")
+    else:
+        assert receiver.remote_source.distribution_mode == "copy"
+        interop.refused("RabbitMQ 3.10 echoes distribution-mode copy and consumes anyway "
+                        "(PEERS.md): the echo cannot be trusted there")
     conn.close()
 
 
@@ -523,4 +530,83 @@ def test_a_pull_consumer_grants_its_own_credit_and_drains(container: Any, peer_u
         receiver.flow(0)
     with pytest.raises(ValueError, match="credit must be a positive int"):
         conn.open_receiver(queue, credit=0, handler="amqscale.handlers:MessagingHandler")
+    conn.close()
+
+
+@on("rcv-settle-mode second", "rabbitmq")
+def test_a_peer_without_settle_mode_second_refuses_the_link(container: Any, peer_url: str,
+                                                            interop: Any) -> None:
+    conn = container.connect(peer_url)
+    with pytest.raises(LinkDetached, match="amqp:not-implemented"):
+        conn.open_receiver(unique("q"), rcv_settle_mode="second")
+    with pytest.raises(LinkDetached, match="amqp:not-implemented"):
+        conn.open_sender(unique("q"), rcv_settle_mode="second")
+    conn.open_sender(unique("q")).send(b"the connection goes on").wait(15)
+    interop.refused("RabbitMQ 3.10: amqp:not-implemented, 'rcv-settle-mode second not "
+                    "supported'")
+    conn.close()
+
+
+# ---- rhea as the peer ----------------------------------------------------------------------
+
+
+@on("drain", "rhea")
+def test_drain_against_rhea(container: Any, peer_url: str) -> None:
+    conn = container.connect(peer_url)
+    finite = conn.open_receiver("count/3", credit=10, name=unique("finite"))
+    assert finite.drain(15) == 3  # all it had, then the credit back
+    assert [m.message.body for m in (finite.receive(0) for _ in range(3))] == [
+        f"message-{i}" for i in range(3)]
+    endless = conn.open_receiver(unique("endless"), credit=5, name=unique("endless"))
+    assert endless.drain(15) == 5  # the transfers used the credit up
+    conn.close()
+
+
+@on("dynamic node", "rhea")
+def test_rhea_answers_a_dynamic_source_without_an_address(container: Any, peer_url: str,
+                                                          interop: Any) -> None:
+    conn = container.connect(peer_url)
+    with pytest.raises(LinkDetached, match="dynamic source without an address"):
+        conn.open_receiver(None, dynamic=True)
+    interop.refused("the rhea peer here mirrors a dynamic source without naming a node: "
+                    "amqscale says so (LinkDetached)")
+    conn.close()
+
+
+@on("anonymous relay", "rhea")
+def test_no_anonymous_sender_to_rhea(container: Any, peer_url: str, interop: Any) -> None:
+    conn = container.connect(peer_url)
+    with pytest.raises(LinkDetached, match="does not offer ANONYMOUS-RELAY"):
+        conn.open_sender(None)
+    interop.refused("the rhea peer's open offers no ANONYMOUS-RELAY")
+    conn.close()
+
+
+# ---- the open frame, each peer -------------------------------------------------------------
+
+
+@on("open: properties and capabilities", "rhea", "rabbitmq", "spec-broker", "amqscale")
+def test_each_peer_s_open_reaches_us_and_ours_reaches_it(
+        container: Any, peer_url: str, peer: str, request: pytest.FixtureRequest) -> None:
+    conn = container.connect(peer_url, properties={"client": "features"},
+                             desired_capabilities=["ANONYMOUS-RELAY"])
+    assert conn.remote_container is not None  # (the spec broker's is "")
+    if peer == "rabbitmq":
+        assert conn.remote_properties["product"] == "RabbitMQ"
+    if peer in ("spec-broker", "amqscale"):
+        assert "ANONYMOUS-RELAY" in conn.remote_offered_capabilities
+    if peer == "spec-broker":
+        seen = [c for c in request.getfixturevalue("spec_broker").stats()["connections"]
+                if (c["properties"] or {}).get("client") == "features"]
+        assert seen and "ANONYMOUS-RELAY" in seen[-1]["desired_capabilities"]
+    conn.close()
+
+
+@pytest.mark.parametrize("peer", [pytest.param("spec-broker", marks=[
+    pytest.mark.interop("send", "spec-broker"), pytest.mark.interop("receive", "spec-broker")])])
+def test_send_and_receive_through_the_spec_broker(container: Any, peer_url: str) -> None:
+    conn = container.connect(peer_url)
+    queue = unique("plain")
+    _send(conn, queue, [Message(id=i, body=f"body {i}") for i in range(50)])
+    assert _bodies(conn.open_receiver(queue, credit=20), 50) == [f"body {i}" for i in range(50)]
     conn.close()

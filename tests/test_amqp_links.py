@@ -636,3 +636,31 @@ def test_pn_trace_frm_sends_the_workers_frames_to_the_user_s_log(
     assert any("-> @transfer(20)" in x for x in ours)
     assert any("@sasl-init(65)" in x and "initial-response=<hidden>" in x for x in lines)
     assert not any("s3cret-pw" in x for x in lines)  # the password never reaches a log
+
+
+@pytest.mark.interop("send", "amqscale")
+@pytest.mark.interop("receive", "amqscale")
+@pytest.mark.interop("listen: inbound sender", "amqscale")
+@pytest.mark.interop("listen: inbound receiver", "amqscale")
+def test_amqscale_on_both_ends(container: Any) -> None:
+    with amqscale.Container(workers=1) as server:
+        listener = server.listen("amqp://127.0.0.1:0")
+        conn = container.connect(listener.url, shards=2)
+        receiver = conn.open_receiver("from-the-listener", credit=10)
+        senders = [listener.accept_sender(15), listener.accept_sender(15)]  # one a shard
+        assert {s.address for s in senders} == {"from-the-listener"}
+        trackers = [senders[i % 2].send(amqscale.Message(id=i, body=i)) for i in range(20)]
+        got = [receiver.receive(15) for _ in range(20)]
+        for delivery in got:
+            delivery.accept()
+        assert sorted(d.message.body for d in got) == list(range(20))
+        assert all(t.wait(15).accepted for t in trackers)
+        sender = conn.open_sender("to-the-listener")
+        sent = [sender.send(amqscale.Message(body=f"in {i}")) for i in range(20)]
+        inbound = [listener.receiver.receive(15) for _ in range(20)]
+        for delivery in inbound:
+            delivery.accept()
+        assert sorted(d.message.body for d in inbound) == sorted(f"in {i}" for i in range(20))
+        assert all(t.wait(15).accepted for t in sent)
+        conn.close()
+        listener.close()

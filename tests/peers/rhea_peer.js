@@ -211,6 +211,13 @@ function fill(sender) {
   }
 }
 
+// A receiver that asks for a drain gets the credit left back once nothing remains to
+// send (answered in rhea's own dispatch, so that the flow goes out with this pass).
+function onSenderDraining(context) {
+  const plan = context.sender.amqscalePlan;
+  if (plan && !plan.stats && plan.next >= plan.count) context.sender.set_drained(true);
+}
+
 function onSenderOpen(context) {
   const sender = context.sender;
   sender.set_source(sender.remote.attach.source || {});
@@ -258,6 +265,7 @@ container.on('receiver_open', (context) => {
 container.on('message', onMessage);
 container.on('sender_open', onSenderOpen);
 container.on('sendable', onSendable);
+container.on('sender_draining', onSenderDraining);
 container.on('error', (err) => console.error('error:', err && err.message));
 container.on('disconnected', () => {});
 
