@@ -38,7 +38,13 @@ from typing import Any
 from . import _ops, codec
 from . import links as _links
 from ._driver import Driver
-from .container import OPEN_TIMEOUT, check_worker_handler, connect_options, default_worker_count
+from .container import (
+    OPEN_TIMEOUT,
+    check_windows,
+    check_worker_handler,
+    connect_options,
+    default_worker_count,
+)
 from .core import (
     SEND_BATCH,
     Arrival,
@@ -50,6 +56,7 @@ from .core import (
     ReceiverState,
     SenderLink,
     SenderState,
+    SessionState,
     Shard,
     WorkerSlot,
 )
@@ -297,7 +304,9 @@ class Event:
     def session(self) -> Session | None:
         if self._session is not None:
             return self._session
-        return self.connection.session() if self.connection is not None else None
+        if self.link is not None:
+            return self.link.session
+        return self.connection._session if self.connection is not None else None
 
     @property
     def sender(self) -> Sender | None:
@@ -605,20 +614,54 @@ class Delivery(_links.Delivery, _DeliveryStates):
 
 
 class Session:
-    """The one session of a connection (every link of a connection shares it, as with
-    proton's Container): `connection`, `state`, close()."""
+    """A session of a connection: its default one (``link.session``), or one of its own
+    from ``connection.session()`` (proton's call), begun on each shard when it is opened
+    or its first link is created (``create_sender(session, ...)``), with its
+    `incoming_capacity` (bytes the peer may send ahead) and `outgoing_window` (transfers)
+    as set before. `connection`, `state`, close()."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, explicit: bool = False) -> None:
         self.connection = connection
+        self.explicit = explicit
+        self.incoming_capacity = 0  # 0: proton's default
+        self.outgoing_window = 0
+        self._state: SessionState | None = None
+        self._links: list[Any] = []
 
     @property
     def state(self) -> int:
+        if self.explicit and self._state is not None and self._state.ended:
+            return LOCAL_CLOSED | REMOTE_CLOSED
         return self.connection.state
 
+    def open(self) -> None:
+        """Begin it on the connection's shards (the first link does, if not yet)."""
+        self._begun()
+
+    def _begun(self) -> SessionState | None:
+        """Its core state, begun now if it was not (None for the default session)."""
+        if not self.explicit:
+            return None
+        if self._state is None:
+            connection = self.connection
+            driver = connection.container._ensure_driver()
+            if connection._state is None:
+                raise _not_yet("sessions of an inbound connection (a listener's peer)")
+            check_windows(self.incoming_capacity, self.outgoing_window)
+            with driver.lock:
+                self._state = driver.core.begin_session(
+                    connection._state, self.incoming_capacity, self.outgoing_window)
+        return self._state
+
     def close(self) -> None:
-        """Close every link of the connection."""
-        for link in list(self.connection._links):
+        """Close its links (the default session's: every link of the connection), and
+        end it."""
+        for link in list(self._links if self.explicit else self.connection._links):
             link.close()
+        driver = self.connection.container._driver
+        if self.explicit and self._state is not None and driver is not None:
+            with driver.lock:
+                driver.core.end_session(self._state)
 
 
 class Connection:
@@ -687,7 +730,9 @@ class Connection:
         return local | (REMOTE_ACTIVE if self._opened_fired else REMOTE_UNINIT)
 
     def session(self) -> Session:
-        return self._session
+        """A new session of this connection (proton's): its links go on it, apart from
+        the default session's (which ``link.session`` of other links is)."""
+        return Session(self, explicit=True)
 
     def _remote(self) -> p.ConnectionOpened | None:
         if self._inbound is not None:
@@ -786,10 +831,13 @@ class _Link:
         self._closing_fired = False
         self._ended = False
         self._shard_of: dict[Any, Shard | None] = {}
+        self._on_session: Session | None = None
 
     @property
     def session(self) -> Session:
-        return self.connection.session()
+        """The session it is on: the connection's default one, or the one it was
+        created on (``create_sender(session, ...)``)."""
+        return self._on_session or self.connection._session
 
     @property
     def _core_links(self) -> list[Any]:
@@ -1981,8 +2029,10 @@ class Container:
         connection, path_address = self._context(context, handler)
         address = target if target is not None else path_address
         terminus = Target(address, **fields)
+        session = context if isinstance(context, Session) else None
         settings = LinkSettings(source=p.Terminus(address=source) if source else None,
-                                one_link=one_link(terminus))
+                                one_link=one_link(terminus),
+                                session=session._begun() if session else None)
         driver = self._ensure_driver()
         state_conn = connection._state
         assert state_conn is not None
@@ -1995,6 +2045,9 @@ class Container:
         sender.target = terminus.wire()
         if source:
             sender.source = p.Terminus(address=source)
+        if session is not None:
+            sender._on_session = session
+            session._links.append(sender)
         sender._shard_of = dict(zip(state.links, shards, strict=False))
         connection._links.append(sender)
         for link in state.links:
@@ -2023,7 +2076,9 @@ class Container:
         if dynamic:
             address = None  # the peer names the node (proton sends no address either)
         terminus = Source(address, dynamic=bool(dynamic), **fields)
-        link_settings = LinkSettings(one_link=one_link(terminus))
+        session = context if isinstance(context, Session) else None
+        link_settings = LinkSettings(one_link=one_link(terminus),
+                                     session=session._begun() if session else None)
         handlers = [handler] if handler is not None else self._handlers_of(connection)
         settings = messaging_handler(handlers)
         prefetch = settings.prefetch if settings is not None else 0
@@ -2048,6 +2103,9 @@ class Container:
         receiver.source = terminus.wire()
         if target is not None:
             receiver.target = p.Terminus(address=target)
+        if session is not None:
+            receiver._on_session = session
+            session._links.append(receiver)
         if path is not None:
             receiver._in_workers = _links.HandlerReceiverView(driver, state, connection)
         receiver._shard_of = dict(zip(state.links.values(), shards, strict=False))

@@ -664,3 +664,41 @@ def test_amqscale_on_both_ends(container: Any) -> None:
         assert all(t.wait(15).accepted for t in sent)
         conn.close()
         listener.close()
+
+
+@pytest.mark.interop("explicit session", "proton-python")
+def test_the_event_driven_face_puts_links_on_a_session_of_their_own() -> None:
+    from amqscale.handlers import MessagingHandler
+    from amqscale.reactor import Container as Reactor
+
+    class OnASession(MessagingHandler):
+        def __init__(self, url: str) -> None:
+            super().__init__()
+            self.url = url
+            self.accepted = 0
+            self.sessions: list[Any] = []
+
+        def on_start(self, event: Any) -> None:
+            conn = event.container.connect(self.url)
+            self.default = event.container.create_sender(conn, "on-default")
+            session = conn.session()
+            session.incoming_capacity = 1 << 20
+            session.open()
+            self.sender = event.container.create_sender(session, "on-session")
+            self.sessions = [self.default.session, self.sender.session, session]
+
+        def on_sendable(self, event: Any) -> None:
+            if event.sender is self.sender and not self.accepted:
+                self.sender.send(amqscale.Message(body="via the session"))
+
+        def on_accepted(self, event: Any) -> None:
+            self.accepted += 1
+            event.connection.close()
+
+    with Observer() as peer:
+        handler = OnASession(peer.url)
+        Reactor(handler, workers=1).run()
+    default, on_session, made = handler.sessions
+    assert on_session is made and default is not made and default.explicit is False
+    assert len({x["session"] for x in peer.links}) == 2
+    assert [m.body for m in peer.messages] == ["via the session"]
