@@ -135,6 +135,8 @@ class LoopBinding:
                 keys.append(target)
                 if type(target) is SenderLink:
                     keys.append(target.sender)
+                    if target.sender.listener is not None:  # a remote receiver attached
+                        keys.append(target.sender.listener)  # (Listener.accept_sender)
                 elif type(target) is ReceiverLink:
                     keys.append(target.receiver)
         for key in keys:

@@ -589,9 +589,11 @@ def test_the_asyncio_listener_sends_to_remote_receivers() -> None:
             loop = asyncio.get_running_loop()
             client = await loop.run_in_executor(
                 None, lambda: BlockingConnection(listener.url, timeout=15))
+            waiting = asyncio.ensure_future(listener.accept_sender(15))  # before it attaches
+            await asyncio.sleep(0)
             receiver = await loop.run_in_executor(
                 None, lambda: client.create_receiver("aio-feed", credit=5))
-            sender = await listener.accept_sender(15)
+            sender = await waiting
             assert sender.address == "aio-feed"
             tracker = sender.put_nowait(amqscale.Message(body="from asyncio"))
 
