@@ -69,6 +69,23 @@ def password_hash(password: str) -> str:
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
+def fetch_stats(url: str, timeout: float) -> dict[str, Any]:
+    """What a test peer of ours (rhea's, the spec broker) says at its `$stats` source: one
+    message, its body the JSON of its counts. Read with proton-python, not amqscale."""
+    from proton.utils import BlockingConnection
+
+    conn = BlockingConnection(url, timeout=timeout)
+    try:
+        receiver = conn.create_receiver("$stats", name=f"stats-{secrets.token_hex(4)}")
+        message = receiver.receive(timeout=timeout)
+        receiver.accept()
+    finally:
+        conn.close()
+    if not isinstance(message.body, str):
+        raise RuntimeError(f"unexpected $stats body {message.body!r}")
+    return dict(json.loads(message.body))
+
+
 class RabbitMQ(ManagedProcess):
     """A private RabbitMQ 3.10.8 node with the AMQP 1.0 plugin, on loopback only.
 
@@ -494,18 +511,7 @@ class RheaPeer(ManagedProcess):
 
     def stats(self, timeout: float = 30.0) -> dict[str, Any]:
         """The peer's counts now: {"received", "sent", "addresses": {ADDR: {...}}}."""
-        from proton.utils import BlockingConnection
-
-        conn = BlockingConnection(self.url, timeout=timeout)
-        try:
-            receiver = conn.create_receiver("$stats", name=f"stats-{secrets.token_hex(4)}")
-            message = receiver.receive(timeout=timeout)
-            receiver.accept()
-        finally:
-            conn.close()
-        if not isinstance(message.body, str):
-            raise RuntimeError(f"unexpected $stats body {message.body!r}")
-        return dict(json.loads(message.body))
+        return fetch_stats(self.url, timeout)
 
     def on_stopped(self, workdir: Path) -> None:
         # SIGTERM made the peer write its counts: keep them past the directory's removal.
@@ -562,18 +568,7 @@ class SpecBroker(ManagedProcess):
 
     def stats(self, timeout: float = 30.0) -> dict[str, Any]:
         """The broker's state now (see the class docstring for the keys)."""
-        from proton.utils import BlockingConnection
-
-        conn = BlockingConnection(self.url, timeout=timeout)
-        try:
-            receiver = conn.create_receiver("$stats", name=f"stats-{secrets.token_hex(4)}")
-            message = receiver.receive(timeout=timeout)
-            receiver.accept()
-        finally:
-            conn.close()
-        if not isinstance(message.body, str):
-            raise RuntimeError(f"unexpected $stats body {message.body!r}")
-        return dict(json.loads(message.body))
+        return fetch_stats(self.url, timeout)
 
 
 PEERS: dict[str, type[ManagedProcess]] = {
