@@ -210,7 +210,7 @@ def drain(driver: Driver, state: ReceiverState) -> Steps[int]:
                settlements=False)
     if not state.buffer and state.all_failed():
         raise state.failure()
-    return sum(len(x.payloads) for x in state.buffer) - state.position
+    return state.untaken_count()
 
 
 def declare(driver: Driver, connection: ConnectionState) -> Steps[Transaction]:

@@ -842,11 +842,12 @@ class ReceiverState:
         if self.endless and link.closed:
             self.on_link_closed(link)
 
-    def untaken_count(self, link: ReceiverLink) -> int:
-        """How many buffered deliveries of `link` the user has not taken."""
+    def untaken_count(self, link: ReceiverLink | None = None) -> int:
+        """How many buffered deliveries of `link` (None: of every link) the user has not
+        taken."""
         count = 0
         for n, arrival in enumerate(self.buffer):
-            if arrival.link is link:
+            if link is None or arrival.link is link:
                 count += len(arrival.payloads) - (self.position if n == 0 else 0)
         return count
 
