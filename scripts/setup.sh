@@ -17,6 +17,7 @@ APT_PACKAGES=(
   libqpid-proton11-dev libqpid-proton11-dev-examples
   rabbitmq-server
   krb5-kdc krb5-admin-server krb5-user
+  libhdrhistogram-java default-jre-headless
 )
 # Node.js may come from elsewhere (its own npm inside): only ask apt when the commands lack.
 command -v node >/dev/null || APT_PACKAGES+=(nodejs)
@@ -87,8 +88,8 @@ install_hash() {
 }
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$(install_hash)" ] \
    || ! "$VENV/bin/python" -c 'import amqscale' 2>/dev/null; then
-  echo "setup: installing amqscale (editable) with its test and perf extras" >&2
-  "$VENV/bin/pip" install -q -e "$ROOT[test,perf]"
+  echo "setup: installing amqscale (editable) with its test, perf, bench and cluster extras" >&2
+  "$VENV/bin/pip" install -q -e "$ROOT[test,perf,bench,cluster]"
   install_hash > "$STAMP"
 fi
 # trustme makes the test peers' TLS certificates (amqscale.testing.certs).
