@@ -1,10 +1,12 @@
-"""The `amqscale` command: `bench`, the load generator."""
+"""The `amqscale` command: `bench` (the load generator) and the functional clients
+`send` and `receive`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from . import clients
 from .bench import cli as bench_cli
 
 
@@ -12,6 +14,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amqscale", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     bench_cli.add_parser(commands)
+    clients.add_parsers(commands)
     return parser
 
 
