@@ -411,6 +411,8 @@ def run_proton_receiver(cfg: Config) -> Report:
         def on_link_opened(self, event: Any) -> None:
             if not cfg.listen and event.receiver is not None:
                 self.cpu0 = cpu_seconds(me)
+                self.workers = worker_cpu(event.container)
+                self.wcpu0 = [cpu_seconds(w) for w in self.workers]
                 announce_ready()
 
         def on_message(self, event: Any) -> None:
