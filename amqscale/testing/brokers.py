@@ -417,6 +417,15 @@ def build_proton_examples(window: int = 1000, directory: Path | None = None) -> 
     )
 
 
+def build_c_example(name: str) -> Path:
+    """Build (once, cached beside build_proton_examples') the Proton C example `name`
+    unchanged, e.g. "direct" (`direct HOST PORT ADDRESS COUNT`: listens, receives COUNT
+    messages, accepting each, then exits), and return the binary's path."""
+    source = PROTON_EXAMPLES / f"{name}.c"
+    _require(source, f"the Proton C example {name}.c")
+    return _build(source, cache_dir() / "proton-examples", name, None)
+
+
 class ProtonCBroker(ManagedProcess):
     """The Qpid Proton C example broker (`broker.c`), built with a chosen credit window.
 
