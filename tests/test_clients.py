@@ -1,4 +1,4 @@
-"""`amqscale send` and `amqscale receive` (amqscale/clients.py) against real peers.
+"""`amqscale send` and `amqscale receive` (amqscale/clients/) against real peers.
 
 Each command runs as its own process, as a script would run it. The formatters and the
 option parsing are pure functions, tested in-process first.
