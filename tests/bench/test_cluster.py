@@ -197,6 +197,7 @@ def test_not_a_scheduler_address(tmp_path: Path) -> None:
 def test_tasks_that_end_without_a_report_say_why() -> None:
     """A task that raises before its agent runs, and one whose worker is killed, come back
     as "error" reports with the reason; closing leaves none of the cluster's processes."""
+    already = {p.pid for p in psutil.Process().children(recursive=True)}  # the suite's brokers
     launcher = DaskLauncher(local_workers=2)
     try:
         processes = list(launcher.local_processes)
@@ -231,7 +232,7 @@ def test_tasks_that_end_without_a_report_say_why() -> None:
     # Ours, and the worker the nanny started in place of the killed one.
     ours = processes + agent_workers + [
         p for p in psutil.Process().children(recursive=True)
-        if "resource_tracker" not in _command(p)]
+        if p.pid not in already and "resource_tracker" not in _command(p)]
     deadline = time.monotonic() + GONE_TIMEOUT  # an orphan is reaped by init
     while any(_alive(p) for p in ours) and time.monotonic() < deadline:
         time.sleep(0.1)
