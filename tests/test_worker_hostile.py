@@ -32,7 +32,7 @@ from amqscale.workers.engine import Engine
 AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
 SASL_HEADER = b"AMQP\x03\x01\x00\x00"
 PER_EXAMPLE = 10
-IN_PROCESS_EXAMPLES = 1000  # x PER_EXAMPLE sequences
+IN_PROCESS_EXAMPLES = 600  # x PER_EXAMPLE sequences (the suite's time budget)
 SOCKET_EXAMPLES = 30
 
 

@@ -70,7 +70,7 @@ from amqscale.types import (
 cc = codec._ccodec
 needs_c = pytest.mark.skipif(cc is None, reason="C fast path disabled or not built")
 
-DIFF = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+DIFF = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 
 # ---------------------------------------------------------------------------------------------
 # Comparison
