@@ -70,7 +70,9 @@ class Summary:
     receive_rate: float = 0.0
     megabytes_per_s: float = 0.0  # received bodies, 10**6 bytes
     histograms: dict[str, LatencyHistogram] = field(default_factory=empty_histograms)
-    cpu_us_per_msg: dict[str, float] = field(default_factory=dict)  # by process
+    # by process: its CPU per message of the run (producers' per message sent, consumers'
+    # per message received), so that they add up to what a message cost in all
+    cpu_us_per_msg: dict[str, float] = field(default_factory=dict)
     producers: list[ProducerCounts] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # why the run failed, if it did
 
