@@ -233,9 +233,10 @@ class Producer:
                     sent = clock_ns() // 1000
                     send(make(s, sent, sent))
             seq += count
-            self._count(count, now >= self.warm, clock())
+            measured = count if now >= self.warm else 0
+            self._count(count, measured, clock())
             self.zero_delays += count
-            self.zero_measured += count if now >= self.warm else 0
+            self.zero_measured += measured
 
     def _send_scheduled(self, start: float, senders: list[Sender], conn: Connection) -> None:
         """Each message at its intended time; one that is late goes at once (with the
@@ -283,8 +284,8 @@ class Producer:
                 sender.send_many(batch)
             else:
                 sender.send(batch[0])
-            self._count(len(due), due[-1] >= warm_us, sent_us / 1e6,
-                        sum(1 for intended in due if intended >= warm_us))
+            self._count(len(due), sum(1 for intended in due if intended >= warm_us),
+                        sent_us / 1e6)
             if len(self.delays) + len(self.warm_delays) >= RECORD_EVERY:
                 self._record()
         if transaction is not None:
@@ -300,15 +301,15 @@ class Producer:
             return None
         return transaction
 
-    def _count(self, sent: int, measured: bool, when: float, measured_count: int = -1
-               ) -> None:
+    def _count(self, sent: int, measured: int, when: float) -> None:
+        """`sent` messages went at `when`, `measured` of them after the warm-up."""
         self.sent += sent
         self.interval_sent += sent
         self.last_sent = when
         if measured:
             if not self.measured:
                 self.first_measured = when
-            self.measured += sent if measured_count < 0 else measured_count
+            self.measured += measured
 
     def _record(self) -> None:
         delays = np.frombuffer(self.delays, dtype=np.int64)
@@ -405,7 +406,7 @@ class Consumer:
             self._receive_batches(receivers)
 
     def _housekeeping(self, now: float) -> bool:
-        """Between messages, every CHECK_SECONDS: the second's report; False to stop."""
+        """Between messages, every CHECK_NS: the second's report; False to stop."""
         if self.control.stop_requested():
             return False
         if self.ticker.due(now):
@@ -445,7 +446,7 @@ class Consumer:
         heads, arrivals, size = self.heads, self.arrivals, stamp.SIZE
         wait = 0.1 if len(receivers) == 1 else 0.0
         bodies_of = _messages_bodies if config.uses_messages else _bodies
-        limit = config.batch or 1024
+        limit = config.batch or 1024  # several receivers are polled in turn, so in batches
         while self._housekeeping(clock()):
             got = 0
             for receiver in receivers:
