@@ -152,7 +152,8 @@ class Producer:
         config = self.config
         with Container(workers=config.workers) as container:
             self.cpu = CpuMeter(self.plan.name, container)
-            conn = container.connect(self.plan.url, shards=config.connections)
+            conn = container.connect(self.plan.url, shards=config.connections,
+                                     **config.connect_options())
             window = max(1, -(-config.max_in_flight // config.connections))
             senders = [conn.open_sender(address, window=window, presettled=config.presettled)
                        for address in self.plan.addresses]
@@ -393,9 +394,12 @@ class Consumer:
         if self.plan.url is None:
             host = config.listen_host
             host = f"[{host}]" if ":" in host else host
-            listener = container.listen(f"amqp://{host}:0", credit=config.credit)
+            tls = config.listener_tls()
+            scheme = "amqps" if tls else "amqp"
+            listener = container.listen(f"{scheme}://{host}:0", credit=config.credit, tls=tls)
             return [listener.receiver], listener.url
-        conn = container.connect(self.plan.url, shards=config.connections)
+        conn = container.connect(self.plan.url, shards=config.connections,
+                                 **config.connect_options())
         return [conn.open_receiver(address, credit=config.credit)
                 for address in self.plan.addresses], self.plan.url
 

@@ -97,6 +97,21 @@ def add_parser(commands: Any) -> None:
                        help="the queue or topic; a %%d in it is numbered (see --addresses)")
     where.add_argument("--addresses", type=_positive, default=1, metavar="N",
                        help="N addresses, --address with %%d = 0..N-1, dealt to the agents")
+    secure = bench.add_argument_group(
+        "security", "a user and password go in the URL: amqps://USER:PASSWORD@HOST:PORT")
+    secure.add_argument("--tls-ca", metavar="PEM", help="the CA to trust (default the "
+                                                        "system's)")
+    secure.add_argument("--tls-cert", metavar="PEM",
+                        help="a client certificate; peer-to-peer, the consumers' listeners' "
+                             "certificate (they listen on amqps://)")
+    secure.add_argument("--tls-key", metavar="PEM", help="its private key (default: in "
+                                                         "--tls-cert)")
+    secure.add_argument("--tls-verify", choices=("peer-name", "peer", "none"),
+                        help="how the server's certificate is checked (default peer-name)")
+    secure.add_argument("--sasl-mechanisms", metavar="NAMES",
+                        help="the SASL mechanisms to allow, e.g. 'SCRAM-SHA-256 PLAIN'")
+    secure.add_argument("--allow-insecure-mechanisms", action="store_true",
+                        help="allow PLAIN over a connection without TLS")
     who = bench.add_argument_group("agents")
     who.add_argument("-x", "--producers", type=_positive, default=1)
     who.add_argument("-y", "--consumers", type=_positive, default=1)
@@ -179,6 +194,9 @@ def config_of(args: argparse.Namespace) -> BenchConfig:
         ttl=args.ttl, presettled=args.presettled, credit=args.credit,
         max_in_flight=args.max_in_flight, batch=args.batch or 0, tx_size=args.tx_size,
         timeout=args.timeout, max_p99=args.max_p99, min_rate=args.min_rate,
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_verify=args.tls_verify, sasl_mechanisms=args.sasl_mechanisms,
+        allow_insecure_mechanisms=args.allow_insecure_mechanisms,
         **({} if args.run_id is None else {"seed": args.run_id}))
 
 

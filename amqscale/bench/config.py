@@ -9,6 +9,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..security import TLS
 from ..url import parse_url
 from . import stamp
 from .schedule import Schedule, parse_rate
@@ -46,6 +47,15 @@ class BenchConfig:
     max_p99: float | None = None  # microseconds: fail the run above it
     min_rate: float | None = None  # msg/s: fail the run below it
     seed: int = field(default_factory=lambda: random.getrandbits(31))  # the run id
+    # Security: the broker's amqps:// with `tls_ca` (and a client certificate), or,
+    # peer-to-peer, consumers listening on amqps:// with `tls_cert`/`tls_key` and producers
+    # trusting `tls_ca`. A user and password go in the URL (never shown in the results).
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_verify: str | None = None  # peer-name (default), peer or none
+    sasl_mechanisms: str | None = None
+    allow_insecure_mechanisms: bool = False  # PLAIN without TLS
 
     def check(self) -> None:
         """Raise ValueError naming the first bad option."""
@@ -88,6 +98,43 @@ class BenchConfig:
         stamp.parse_sizes(self.size)
         stamp.filler(self.body_content, 0)
         self.schedule()
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        if not self.uses_tls:
+            return
+        if self.url is not None and not self.url.startswith("amqps://"):
+            raise ValueError(f"--tls-* options need an amqps:// --url, not {self.url!r}: "
+                             "TLS is never implied")
+        if self.url is None and self.tls_cert is None:
+            raise ValueError("peer-to-peer TLS needs --tls-cert (and --tls-key) for the "
+                             "consumers' listeners")
+        self.listener_tls()
+        self.client_tls()
+
+    @property
+    def uses_tls(self) -> bool:
+        return any(v is not None for v in (self.tls_ca, self.tls_cert, self.tls_key,
+                                          self.tls_verify)) or bool(
+            self.url and self.url.startswith("amqps://"))
+
+    def client_tls(self) -> TLS | None:
+        """What producers and consumers connect with (None: no TLS, or its defaults)."""
+        if not self.uses_tls:
+            return None
+        mine = {} if self.url is None else {"cert": self.tls_cert, "key": self.tls_key}
+        return TLS(ca=self.tls_ca, verify=self.tls_verify, **mine)
+
+    def listener_tls(self) -> TLS | None:
+        """Peer-to-peer with TLS: the consumers' listeners' certificate."""
+        if self.url is not None or self.tls_cert is None:
+            return None
+        return TLS(cert=self.tls_cert, key=self.tls_key)
+
+    def connect_options(self) -> dict[str, Any]:
+        """connect()'s security arguments."""
+        return {"tls": self.client_tls(), "sasl_mechanisms": self.sasl_mechanisms,
+                "allow_insecure_mechanisms": self.allow_insecure_mechanisms}
 
     @property
     def total_count(self) -> int | None:

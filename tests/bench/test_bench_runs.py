@@ -20,6 +20,7 @@ from amqscale import cli
 from amqscale.bench.histograms import LatencyHistogram
 from amqscale.bench.output import read_hdr_log
 from amqscale.testing.brokers import RabbitMQ, SpecBroker, fetch_stats
+from amqscale.testing.certs import make_certificates
 
 BENCH = [sys.executable, "-m", "amqscale.cli", "bench"]
 
@@ -149,6 +150,31 @@ def test_messages_sent_twice_are_duplicates(tmp_path: Path, rabbitmq: RabbitMQ,
     assert "200 message(s) duplicated" in summary["failures"]
 
 
+def test_tls_peer_to_peer(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "pki")
+    result = _run(tmp_path, "--tls-cert", str(certs.cert), "--tls-key", str(certs.key),
+                  "--tls-ca", str(certs.ca), "--count", "2000", "--batch", "100")
+    assert result["summary"]["received"] == 2000 and result["summary"]["passed"]
+    assert result["config"]["tls_ca"] == str(certs.ca)
+
+
+def test_tls_and_plain_through_rabbitmq(tmp_path: Path, rabbitmq: RabbitMQ,
+                                        unique_name: str) -> None:
+    host_port = rabbitmq.tls_url.removeprefix("amqps://")
+    url = f"amqps://{rabbitmq.user}:{rabbitmq.password}@{host_port}"
+    result = _run(tmp_path, "--url", url, "--tls-ca", str(rabbitmq.ca_path),
+                  "--sasl-mechanisms", "PLAIN", "--address", f"/queue/{unique_name}",
+                  "--count", "2000")
+    assert result["summary"]["received"] == 2000 and result["summary"]["passed"]
+    assert rabbitmq.password not in json.dumps(result)  # the URL is shown without it
+    # PLAIN without TLS is refused unless asked for, before anything is sent.
+    plain = rabbitmq.url.replace("amqp://", f"amqp://{rabbitmq.user}:{rabbitmq.password}@")
+    done = _bench("--url", plain, "--sasl-mechanisms", "PLAIN", "--count", "10",
+                  "--address", f"/queue/{unique_name}")
+    assert done.returncode == 2 and "PLAIN" in done.stderr, done.stderr
+    assert rabbitmq.password not in done.stdout + done.stderr
+
+
 def test_thresholds_fail_the_run(tmp_path: Path) -> None:
     result = _run(tmp_path, "--count", "2000", "--max-p99", "1us", "--min-rate", "1e9",
                   status=1)
@@ -230,6 +256,9 @@ def test_a_stalled_consumer_shows_in_the_corrected_latency(tmp_path: Path) -> No
     (["send"], "bench send needs --url"),
     (["--run-id", str(2**33)], "--run-id must fit in 32 bits"),
     (["--url", "http://127.0.0.1:1"], "scheme 'http' is not amqp"),
+    (["--url", "amqp://127.0.0.1:1", "--tls-ca", "ca.pem"], "TLS is never implied"),
+    (["--tls-ca", "ca.pem"], "peer-to-peer TLS needs --tls-cert"),
+    (["--tls-cert", "/nonexistent/cert.pem"], "/nonexistent/cert.pem"),
 ])
 def test_bad_options_are_refused_before_anything_starts(
         args: list[str], words: str, capsys: pytest.CaptureFixture[str]) -> None:
