@@ -35,6 +35,7 @@ START_TIMEOUT = 300.0  # an agent that hears no start in this long gives up
 RECORD_EVERY = 4096
 CHECK_EVERY = 256  # all-out, one per call: messages between looks at the clock
 CHECK_NS = 20_000_000  # a consumer looks for the stop and the second's end this often
+COUNT_EVERY = 0.1  # seconds between a consumer's reports of its count so far
 FLUSH_TIMEOUT = 60.0
 STAMP_DTYPE = np.dtype([("magic", "S4"), ("run", "<u4"), ("producer", "<u4"),
                         ("seq", "<u8"), ("intended", "<i8"), ("sent", "<i8")])
@@ -365,6 +366,7 @@ class Consumer:
         self.total = {"latency": LatencyHistogram(), "service": LatencyHistogram()}
         self.ends: dict[str, int] = {}
         self.warm_us: int | None = None
+        self.next_count, self.counted = 0.0, 0
 
     def run(self) -> None:
         config = self.config
@@ -410,12 +412,18 @@ class Consumer:
             self._receive_batches(receivers)
 
     def _housekeeping(self, now: float) -> bool:
-        """Between messages, every CHECK_NS: the second's report; False to stop."""
+        """Between messages, every CHECK_NS: the second's report, or the count so far
+        (COUNT_EVERY, so the coordinator sees the end of a run soon); False to stop."""
         if self.control.stop_requested():
             return False
         if self.ticker.due(now):
             self._process()
             self._report_interval()
+        elif now >= self.next_count and (self.arrivals or self.received > self.counted):
+            self._process()
+            self.control.report({"kind": "count", "agent": self.plan.name,
+                                 "total": self.received})
+            self.counted, self.next_count = self.received, now + COUNT_EVERY
         return True
 
     def _receive_one_by_one(self, receiver: Receiver) -> None:
@@ -522,7 +530,7 @@ class Consumer:
     def _report_interval(self) -> None:
         self.control.report({
             "kind": "interval", "agent": self.plan.name, "second": self.ticker.advance(),
-            "received": self.interval_received,
+            "received": self.interval_received, "total": self.received,
             "histograms": {name: h.encode() for name, h in self.interval.items()},
             "progress": {key: (p.highest, p.unique) for key, p in self.seen.producers.items()},
             "ends": dict(self.ends), "cpu": self.cpu.interval()})

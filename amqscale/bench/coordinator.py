@@ -42,7 +42,8 @@ class Aggregator:
         self.done: dict[str, dict[str, Any]] = {}
         self.progress: dict[str, dict[str, tuple[int, int]]] = {}
         self.ends: dict[str, int] = {}
-        self.received = self.sent = 0
+        self.sent = 0
+        self.received_by: dict[str, int] = {}  # each consumer's count so far
         self.last_progress = time.monotonic()
 
     def agents(self, role: str) -> list[str]:
@@ -56,8 +57,16 @@ class Aggregator:
             self.reported[second] = set()
         return found
 
+    @property
+    def received(self) -> int:
+        return sum(self.received_by.values())
+
     def add(self, report: dict[str, Any]) -> None:
         kind, agent = report["kind"], report["agent"]
+        # a consumer's count so far, in its "count" and "interval" reports
+        if report.get("total", 0) > self.received_by.get(agent, 0):
+            self.received_by[agent] = report["total"]
+            self.last_progress = time.monotonic()
         if kind == "interval":
             self._add_interval(agent, report)
         elif kind == "done":
@@ -70,9 +79,6 @@ class Aggregator:
         interval.sent += report.get("sent", 0)
         interval.received += report.get("received", 0)
         self.sent += report.get("sent", 0)
-        if report.get("received"):
-            self.received += report["received"]
-            self.last_progress = time.monotonic()
         for name, encoded in report["histograms"].items():
             interval.histograms[name].add(LatencyHistogram.decode(encoded))
         for process, seconds in report["cpu"].items():
@@ -269,7 +275,7 @@ def run(config: BenchConfig, *, roles: tuple[str, ...] = ("consumer", "producer"
     observer = observer or Observer()
     aggregator = Aggregator(config, plans)
     try:
-        ready = _start_agents(launcher, plans, aggregator)
+        ready = _start_agents(launcher, plans)
         if on_ready is not None:
             on_ready(ready)
         aggregator.start = time.time() + START_LEAD
@@ -283,17 +289,21 @@ def run(config: BenchConfig, *, roles: tuple[str, ...] = ("consumer", "producer"
     return report
 
 
-def _start_agents(launcher: Launcher, plans: list[AgentPlan], aggregator: Aggregator
-                  ) -> dict[str, dict[str, Any]]:
+def _start_agents(launcher: Launcher, plans: list[AgentPlan]) -> dict[str, dict[str, Any]]:
+    """Start every agent and wait until each is ready. Through a broker they all start at
+    once; peer-to-peer the producers start once the consumers listen, to get their URLs."""
     ready: dict[str, dict[str, Any]] = {}
     consumers = [p for p in plans if p.role == "consumer"]
     producers = [p for p in plans if p.role == "producer"]
+    if all(producer.url is not None for producer in producers):
+        launcher.start(plans)
+        _await_ready(launcher, plans, ready)
+        return ready
     launcher.start(consumers)
     _await_ready(launcher, consumers, ready)
     urls = [ready[c.name]["url"] for c in consumers]
     for producer in producers:
-        if producer.url is None:  # peer-to-peer: to a consumer's listener, in turn
-            producer.url = urls[producer.index % len(urls)]
+        producer.url = urls[producer.index % len(urls)]  # to a consumer's listener, in turn
     launcher.start(producers)
     _await_ready(launcher, producers, ready)
     return ready
