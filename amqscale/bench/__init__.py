@@ -7,8 +7,10 @@ or Dask tasks) over `agents` (a producer or consumer in its own process) over `c
 `schedule`, `stamp`, `tracking` and `model` / `histograms`.
 
     from amqscale.bench import BenchConfig, run
-    report = run(BenchConfig(rate="5000", duration=10))
-    report.summary.histograms["latency"].percentile(99)
+
+    if __name__ == "__main__":  # the agents are spawned processes: they import this file
+        report = run(BenchConfig(rate="5000", duration=10))
+        report.summary.histograms["latency"].percentile(99)
 
 The names below load on first use, so that `amqscale send` runs without the bench extra
 (`pip install amqscale[bench]`: hdrhistogram, numpy, rich, matplotlib).
