@@ -35,6 +35,7 @@ def test_bench_counts_every_message(tmp_path: Path, extra: list[str]) -> None:
         summary["cpu_us_per_msg"])
     assert ("batches of 700" in done.stdout) == ("--batch" in extra)
     assert "result: passed" in done.stdout
+    assert "received 5,000  lost 0  duplicates 0" in done.stdout  # the line scripts grep
 
 
 @pytest.mark.parametrize(("args", "words"), [

@@ -147,6 +147,10 @@ def summary_tables(report: RunReport) -> list[Any]:
             per.add_row(p.producer, f"{p.sent:,}", f"{p.received:,}", f"{p.lost:,}",
                         f"{p.duplicates:,}", f"{p.out_of_order:,}")
         tables.append(per)
+    rate = summary.receive_rate or summary.send_rate
+    tables.append(f"sent {summary.sent:,}  received {summary.received:,}  lost {summary.lost:,}  "
+                  f"duplicates {summary.duplicates:,}  out of order {summary.out_of_order:,}  "
+                  f"at {rate:,.0f} msg/s")  # the old bench's last line, for scripts
     tables.append("result: passed" if summary.passed else
                   "result: FAILED: " + "; ".join(summary.failures))
     return tables
