@@ -22,7 +22,7 @@ import amqscale.handlers
 from amqscale.testing import RabbitMQ
 from amqscale.workers import protocol as p
 
-COUNT = 200_000
+COUNT = 100_000  # through RabbitMQ, the slow part: the suite has 20 minutes
 APP = "worker_handler_app"
 
 
