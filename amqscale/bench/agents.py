@@ -37,8 +37,6 @@ CHECK_EVERY = 256  # all-out, one per call: messages between looks at the clock
 CHECK_NS = 20_000_000  # a consumer looks for the stop and the second's end this often
 COUNT_EVERY = 0.1  # seconds between a consumer's reports of its count so far
 FLUSH_TIMEOUT = 60.0
-STAMP_DTYPE = np.dtype([("magic", "S4"), ("run", "<u4"), ("producer", "<u4"),
-                        ("seq", "<u8"), ("intended", "<i8"), ("sent", "<i8")])
 OUTCOMES = {0: "presettled", 0x24: "accepted", 0x25: "rejected", 0x26: "released",
             0x27: "modified"}
 
@@ -142,7 +140,7 @@ class Producer:
         self.sizes = stamp.parse_sizes(self.config.size)
         self.fill = stamp.filler(self.config.body_content, self.sizes.largest)
         self.sent = self.measured = 0
-        self.first_measured = self.last_sent = 0.0
+        self.last_sent = 0.0
         self.interval_sent = 0
         self.delays, self.warm_delays = array("q"), array("q")
         self.zero_delays = self.zero_measured = 0  # all-out: delays of 0, counted
@@ -171,8 +169,7 @@ class Producer:
             self._send_end_markers(senders)
             self.control.report({
                 "kind": "done", "agent": self.plan.name, "sent": self.sent,
-                "measured": self.measured, "first_measured": self.first_measured,
-                "last_sent": self.last_sent, "outcomes": outcomes,
+                "measured": self.measured, "last_sent": self.last_sent, "outcomes": outcomes,
                 "histograms": {"send_delay": self.total.encode()},
                 "cpu": self.cpu.total()})
 
@@ -308,10 +305,7 @@ class Producer:
         self.sent += sent
         self.interval_sent += sent
         self.last_sent = when
-        if measured:
-            if not self.measured:
-                self.first_measured = when
-            self.measured += measured
+        self.measured += measured
 
     def _record(self) -> None:
         delays = np.frombuffer(self.delays, dtype=np.int64)
@@ -486,7 +480,7 @@ class Consumer:
         """Record what arrived since the last call: latencies and sequence numbers."""
         if not self.arrivals:
             return
-        records = np.frombuffer(bytes(self.heads), dtype=STAMP_DTYPE)
+        records = np.frombuffer(bytes(self.heads), dtype=stamp.DTYPE)
         arrivals = np.array(self.arrivals, dtype=np.int64)  # a copy: the array is reused
         self.heads.clear()
         del self.arrivals[:]

@@ -42,7 +42,6 @@ class Aggregator:
         self.done: dict[str, dict[str, Any]] = {}
         self.progress: dict[str, dict[str, tuple[int, int]]] = {}
         self.ends: dict[str, int] = {}
-        self.sent = 0
         self.received_by: dict[str, int] = {}  # each consumer's count so far
         self.last_progress = time.monotonic()
 
@@ -78,7 +77,6 @@ class Aggregator:
         self.reported[report["second"]].add(agent)
         interval.sent += report.get("sent", 0)
         interval.received += report.get("received", 0)
-        self.sent += report.get("sent", 0)
         for name, encoded in report["histograms"].items():
             interval.histograms[name].add(LatencyHistogram.decode(encoded))
         for process, seconds in report["cpu"].items():

@@ -43,9 +43,6 @@ class LatencyHistogram:
     def count(self) -> int:
         return int(self.hdr.get_total_count())
 
-    def record(self, value: int) -> None:
-        self.record_many(np.array([value], dtype=np.int64))
-
     def record_many(self, values: np.ndarray | Sequence[int]) -> None:
         """Record every value of `values` (microseconds, int64)."""
         samples = np.asarray(values, dtype=np.int64)

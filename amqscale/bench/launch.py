@@ -57,10 +57,6 @@ class _LocalControl:
         return bool(self.stop.is_set())
 
 
-def _agent_main(plan: AgentPlan, control: _LocalControl) -> None:
-    run_agent(plan, control)
-
-
 class LocalLauncher:
     def __init__(self) -> None:
         self.context = multiprocessing.get_context("spawn")
@@ -73,7 +69,7 @@ class LocalLauncher:
     def start(self, plans: list[AgentPlan]) -> None:
         control = _LocalControl(self.reports, self.started, self.start_time, self.stop)
         for plan in plans:
-            process = self.context.Process(target=_agent_main, args=(plan, control),
+            process = self.context.Process(target=run_agent, args=(plan, control),
                                            name=f"amqscale-bench-{plan.name}", daemon=True)
             process.start()
             self.processes[plan.name] = process

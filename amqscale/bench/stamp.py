@@ -16,7 +16,13 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 STAMP = struct.Struct("<4sIIQqq")
+# The same layout for numpy, to read a batch of stamps at once (consumers do).
+DTYPE = np.dtype([("magic", "S4"), ("run", "<u4"), ("producer", "<u4"), ("seq", "<u8"),
+                  ("intended", "<i8"), ("sent", "<i8")])
+assert DTYPE.itemsize == STAMP.size
 MAGIC = b"AQB1"
 SIZE = STAMP.size  # 36
 END = 2**64 - 1
