@@ -10,8 +10,11 @@ from cproton_ffi import lib
 from worker_helpers import LISTENER, Pair
 
 from amqscale.workers import protocol as p
+from amqscale.workers._binding import as_delivery
 from amqscale.workers.engine import MESSAGE_SIZE_EXCEEDED
 from amqscale.workers.worker import split_deliveries
+
+pytestmark = pytest.mark.usefixtures("engine_path")  # every test on both engine paths
 
 FRAGMENT = 4096
 
@@ -222,7 +225,7 @@ def test_a_failing_command_ends_only_its_link() -> None:
 
 
 def test_a_failure_processing_events_ends_only_that_connection(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, engine_path: str) -> None:
     pair = Pair(fragment=FRAGMENT)
     first, second = pair.connect(), pair.connect()
     pair.open_sender(1, first)
@@ -236,6 +239,9 @@ def test_a_failure_processing_events_ends_only_that_connection(
         original(link, delivery)
 
     monkeypatch.setattr(engine, "_on_transfer", fails_on_first)
+    if engine_path == "c":  # the C path raises on a link whose state it cannot use
+        (broken,) = [link for link in engine.links.values() if link.conn.address == "memory:1"]
+        broken.rx = ()
     pair.client.engine.handle(p.Send(1, 0, [b"to the first"]))
     pair.client.engine.handle(p.Send(2, 0, [b"to the second"]))
     pair.pump()
@@ -269,7 +275,7 @@ def test_news_of_an_earlier_delivery_does_not_end_a_message_in_parts() -> None:
     pair.pump()
     assert pair.server.of(p.DeliveryPart)  # the second message is being streamed
     (first,) = [d for d, seq in engine.links[1].unsettled.items() if seq == 0]
-    lib.pn_delivery_settle(first)  # the sender settles the first on its own
+    lib.pn_delivery_settle(as_delivery(first))  # the sender settles the first on its own
     pair.pump()
     assert not any(e.last for e in pair.server.of(p.DeliveryPart))
     engine.handle(p.SendPart(1, 1, b"b" * 10, last=True))

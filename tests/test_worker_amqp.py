@@ -3,9 +3,12 @@ joined in memory (tests/worker_helpers.py): receiver settle mode second, drain, 
 
 from __future__ import annotations
 
+import pytest
 from worker_helpers import Pair
 
 from amqscale.workers import protocol as p
+
+pytestmark = pytest.mark.usefixtures("engine_path")  # every test on both engine paths
 
 
 def _inbound_link(pair: Pair, link_id: int) -> object:

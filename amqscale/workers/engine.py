@@ -29,6 +29,7 @@ from cproton_ffi import ffi, lib
 
 from . import cyrus, security
 from . import protocol as p
+from ._binding import DRAINED, RX_BATCH, SLOW_PATH, address, as_delivery, hotpath
 
 IO_CHUNK = 64 * 1024  # feed the engine in slices: large pushes stall the event drain
 RECV_BUFFER = p.MAX_FRAGMENT  # a whole small message, or one part of a large one
@@ -42,7 +43,6 @@ NO_LIMIT = 1 << 64
 PN_EOS = -1
 PN_ABORTED = -11
 MESSAGE_SIZE_EXCEEDED = "amqp:link:message-size-exceeded"
-RX_BATCH = 1024  # deliveries per Deliveries event at most
 
 # The per-message C functions, bound once (attribute lookups on `lib` cost as much as calls).
 _remote_state = lib.pn_delivery_remote_state
@@ -302,21 +302,23 @@ class Link:
         "next_delivery_id", "opened", "closed", "settle_on_send", "may_presettle", "sent_in_head",
         "rx", "rx_first", "rx_settled", "accepted", "sent_settled", "dirty",
         "fast_limit", "max_message_size", "part_id", "part_size", "out", "releasing",
-        "deferred", "own_session", "draining", "detached", "awaiting",
+        "deferred", "own_session", "draining", "detached", "awaiting", "ptr_address",
     )
 
     def __init__(self, link_id: int, ptr: Any, conn: Connection, is_sender: bool) -> None:
         self.id = link_id
         self.ptr = ptr
+        self.ptr_address = address(ptr)  # ptr as an int (see _binding)
         self.conn = conn
         self.is_sender = is_sender
         # Sender: Send commands waiting for credit (the head sent up to sent_in_head);
-        # unsettled delivery -> seq.
+        # unsettled delivery (its address: an int) -> seq.
         self.pending: deque[p.Send | p.SendPart] = deque()
         self.sent_in_head = 0
         self.unsettled: dict[Any, int] = {}
         self.settle_on_send = False
-        # Receiver: delivery id -> delivery awaiting the user's disposition.
+        # Receiver: delivery id -> the address of the delivery awaiting the user's
+        # disposition (ints both: _hotpath.c reads and writes these dicts too).
         self.deliveries: dict[int, Any] = {}
         self.next_delivery_id = 0
         self.may_presettle = True  # False once the peer promised unsettled transfers
@@ -420,6 +422,8 @@ class Engine:
         self.by_ptr: dict[Any, Connection] = {}
         self.links: dict[int, Link] = {}
         self.link_by_ptr: dict[Any, Link] = {}
+        self.link_by_address: dict[int, Link] = {}  # the same, for _hotpath.drain
+        self._collector_address = address(self.collector)
         self.listeners: dict[int, Listener] = {}
         self.tls_domains = security.Domains()
         self.cyrus = cyrus.CyrusServer()  # listeners' authentication (one per process)
@@ -704,6 +708,12 @@ class Engine:
             return
         self.sent += end - start
         ptr = link.ptr
+        if hotpath is not None:
+            hotpath.transfer(link.ptr_address, payloads, start, end, first_seq,
+                             None if link.settle_on_send else link.unsettled)
+            if link.settle_on_send:
+                self._sent_settled(link, first_seq + start, first_seq + end)
+            return
         tag_buf = self._tag_buf
         tag = self._tag
         new_delivery = lib.pn_delivery
@@ -715,18 +725,21 @@ class Engine:
                 link_send(ptr, payload, len(payload))
                 _advance(ptr)
                 _settle(delivery)
-            p.add_to_runs(link.sent_settled, first_seq + start, first_seq + end)
-            if not link.dirty:
-                self._mark(link)
+            self._sent_settled(link, first_seq + start, first_seq + end)
             return
         unsettled = link.unsettled
         seq = first_seq + start
         for payload in payloads[start:end]:
             memmove(tag_buf, seq.to_bytes(8, "little"), 8)
-            unsettled[new_delivery(ptr, tag)] = seq
+            unsettled[address(new_delivery(ptr, tag))] = seq
             link_send(ptr, payload, len(payload))
             _advance(ptr)
             seq += 1
+
+    def _sent_settled(self, link: Link, first_seq: int, end_seq: int) -> None:
+        p.add_to_runs(link.sent_settled, first_seq, end_seq)
+        if not link.dirty:
+            self._mark(link)
 
     def _transfer_in(self, txn: bytes, link: Link, payloads: list[bytes], start: int,
                      end: int, first_seq: int) -> None:
@@ -746,7 +759,7 @@ class Engine:
                 if not link.dirty:
                     self._mark(link)
             else:
-                link.unsettled[delivery] = seq
+                link.unsettled[address(delivery)] = seq
                 lib.pn_link_send(ptr, payload, len(payload))
                 _advance(ptr)
             seq += 1
@@ -797,7 +810,7 @@ class Engine:
             if not link.dirty:
                 self._mark(link)
             return
-        link.unsettled[delivery] = part.seq
+        link.unsettled[address(delivery)] = part.seq
         if _remote_state(delivery) or lib.pn_delivery_settled(delivery):
             self._on_outcome(link, delivery)  # the peer decided before the last part
 
@@ -828,10 +841,14 @@ class Engine:
             self._settle_specially(link, cmd)
             return
         plain = state in (p.ACCEPTED, p.RELEASED)
+        if plain and hotpath is not None:
+            hotpath.settle(deliveries, cmd.ids, state)
+            return
         for delivery_id in cmd.ids:
-            delivery = deliveries.pop(delivery_id, None)
-            if delivery is None:
+            delivery_address = deliveries.pop(delivery_id, None)
+            if delivery_address is None:
                 continue  # pre-settled, or its link ended: nothing to tell the peer
+            delivery = as_delivery(delivery_address)
             if not plain:
                 self._describe_outcome(delivery, cmd)
             update(delivery, state)
@@ -842,9 +859,10 @@ class Engine:
         second (our outcome now, the settle once the sender has settled)."""
         awaiting = link.awaiting
         for delivery_id in cmd.ids:
-            delivery = link.deliveries.pop(delivery_id, None)
-            if delivery is None:
+            delivery_address = link.deliveries.pop(delivery_id, None)
+            if delivery_address is None:
                 continue
+            delivery = as_delivery(delivery_address)
             if cmd.txn is not None:
                 _set_transactional(delivery, cmd.txn, cmd.state)
             else:
@@ -923,7 +941,8 @@ class Engine:
         unsettled deliveries from every other receiver until the connection ends."""
         link.rx = []
         link.rx_settled = None
-        for delivery in link.deliveries.values():
+        for delivery_address in link.deliveries.values():
+            delivery = as_delivery(delivery_address)
             lib.pn_delivery_update(delivery, p.RELEASED)
             _settle(delivery)
         link.deliveries.clear()
@@ -1105,6 +1124,7 @@ class Engine:
         link.deliveries.clear()
         self.links.pop(link.id, None)
         self.link_by_ptr.pop(link.ptr, None)
+        self.link_by_address.pop(link.ptr_address, None)
         session = link.own_session
         if session is not None and lib.pn_session_state(session) & LOCAL_CLOSED == 0:
             lib.pn_session_close(session)
@@ -1135,6 +1155,31 @@ class Engine:
                             f"{type(exc).__name__}: {exc}", INTERNAL_ERROR)
 
     def _process(self) -> None:
+        if hotpath is None:
+            self._process_events()
+            return
+        drain = hotpath.drain
+        collector, links, dirty = self._collector_address, self.link_by_address, self._dirty
+        flush = self._flush_link
+        while True:
+            # The C path takes the delivery events it can; the first it leaves (any other
+            # event, or a delivery of the slow path) is the Python path's.
+            result = drain(collector, links, dirty, flush)
+            if result == DRAINED:
+                return
+            if result == SLOW_PATH:
+                self._process_events(one=True)
+            else:
+                self._recv_failed(result)
+
+    def _recv_failed(self, code: int) -> None:
+        """The C path's read of the head event's delivery failed with `code`."""
+        delivery = lib.pn_event_delivery(lib.pn_collector_peek(self.collector))
+        self._on_recv_error(self.link_by_ptr[lib.pn_delivery_link(delivery)], delivery, code)
+        lib.pn_collector_pop(self.collector)
+
+    def _process_events(self, one: bool = False) -> None:
+        """Act on the collector's events (with `one`, on the head event only)."""
         collector = self.collector
         peek = lib.pn_collector_peek
         pop = lib.pn_collector_pop
@@ -1179,8 +1224,12 @@ class Engine:
                 if conn is not None:
                     pop(collector)
                     self._drop_popped(conn)
+                    if one:
+                        return
                     continue
             pop(collector)
+            if one:
+                return
 
     def _drop_popped(self, conn: Connection) -> None:
         """_drop() for an event already popped: a failure must not be blamed on the
@@ -1373,6 +1422,7 @@ class Engine:
         conn.links[ptr] = link
         self.links[link_id] = link
         self.link_by_ptr[ptr] = link
+        self.link_by_address[link.ptr_address] = link
         return link
 
     def _on_link_close(self, ptr: Any) -> None:
@@ -1411,7 +1461,7 @@ class Engine:
         """The receiver updated a sent delivery: settle it once the outcome is final."""
         state = _remote_state(delivery)
         if state == p.ACCEPTED:  # the common case, checked first
-            seq = link.unsettled.pop(delivery, None)
+            seq = link.unsettled.pop(address(delivery), None)
             if seq is None:
                 self._untracked_outcome(link, delivery)
                 return
@@ -1429,7 +1479,7 @@ class Engine:
         if not (p.ACCEPTED < state <= p.MODIFIED or state == p.DECLARED
                 or lib.pn_delivery_settled(delivery)):
             return  # a non-terminal state (received): wait for the outcome
-        seq = link.unsettled.pop(delivery, None)
+        seq = link.unsettled.pop(address(delivery), None)
         if seq is None:
             self._untracked_outcome(link, delivery)
             return
@@ -1499,7 +1549,7 @@ class Engine:
                 link.rx_settled = []
             link.rx_settled.append(len(rx))
         else:
-            link.deliveries[delivery_id] = delivery
+            link.deliveries[delivery_id] = address(delivery)
         rx.append(payload)
         if len(rx) >= RX_BATCH:
             self._flush_link(link)  # bound a record's size
@@ -1569,7 +1619,7 @@ class Engine:
             _settle(delivery)  # also advances the link
         else:
             _advance(link.ptr)
-            link.deliveries[link.part_id] = delivery
+            link.deliveries[link.part_id] = address(delivery)
         self.received += 1
         self.emit(p.DeliveryPart(link.id, link.part_id, chunk, True, settled=settled))
         self._reset_stream(link)
