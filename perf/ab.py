@@ -7,9 +7,10 @@ A change that touches the hot path is judged by this: each case (one message per
 batches, by body size and workers a side) runs from the tree at `--before` and from the
 tree at `--after` (default: this working tree) in alternating order, run after run, so that
 the machine's drift from minute to minute falls on both alike. Figures are medians of
-`--runs`; the ratios are after / before, of msg/s and of the CPU the sending and the
+`--runs`; the ratios are after / before, of msg/s, of the CPU the sending and the
 receiving user process spend per message less the harness's own work (the library's
-share: less noisy than msg/s on a shared machine). Trees other than this one are checked
+share: less noisy than msg/s on a shared machine), and of each side's workers' CPU per
+message. Trees other than this one are checked
 out with `git worktree` in a temporary directory and their C extensions built there.
 """
 
@@ -49,17 +50,19 @@ def source_tree(rev: str | None, scratch: Path) -> Iterator[Path]:
                         str(path)], check=False)
 
 
-FIGURES = ("msg/s", "sender us", "receiver us")
+FIGURES = ("msg/s", "sender us", "receiver us", "sender workers us", "receiver workers us")
 
 
 def measure(case: compare.Case, count: int, root: Path, logdir: Path) -> tuple[float, ...]:
-    """msg/s and the library's CPU us per message in the sending and receiving process."""
+    """msg/s, the library's CPU us per message in the sending and receiving process, and
+    the CPU us per message of each side's workers."""
     raw = compare.run_pair(case, count, 0.0, None, logdir, root=root)
     figures = report.run_figures(count, raw)
     if figures["lost"] or figures["duplicates"] or figures["error"]:
         raise RuntimeError(f"{case.id} from {root}: {figures}")
-    library = figures["library_us_per_msg"]
-    return float(figures["msg_per_s"]), library["sender"], library["receiver"]
+    library, workers = figures["library_us_per_msg"], figures["workers_us_per_msg"]
+    return (float(figures["msg_per_s"]), library["sender"], library["receiver"],
+            workers["sender"], workers["receiver"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> None:
                     got = measure(case, count, trees[side], logdir)
                     results.setdefault((case.id, side), []).append(got)
                     print(f"run {run + 1} {case.id} {side}: {got[0]:,.0f} msg/s, library "
-                          f"{got[1]:.2f} / {got[2]:.2f} us", flush=True)
+                          f"{got[1]:.2f} / {got[2]:.2f} us, workers {got[3]:.2f} / "
+                          f"{got[4]:.2f} us", flush=True)
     print(f"\n{'case':<45} " + "  ".join(f"{f + ' before/after/ratio':>30}" for f in FIGURES))
     for case in cases:
         row = []
