@@ -315,11 +315,11 @@ class Link:
         # unsettled delivery (its address: an int) -> seq.
         self.pending: deque[p.Send | p.SendPart] = deque()
         self.sent_in_head = 0
-        self.unsettled: dict[Any, int] = {}
+        self.unsettled: dict[int, int] = {}
         self.settle_on_send = False
         # Receiver: delivery id -> the address of the delivery awaiting the user's
         # disposition (ints both: _hotpath.c reads and writes these dicts too).
-        self.deliveries: dict[int, Any] = {}
+        self.deliveries: dict[int, int] = {}
         self.next_delivery_id = 0
         self.may_presettle = True  # False once the peer promised unsettled transfers
         self.opened = False
