@@ -3,20 +3,36 @@
     python perf/peers.py ROLE --url amqp://127.0.0.1:PORT [--address A] --count N
                          [--size B] [--presettled] [--rate R] [--workers W] [--messages]
                          [--batch N] [--listen] [--ca CA.pem | --cert CERT.pem --key KEY.pem]
+                         [--no-reconnect]
 
 Roles (ROLE):
 
 * ``proton-send`` / ``proton-recv``: python-qpid-proton's MessagingHandler, written as the
   Qpid examples and Quiver's Python arrow are (credit/prefetch 1000; the receiver does
   ``container.listen`` peer-to-peer, or attaches to ``--address`` through a broker).
+* ``bare-send`` / ``bare-recv``: the bare engine pair (perf/bare.py): proton's C engine
+  called straight from Python through ``cproton_ffi.lib``, nothing of amqscale. The anchor.
 * ``engine-send`` / ``engine-recv``: amqscale's own ``amqscale.workers.engine.Engine``
-  driven by the worker's network module in this process: no rings, no workers. The
-  engine's limit.
+  driven by the worker's network module in this process: no rings, no workers
+  (the engine-in-a-loop row; not the engine's limit: the bare pair is).
 * ``amqscale-send`` / ``amqscale-recv``: the amqscale API with ``--workers`` workers (and as
   many shards); bytes in and out, or with ``--messages`` an ``amqscale.Message`` with an id
   and 3 application properties built by the sender and read by the receiver. With
   ``--batch N`` they use ``send_many`` and ``receive_many`` + ``accept_many``, N at most.
   They time the harness's own per-message work apart after the run (``cpu_own``).
+* ``inworker-recv``: a receiver whose messages a handler takes inside the amqscale workers
+  (``open_receiver(..., handler="inworker_peer:Count")``, perf/inworker_peer.py): it counts,
+  checks the sequence and accepts there, and writes its counts to a file as its link
+  closes. It connects (through a broker); the sender of its case is ``amqscale-send``.
+* ``rhea-send`` / ``rhea-recv``: rhea, the Node.js AMQP 1.0 library, as a rhea user writes
+  it (``perf/rhea_peer.js``, with ``tests/peers/node_modules`` as NODE_PATH; amqp:// only).
+  The sender is node in place of this process (same pid and stdout); the receiver runs node
+  as a child, passes its lines on, turns its latency samples into the HdrHistogram and
+  closes the child's stdin when ours ends.
+
+``--no-reconnect`` (the amqscale, aio and inworker roles): ``connect(..., reconnect=False)``
+instead of amqscale's default (reconnect on), so that a case with it shows what reconnect
+costs. A listening receiver makes no connection and ignores it.
 
 TLS (the proton and amqscale roles): an ``amqps://`` URL with ``--cert``/``--key`` (a
 listening receiver: the server's certificate and key) and ``--ca`` (a connecting peer: the
@@ -44,14 +60,19 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import os
 import selectors
 import struct
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 import psutil
@@ -60,6 +81,8 @@ HEADER = struct.Struct("<QQ")  # scheduled send time (ns), sequence number
 IDLE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 30.0
 PROPS_SOURCE = "amqscale-perf"
+RHEA_PEER_SCRIPT = Path(__file__).resolve().with_name("rhea_peer.js")
+RHEA_MODULES = Path(__file__).resolve().parents[1] / "tests" / "peers" / "node_modules"
 
 
 # ---- shared pieces --------------------------------------------------------------------------
@@ -84,6 +107,7 @@ class Config:
     ca: str | None = None  # TLS, amqps:// only: the CA a connecting peer trusts
     cert: str | None = None  # and a listening peer's certificate and key
     key: str | None = None
+    no_reconnect: bool = False  # amqscale roles: connect(..., reconnect=False)
 
     @property
     def tls(self) -> bool:
@@ -232,6 +256,11 @@ def amqscale_tls(cfg: Config, server: bool) -> Any:
     import amqscale
 
     return amqscale.TLS(cert=cfg.cert, key=cfg.key) if server else amqscale.TLS(ca=cfg.ca)
+
+
+def reconnect_option(cfg: Config) -> dict[str, Any]:
+    """amqscale's connect() keyword for --no-reconnect (none otherwise: the default)."""
+    return {"reconnect": False} if cfg.no_reconnect else {}
 
 
 def wait_for_stdin_eof(timeout: float = CLOSE_TIMEOUT) -> None:
@@ -452,7 +481,7 @@ def run_proton_receiver(cfg: Config) -> Report:
     return report
 
 
-# ---- the engine's limit: amqscale's Engine on the worker's network module, no rings --------
+# ---- the engine-in-a-loop row: amqscale's Engine on the worker's network module, no rings -
 
 
 class EngineLoop:
@@ -622,7 +651,7 @@ def run_amqscale_sender(cfg: Config) -> Report:
     with amqscale.Container(workers=cfg.workers) as container:
         workers = [psutil.Process(pid) for pid in container.worker_pids()]
         conn = container.connect(cfg.url, shards=cfg.workers,
-                                 tls=amqscale_tls(cfg, server=False))
+                                 tls=amqscale_tls(cfg, server=False), **reconnect_option(cfg))
         sender = conn.open_sender(cfg.address, window=cfg.window, presettled=cfg.presettled)
         cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
         report.start = report.first = time.monotonic()
@@ -709,7 +738,8 @@ def run_amqscale_receiver(cfg: Config) -> Report:
                                         tls=amqscale_tls(cfg, server=True)).receiver
         else:
             conn = container.connect(cfg.url, shards=cfg.workers,
-                                     tls=amqscale_tls(cfg, server=False))
+                                     tls=amqscale_tls(cfg, server=False),
+                                     **reconnect_option(cfg))
             receiver = conn.open_receiver(cfg.address, credit=cfg.credit)
         cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
         announce_ready()
@@ -776,7 +806,8 @@ def run_aio_sender(cfg: Config) -> Report:
         filler = filler_for(cfg.size)
         async with aio.Container(workers=cfg.workers) as container:
             workers = [psutil.Process(pid) for pid in container.worker_pids()]
-            conn = await container.connect(cfg.url, shards=cfg.workers)
+            conn = await container.connect(cfg.url, shards=cfg.workers,
+                                           **reconnect_option(cfg))
             sender = await conn.open_sender(cfg.address, window=cfg.window,
                                             presettled=cfg.presettled)
             cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
@@ -827,7 +858,8 @@ def run_aio_receiver(cfg: Config) -> Report:
             if cfg.listen:
                 receiver = (await container.listen(cfg.url, credit=cfg.credit)).receiver
             else:
-                conn = await container.connect(cfg.url, shards=cfg.workers)
+                conn = await container.connect(cfg.url, shards=cfg.workers,
+                                               **reconnect_option(cfg))
                 receiver = await conn.open_receiver(cfg.address, credit=cfg.credit)
             cpu0, wcpu0 = cpu_seconds(me), [cpu_seconds(w) for w in workers]
             announce_ready()
@@ -877,13 +909,83 @@ def check_message(message: Any) -> bytes:
     return body
 
 
+# ---- rhea (Node.js) ---------------------------------------------------------------------------
+
+
+def run_rhea(cfg: Config) -> NoReturn:
+    """perf/rhea_peer.js with this configuration: exec'd in place of the sender; the
+    receiver as a child (see the module docstring). Exits with node's status."""
+    if not (RHEA_MODULES / "rhea").exists():
+        raise RuntimeError(f"rhea (npm) not found at {RHEA_MODULES}: run scripts/setup.sh")
+    argv = ["node", str(RHEA_PEER_SCRIPT), cfg.role.removeprefix("rhea-"), "--url", cfg.url,
+            "--address", cfg.address, "--count", str(cfg.count), "--size", str(cfg.size),
+            "--rate", str(cfg.rate), "--credit", str(cfg.credit), "--window", str(cfg.window),
+            "--idle", str(cfg.idle)]
+    argv += ["--presettled"] * cfg.presettled + ["--listen"] * cfg.listen
+    env = {**os.environ, "NODE_PATH": str(RHEA_MODULES)}
+    sys.stdout.flush()
+    if cfg.role == "rhea-send":
+        os.execvpe(argv[0], argv, env)
+    child = subprocess.Popen(argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    assert child.stdin is not None and child.stdout is not None
+    threading.Thread(target=forward_eof, args=(child.stdin,), daemon=True).start()
+    for line in child.stdout:
+        if line.startswith("{"):
+            line = json.dumps(with_histogram(json.loads(line))) + "\n"
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    raise SystemExit(child.wait())
+
+
+def forward_eof(pipe: Any) -> None:
+    """Close `pipe` (the child's stdin) once our stdin reaches its end."""
+    with contextlib.suppress(OSError, ValueError):
+        while os.read(sys.stdin.fileno(), 65536):
+            pass
+    with contextlib.suppress(OSError):
+        pipe.close()
+
+
+def with_histogram(report: dict[str, Any]) -> dict[str, Any]:
+    """rhea_peer.js's latency samples (base64 of little-endian uint32 microseconds) as the
+    report's `histogram`, as Tally.fill makes it."""
+    samples = report.pop("latency_us_samples_b64", None)
+    if samples is not None:
+        from hdrh.histogram import HdrHistogram
+
+        histogram = HdrHistogram(1, 60_000_000, 3)  # 1 us .. 60 s
+        raw = base64.b64decode(samples)
+        for (value,) in struct.iter_unpack("<I", raw):
+            histogram.record_value(value)
+        report["histogram"] = base64.b64encode(histogram.encode()).decode()
+    return report
+
+
 # ---- command line ---------------------------------------------------------------------------
+
+def bare() -> Any:
+    """perf/bare.py, the bare engine pair (it imports this module's shared pieces)."""
+    import bare as module
+
+    return module
+
+
+def run_inworker_receiver(cfg: Config) -> Report:
+    """perf/inworker_peer.py: the in-worker handler receiver (it imports this module too)."""
+    import inworker_peer
+
+    report: Report = inworker_peer.run_receiver(cfg, reconnect_option(cfg))
+    return report
+
 
 TLS_ROLES = ("proton", "amqscale")  # the families that take amqps:// (and --ca/--cert/--key)
 
 ROLES: dict[str, Callable[[Config], Report]] = {
     "proton-send": run_proton_sender,
     "proton-recv": run_proton_receiver,
+    "bare-send": lambda cfg: bare().run_sender(cfg),
+    "bare-recv": lambda cfg: bare().run_receiver(cfg),
     "engine-send": run_engine_sender,
     "engine-recv": run_engine_receiver,
     "amqscale-send": run_amqscale_sender,
@@ -892,6 +994,9 @@ ROLES: dict[str, Callable[[Config], Report]] = {
     "reactor-recv": run_proton_receiver,
     "aio-send": run_aio_sender,
     "aio-recv": run_aio_receiver,
+    "rhea-send": run_rhea,  # node perf/rhea_peer.js
+    "rhea-recv": run_rhea,
+    "inworker-recv": run_inworker_receiver,  # perf/inworker_peer.py
 }
 
 
@@ -915,6 +1020,8 @@ def parse_args(argv: list[str]) -> Config:
     ap.add_argument("--ca", help="TLS (amqps://): the CA PEM a connecting peer trusts")
     ap.add_argument("--cert", help="TLS (amqps://): a listening peer's certificate PEM")
     ap.add_argument("--key", help="TLS (amqps://): a listening peer's private key PEM")
+    ap.add_argument("--no-reconnect", action="store_true",
+                    help="amqscale roles: connect(..., reconnect=False)")
     args = ap.parse_args(argv)
     if args.size < HEADER.size:
         ap.error(f"--size must be at least {HEADER.size}")
@@ -936,7 +1043,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # report it as JSON: the orchestrator reads one line
         Report(cfg.role, error=f"{type(exc).__name__}: {exc}").emit()
         raise
-    if cfg.role not in ("amqscale-recv", "aio-recv"):  # these reported before closing
+    if cfg.role not in ("amqscale-recv", "aio-recv", "bare-recv"):  # reported before closing
         report.emit()
         if cfg.role.endswith("-recv"):
             wait_for_stdin_eof()
