@@ -1,6 +1,6 @@
-"""amqscale side by side with proton-python, the engine's own limit, Proton C and RabbitMQ.
+"""amqscale side by side with the bare engine pair, proton-python, rhea, Proton C and RabbitMQ.
 
-    .venv/bin/python perf/compare.py [--quick] [--cases GROUP ...] [--sizes 100,4096]
+    .venv/bin/python perf/compare.py [--quick] [--cases GROUP ...] [--sizes 100,4096,1048576]
                                      [--modes at-least-once,presettled] [--workers 1,2]
                                      [--runs 3] [--out-dir perf/results]
 
@@ -9,6 +9,12 @@ the receiver first (it says ``ready`` once it listens or is attached), then the 
 prints one JSON line of results at the end. Cases run interleaved (A B C A B C ...) after a
 warm-up pass, and each figure is the median of ``--runs`` runs. Peer-to-peer cases run with
 no broker up; each broker's cases run while only that broker is up.
+
+The anchor "(b)" of every peer-to-peer ratio is the bare engine pair (perf/bare.py: proton's
+C engine called from Python with nothing of amqscale, one process a side). amqscale's own
+Engine driven in a loop with no rings and no workers is a row of its own (``engine-loop``),
+as are rhea's sender -> receiver pair and one row per feature (TLS, the asyncio and
+event-driven faces, reconnect off, in-worker handlers through the C broker).
 
 TLS (``--cases tls``): proton-python and amqscale bytes (one per call and batches) peer to
 peer over ``amqps://127.0.0.1``, with the same cases without TLS in the same run, so that
@@ -22,15 +28,21 @@ sender verifies it and the name against the CA.
   outcome.
 * CPU us/msg: each process's CPU seconds over the run (psutil; amqscale's workers as rows of
   their own; a broker's whole process tree) divided by the messages sent.
-* latency: a second pass at a fixed rate of half the measured peak; the sender puts the
-  scheduled send time in the first 8 bytes of each body and keeps the schedule however late
-  it runs, and the receiver records receive time - scheduled time in an HdrHistogram
-  (coordinated omission accounted for). Histograms of the runs are merged.
+* MB/s: body bytes received per second (10^6 bytes), per case.
+* latency: passes at a fixed rate: half the measured peak (on 2 cores this needs more cores
+  than there are to be within its target; kept and labelled so), then 1,000 and 10,000
+  msg/s for the latency families (a rate above 80% of a family's peak is skipped, and why is
+  recorded), with perf/pipe_chain.py's floor for the same number of processes at the same
+  rates in the same run. The sender puts the scheduled send time in the first 8 bytes of
+  each body and keeps the schedule however late it runs, and the receiver records receive
+  time - scheduled time in an HdrHistogram (coordinated omission accounted for). Histograms
+  of the runs are merged.
 * micro-benchmarks: perf/codec_bench.py and perf/ring_bench.py are run with ``--json`` and
   folded in.
 
 Results: a JSON document (ratios and pass/miss targets as fields) and a PNG chart under
-``--out-dir``, and the tables printed here (see perf/README.md for the schema).
+``--out-dir``, the summary (``summary-YYYYMMDD-<commit>.json`` and ``.png``, small enough to
+commit) beside them, and the tables printed here (see perf/README.md for the schema).
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ import json
 import os
 import platform
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,7 +82,12 @@ IDLE = 10.0  # a receiver gives up after this long without a message
 FAMILIES: dict[str, tuple[str, list[str]]] = {
     "proton": ("proton", []),
     "proton-msg": ("proton", ["--messages"]),
-    "engine": ("engine", []),
+    # The anchor (b): proton's C engine from Python, nothing of amqscale (perf/bare.py).
+    "bare": ("bare", []),
+    # amqscale's Engine in a loop, no rings, no workers: a row of its own, not the anchor.
+    "engine-loop": ("engine", []),
+    # rhea (Node.js) sender -> rhea receiver, the other anchor (no TLS, no brokers here).
+    "rhea": ("rhea", []),
     "amqscale-bytes": ("amqscale", []),
     "amqscale-messages": ("amqscale", ["--messages"]),
     # The firehose API: send_many / receive_many + accept, up to 1000 at a time.
@@ -80,37 +98,70 @@ FAMILIES: dict[str, tuple[str, list[str]]] = {
     # The asyncio face (amqscale.aio on uvloop): put() one by one, and send_many.
     "amqscale-aio-bytes": ("aio", []),
     "amqscale-aio-bytes-batch": ("aio", ["--batch", "1000"]),
+    # Reconnect off (connect(..., reconnect=False)): what reconnect, on by default, costs.
+    "amqscale-bytes-noreconnect": ("amqscale", ["--no-reconnect"]),
     # Over TLS (amqps://, peer-to-peer): the families above of the same name without -tls.
     "proton-tls": ("proton", []),
     "amqscale-bytes-tls": ("amqscale", []),
     "amqscale-bytes-batch-tls": ("amqscale", ["--batch", "1000"]),
+    # In-worker handlers (through a broker: the receiver connects): amqscale-send -> the C
+    # broker -> open_receiver(..., handler="inworker_peer:Count") (perf/inworker_peer.py).
+    "amqscale-inworker": ("amqscale", []),
 }
+# Families whose receiver is another role than "<base>-recv".
+RECEIVER_ROLES = {"amqscale-inworker": "inworker-recv"}
 # Each TLS family and its plain twin; the group "tls" selects both of every pair.
 TLS_TWINS = {"proton-tls": "proton", "amqscale-bytes-tls": "amqscale-bytes",
              "amqscale-bytes-batch-tls": "amqscale-bytes-batch"}
 BATCH_FAMILIES = {"amqscale-bytes-batch", "amqscale-messages-batch",
                   "amqscale-aio-bytes-batch", "amqscale-bytes-batch-tls"}
-P2P_FAMILIES = list(FAMILIES)
-BROKER_FAMILIES = {"proton-c-broker": ["c-examples", "proton", "amqscale-bytes"],
+BROKER_ONLY = {"amqscale-inworker"}
+P2P_FAMILIES = [f for f in FAMILIES if f not in BROKER_ONLY]
+BROKER_FAMILIES = {"proton-c-broker": ["c-examples", "proton", "amqscale-bytes",
+                                       "amqscale-inworker"],
                    "rabbitmq": ["proton", "amqscale-bytes"]}
+# One row each for the other faces and features: one case (100 B, or the smallest size;
+# at-least-once; 1 worker a side) unless the family is named in --cases (or, for the TLS
+# families, the "tls" group runs), which gives it every size, mode and worker count.
+FEATURE_ROWS = {"proton-tls", "amqscale-bytes-tls", "amqscale-aio-bytes",
+                "amqscale-aio-bytes-batch", "amqscale-reactor", "amqscale-bytes-noreconnect",
+                "amqscale-inworker"}
+ALIASES = {"engine": "engine-loop"}  # the engine-loop family's name before the bare pair
 GROUPS = P2P_FAMILIES + ["tls", "cbroker", "rabbitmq", "codec", "ring"]
-# TLS runs when asked for (--cases tls, or its families by name), not by default.
-DEFAULT_GROUPS = [g for g in GROUPS if g != "tls" and g not in TLS_TWINS]
-QUICK_DEFAULT = [f for f in P2P_FAMILIES if f not in TLS_TWINS] + ["codec", "ring"]
+# The full TLS set runs when asked for (--cases tls, or its families by name); the TLS rows
+# of one case each (proton-tls, amqscale-bytes-tls) run by default.
+DEFAULT_GROUPS = [g for g in GROUPS if g not in ("tls", "amqscale-bytes-batch-tls")]
+QUICK_DEFAULT = [f for f in P2P_FAMILIES if f != "amqscale-bytes-batch-tls"] + ["codec", "ring"]
+# The families of the latency passes at fixed rates (amqscale-messages: 1 worker only), the
+# rates, and how many pipes perf/pipe_chain.py's floor has for each: an amqscale pair is 4
+# processes whatever its workers (sender, its worker, the receiver's worker, receiver).
+FIXED_RATE_FAMILIES = {"proton": 1, "bare": 1, "amqscale-bytes": 3, "amqscale-messages": 3}
+FIXED_RATES = (1_000, 10_000)
+FIXED_RATE_MAX_OF_PEAK = 0.8  # a rate above this share of the family's peak is skipped
 
 # Messages per run, full mode, by family: a few seconds each at the baseline rates measured
 # on 2-core machines (proton-python ~23k msg/s, a lean engine loop ~0.9M msg/s).
-FULL_COUNTS = {"proton": 50_000, "proton-msg": 50_000, "engine": 1_000_000,
+FULL_COUNTS = {"proton": 50_000, "proton-msg": 50_000, "bare": 1_000_000,
+               "engine-loop": 1_000_000, "rhea": 100_000,
                "amqscale-bytes": 300_000, "amqscale-messages": 200_000,
                "amqscale-bytes-batch": 300_000, "amqscale-messages-batch": 200_000,
                "amqscale-reactor": 100_000, "amqscale-aio-bytes": 300_000,
                "amqscale-aio-bytes-batch": 300_000,
                "proton-tls": 50_000, "amqscale-bytes-tls": 300_000,
                "amqscale-bytes-batch-tls": 300_000,
+               "amqscale-bytes-noreconnect": 300_000, "amqscale-inworker": 200_000,
                "c-examples": 200_000}
 BROKER_COUNT_FACTOR = {"p2p": 1.0, "proton-c-broker": 0.5, "rabbitmq": 0.4}
-LARGE_BODY = 1024  # bodies above this get a quarter of the count (full mode)
+LARGE_BODY = report.LARGE_BODY  # 1 KiB: bodies above get a quarter of the count (full mode)
 QUICK_COUNT = 2_000
+# Every case's bytes per run are capped (bodies times count; times --scale), at least
+# MIN_COUNT messages: a 1 MiB case is 1,024 messages (quick: 256), seconds, not minutes.
+BYTE_BUDGET = 1 << 30
+QUICK_BYTE_BUDGET = 256 << 20
+MIN_COUNT = 200
+# Through a broker, bodies up to this: the large-body comparison is peer-to-peer (against
+# proton-python and the bare pair); proton-python through the C broker moves ~9 MB/s here.
+BROKER_MAX_BODY = 64 << 10
 C_EXAMPLE_BODY = 0  # the C send example sends its own body: a map {"sequence": N}
 
 
@@ -137,6 +188,19 @@ class Case:
         return (self.path == "p2p" and self.size <= LARGE_BODY
                 and self.family not in BATCH_FAMILIES)
 
+    @property
+    def fixed_rate_latency(self) -> bool:
+        """Also at 1,000 and 10,000 msg/s: the latency families (amqscale-messages with 1
+        worker), against perf/pipe_chain.py's floor."""
+        if not self.latency or self.family not in FIXED_RATE_FAMILIES:
+            return False
+        return self.family != "amqscale-messages" or self.workers == 1
+
+    @property
+    def hops(self) -> int:
+        """perf/pipe_chain.py's --hops for the same number of processes as this case."""
+        return FIXED_RATE_FAMILIES[self.family]
+
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, "path": self.path, "body_bytes": self.size,
                 "mode": report.mode_name(self.presettled), "workers": self.workers or None}
@@ -156,6 +220,7 @@ class Settings:
     modes: list[bool]  # presettled?
     workers: list[int]
     report: Path | None = None  # only re-report this result
+    named: set[str] = field(default_factory=set)  # families named in --cases
 
     def count_for(self, case: Case, warmup: bool = False) -> int:
         if self.count is not None:
@@ -166,30 +231,48 @@ class Settings:
             n = int(FULL_COUNTS[case.family] * BROKER_COUNT_FACTOR[case.path] * self.scale)
             if case.size > LARGE_BODY:
                 n //= 4
+        if case.size > 0:  # (the C examples' own body is a few dozen bytes)
+            budget = (QUICK_BYTE_BUDGET if self.quick else BYTE_BUDGET) * self.scale
+            n = min(n, max(MIN_COUNT, int(budget // case.size)))
         return max(100, n // 10) if warmup else n
 
 
 # ---- choosing the cases ---------------------------------------------------------------------
 
 
-def build_cases(settings: Settings) -> dict[str, list[Case]]:
-    """Cases by the group that runs together: "p2p", and one per broker."""
+def build_cases(settings: Settings,
+                skipped: dict[str, str] | None = None) -> dict[str, list[Case]]:
+    """Cases by the group that runs together: "p2p", and one per broker; the cases left
+    out, and why, into `skipped`."""
     groups: dict[str, list[Case]] = {}
+    skipped = {} if skipped is None else skipped
     tls_pairs = set(TLS_TWINS) | set(TLS_TWINS.values()) if "tls" in settings.groups else set()
     p2p = [f for f in P2P_FAMILIES if f in settings.groups or f in tls_pairs]
-    groups["p2p"] = list(expand("p2p", p2p, settings))
+    full = settings.named | tls_pairs  # feature rows that get every size, mode and worker
+    groups["p2p"] = list(expand("p2p", p2p, settings, full))
     if "cbroker" in settings.groups:
         groups["proton-c-broker"] = list(
-            expand("proton-c-broker", BROKER_FAMILIES["proton-c-broker"], settings))
+            expand("proton-c-broker", BROKER_FAMILIES["proton-c-broker"], settings,
+                   settings.named))
     if "rabbitmq" in settings.groups:
         groups["rabbitmq"] = list(expand("rabbitmq", BROKER_FAMILIES["rabbitmq"], settings))
+    for path, cases in groups.items():
+        for case in cases:
+            reason = not_run(case)
+            if reason:
+                skipped[case.id] = reason
+        groups[path] = [c for c in cases if c.id not in skipped]
     return {k: v for k, v in groups.items() if v}
 
 
-def expand(path: str, families: list[str], settings: Settings) -> Iterator[Case]:
+def expand(path: str, families: list[str], settings: Settings,
+           full: set[str] | frozenset[str] = frozenset()) -> Iterator[Case]:
     for family in families:
         if family == "c-examples":  # its own body, at-least-once only
             yield Case(family, path, C_EXAMPLE_BODY, False)
+            continue
+        if family in FEATURE_ROWS and family not in full:
+            yield feature_row(family, path, settings)
             continue
         for size in settings.sizes:
             if (family in BATCH_FAMILIES and size > LARGE_BODY
@@ -201,6 +284,29 @@ def expand(path: str, families: list[str], settings: Settings) -> Iterator[Case]
                         yield Case(family, path, size, presettled, workers)
                 else:
                     yield Case(family, path, size, presettled)
+
+
+def not_run(case: Case) -> str | None:
+    """Why a case of the matrix is left out (recorded in the document), or None."""
+    from amqscale.workers.protocol import MAX_FRAGMENT
+
+    if case.path != "p2p" and case.size > BROKER_MAX_BODY:
+        return (f"through a broker, bodies up to {BROKER_MAX_BODY:,} bytes (the large-body "
+                "figures are peer-to-peer)")
+    if case.family == "engine-loop" and case.size + 8 > MAX_FRAGMENT:
+        return (f"the engine-loop receiver takes whole messages only (Deliveries), and the "
+                f"Engine streams messages above {MAX_FRAGMENT:,} bytes in DeliveryParts")
+    return None
+
+
+def feature_row(family: str, path: str, settings: Settings) -> Case:
+    """A feature's one case: 100 B (or the smallest size), at-least-once (if it runs), one
+    worker a side (or the fewest)."""
+    size = 100 if 100 in settings.sizes else min(settings.sizes)
+    presettled = False if False in settings.modes else settings.modes[0]
+    workers = (1 if 1 in settings.workers else min(settings.workers)
+               ) if family.startswith("amqscale") else 0
+    return Case(family, path, size, presettled, workers)
 
 
 def large_batches(family: str, families: list[str]) -> bool:
@@ -309,7 +415,10 @@ def peer_argv(role: str, case: Case, url: str, address: str, count: int, rate: f
     `certs` (amqscale.testing.certs.Certificates) for a TLS case."""
     base, extra = FAMILIES[case.family]
     peers = root / PEERS.relative_to(REPO_ROOT)
-    argv = [sys.executable, str(peers), f"{base}-{role}", "--url", url, "--address", address,
+    name = RECEIVER_ROLES.get(case.family, f"{base}-recv") if role == "recv" else f"{base}-{role}"
+    if name == "inworker-recv":
+        listen = False  # it connects: a broker's path only
+    argv = [sys.executable, str(peers), name, "--url", url, "--address", address,
             "--count", str(count), "--size", str(case.size), "--idle", str(IDLE)] + extra
     if case.presettled:
         argv.append("--presettled")
@@ -347,6 +456,8 @@ def run_pair(case: Case, count: int, rate: float, broker: Broker | None,
     """One run of a Python pair (from the source tree `root`): receiver, then sender;
     returns both reports."""
     certs = tls_certificates(logdir) if case.tls else None
+    if broker is None and case.family in BROKER_ONLY:
+        raise ValueError(f"{case.id}: its receiver connects: a broker's path only")
     if broker is None:
         from amqscale.testing import free_port
 
@@ -470,8 +581,9 @@ def broker_for(path: str) -> Iterator[Broker | None]:
 
 
 def run_group(path: str, cases: list[Case], settings: Settings, logdir: Path,
-              results: dict[str, Any]) -> None:
-    """Warm-up, interleaved throughput runs, then interleaved latency runs at half peak."""
+              results: dict[str, Any], floors: dict[str, Any] | None = None) -> None:
+    """Warm-up, interleaved throughput runs, then interleaved latency runs at half peak,
+    then (peer-to-peer) at the fixed rates with perf/pipe_chain.py's floors into `floors`."""
     with broker_for(path) as broker:
         if settings.warmup:
             for case in cases:
@@ -494,10 +606,78 @@ def run_group(path: str, cases: list[Case], settings: Settings, logdir: Path,
                 figures = run_once(case, count, rate, broker, logdir)
                 entry = results[case.id].setdefault("latency_runs", [])
                 entry.append({**figures, "target_rate": rate})
-                print(f"  latency {run + 1}/{settings.runs} {case.id} at {rate:,.0f} msg/s: "
-                      f"{report.latency_line(figures)}", flush=True)
+                print(f"  latency {run + 1}/{settings.runs} {case.id} at {rate:,.0f} msg/s "
+                      f"(half peak): {report.latency_line(figures)}", flush=True)
         for case in latency_cases:
             report.summarize_latency(results[case.id])
+        fixed = [c for c in latency_cases if c.fixed_rate_latency]
+        if fixed:
+            run_fixed_rates(fixed, settings, broker, logdir, results,
+                            {} if floors is None else floors)
+
+
+def run_fixed_rates(cases: list[Case], settings: Settings, broker: Broker | None,
+                    logdir: Path, results: dict[str, Any], floors: dict[str, Any]) -> None:
+    """Each case at each of FIXED_RATES (skipped above FIXED_RATE_MAX_OF_PEAK of its peak,
+    with the reason recorded), interleaved, each pass after perf/pipe_chain.py at the same
+    rate with the cases' numbers of processes."""
+    plan: dict[int, list[Case]] = {}
+    for case in cases:
+        entry = results[case.id]
+        fixed = entry.setdefault("latency_fixed", {})
+        for rate in FIXED_RATES:
+            peak = entry["msg_per_s"]
+            if rate > FIXED_RATE_MAX_OF_PEAK * peak:
+                fixed[str(rate)] = {"target_rate": rate, "skipped": (
+                    f"{rate:,} msg/s is above {FIXED_RATE_MAX_OF_PEAK:.0%} of the measured "
+                    f"peak, {peak:,.0f} msg/s")}
+                print(f"  latency {case.id} at {rate:,} msg/s: skipped "
+                      f"({fixed[str(rate)]['skipped']})", flush=True)
+            else:
+                plan.setdefault(rate, []).append(case)
+    for run in range(settings.runs):
+        for rate, planned in plan.items():
+            for hops in sorted({c.hops for c in planned}):
+                figures = run_pipe_chain(hops, rate, settings, logdir)
+                floor = floors.setdefault(report.floor_key(hops, rate), {
+                    "hops": hops, "processes": hops + 1, "rate": rate, "runs": []})
+                floor["runs"].append(figures)
+                print(f"  floor {run + 1}/{settings.runs} pipe_chain --hops {hops} at "
+                      f"{rate:,} msg/s: {report.latency_line(figures)}", flush=True)
+            for case in planned:
+                count = latency_count(rate, settings)
+                figures = run_once(case, count, float(rate), broker, logdir)
+                runs = results[case.id].setdefault("latency_fixed_runs", {})
+                runs.setdefault(str(rate), []).append({**figures, "target_rate": rate})
+                print(f"  latency {run + 1}/{settings.runs} {case.id} at {rate:,} msg/s: "
+                      f"{report.latency_line(figures)}", flush=True)
+    for rate, planned in plan.items():
+        for case in planned:
+            entry = results[case.id]
+            entry["latency_fixed"][str(rate)] = report.merge_latency(
+                entry["latency_fixed_runs"][str(rate)], rate)
+    for floor in floors.values():
+        floor.update(report.merge_latency(floor["runs"], floor["rate"]) or {})
+
+
+def run_pipe_chain(hops: int, rate: int, settings: Settings, logdir: Path) -> dict[str, Any]:
+    """perf/pipe_chain.py --json: the machine's floor for hops + 1 processes at `rate`."""
+    path = logdir / f"pipe-chain-{hops}-{rate}-{uuid.uuid4().hex[:6]}.json"
+    seconds = latency_count(rate, settings) / rate
+    argv = [sys.executable, str(PERF_DIR / "pipe_chain.py"), "--hops", str(hops),
+            "--rate", str(rate), "--seconds", f"{seconds:.3f}", "--json", str(path)]
+    try:
+        done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=60 + 2 * seconds, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": "pipe_chain.py timed out"}
+    if done.returncode != 0 or not path.exists():
+        return {"error": f"pipe_chain.py exit {done.returncode}: {done.stderr.strip()[-500:]}"}
+    data: dict[str, Any] = json.loads(path.read_text())
+    path.unlink()
+    return {"count": data["count"], "msg_per_s": rate,
+            "latency": {k: data[k] for k in report.PERCENTILES} | {"count": data["count"]},
+            "histogram": data.get("histogram"), "error": None}
 
 
 def latency_count(rate: float, settings: Settings) -> int:
@@ -531,9 +711,12 @@ def host_facts() -> dict[str, Any]:
 
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
                          capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                             cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     return {"hostname": platform.node(), "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "proton": ".".join(map(str, proton.VERSION)), "git": rev,
+            "git_dirty": bool(changed),  # tracked files differ from the commit
             "load_average_start": list(os.getloadavg())}
 
 
@@ -541,11 +724,12 @@ def parse_args(argv: list[str]) -> Settings:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny counts, 1 run, no warm-up, brokers only if asked")
-    ap.add_argument("--cases", nargs="+", choices=GROUPS, metavar="GROUP",
-                    help=f"groups to run, from {', '.join(GROUPS)} (default: all but the "
-                         "TLS ones; --quick: also but cbroker and rabbitmq; tls: the TLS "
-                         "families and their plain twins, peer-to-peer)")
-    ap.add_argument("--sizes", default="100,4096", help="body sizes in bytes")
+    ap.add_argument("--cases", nargs="+", choices=GROUPS + list(ALIASES), metavar="GROUP",
+                    help=f"groups to run, from {', '.join(GROUPS)} (default: all but "
+                         "tls and amqscale-bytes-batch-tls; --quick: also but cbroker and "
+                         "rabbitmq; tls: the TLS families and their plain twins, "
+                         "peer-to-peer; engine: engine-loop)")
+    ap.add_argument("--sizes", default="100,4096,1048576", help="body sizes in bytes")
     ap.add_argument("--modes", default="at-least-once,presettled")
     ap.add_argument("--workers", default="1,2", help="amqscale workers (and shards) a side")
     ap.add_argument("--runs", type=int, help="runs per case, median kept (default 3; quick 1)")
@@ -562,6 +746,7 @@ def parse_args(argv: list[str]) -> Settings:
         if mode not in ("at-least-once", "presettled"):
             ap.error(f"unknown mode {mode!r}")
         modes.append(mode == "presettled")
+    cases = [ALIASES.get(c, c) for c in args.cases] if args.cases else None
     return Settings(
         quick=args.quick,
         runs=args.runs or (1 if args.quick else 3),
@@ -570,23 +755,34 @@ def parse_args(argv: list[str]) -> Settings:
         scale=args.scale,
         latency_seconds=args.latency_seconds or (1.0 if args.quick else 5.0),
         out_dir=args.out_dir,
-        groups=args.cases or (QUICK_DEFAULT if args.quick else DEFAULT_GROUPS),
+        groups=cases or (QUICK_DEFAULT if args.quick else DEFAULT_GROUPS),
         sizes=[int(s) for s in args.sizes.split(",")],
         modes=modes,
         workers=[int(w) for w in args.workers.split(",")],
         report=args.report,
+        named={c for c in cases or () if c in FAMILIES},
     )
 
 
 def finish(document: dict[str, Any], json_path: Path) -> None:
-    """Ratios, targets and chart from the cases; write the JSON; print the tables."""
+    """Ratios, targets and chart from the cases; write the JSON and the summary (JSON and
+    the chart, named by date and commit, beside it); print the tables."""
     document["ratios"] = report.ratios(document)
     document["targets"] = report.targets(document)
     png_path = json_path.with_suffix(".png")
     document["chart"] = str(png_path) if report.chart(document, png_path) else None
+    summary_json = json_path.parent / f"{report.summary_name(document)}.json"
+    summary_png = summary_json.with_suffix(".png")
+    document["summary"] = str(summary_json)
     json_path.write_text(json.dumps(document, indent=1) + "\n")
+    summary = report.summary(document, json_path.name)
+    if document["chart"]:
+        shutil.copyfile(png_path, summary_png)
+        summary["chart"] = summary_png.name
+    summary_json.write_text(json.dumps(summary, indent=1) + "\n")
     print(report.tables(document))
     print(f"\nwrote {json_path}" + (f" and {png_path}" if document["chart"] else ""))
+    print(f"summary: {summary_json}" + (f" and {summary_png}" if document["chart"] else ""))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -603,18 +799,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "host": host_facts(),
         "settings": report.settings_dict(settings),
         "cases": {},
+        "latency_floor": {},
+        "skipped_cases": {},
         "micro": {},
     }
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="amqscale-perf-") as tmp:
         logdir = Path(tmp)
-        groups = build_cases(settings)
+        groups = build_cases(settings, document["skipped_cases"])
+        for name, reason in document["skipped_cases"].items():
+            print(f"not run: {name}: {reason}", flush=True)
         if any(case.tls for cases in groups.values() for case in cases):
             certs = tls_certificates(logdir)
             print(f"TLS: test certificates in {certs.ca.parent}", flush=True)
         for path, cases in groups.items():
             print(f"{path}: {len(cases)} case(s) x {settings.runs} run(s)", flush=True)
-            run_group(path, cases, settings, logdir, document["cases"])
+            run_group(path, cases, settings, logdir, document["cases"],
+                      document["latency_floor"])
     for name in ("codec", "ring"):
         if name in settings.groups:
             document["micro"][name] = run_micro(name, settings, settings.out_dir, stamp)

@@ -6,12 +6,19 @@ the receiver) when HOPS is 3. Message i is due at start + i/rate and carries tha
 sender writes every message that is due, then sleeps until the next one; the receiver
 records arrival - due time, as perf/peers.py does (coordinated omission included).
 
-    python perf/pipe_chain.py --hops 3 --rate 31000 --seconds 5
+    python perf/pipe_chain.py --hops 3 --rate 31000 --seconds 5 [--json PATH]
+
+`--json PATH` also writes the figures there (the receiver writes it before it exits): hops,
+rate, seconds, count and p50_us / p99_us / p99_9_us / max_us (microseconds), and, when the
+hdrh package is importable, `histogram`: a base64 HdrHistogram (1 us to 60 s, 3 digits) as
+perf/peers.py's receivers record, so that perf/compare.py can merge runs as it merges theirs.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import struct
 import time
@@ -59,15 +66,32 @@ def send(sink: int, rate: float, count: int) -> None:
             time.sleep((start + seq * interval - now) / 1e9)
 
 
-def report(hops: int, rate: float, latencies: list[int]) -> str:
+def figures(hops: int, rate: float, seconds: float, latencies: list[int]) -> dict[str, object]:
+    """The percentiles (microseconds) of `latencies` (nanoseconds), and the HdrHistogram."""
     latencies.sort()
     n = len(latencies)
 
     def at(fraction: float) -> float:
-        return latencies[min(n - 1, int(n * fraction))] / 1e3
+        return latencies[min(n - 1, int(n * fraction))] / 1e3 if n else 0.0
 
-    return (f"{hops} hops at {rate:,.0f} msg/s, {n} messages: p50 {at(0.5):,.0f} us, "
-            f"p99 {at(0.99):,.0f} us, p99.9 {at(0.999):,.0f} us, max {at(1.0):,.0f} us")
+    result: dict[str, object] = {
+        "hops": hops, "processes": hops + 1, "rate": rate, "seconds": seconds, "count": n,
+        "p50_us": at(0.5), "p99_us": at(0.99), "p99_9_us": at(0.999), "max_us": at(1.0)}
+    try:
+        from hdrh.histogram import HdrHistogram
+    except ImportError:
+        return result
+    histogram = HdrHistogram(1, 60_000_000, 3)  # 1 us .. 60 s, as perf/peers.py records
+    for ns in latencies:
+        histogram.record_value(max(1, ns // 1000))
+    result["histogram"] = base64.b64encode(histogram.encode()).decode()
+    return result
+
+
+def report(result: dict[str, object]) -> str:
+    return (f"{result['hops']} hops at {result['rate']:,.0f} msg/s, {result['count']} "
+            f"messages: p50 {result['p50_us']:,.0f} us, p99 {result['p99_us']:,.0f} us, "
+            f"p99.9 {result['p99_9_us']:,.0f} us, max {result['max_us']:,.0f} us")
 
 
 def main() -> None:
@@ -75,6 +99,7 @@ def main() -> None:
     ap.add_argument("--hops", type=int, default=3, help="pipes between sender and receiver")
     ap.add_argument("--rate", type=float, default=10_000.0, help="messages per second")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--json", metavar="PATH", help="also write the figures there as JSON")
     args = ap.parse_args()
     if args.hops < 1 or args.rate <= 0 or args.seconds <= 0:
         ap.error("--hops must be at least 1, --rate and --seconds above 0")
@@ -89,7 +114,11 @@ def main() -> None:
                 relay(source, pipes[hop][1])
             else:
                 keep_only(pipes, source)
-                print(report(args.hops, args.rate, receive(source)), flush=True)
+                result = figures(args.hops, args.rate, args.seconds, receive(source))
+                if args.json:
+                    with open(args.json, "w") as out:
+                        json.dump(result, out)
+                print(report(result), flush=True)
             os._exit(0)
         children.append(pid)
     keep_only(pipes, pipes[0][1])
