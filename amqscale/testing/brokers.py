@@ -380,13 +380,15 @@ class ProtonExamples:
     receive: Path
 
 
-def _build(source: Path, output_dir: Path, stem: str, replace: tuple[str, str] | None) -> Path:
-    """Compile one example (optionally with one text replaced), cached by content hash."""
+def _build(source: Path, output_dir: Path, stem: str,
+           replace: tuple[tuple[str, str], ...] = ()) -> Path:
+    """Compile one example (with each (old, new) text of `replace` replaced), cached by
+    content hash."""
     text = source.read_text()
-    if replace is not None:
-        if replace[0] not in text:
-            raise PeerStartError(f"{source} has no {replace[0]!r} to replace")
-        text = text.replace(*replace)
+    for old, new in replace:
+        if old not in text:
+            raise PeerStartError(f"{source} has no {old!r} to replace")
+        text = text.replace(old, new)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     binary = output_dir / f"{stem}-{digest}"
     if binary.exists():
@@ -405,15 +407,27 @@ def _build(source: Path, output_dir: Path, stem: str, replace: tuple[str, str] |
     return binary
 
 
-def build_proton_examples(window: int = 1000, directory: Path | None = None) -> ProtonExamples:
-    """Build (once, cached) the C broker with a credit window of `window`, and send/receive."""
+# broker.c's PN_DELIVERY handler grows its buffer by what is pending but reads it into the
+# buffer's start: a message whose transfer frames arrive in more than one batch of events
+# (a large one whose last part comes a little later) keeps only its last piece in front,
+# then stale bytes. The fix reads each piece after the ones before it.
+BROKER_PIECE_READ = ("recv = pn_link_recv(l, m->start, m->size);",
+                     "recv = pn_link_recv(l, m->start + m->size - size, size);")
+
+
+def build_proton_examples(window: int = 1000, directory: Path | None = None, *,
+                          stock_receive: bool = False) -> ProtonExamples:
+    """Build (once, cached) the C broker with a credit window of `window`, and send/receive.
+    The broker is built with BROKER_PIECE_READ fixed unless `stock_receive`."""
     _require(PROTON_EXAMPLES / "broker.c", "the Proton C examples")
     out = directory or cache_dir() / "proton-examples"
     window_line = ("const int WINDOW=5;", f"const int WINDOW={int(window)};")
+    replace = (window_line,) if stock_receive else (window_line, BROKER_PIECE_READ)
+    stem = f"broker-w{window}" + ("-stock" if stock_receive else "")
     return ProtonExamples(
-        broker=_build(PROTON_EXAMPLES / "broker.c", out, f"broker-w{window}", window_line),
-        send=_build(PROTON_EXAMPLES / "send.c", out, "send", None),
-        receive=_build(PROTON_EXAMPLES / "receive.c", out, "receive", None),
+        broker=_build(PROTON_EXAMPLES / "broker.c", out, stem, replace),
+        send=_build(PROTON_EXAMPLES / "send.c", out, "send"),
+        receive=_build(PROTON_EXAMPLES / "receive.c", out, "receive"),
     )
 
 
@@ -423,7 +437,7 @@ def build_c_example(name: str) -> Path:
     messages, accepting each, then exits), and return the binary's path."""
     source = PROTON_EXAMPLES / f"{name}.c"
     _require(source, f"the Proton C example {name}.c")
-    return _build(source, cache_dir() / "proton-examples", name, None)
+    return _build(source, cache_dir() / "proton-examples", name)
 
 
 class ProtonCBroker(ManagedProcess):
@@ -431,17 +445,20 @@ class ProtonCBroker(ManagedProcess):
 
     Any address is a queue, created on first use. amqp and amqps share `port` (TLS with a
     certificate signed by the CA at `ca_path`). Quirks: deliveries to receivers are
-    pre-settled, SASL is ANONYMOUS only, a link with a null address crashes it. `send_path` and
-    `receive_path` are the C send/receive examples, for interop tests and native baselines.
+    pre-settled, SASL is ANONYMOUS only, a link with a null address crashes it. As shipped
+    it corrupts a message whose frames arrive in more than one batch (BROKER_PIECE_READ):
+    it is built with that fixed unless `stock_receive`. `send_path` and `receive_path` are
+    the C send/receive examples, for interop tests and native baselines.
     """
 
     name = "proton-c-broker"
     start_timeout = 30.0
 
-    def __init__(self, port: int = 0, *, window: int = 1000, keep_workdir: bool = False) -> None:
+    def __init__(self, port: int = 0, *, window: int = 1000, keep_workdir: bool = False,
+                 stock_receive: bool = False) -> None:
         super().__init__(port, keep_workdir=keep_workdir)
         self.window = window
-        self.examples = build_proton_examples(window)
+        self.examples = build_proton_examples(window, stock_receive=stock_receive)
         self.certificates: Certificates | None = None
 
     @property
