@@ -186,11 +186,9 @@ class Driver:
         wake-ups are capped and, under load, batches grow instead. A lone message after a
         quiet spell goes at once.
         """
-        commands = self._outbound[slot.index]
-        if not commands.reader_caught_up():
-            return False
-        return (not commands.reader_parked()
-                or time.monotonic() - self._handed_over_at[slot.index] > p.WAKE_INTERVAL)
+        reader = self._outbound[slot.index].reader_state()
+        return reader == 1 or (reader == 2 and time.monotonic()
+                               - self._handed_over_at[slot.index] > p.WAKE_INTERVAL)
 
     def mark_dirty(self, link: Any) -> None:
         """`link` holds a partial batch: hand it over at the next wait, or after LINGER."""

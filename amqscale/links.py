@@ -84,9 +84,10 @@ def encode_body(body: bytes | bytearray | memoryview) -> bytes:
 
 def decode_body(payload: bytes) -> bytes | None:
     """The body of a message that is exactly one data section, else None (fast path)."""
-    if payload[:4] == _DATA8 and len(payload) == 5 + payload[4]:
+    size = len(payload)
+    if size >= 5 and payload.startswith(_DATA8) and size == 5 + payload[4]:
         return payload[5:]
-    if payload[:4] == _DATA32 and len(payload) == 8 + _U32.unpack_from(payload, 4)[0]:
+    if size >= 8 and payload.startswith(_DATA32) and size == 8 + _U32.unpack_from(payload, 4)[0]:
         return payload[8:]
     return None
 
@@ -393,7 +394,7 @@ class Sender(SenderView):
         the link's open batch, handed over at once if the worker wants work."""
         state = self._state
         if link.remote_max and len(payload) > link.remote_max:
-            state.check_size(payload)
+            state.check_size(payload, link)
         driver = self._driver
         with driver.lock:
             batch = link.open
@@ -672,7 +673,7 @@ class Delivery:
     @property
     def body(self) -> Any:
         """The message body; a single data section comes back as bytes without a decode."""
-        body = decode_body(self.payload)
+        body = decode_body(self._arrival.payloads[self._index])
         return self.message.body if body is None else body
 
     def accept(self) -> None:
@@ -699,26 +700,28 @@ class Delivery:
         ))
 
     def _dispose(self, state: int, condition: p.Condition | None) -> None:
-        if self.settled:
-            return
-        if condition is not None:
-            _settle_now(self, p.Settle(self._arrival.link.id, [self.id], state, condition))
-            return
         arrival = self._arrival
+        index = self._index
+        if arrival.settled[index]:
+            return
         link = arrival.link
+        if condition is not None:
+            _settle_now(self, p.Settle(link.id, [arrival.first_id + index], state, condition))
+            return
         if arrival.generation != link.generation:
             arrival.check_live()  # DeliveryLost: the peer has it again
         if link.failure is not None:
             raise link.failure  # nothing can settle it now: never pretend it was
-        arrival.settled[self._index] = 1
+        arrival.settled[index] = 1
         driver = link.receiver.waiter
         with driver.lock:
             # Settlements wake no worker of their own: they go with a full batch, a
             # flow, a send, or the linger thread within LINGER.
-            if link.settle_later(self.id, state):
+            if link.settle_later(arrival.first_id + index, state):
                 driver.write(link.slot)
                 return
-        driver.mark_dirty(link)
+        if not link.dirty:
+            driver.mark_dirty(link)
 
     def __repr__(self) -> str:
         return f"<Delivery id={self.id} settled={self.settled} {len(self.payload)} bytes>"
@@ -828,9 +831,14 @@ class Receiver(ReceiverView):
 
     def receive(self, timeout: float | None = None) -> Delivery:
         """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""
-        self._await_buffer(timeout)
-        arrival, index = self._state.take()
-        self._taken(arrival.link, 1)
+        state = self._state
+        if not state.buffer:
+            _ops.run(self._driver, _ops.buffered(state), timeout)
+        arrival, index = state.take()
+        link = arrival.link
+        link.consumed += 1
+        if link.consumed * 2 >= link.credit:  # _taken, inlined: this runs once per message
+            self._taken(link, 0)
         delivery = Delivery(arrival, index)
         if self.auto_accept:
             delivery.accept()

@@ -547,6 +547,20 @@ core_get_cursor(RingCoreObject *self, void *Py_UNUSED(closure))
     return PyLong_FromUnsignedLongLong(self->cursor);
 }
 
+/* 0: the peer is behind this end's cursor; 1: caught up and awake; 2: caught up and
+   parked. One call where a writer deciding whether to hand over would make three. */
+static PyObject *
+core_peer_state(RingCoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (!self->has_view) {
+        PyErr_SetString(PyExc_ValueError, "RingCore: released");
+        return NULL;
+    }
+    if (__atomic_load_n(self->peer, __ATOMIC_ACQUIRE) != self->cursor)
+        return PyLong_FromLong(0);
+    return PyLong_FromLong(__atomic_load_n(self->peer_parked, __ATOMIC_ACQUIRE) ? 2 : 1);
+}
+
 static PyObject *
 core_release(RingCoreObject *self, PyObject *Py_UNUSED(ignored))
 {
@@ -561,6 +575,8 @@ static PyMethodDef core_methods[] = {
      "write_batch(records) -> int: copy as many records as fit, publish once; how many."},
     {"read_batch", (PyCFunction)(void (*)(void))core_read_batch, METH_FASTCALL,
      "read_batch(max_records) -> list[bytes]: copy records out, publish the head once."},
+    {"peer_state", (PyCFunction)core_peer_state, METH_NOARGS,
+     "peer_state() -> int: 0 the peer is behind this end, 1 caught up, 2 caught up and parked."},
     {"release", (PyCFunction)core_release, METH_NOARGS,
      "release(): let go of the buffer (the memory map can then be closed)."},
     {NULL, NULL, 0, NULL},

@@ -112,6 +112,13 @@ class PyRingCore:
             self._publish()
         return out
 
+    def peer_state(self) -> int:
+        """0: the peer is behind this end's cursor; 1: caught up; 2: caught up and parked."""
+        self._check_open()
+        if self._words.load_acquire(self._peer) != self._cursor:
+            return 0
+        return 2 if self._words.load_acquire(self._peer_parked) else 1
+
     def release(self) -> None:
         """Let go of the buffer."""
         self._words.release()

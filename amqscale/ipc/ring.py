@@ -109,6 +109,8 @@ class _Core(Protocol):
 
     def read_batch(self, max_records: int, /) -> list[bytes]: ...
 
+    def peer_state(self) -> int: ...
+
     def release(self) -> None: ...
 
 
@@ -417,10 +419,17 @@ class RingWriter(OneToOneRing):
     _OWN_PID_OFFSET = layout.WRITER_PID_OFFSET
     _PEER_PID_OFFSET = layout.READER_PID_OFFSET
 
+    # reader_caught_up() and reader_parked() in one call: 0 the reader is behind, 1 caught
+    # up and awake, 2 caught up and parked. The core's own method, bound: a sender asks
+    # once per message.
+    reader_state: Callable[[], int]
+
     def _make_core(self, buf: memoryview) -> _Core:
-        return self._core_for(
+        core = self._core_for(
             buf, layout.TAIL_OFFSET, layout.HEAD_OFFSET, layout.READER_PARKED_OFFSET, self._data_fd
         )
+        self.reader_state = core.peer_state
+        return core
 
     def fileno(self) -> int:
         """The space eventfd: readable after :meth:`park` once the reader frees room."""

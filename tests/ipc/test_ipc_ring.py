@@ -176,6 +176,24 @@ def test_parked_reader_is_woken_by_a_write(ring: Ring) -> None:
     assert reader.read_batch() == [b"wake"]
 
 
+def test_reader_state_is_caught_up_and_parked_in_one(ring: Ring) -> None:
+    writer, reader = ring
+    assert writer.reader_state() == 1  # nothing written: caught up, awake
+    writer.try_write(b"a")
+    assert writer.reader_state() == 0  # behind
+    assert reader.park() is True  # data is there: it does not park
+    assert reader.read_batch() == [b"a"]
+    assert writer.reader_state() == 1
+    assert reader.park() is False
+    assert writer.reader_state() == 2  # caught up and asleep
+    assert writer.reader_state() == 2 * writer.reader_caught_up() * writer.reader_parked()
+    writer.try_write(b"b")  # the publication takes the flag and wakes it
+    assert writer.reader_state() == 0
+    reader.unpark()
+    assert reader.read_batch() == [b"b"]
+    assert writer.reader_state() == 1
+
+
 def test_one_wake_up_per_parking_however_many_writes(ring: Ring) -> None:
     writer, reader = ring
     reader.park()
