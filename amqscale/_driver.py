@@ -36,6 +36,9 @@ from .workers import protocol as p
 
 log = logging.getLogger("amqscale")
 
+# A partial batch for a worker that is awake and has caught up goes at this size, or once
+# p.WAKE_INTERVAL passed since the last hand-over (Driver.wants_work).
+AWAKE_BATCH = 64
 LINGER = 0.001  # seconds a partial batch may wait for the linger thread
 START_TIMEOUT = 30.0
 # A worker that dies is replaced, at most RESTART_LIMIT times in RESTART_WINDOW seconds per
@@ -176,19 +179,23 @@ class Driver:
             self.core.hand_over_dirty(settlements)
             self.write_all()
 
-    def wants_work(self, slot: WorkerSlot) -> bool:
-        """Should a partial batch go now? Yes if the worker has taken all it was given,
-        unless that means waking it again within p.WAKE_INTERVAL.
+    def wants_work(self, slot: WorkerSlot, size: int) -> bool:
+        """Should a partial batch of `size` messages go now? Yes if the worker has taken
+        all it was given, and either the batch has AWAKE_BATCH messages or p.WAKE_INTERVAL
+        passed since the last hand-over.
 
-        A worker that is behind will find the batch grown when it catches up; one that is
-        awake and caught up takes it for the price of a ring write. Waking a sleeping
-        worker costs a context switch, far more than the messages handed over, so
-        wake-ups are capped and, under load, batches grow instead. A lone message after a
-        quiet spell goes at once.
+        A worker that is behind will find the batch grown when it catches up. Waking a
+        sleeping worker costs a context switch, far more than the messages handed over,
+        so wake-ups are capped and, under load, batches grow instead. A worker that is
+        awake and caught up would take a batch for the price of a ring write, but each
+        hand-over costs this process a record and a look at the events: when it comes
+        back for more within the interval, the batch grows to AWAKE_BATCH first. A lone
+        message after a quiet spell goes at once.
         """
         reader = self._outbound[slot.index].reader_state()
-        return reader == 1 or (reader == 2 and time.monotonic()
-                               - self._handed_over_at[slot.index] > p.WAKE_INTERVAL)
+        if reader == 0 or (reader == 1 and size >= AWAKE_BATCH):
+            return reader == 1
+        return time.monotonic() - self._handed_over_at[slot.index] > p.WAKE_INTERVAL
 
     def mark_dirty(self, link: Any) -> None:
         """`link` holds a partial batch: hand it over at the next wait, or after LINGER."""

@@ -396,7 +396,9 @@ class Sender(SenderView):
         if link.remote_max and len(payload) > link.remote_max:
             state.check_size(payload, link)
         driver = self._driver
-        with driver.lock:
+        lock = driver.lock
+        lock.acquire()  # not `with`: its __exit__ call costs twice the lock, once a message
+        try:
             batch = link.open
             if batch is None:
                 batch, index = link.add(payload)
@@ -406,11 +408,13 @@ class Sender(SenderView):
                 batch.size = batch.pending = index + 1
                 link.next_seq += 1
                 link.unsettled += 1
-            handed_over = index + 1 >= SEND_BATCH or driver.wants_work(link.slot)
+            handed_over = index + 1 >= SEND_BATCH or driver.wants_work(link.slot, index + 1)
             if handed_over:
                 link.hand_over()
                 driver.write(link.slot)
                 state.rotate()
+        finally:
+            lock.release()
         if handed_over:
             driver.take_events()
         elif not link.dirty:
@@ -714,12 +718,16 @@ class Delivery:
             raise link.failure  # nothing can settle it now: never pretend it was
         arrival.settled[index] = 1
         driver = link.receiver.waiter
-        with driver.lock:
+        lock = driver.lock
+        lock.acquire()  # not `with`, as in Sender._add: this runs once a message
+        try:
             # Settlements wake no worker of their own: they go with a full batch, a
             # flow, a send, or the linger thread within LINGER.
             if link.settle_later(arrival.first_id + index, state):
                 driver.write(link.slot)
                 return
+        finally:
+            lock.release()
         if not link.dirty:
             driver.mark_dirty(link)
 
