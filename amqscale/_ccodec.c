@@ -2613,6 +2613,17 @@ py_data_bodies(PyObject *self, PyObject *payloads)
     return out;
 }
 
+/* data_body(payload): the body where the payload is exactly one data section, else None
+   (one Delivery's body: a list of one would cost more than the call). */
+static PyObject *
+py_data_body(PyObject *self, PyObject *payload)
+{
+    PyObject *body = data_section_body(payload);
+    if (body == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return body;
+}
+
 /* MessageBase: the base class of Message, whose __init__ it is. Message(body, **fields) sets
    every slot in one call when every name is a plain slot; anything else (an unknown name, a
    time in seconds to convert, body given twice, setup not done) goes to the Python reference,
@@ -2698,6 +2709,8 @@ static PyMethodDef ccodec_methods[] = {
      "(items, limit): each bytes body or Message encoded, or None: not handled."},
     {"decode_messages", py_decode_messages, METH_O,
      "Message.decode of each payload, or None: not handled."},
+    {"data_body", py_data_body, METH_O,
+     "data_body(payload) -> bytes | None: the body if the payload is one data section."},
     {"data_bodies", py_data_bodies, METH_O,
      "Each payload's body if it is exactly one data section, else None in its place."},
     {NULL, NULL, 0, NULL},

@@ -21,6 +21,7 @@ from amqscale.links import (
     _py_data_bodies,
     _py_encode_payloads,
     data_bodies,
+    data_body,
     decode_body,
     encode_body,
     encode_payloads,
@@ -35,6 +36,7 @@ def test_bodies_round_trip_and_match_the_one_message_encoding(bodies: list[bytes
     assert data_bodies(payloads) == bodies
     for payload, body in zip(payloads, bodies, strict=True):
         assert Message.decode(payload).body == body
+        assert data_body(payload) == decode_body(payload) == body
 
 
 def test_the_boundary_between_the_short_and_long_forms() -> None:
@@ -79,9 +81,12 @@ def test_payloads_that_are_not_one_data_section_give_none() -> None:
         encode_body(b"abc")[:-1],  # truncated
         encode_body(b"abc") + b"\x00",  # trailing byte
         b"",
+        encode_body(b"abc")[:4],  # a header cut short: no size byte
+        encode_body(b"x" * 300)[:6],  # and no whole 4-byte size
     ]
     assert data_bodies(other) == [None] * len(other)
     assert _py_data_bodies(other) == [decode_body(p) for p in other] == [None] * len(other)
+    assert [data_body(p) for p in other] == [None] * len(other)
 
 
 def test_messages_decode_a_list_at_a_time_or_leave_it_to_the_caller() -> None:
