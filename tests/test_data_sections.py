@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from amqscale import codec
 from amqscale.codec import DecodeError
-from amqscale.core import Arrival, decode_messages
+from amqscale.core import DECODE_AHEAD, Arrival, decode_messages
 from amqscale.links import (
     _py_data_bodies,
     _py_encode_payloads,
@@ -119,6 +119,23 @@ def test_bulk_decoded_messages_are_left_to_the_collector() -> None:
 
 class _Sentinel:
     """Dies with the cycle it is put in."""
+
+
+def test_one_at_a_time_an_arrival_decodes_ahead_and_a_bad_payload_raises_alone() -> None:
+    payloads = [Message(id=i, body=b"x").encode() for i in range(DECODE_AHEAD + 8)]
+    payloads[DECODE_AHEAD + 3] = b"\x00Sw\xa1"  # truncated
+    arrival = Arrival(None, 0, payloads, None)  # type: ignore[arg-type]
+    assert arrival.message(0).id == 0
+    assert arrival.messages is not None
+    decoded_ahead = sum(m is not None for m in arrival.messages)
+    assert decoded_ahead == (DECODE_AHEAD if codec._ccodec is not None else 1)
+    for i in range(1, DECODE_AHEAD + 3):
+        assert arrival.message(i).id == i
+    with pytest.raises(DecodeError):
+        arrival.message(DECODE_AHEAD + 3)  # the bad one, and only it, raises
+    assert [arrival.message(i).id for i in range(DECODE_AHEAD + 4, DECODE_AHEAD + 8)] == [
+        DECODE_AHEAD + 4 + k for k in range(4)]
+    assert arrival.message(5) is arrival.message(5)  # decoded once, kept
 
 
 def test_an_arrival_decodes_in_bulk_once_and_a_bad_payload_raises_at_the_call() -> None:
