@@ -499,7 +499,8 @@ class _Linger:
     The hot path batches sends and settlements; a send batch goes as soon as its worker
     has caught up, settlements ride with the next batch or wait for this thread, so a
     message costs no wake-up of its own in either direction. It sleeps on an Event while
-    nothing is pending, so it costs nothing when idle and never spins beside the engines.
+    nothing is pending, so it costs nothing when idle and never spins beside the engines;
+    while busy it stays set, and passes every LINGER until one finds nothing to do.
     It holds the driver weakly: a Container dropped without close() can still be collected.
     """
 
@@ -541,8 +542,14 @@ def _linger_loop(driver_ref: weakref.ref[Driver], pending: threading.Event,
         if driver is None or linger.stopped():
             return
         try:
+            busy = bool(driver.core.dirty)  # a hint: read without the lock
             if not driver.linger_pass(timeout=0.05):
                 return
+            if busy:
+                # Partial batches now are likely again soon: stay set, so that marking
+                # the next one costs the hot path no Event.set() (a wake-up); a pass that
+                # finds nothing lets the thread sleep.
+                pending.set()
         except TimeoutError:  # a full ring: what did not fit goes with the next pass
             pending.set()
         except Exception:  # never die: the calls that wait see the state this left

@@ -97,6 +97,9 @@ data_body: Callable[[bytes], bytes | None] = (
     decode_body if _ccodec is None else _ccodec.data_body)
 
 
+_new_object = object.__new__
+
+
 def _settle_now(delivery: Delivery, command: p.Settle) -> None:
     """Settle one delivery with a detailed outcome at once (not batched)."""
     arrival = delivery._arrival
@@ -424,7 +427,12 @@ class Sender(SenderView):
             driver.take_events()
         elif not link.dirty:
             driver.mark_dirty(link)
-        return self._tracker(batch, index)
+        # Tracker(batch, index) without the __init__ call: less than half the cost. The
+        # tracker classes (Tracker, the asyncio face's) add no fields of their own.
+        tracker = _new_object(self._tracker)
+        tracker._batch = batch
+        tracker._index = index
+        return tracker
 
     def _send_parts(self, payload: bytes, timeout: float | None) -> Tracker:
         """A message too large for one record, in parts (see _ops.send_parts)."""
@@ -852,7 +860,9 @@ class Receiver(ReceiverView):
         link.consumed += 1
         if link.consumed * 2 >= link.credit:  # _taken, inlined: this runs once per message
             self._taken(link, 0)
-        delivery = Delivery(arrival, index)
+        delivery = _new_object(Delivery)  # Delivery(arrival, index), as Sender._add does
+        delivery._arrival = arrival
+        delivery._index = index
         if self.auto_accept:
             delivery.accept()
         return delivery
