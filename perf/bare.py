@@ -46,6 +46,7 @@ from peers import (
 )
 
 IO_SIZE = 64 * 1024  # one socket read or write at most, and one engine push
+DRAIN_FROM = 1024  # bodies of at least this many bytes: read until the socket is drained
 RECV_BUFFER = 1 << 16  # grown to the largest message seen
 IN_FLIGHT_BYTES = 64 << 20  # the sender's window, for large bodies: proton buffers them all
 ACCEPTED = lib.PN_ACCEPTED
@@ -68,8 +69,9 @@ def data_section(size: int) -> bytes:
 class Pump:
     """One connection's transport and socket: bytes in, events drained, bytes out."""
 
-    def __init__(self, sock: socket.socket, server: bool) -> None:
+    def __init__(self, sock: socket.socket, server: bool, drain_reads: bool) -> None:
         self.sock = sock
+        self.drain_reads = drain_reads
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport = lib.pn_transport()
@@ -88,8 +90,10 @@ class Pump:
         self.closed = False
 
     def read(self) -> None:
-        """Take what the socket has, until it has no more or the transport is full: one
-        read per wake-up would cost a wake-up per 64 KiB (16 messages of 4 KiB)."""
+        """Take what the socket has: with `drain_reads`, until it has no more or the
+        transport is full, else one read a wake-up. Measured side by side (3 runs each,
+        interleaved): draining doubles the rate at 4 KiB, where one read of 64 KiB holds
+        the pair to 16 messages a wake-up, and halves it at 100 B. DRAIN_FROM picks."""
         transport = self.transport
         while True:
             capacity = lib.pn_transport_capacity(transport)
@@ -109,8 +113,8 @@ class Pump:
                 self.closed = True
                 return
             lib.pn_transport_push(transport, self.in_c, n)
-            if n < min(capacity, IO_SIZE):
-                return  # the socket is drained
+            if n < min(capacity, IO_SIZE) or not self.drain_reads:
+                return  # the socket is drained, or one read is the better choice
 
     def write(self) -> bool:
         """Write what the transport has until the socket is full; True if some is left."""
@@ -180,7 +184,8 @@ def run_sender(cfg: Config) -> Report:
     report = Report(cfg.role)
     me = psutil.Process()
     host, port = host_port(cfg.url)
-    pump = Pump(socket.create_connection((host, port), timeout=10), server=False)
+    pump = Pump(socket.create_connection((host, port), timeout=10), server=False,
+                drain_reads=cfg.size >= DRAIN_FROM)
     conn = pump.connection
     lib.pn_connection_set_container(conn, b"perf-bare-sender")
     lib.pn_connection_set_hostname(conn, host.encode())
@@ -297,7 +302,7 @@ def run_receiver(cfg: Config) -> Report:
     listener.settimeout(60)
     sock, _ = listener.accept()
     listener.close()
-    pump = Pump(sock, server=True)
+    pump = Pump(sock, server=True, drain_reads=cfg.size >= DRAIN_FROM)
 
     tally = Tally(cfg.count, cfg.rate > 0)
     paced = cfg.rate > 0
