@@ -1060,7 +1060,11 @@ def chart(document: dict[str, Any], path: Path) -> bool:
         ax.set_yticks(range(len(labels)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
-    kind = "quick smoke run" if document["settings"]["quick"] else "full run"
+    # The run's size, not "full": a run of chosen cases (--cases) must not read as the whole.
+    groups = document["settings"]["groups"]
+    kind = ("quick smoke run" if document["settings"]["quick"] else
+            f"{len(document['cases'])} cases" + (f": {', '.join(groups)}" if len(groups) < 10
+                                                   else ""))
     host = document.get("host", {})
     fig.suptitle(f"amqscale perf/compare.py, {document['started']} ({kind}), "
                  f"commit {host.get('git', '?')}, {host.get('cpus', '?')} cpus")
