@@ -388,6 +388,17 @@ class Task(_Task):
         self.container = container
 
 
+class _CloseAnyway:
+    """The timer of a closing connection that waited for its pre-settled messages to be
+    written: at CLOSE_TIMEOUT it closes with what the peer never gave credit for."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def on_timer_task(self, event: Any) -> None:
+        self.connection._close_now()
+
+
 # ---- link options ---------------------------------------------------------------------------
 
 
@@ -695,6 +706,8 @@ class Connection:
         self._inbound: InboundConnection | None = None  # a peer's, to our listener
         self._open_settings: dict[str, Any] = {}  # what our open to an inbound peer carries
         self._open_answered = False
+        # Closing, it waits (until this timer) for pre-settled messages not yet written.
+        self._close_timer: Task | None = None
 
     offered_capabilities = _OpenSetting(_symbol_list)
     desired_capabilities = _OpenSetting(_symbol_list)
@@ -799,10 +812,32 @@ class Connection:
             return
         with driver.lock:
             driver.core.hand_over_dirty()
+            if self._unwritten_presettled() and not (
+                    self._close_timer is not None and self._close_timer.fired):
+                # A proton handler that sends while `credit` lasts and then closes has its
+                # messages written first; here `credit` is the window, which may run ahead
+                # of the peer's credit: wait for the worker to write them, boundedly.
+                if self._close_timer is None:
+                    self._close_timer = self.container.schedule(
+                        _links.CLOSE_TIMEOUT, _CloseAnyway(self))
+                return
+            if self._close_timer is not None:
+                self._close_timer.cancel()
             if inbound is not None:
                 driver.core.close_inbound(inbound)
             elif state is not None:
                 driver.core.close_connection(state)
+
+    def _unwritten_presettled(self) -> bool:
+        """Has a pre-settled sender of this connection messages its worker has not yet
+        written (they wait for the peer's credit)?"""
+        return any(type(link) is Sender and link._state.presettled
+                   and not link._state.all_settled() for link in self._links)
+
+    def _written(self) -> None:
+        """Outcomes came for a sender of this connection: close it if it waits for them."""
+        if self._close_timer is not None and not self._unwritten_presettled():
+            self._close_now()
 
     def _finished(self) -> bool:
         state = self._state
@@ -1768,6 +1803,7 @@ class Container:
                             "settled", self, link=sender, delivery=tracker))
             if sender._detach_when_settled and sender._state.all_settled():
                 sender._close_now()
+            sender.connection._written()
             self._sendable[sender] = None
         elif kind is p.LinkOpened:
             self._link_opened(sender)

@@ -547,6 +547,54 @@ def test_at_most_once_sends_pre_settled() -> None:
     assert handler.outcomes == 0
 
 
+class _SendAllThenClose(MessagingHandler):
+    """proton's way to send pre-settled: send while `credit` lasts, then close at once."""
+
+    def __init__(self, url: str, count: int) -> None:
+        super().__init__()
+        self.url, self.count, self.sent = url, count, 0
+        self.closed = False
+
+    def on_start(self, event: Any) -> None:
+        event.container.create_sender(self.url + "/amo", options=AtMostOnce())
+
+    def on_sendable(self, event: Any) -> None:
+        while event.sender.credit and self.sent < self.count:
+            event.sender.send(Message(body=self.sent))
+            self.sent += 1
+        if self.sent == self.count and not self.closed:
+            self.closed = True
+            event.connection.close()
+
+
+def test_at_most_once_then_close_writes_every_message_first() -> None:
+    """The window (`credit` here) runs ahead of a peer granting 10 at a time: the close
+    waits until the worker wrote them all, as proton's would have."""
+    import amqscale
+
+    with amqscale.Container(workers=1) as server:
+        listener = server.listen("amqp://127.0.0.1:0", credit=10)
+        handler = _SendAllThenClose(listener.url, 300)
+        sending = threading.Thread(target=Container(handler, workers=1).run)
+        sending.start()
+        bodies = [listener.receiver.receive(timeout=30).body for _ in range(300)]
+        sending.join(30)
+        assert not sending.is_alive()
+    assert handler.sent == 300
+    assert bodies == list(range(300))
+
+
+def test_at_most_once_close_gives_up_on_credit_that_never_comes() -> None:
+    """A peer that grants 10 and no more: the close waits CLOSE_TIMEOUT, then closes with
+    the rest unsent (at most once), and run() returns."""
+    with Sink(credit=10) as sink:
+        handler = _SendAllThenClose(sink.url, 50)
+        Container(handler, workers=1).run()
+        wait_for(lambda: len(sink.messages) == 10, 10, "the 10 the peer had credit for")
+    assert handler.sent == 50
+    assert [m.body for m in sink.messages] == list(range(10))
+
+
 def test_a_proton_sink_sees_what_a_sharded_sender_sends() -> None:
     class Send(MessagingHandler):
         def __init__(self, url: str) -> None:
