@@ -823,6 +823,7 @@ class Connection:
                 return
             if self._close_timer is not None:
                 self._close_timer.cancel()
+                self._close_timer = None  # closed: later outcomes close nothing again
             if inbound is not None:
                 driver.core.close_inbound(inbound)
             elif state is not None:
