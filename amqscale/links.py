@@ -854,7 +854,7 @@ class Receiver(ReceiverView):
         """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""
         state = self._state
         if not state.buffer:
-            _ops.run(self._driver, _ops.buffered(state), timeout)
+            self._await_buffer(timeout)
         arrival, index = state.take()
         link = arrival.link
         link.consumed += 1
