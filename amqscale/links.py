@@ -17,15 +17,17 @@ The batch face (`send_many`, `receive_many`) keeps no object per message: `Track
 from __future__ import annotations
 
 import bisect
+import importlib
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar, overload
 
 from . import _ops, codec
-from ._driver import Driver
+from ._driver import AWAKE_BATCH, Driver
 from .core import (
     ACCEPTED,
     SEND_BATCH,
+    SETTLE_BATCH,
     Arrival,
     Batch,
     ReceiverLink,
@@ -33,6 +35,7 @@ from .core import (
     Result,
     SenderLink,
     SenderState,
+    WorkerSlot,
 )
 from .errors import HandlerFailed, LinkDetached, MessageTooLarge
 from .message import Message
@@ -374,6 +377,10 @@ class Sender(SenderView):
         self.address = state.address
         self.presettled = state.presettled
         self._fragment = driver.core.fragment
+        if _clinks is not None and type(self).send is Sender.send:
+            # send(message, timeout=None) with its common case in C; this class's send()
+            # for the rest (the reference).
+            self.send = _clinks.Send(state, driver, tracker, self.send)  # type: ignore[method-assign]
 
     def send(self, message: Message | bytes | bytearray | memoryview,
              timeout: float | None = None) -> Tracker:
@@ -694,6 +701,8 @@ class Delivery:
         return self.message.body if body is None else body
 
     def accept(self) -> None:
+        """Accept the delivery (batched with others: the settlement goes with the next
+        batch, a credit grant, or the linger pass)."""
         self._dispose(p.ACCEPTED, None)
 
     def reject(self, condition: str = "amqp:internal-error", description: str = "") -> None:
@@ -849,6 +858,9 @@ class Receiver(ReceiverView):
         self._driver = driver
         self._owner = owner  # its Connection or Listener: the Container lives as long
         state.waiter = driver
+        if _clinks is not None and type(self).receive is Receiver.receive:
+            # receive(timeout=None) with its common case in C, as Sender.send.
+            self.receive = _clinks.Receive(self, state, self.receive)  # type: ignore[method-assign]
 
     def receive(self, timeout: float | None = None) -> Delivery:
         """The next delivery; raises TimeoutError after `timeout` s, LinkDetached on failure."""
@@ -1072,3 +1084,34 @@ class HandlerReceiver(HandlerReceiverView):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _load_clinks() -> Any:
+    """``amqscale._clinks``, handed this module's classes, or None for pure Python: as
+    the codec's C fast path (off with ``AMQSCALE_PURE_PYTHON``, or not built), and when
+    the extension does not fit these classes."""
+    if _ccodec is None:
+        return None
+    try:
+        clinks = importlib.import_module("amqscale._clinks")  # by name, as codec.py does
+        clinks.setup({
+            "SenderState": SenderState, "SenderLink": SenderLink, "Batch": Batch,
+            "WorkerSlot": WorkerSlot, "Tracker": Tracker, "ReceiverState": ReceiverState,
+            "Arrival": Arrival, "ReceiverLink": ReceiverLink, "Delivery": Delivery,
+            "SEND_BATCH": SEND_BATCH, "AWAKE_BATCH": AWAKE_BATCH,
+            "SETTLE_BATCH": SETTLE_BATCH, "WAKE_INTERVAL": p.WAKE_INTERVAL,
+            "ACCEPTED": p.ACCEPTED, "accept_python": Delivery.accept,
+            "body_python": vars(Delivery)["body"].fget, "data_body": data_body,
+        })
+    except Exception:  # ImportError, or a setup() that does not recognise the classes
+        return None
+    return clinks
+
+
+# Sender.send, Receiver.receive (per instance, in __init__), Delivery.accept and
+# Delivery.body: their common case in C, the Python above for the rest.
+_clinks = _load_clinks()
+if _clinks is not None:
+    Delivery.accept = _clinks.accept_method(Delivery)  # type: ignore[method-assign]
+    Delivery.body = property(_clinks.delivery_body,  # type: ignore[method-assign,assignment]
+                             doc=Delivery.body.__doc__)
