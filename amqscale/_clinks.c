@@ -1,5 +1,5 @@
-/* The blocking face's once-a-message calls in C: Sender.send(bytes), Receiver.receive(),
- * Delivery.accept() and Delivery.body.
+/* The blocking face's once-a-message calls in C: Sender.send(), Receiver.receive(),
+ * Delivery.accept(), Delivery.body and Delivery.message.
  *
  * Sent and received one at a time, a message costs its sender and its receiver a dozen
  * Python-level steps each (the call, the link, the lock, the batch, the Tracker; the take,
@@ -12,9 +12,11 @@
  *
  * links.py's Python is the reference and the slow path. Each call here either does the
  * whole of the common case, or changes nothing and calls the Python method with the same
- * arguments: a message that opens a new batch or completes one (a hand-over), a delivery
- * that ends its arrival or makes credit due, a settlement that fills its batch, any failure,
- * anything not bytes. AMQSCALE_PURE_PYTHON=1 runs the Python alone.
+ * arguments: a message that opens a new batch or completes one (a hand-over), goes in
+ * parts or must wait for room, a delivery that ends its arrival or makes credit due, a
+ * settlement that fills its batch, any failure. A short bytes body is encoded here, a
+ * Message by the codec's C encoder, anything else by the Python. AMQSCALE_PURE_PYTHON=1
+ * runs the Python alone.
  *
  * Called with the GIL held. The driver's lock is taken as the Python code takes it.
  */
@@ -32,7 +34,10 @@
 
 /* ---- layouts: the classes and the offsets of the slots used here -------------------- */
 
-static struct { PyTypeObject *type; Py_ssize_t closed, links, current, window; } SenderState;
+static struct {
+    PyTypeObject *type;
+    Py_ssize_t closed, links, current, window, max_message_size;
+} SenderState;
 static struct {
     PyTypeObject *type;
     Py_ssize_t failure, unsettled, remote_max, open, slot, next_seq, dirty;
@@ -43,7 +48,7 @@ static struct { PyTypeObject *type; Py_ssize_t batch, index; } Tracker;
 static struct { PyTypeObject *type; Py_ssize_t buffer, position, waiter; } ReceiverState;
 static struct {
     PyTypeObject *type;
-    Py_ssize_t link, first_id, payloads, settled, generation;
+    Py_ssize_t link, first_id, payloads, settled, generation, messages;
 } Arrival;
 static struct {
     PyTypeObject *type;
@@ -55,9 +60,12 @@ static struct { PyTypeObject *type; Py_ssize_t arrival, index; } Delivery;
 static Py_ssize_t SEND_BATCH, AWAKE_BATCH, SETTLE_BATCH;
 static double WAKE_INTERVAL;
 static PyObject *ACCEPTED;            /* the accepted state's code, an int */
-static PyObject *accept_python;       /* Delivery._accept_python(delivery) */
-static PyObject *body_python;         /* Delivery._body_python(delivery) */
+static PyObject *accept_python;       /* the Python Delivery.accept */
+static PyObject *body_python;         /* Delivery.body's Python getter */
+static PyObject *message_python;      /* Delivery.message's Python getter */
 static PyObject *data_body;           /* _ccodec.data_body(payload) -> bytes | None */
+static PyObject *encode_message;      /* _ccodec.encode_message(message) -> bytes | None */
+static PyTypeObject *Message;
 static int ready = 0;
 
 static PyObject *S_lock, *S_acquire, *S_release, *S_mark_dirty, *S_outbound,
@@ -133,6 +141,7 @@ py_setup(PyObject *module, PyObject *config)
     TYPE(SenderState, "SenderState");
     OFF(SenderState, closed, "closed"); OFF(SenderState, links, "links");
     OFF(SenderState, current, "current"); OFF(SenderState, window, "window");
+    OFF(SenderState, max_message_size, "max_message_size");
     TYPE(SenderLink, "SenderLink");
     OFF(SenderLink, failure, "failure"); OFF(SenderLink, unsettled, "unsettled");
     OFF(SenderLink, remote_max, "remote_max"); OFF(SenderLink, open, "open");
@@ -150,7 +159,7 @@ py_setup(PyObject *module, PyObject *config)
     TYPE(Arrival, "Arrival");
     OFF(Arrival, link, "link"); OFF(Arrival, first_id, "first_id");
     OFF(Arrival, payloads, "payloads"); OFF(Arrival, settled, "settled");
-    OFF(Arrival, generation, "generation");
+    OFF(Arrival, generation, "generation"); OFF(Arrival, messages, "messages");
     TYPE(ReceiverLink, "ReceiverLink");
     OFF(ReceiverLink, consumed, "consumed"); OFF(ReceiverLink, credit, "credit");
     OFF(ReceiverLink, settling, "settling"); OFF(ReceiverLink, failure, "failure");
@@ -171,7 +180,10 @@ py_setup(PyObject *module, PyObject *config)
     if ((ACCEPTED = config_object(config, "ACCEPTED")) == NULL ||
         (accept_python = config_object(config, "accept_python")) == NULL ||
         (body_python = config_object(config, "body_python")) == NULL ||
-        (data_body = config_object(config, "data_body")) == NULL)
+        (message_python = config_object(config, "message_python")) == NULL ||
+        (data_body = config_object(config, "data_body")) == NULL ||
+        (encode_message = config_object(config, "encode_message")) == NULL ||
+        (Message = config_type(config, "Message")) == NULL)
         return NULL;
     ready = 1;
     Py_RETURN_NONE;
@@ -271,6 +283,9 @@ typedef struct {
     PyObject *release;
     PyTypeObject *tracker;
     PyObject *fallback;   /* the Python send(message, timeout=None) */
+    PyObject *encode;     /* its _encode(message) -> payload */
+    PyObject *send_payload; /* its _send_payload(payload, timeout) */
+    Py_ssize_t fragment;  /* larger payloads cross in parts */
 } SendObject;
 
 /* Driver.wants_work(slot, size), in C: should the batch go to the worker now? 1 yes, 0 no,
@@ -336,7 +351,7 @@ send_link(PyObject *state, Py_ssize_t payload_size)
 /* Under the lock: add `body` to `link`'s open batch unless that would hand it over.
    Returns the batch (borrowed) and its index, NULL with no exception if not added. */
 static PyObject *
-add_to_open_batch(PyObject *driver, PyObject *link, PyObject *body, Py_ssize_t *index)
+add_to_open_batch(PyObject *driver, PyObject *link, PyObject *payload, Py_ssize_t *index)
 {
     PyObject *batch = SLOT(link, SenderLink.open);
     if (batch == NULL || !Py_IS_TYPE(batch, Batch.type))
@@ -352,16 +367,7 @@ add_to_open_batch(PyObject *driver, PyObject *link, PyObject *body, Py_ssize_t *
     int hand_over = wants_work(driver, slot_index, size + 1);
     if (hand_over != 0)
         return NULL;  /* the Python code hands it over (or raises what failed here) */
-    Py_ssize_t n = PyBytes_GET_SIZE(body);
-    PyObject *payload = PyBytes_FromStringAndSize(NULL, 5 + n);
-    if (payload == NULL)
-        return NULL;
-    char *d = PyBytes_AS_STRING(payload);
-    d[0] = 0x00; d[1] = 0x53; d[2] = 0x75; d[3] = (char)0xa0; d[4] = (char)n;
-    memcpy(d + 5, PyBytes_AS_STRING(body), n);
-    int failed = PyList_Append(payloads, payload);
-    Py_DECREF(payload);
-    if (failed || set_int_slot(batch, Batch.size, size + 1) < 0 ||
+    if (PyList_Append(payloads, payload) < 0 || set_int_slot(batch, Batch.size, size + 1) < 0 ||
         set_slot(batch, Batch.pending, SLOT(batch, Batch.size)) < 0 ||
         set_int_slot(link, SenderLink.next_seq, next_seq + 1) < 0 ||
         set_int_slot(link, SenderLink.unsettled, unsettled + 1) < 0)
@@ -370,62 +376,105 @@ add_to_open_batch(PyObject *driver, PyObject *link, PyObject *body, Py_ssize_t *
     return batch;
 }
 
+/* A bytes body of less than 256 bytes as one data section (links.py's _DATA8_PREFIXES). */
 static PyObject *
-send_fallback(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+short_data_section(PyObject *body)
 {
-    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, 5 + n);
+    if (payload == NULL)
+        return NULL;
+    char *d = PyBytes_AS_STRING(payload);
+    d[0] = 0x00; d[1] = 0x53; d[2] = 0x75; d[3] = (char)0xa0; d[4] = (char)n;
+    memcpy(d + 5, PyBytes_AS_STRING(body), n);
+    return payload;
 }
 
+/* The message encoded as Sender.send encodes it (raising what its _encode raises). */
 static PyObject *
-send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+encoded(SendObject *self, PyObject *message)
 {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    /* send(message) or send(message, timeout): the timeout only matters when it waits,
-       which the common case does not. */
-    if (!ready || nargs < 1 || nargs > 2 || kwnames != NULL)
-        return send_fallback(self, args, nargsf, kwnames);
-    PyObject *body = args[0];
-    if (!PyBytes_CheckExact(body) || PyBytes_GET_SIZE(body) >= 256)
-        return send_fallback(self, args, nargsf, kwnames);
-    PyObject *link = send_link(self->state, 5 + PyBytes_GET_SIZE(body));
+    PyObject *state = self->state;
+    int open = SLOT(state, SenderState.closed) == Py_False;
+    if (open && PyBytes_CheckExact(message) && PyBytes_GET_SIZE(message) < 256)
+        return short_data_section(message);
+    if (open && Py_IS_TYPE(message, Message) &&
+        int_slot(state, SenderState.max_message_size) == 0) {
+        PyObject *payload = PyObject_CallOneArg(encode_message, message);
+        if (payload == NULL || PyBytes_CheckExact(payload))
+            return payload;
+        Py_DECREF(payload);  /* None: not handled in C */
+    }
+    return PyObject_CallOneArg(self->encode, message);
+}
+
+/* Take `payload` if that is the common case: its Tracker, or NULL with no exception (then
+   nothing changed). */
+static PyObject *
+take_payload(SendObject *self, PyObject *payload)
+{
+    if (PyBytes_GET_SIZE(payload) > self->fragment)
+        return NULL;
+    PyObject *link = send_link(self->state, PyBytes_GET_SIZE(payload));
     if (link == NULL)
-        return send_fallback(self, args, nargsf, kwnames);
+        return NULL;
     Py_INCREF(link);
     if (call0(self->acquire) < 0) {
         Py_DECREF(link);
         return NULL;
     }
     Py_ssize_t index = 0;
-    PyObject *batch = add_to_open_batch(self->driver, link, body, &index);
+    PyObject *batch = add_to_open_batch(self->driver, link, payload, &index);
     Py_XINCREF(batch);
-    if (call0_keeping_error(self->release) < 0) {
-        Py_XDECREF(batch);
-        Py_DECREF(link);
-        return NULL;
-    }
-    if (batch == NULL) {
-        Py_DECREF(link);
-        return send_fallback(self, args, nargsf, kwnames);
-    }
     PyObject *tracker = NULL;
-    if (SLOT(link, SenderLink.dirty) == Py_True || mark_dirty(self->driver, link) == 0) {
+    if (call0_keeping_error(self->release) == 0 && batch != NULL &&
+        (SLOT(link, SenderLink.dirty) == Py_True || mark_dirty(self->driver, link) == 0)) {
         tracker = new_object(self->tracker);
         if (tracker != NULL && (set_slot(tracker, Tracker.batch, batch) < 0 ||
                                 set_int_slot(tracker, Tracker.index, index) < 0))
             Py_CLEAR(tracker);
     }
-    Py_DECREF(batch);
+    Py_XDECREF(batch);
     Py_DECREF(link);
+    return tracker;
+}
+
+static PyObject *
+send_vectorcall(SendObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *timeout = Py_None;
+    if (nargs == 2 && kwnames == NULL)
+        timeout = args[1];
+    else if (nargs == 1 && kwnames != NULL && PyTuple_GET_SIZE(kwnames) == 1 &&
+             PyUnicode_Compare(PyTuple_GET_ITEM(kwnames, 0), S_timeout) == 0)
+        timeout = args[1];
+    else if (nargs != 1 || kwnames != NULL || !ready)
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    PyObject *payload = encoded(self, args[0]);
+    if (payload == NULL)
+        return NULL;
+    if (!PyBytes_CheckExact(payload)) {
+        Py_DECREF(payload);
+        return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    }
+    PyObject *tracker = take_payload(self, payload);
+    if (tracker == NULL && !PyErr_Occurred())
+        tracker = PyObject_CallFunctionObjArgs(self->send_payload, payload, timeout, NULL);
+    Py_DECREF(payload);
     return tracker;
 }
 
 static PyObject *
 send_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *state, *driver, *tracker, *fallback;
-    static char *names[] = {"state", "driver", "tracker", "fallback", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!O:Send", names, &state, &driver,
-                                     &PyType_Type, &tracker, &fallback))
+    PyObject *state, *driver, *tracker, *fallback, *encode, *send_payload;
+    Py_ssize_t fragment;
+    static char *names[] = {"state", "driver", "tracker", "fallback", "encode",
+                            "send_payload", "fragment", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO!OOOn:Send", names, &state, &driver,
+                                     &PyType_Type, &tracker, &fallback, &encode,
+                                     &send_payload, &fragment))
         return NULL;
     if (!ready || !PyType_IsSubtype((PyTypeObject *)tracker, Tracker.type)) {
         PyErr_SetString(PyExc_TypeError, "Send: setup() first, and a Tracker class");
@@ -454,6 +503,9 @@ send_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->release = release;
     self->tracker = (PyTypeObject *)Py_NewRef(tracker);
     self->fallback = Py_NewRef(fallback);
+    self->encode = Py_NewRef(encode);
+    self->send_payload = Py_NewRef(send_payload);
+    self->fragment = fragment;
     return (PyObject *)self;
 }
 
@@ -466,6 +518,8 @@ send_traverse(SendObject *self, visitproc visit, void *arg)
     Py_VISIT(self->release);
     Py_VISIT(self->tracker);
     Py_VISIT(self->fallback);
+    Py_VISIT(self->encode);
+    Py_VISIT(self->send_payload);
     return 0;
 }
 
@@ -478,6 +532,8 @@ send_clear(SendObject *self)
     Py_CLEAR(self->release);
     Py_CLEAR(self->tracker);
     Py_CLEAR(self->fallback);
+    Py_CLEAR(self->encode);
+    Py_CLEAR(self->send_payload);
     return 0;
 }
 
@@ -494,8 +550,9 @@ static PyTypeObject SendType = {
     .tp_name = "amqscale._clinks.Send",
     .tp_basicsize = sizeof(SendObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "Send(state, driver, tracker, fallback): a Sender's send(message, timeout=None)"
-              " with its common case in C; `fallback` (the Python send) does the rest.",
+    .tp_doc = "Send(state, driver, tracker, fallback, encode, send_payload, fragment): a"
+              " Sender's send(message, timeout=None) with its common case in C; its Python"
+              " _encode and _send_payload do the rest, its send() any other arguments.",
     .tp_new = send_new,
     .tp_call = PyVectorcall_Call,
     .tp_vectorcall_offset = offsetof(SendObject, vectorcall),
@@ -606,6 +663,21 @@ delivery_body(PyObject *module, PyObject *delivery)
         }
     }
     return PyObject_CallOneArg(body_python, delivery);
+}
+
+static PyObject *
+delivery_message(PyObject *module, PyObject *delivery)
+{
+    if (ready && PyObject_TypeCheck(delivery, Delivery.type)) {
+        PyObject *arrival = SLOT(delivery, Delivery.arrival);
+        Py_ssize_t index = int_slot(delivery, Delivery.index);
+        PyObject *messages = arrival != NULL && Py_IS_TYPE(arrival, Arrival.type)
+                                 ? SLOT(arrival, Arrival.messages) : NULL;
+        if (messages != NULL && PyList_CheckExact(messages) && index >= 0 &&
+            index < PyList_GET_SIZE(messages) && PyList_GET_ITEM(messages, index) != Py_None)
+            return Py_NewRef(PyList_GET_ITEM(messages, index));  /* decoded already */
+    }
+    return PyObject_CallOneArg(message_python, delivery);
 }
 
 /* ---- Receive: Receiver.receive() ------------------------------------------------------ */
@@ -775,6 +847,8 @@ static PyMethodDef methods[] = {
      "accept_method(cls) -> the method descriptor of Delivery.accept in C."},
     {"delivery_body", delivery_body, METH_O,
      "delivery_body(delivery) -> its body (Delivery.body's getter)."},
+    {"delivery_message", delivery_message, METH_O,
+     "delivery_message(delivery) -> its Message (Delivery.message's getter)."},
     {NULL, NULL, 0, NULL},
 };
 

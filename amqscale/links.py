@@ -380,7 +380,9 @@ class Sender(SenderView):
         if _clinks is not None and type(self).send is Sender.send:
             # send(message, timeout=None) with its common case in C; this class's send()
             # for the rest (the reference).
-            self.send = _clinks.Send(state, driver, tracker, self.send)  # type: ignore[method-assign]
+            self.send = _clinks.Send(  # type: ignore[method-assign]
+                state, driver, tracker, self.send, self._encode, self._send_payload,
+                self._fragment)
 
     def send(self, message: Message | bytes | bytearray | memoryview,
              timeout: float | None = None) -> Tracker:
@@ -392,13 +394,17 @@ class Sender(SenderView):
         message larger than a ring record is handed over in parts: once its first part
         is, send() waits for the ring until the last one is (or the worker dies).
         """
-        state = self._state
-        if type(message) is bytes and len(message) < 256 and not state.closed:
+        if type(message) is bytes and len(message) < 256 and not self._state.closed:
             payload = _DATA8_PREFIXES[len(message)] + message  # the common case, inline
         else:
             payload = self._encode(message)
-            if len(payload) > self._fragment:
-                return self._send_parts(payload, timeout)
+        return self._send_payload(payload, timeout)
+
+    def _send_payload(self, payload: bytes, timeout: float | None) -> Tracker:
+        """send() once the message is encoded."""
+        if len(payload) > self._fragment:
+            return self._send_parts(payload, timeout)
+        state = self._state
         link = state.links[state.current]
         if link.failure is not None or link.unsettled >= state.window:
             link = self._pick_link(timeout)
@@ -1102,16 +1108,20 @@ def _load_clinks() -> Any:
             "SETTLE_BATCH": SETTLE_BATCH, "WAKE_INTERVAL": p.WAKE_INTERVAL,
             "ACCEPTED": p.ACCEPTED, "accept_python": Delivery.accept,
             "body_python": vars(Delivery)["body"].fget, "data_body": data_body,
+            "message_python": vars(Delivery)["message"].fget, "Message": Message,
+            "encode_message": _ccodec.encode_message,
         })
     except Exception:  # ImportError, or a setup() that does not recognise the classes
         return None
     return clinks
 
 
-# Sender.send, Receiver.receive (per instance, in __init__), Delivery.accept and
-# Delivery.body: their common case in C, the Python above for the rest.
+# Sender.send, Receiver.receive (per instance, in __init__), Delivery.accept, .body and
+# .message: their common case in C, the Python above for the rest.
 _clinks = _load_clinks()
 if _clinks is not None:
     Delivery.accept = _clinks.accept_method(Delivery)  # type: ignore[method-assign]
     Delivery.body = property(_clinks.delivery_body,  # type: ignore[method-assign,assignment]
                              doc=Delivery.body.__doc__)
+    Delivery.message = property(_clinks.delivery_message,  # type: ignore[method-assign,assignment]
+                                doc=Delivery.message.__doc__)

@@ -23,6 +23,7 @@ import pytest
 
 from amqscale import links
 from amqscale._driver import AWAKE_BATCH
+from amqscale.codec import DecodeError
 from amqscale.core import (
     SEND_BATCH,
     SETTLE_BATCH,
@@ -85,51 +86,73 @@ class Fallback:
 # ---- Sender.send --------------------------------------------------------------------
 
 
-def _sender(window: int = 1000) -> tuple[SenderState, SenderLink]:
-    state = SenderState("q", window, False, 0)
-    link = SenderLink(0, WorkerSlot(0), state)
-    state.links = [link]
-    return state, link
+class Encode(Fallback):
+    """Sender._encode's stand-in: encodes as it does, records what it was given."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append((args, kwargs))
+        (message,) = args
+        return message.encode() if isinstance(message, Message) else links.encode_body(message)
 
 
-def _send_state(link: SenderLink) -> tuple[Any, ...]:
-    batch = link.open
-    return (link.next_seq, link.unsettled, link.dirty,
-            None if batch is None else (batch.size, batch.pending, list(batch.payloads or [])))
+class SendUnderTest:
+    def __init__(self, window: int = 1000, tracker: type = links.Tracker,
+                 reader: int = BEHIND) -> None:
+        self.state = SenderState("q", window, False, 0)
+        self.link = SenderLink(0, WorkerSlot(0), self.state)
+        self.state.links = [self.link]
+        self.driver = ScriptedDriver(reader)
+        self.fallback, self.encode, self.send_payload = Fallback(), Encode(), Fallback()
+        self.send = clinks.Send(self.state, self.driver, tracker, self.fallback, self.encode,
+                                self.send_payload, 1000)
+
+    def snapshot(self) -> tuple[Any, ...]:
+        link, batch = self.link, self.link.open
+        return (link.next_seq, link.unsettled, link.dirty,
+                None if batch is None else (batch.size, batch.pending, list(batch.payloads or [])))
 
 
 def test_a_message_joins_the_open_batch_as_link_add_would() -> None:
-    state, link = _sender()
-    twin_state, twin = _sender()
-    driver = ScriptedDriver()
-    send = clinks.Send(state, driver, links.Tracker, Fallback())
-    bodies = [bytes([i]) * (i * 2) for i in range(1, 40)]
-    link.add(links.encode_body(b"first"))  # the batch a first message opens
-    twin.add(links.encode_body(b"first"))
-    trackers = [send(body) for body in bodies]
-    for body in bodies:
-        twin.add(links.encode_body(body))
-    assert _send_state(link)[:2] == _send_state(twin)[:2]
-    assert _send_state(link)[3] == _send_state(twin)[3]
-    assert [t.seq for t in trackers] == list(range(1, 40))
-    assert all(type(t) is links.Tracker and t._batch is link.open for t in trackers)
-    assert driver.marked == [link]  # once: then the link is dirty
+    c = SendUnderTest()
+    twin = SendUnderTest()
+    messages: list[Any] = [bytes([i]) * (i * 2) for i in range(1, 30)]
+    messages += [Message(id=7, body=b"m", properties={"a": 1}), bytearray(b"ba"), b"x" * 300]
+    c.link.add(links.encode_body(b"first"))  # the batch a first message opens
+    twin.link.add(links.encode_body(b"first"))
+    trackers = [c.send(m) for m in messages]
+    for m in messages:
+        twin.link.add(m.encode() if isinstance(m, Message) else links.encode_body(m))
+    assert c.snapshot()[:2] == twin.snapshot()[:2] and c.snapshot()[3] == twin.snapshot()[3]
+    assert [t.seq for t in trackers] == list(range(1, len(messages) + 1))
+    assert all(type(t) is links.Tracker and t._batch is c.link.open for t in trackers)
+    assert c.driver.marked == [c.link]  # once: then the link is dirty
+    # Short bytes and Messages are encoded in C, the rest by the Python.
+    assert [args[0] for args, _ in c.encode.calls] == messages[-2:]
+    assert c.fallback.calls == [] and c.send_payload.calls == []
 
 
 def test_an_awaitable_tracker_class_is_made_as_given() -> None:
     from amqscale.aio import Tracker as AioTracker
 
-    state, link = _sender()
-    send = clinks.Send(state, ScriptedDriver(), AioTracker, Fallback())
-    link.add(b"x")
-    assert type(send(b"y")) is AioTracker
+    c = SendUnderTest(tracker=AioTracker)
+    c.link.add(b"x")
+    assert type(c.send(b"y")) is AioTracker
     with pytest.raises(TypeError, match="Tracker"):
-        clinks.Send(state, ScriptedDriver(), dict, Fallback())
+        SendUnderTest(tracker=dict)
 
 
-def _not_the_common_case(case: str, state: SenderState, link: SenderLink,
-                         driver: ScriptedDriver) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def test_a_message_the_python_encodes_when_a_max_message_size_is_set() -> None:
+    c = SendUnderTest()
+    c.state.max_message_size = 10_000
+    c.link.add(b"x")
+    message = Message(body=b"m")
+    c.send(message)
+    assert c.encode.calls == [((message,), {})]
+
+
+def _not_the_common_case(case: str, c: SendUnderTest) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Set up `case`; the arguments send() is called with."""
+    link, state, driver = c.link, c.state, c.driver
     link.add(b"opening")
     if case == "no open batch":
         link.open = None
@@ -150,10 +173,7 @@ def _not_the_common_case(case: str, state: SenderState, link: SenderLink,
         driver._outbound[0].reader = PARKED
         driver._handed_over_at[0] = time.monotonic() - 1.0
     return {
-        "bytearray": ((bytearray(b"abc"),), {}),
-        "Message": ((Message(body=b"abc"),), {}),
-        "256 bytes": ((b"x" * 256,), {}),
-        "timeout by keyword": ((b"abc",), {"timeout": 1.0}),
+        "in parts": ((b"x" * 2000,), {}),
         "peer's max-message-size": ((b"x" * 20,), {}),
     }.get(case, ((b"abc",), {}))
 
@@ -161,42 +181,65 @@ def _not_the_common_case(case: str, state: SenderState, link: SenderLink,
 @pytest.mark.parametrize("case", [
     "no open batch", "closed", "failed link", "window full", "peer's max-message-size",
     "batch full", "worker caught up, batch large enough", "worker parked, interval passed",
-    "bytearray", "Message", "256 bytes", "timeout by keyword"])
-def test_anything_else_goes_to_the_python_send_with_nothing_changed(case: str) -> None:
-    state, link = _sender()
-    driver = ScriptedDriver()
-    fallback = Fallback()
-    send = clinks.Send(state, driver, links.Tracker, fallback)
-    args, kwargs = _not_the_common_case(case, state, link, driver)
-    before = _send_state(link)
-    assert send(*args, **kwargs) == "python"
-    assert fallback.calls == [(args, kwargs)]
-    assert _send_state(link) == before
-    assert not driver.lock.locked()
+    "in parts"])
+def test_anything_else_goes_to_the_python_with_nothing_changed(case: str) -> None:
+    c = SendUnderTest()
+    args, kwargs = _not_the_common_case(case, c)
+    before = c.snapshot()
+    assert c.send(*args, **kwargs) == "python"
+    timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
+    assert c.send_payload.calls == [((links.encode_body(args[0]), timeout), {})]
+    assert c.snapshot() == before and c.fallback.calls == []
+    assert not c.driver.lock.locked()
+
+
+def test_a_timeout_given_matters_only_to_the_python_that_waits() -> None:
+    c = SendUnderTest()
+    c.link.add(b"opening")
+    c.send(b"a", 1.0)
+    c.send(b"b", timeout=1.0)
+    assert c.link.open.size == 3  # type: ignore[union-attr]
+    c.link.failure = LinkDetached("gone")
+    c.send(b"c", timeout=2.5)
+    assert c.send_payload.calls == [((links.encode_body(b"c"), 2.5), {})]
+
+
+@pytest.mark.parametrize("args, kwargs", [((), {}), ((b"a", 1.0, 2), {}),
+                                          ((b"a",), {"deadline": 1.0})])
+def test_other_arguments_go_to_the_python_send(args: tuple[Any, ...],
+                                               kwargs: dict[str, Any]) -> None:
+    c = SendUnderTest()
+    c.link.add(b"opening")
+    assert c.send(*args, **kwargs) == "python"
+    assert c.fallback.calls == [(args, kwargs)]
+
+
+def test_an_encoding_error_is_raised_at_the_call() -> None:
+    c = SendUnderTest()
+    c.link.add(b"opening")
+    before = c.snapshot()
+    with pytest.raises(TypeError):
+        c.send(12345)  # the stand-in's encode_body refuses an int, as _encode does
+    assert c.snapshot() == before
 
 
 def test_a_caught_up_worker_gets_a_small_batch_only_after_the_wake_interval() -> None:
-    state, link = _sender()
-    driver = ScriptedDriver(reader=CAUGHT_UP)
-    fallback = Fallback()
-    send = clinks.Send(state, driver, links.Tracker, fallback)
-    link.add(b"opening")
-    send(b"soon after the last hand-over")
-    assert fallback.calls == []
-    driver._handed_over_at[0] = time.monotonic() - 2 * p.WAKE_INTERVAL - 0.01
-    assert send(b"later") == "python"
+    c = SendUnderTest(reader=CAUGHT_UP)
+    c.link.add(b"opening")
+    c.send(b"soon after the last hand-over")
+    assert c.send_payload.calls == []
+    c.driver._handed_over_at[0] = time.monotonic() - 2 * p.WAKE_INTERVAL - 0.01
+    assert c.send(b"later") == "python"
 
 
 def test_a_failure_inside_raises_and_leaves_the_lock_free() -> None:
-    state, link = _sender()
-    driver = ScriptedDriver()
-    driver._outbound = []  # no ring for the link's worker
-    send = clinks.Send(state, driver, links.Tracker, Fallback())
-    link.add(b"opening")
-    before = _send_state(link)
+    c = SendUnderTest()
+    c.driver._outbound = []  # no ring for the link's worker
+    c.link.add(b"opening")
+    before = c.snapshot()
     with pytest.raises(IndexError):
-        send(b"abc")
-    assert not driver.lock.locked() and _send_state(link) == before
+        c.send(b"abc")
+    assert not c.driver.lock.locked() and c.snapshot() == before
 
 
 # ---- Receiver.receive, Delivery.accept, Delivery.body ---------------------------------
@@ -293,6 +336,18 @@ def test_body_is_the_data_section_or_the_decoded_body() -> None:
     arrival = state.buffer[0]
     assert [links.Delivery(arrival, i).body for i in range(3)] == [
         b"raw", {"k": 1}, b"in a message"]
+
+
+def test_message_is_decoded_once_and_then_the_same_object() -> None:
+    sent = [Message(id=i, body=b"b%d" % i) for i in range(40)]
+    state, _ = _receiver([m.encode() for m in sent])
+    arrival = state.buffer[0]
+    first = [links.Delivery(arrival, i).message for i in range(40)]
+    assert [(m.id, m.body) for m in first] == [(m.id, m.body) for m in sent]
+    assert all(links.Delivery(arrival, i).message is first[i] for i in range(40))
+    state, _ = _receiver([b"\x00\x53\x77\xff"])  # not a message
+    with pytest.raises(DecodeError):
+        _ = links.Delivery(state.buffer[0], 0).message
 
 
 # ---- the switch, and the Python path end to end --------------------------------------
