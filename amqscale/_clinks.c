@@ -646,21 +646,32 @@ delivery_accept(PyObject *delivery, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/* The delivery's item of one of its arrival's per-message lists (the slot at `list_off`:
+   payloads, messages), borrowed; NULL (no exception) where that is not the common case. */
+static PyObject *
+arrival_item(PyObject *delivery, Py_ssize_t list_off)
+{
+    if (!ready || !PyObject_TypeCheck(delivery, Delivery.type))
+        return NULL;
+    PyObject *arrival = SLOT(delivery, Delivery.arrival);
+    Py_ssize_t index = int_slot(delivery, Delivery.index);
+    PyObject *items = arrival != NULL && Py_IS_TYPE(arrival, Arrival.type)
+                          ? SLOT(arrival, list_off) : NULL;
+    if (items == NULL || !PyList_CheckExact(items) || index < 0 ||
+        index >= PyList_GET_SIZE(items))
+        return NULL;
+    return PyList_GET_ITEM(items, index);
+}
+
 static PyObject *
 delivery_body(PyObject *module, PyObject *delivery)
 {
-    if (ready && PyObject_TypeCheck(delivery, Delivery.type)) {
-        PyObject *arrival = SLOT(delivery, Delivery.arrival);
-        Py_ssize_t index = int_slot(delivery, Delivery.index);
-        PyObject *payloads = arrival != NULL && Py_IS_TYPE(arrival, Arrival.type)
-                                 ? SLOT(arrival, Arrival.payloads) : NULL;
-        if (payloads != NULL && PyList_CheckExact(payloads) && index >= 0 &&
-            index < PyList_GET_SIZE(payloads)) {
-            PyObject *body = PyObject_CallOneArg(data_body, PyList_GET_ITEM(payloads, index));
-            if (body != Py_None)
-                return body;  /* the body, or NULL: an error */
-            Py_DECREF(body);
-        }
+    PyObject *payload = arrival_item(delivery, Arrival.payloads);
+    if (payload != NULL) {
+        PyObject *body = PyObject_CallOneArg(data_body, payload);
+        if (body != Py_None)
+            return body;  /* the body, or NULL: an error */
+        Py_DECREF(body);
     }
     return PyObject_CallOneArg(body_python, delivery);
 }
@@ -668,15 +679,9 @@ delivery_body(PyObject *module, PyObject *delivery)
 static PyObject *
 delivery_message(PyObject *module, PyObject *delivery)
 {
-    if (ready && PyObject_TypeCheck(delivery, Delivery.type)) {
-        PyObject *arrival = SLOT(delivery, Delivery.arrival);
-        Py_ssize_t index = int_slot(delivery, Delivery.index);
-        PyObject *messages = arrival != NULL && Py_IS_TYPE(arrival, Arrival.type)
-                                 ? SLOT(arrival, Arrival.messages) : NULL;
-        if (messages != NULL && PyList_CheckExact(messages) && index >= 0 &&
-            index < PyList_GET_SIZE(messages) && PyList_GET_ITEM(messages, index) != Py_None)
-            return Py_NewRef(PyList_GET_ITEM(messages, index));  /* decoded already */
-    }
+    PyObject *message = arrival_item(delivery, Arrival.messages);
+    if (message != NULL && message != Py_None)
+        return Py_NewRef(message);  /* decoded already */
     return PyObject_CallOneArg(message_python, delivery);
 }
 
