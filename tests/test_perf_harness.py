@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PERF = REPO / "perf"
-COUNT = 1000
+COUNT = 20_000  # enough CPU for the 10 ms ticks of /proc even on a fast machine
 CASES = ["p2p/proton/100B/at-least-once", "p2p/amqscale-bytes/w1/100B/at-least-once",
          "p2p/amqscale-bytes-batch/w1/100B/at-least-once"]
 

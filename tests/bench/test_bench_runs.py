@@ -4,6 +4,7 @@ broker makes, thresholds, and the bad options it refuses before anything starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -191,6 +192,15 @@ def _consumer_processes(receive: subprocess.Popen[str]) -> list[psutil.Process]:
     return found
 
 
+def _connected(processes: list[psutil.Process]) -> bool:
+    """Whether one of `processes` holds an established TCP connection."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if any(c.status == psutil.CONN_ESTABLISHED for c in process.net_connections("tcp")):
+                return True
+    return False
+
+
 def test_a_stalled_consumer_shows_in_the_corrected_latency(tmp_path: Path) -> None:
     """SIGSTOP the consumer for 200 ms. With little credit and few messages in flight, the
     producer blocks: the messages due meanwhile go late, so their latency from the actual
@@ -212,8 +222,12 @@ def test_a_stalled_consumer_shows_in_the_corrected_latency(tmp_path: Path) -> No
                                  "--count", "6000", "--max-in-flight", "10", "--json",
                                  str(sent)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
-        time.sleep(4.0)  # the sender's start-up, then about a second of sending
         consumer = _consumer_processes(receive)
+        deadline = time.monotonic() + 60
+        while not _connected(consumer):  # the sender's start-up takes 1 to 5 s
+            assert send.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # about a second of sending, two more to go
         for process in consumer:
             process.send_signal(signal.SIGSTOP)
         time.sleep(0.2)
